@@ -1,0 +1,243 @@
+"""Typed configuration for both stages.
+
+Every run is described by frozen dataclasses that validate themselves on
+construction, so a bad value is refused before any data is loaded or any model
+is built. The CLI and the Prefect flows both build these; the library only ever
+takes configs, never loose keyword arguments.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+
+from pipeline.errors import UserError
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+SCHEDULES = ("none", "cosine")
+AUGMENT_OPS = ("translate", "flip", "rotate")
+ENCODINGS = ("float16", "float32")
+SOFT_LOSSES = ("kl", "soft_ce", "mse")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _check(cond: bool, field_name: str, problem: str, fix: str) -> None:
+    if not cond:
+        raise UserError(field_name, problem, fix)
+
+
+def _check_choice(value: str, choices: tuple[str, ...], field_name: str) -> None:
+    _check(value in choices, field_name, f"unknown value {value!r}", f"choose one of: {', '.join(choices)}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which dataset, and how it is split.
+
+    ``train_limit`` keeps only the first N training samples of the (seeded)
+    split; it exists for quick runs and tests, and is part of the fingerprint.
+    """
+
+    name: str = "digits"
+    root: str = "data/datasets"
+    download: bool = False
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    split_seed: int = 0
+    train_limit: int | None = None
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name), "dataset", "is empty", "pass e.g. --dataset digits")
+        _check(0.0 < self.val_fraction < 0.5, "val_fraction", f"must be in (0, 0.5), got {self.val_fraction}",
+               "use e.g. 0.15")
+        _check(0.0 < self.test_fraction < 0.5, "test_fraction", f"must be in (0, 0.5), got {self.test_fraction}",
+               "use e.g. 0.15")
+        _check(self.train_limit is None or self.train_limit > 0, "train_limit",
+               f"must be positive, got {self.train_limit}", "omit it to use the whole split")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """An architecture from the model registry. ``width`` sizes the built-ins."""
+
+    arch: str = "cnn"
+    width: int = 32
+
+    def __post_init__(self) -> None:
+        _check(self.width > 0, "width", f"must be positive, got {self.width}", "use e.g. 32")
+        # Names are checked against the registry here so a typo fails before any work.
+        from pipeline.models import check_arch
+
+        check_arch(self.arch)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimizer, schedule and length of training."""
+
+    name: str = "adam"
+    lr: float = 3e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    epochs: int = 30
+    batch_size: int = 64
+    schedule: str = "cosine"
+
+    def __post_init__(self) -> None:
+        _check_choice(self.name, OPTIMIZERS, "optimizer")
+        _check_choice(self.schedule, SCHEDULES, "schedule")
+        _check(math.isfinite(self.lr) and self.lr > 0, "lr", f"must be > 0, got {self.lr}", "use e.g. 1e-3")
+        _check(0.0 <= self.momentum < 1.0, "momentum", f"must be in [0, 1), got {self.momentum}", "use e.g. 0.9")
+        _check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}", "use e.g. 5e-4")
+        _check(self.epochs > 0, "epochs", f"must be positive, got {self.epochs}", "use e.g. 20")
+        _check(self.batch_size > 0, "batch_size", f"must be positive, got {self.batch_size}", "use e.g. 64")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training-time augmentation. Empty ``ops`` means none."""
+
+    ops: tuple[str, ...] = ()
+    translate: int = 1
+    rotate_degrees: float = 10.0
+
+    def __post_init__(self) -> None:
+        for op in self.ops:
+            _check_choice(op, AUGMENT_OPS, "augment")
+        _check(self.translate >= 0, "translate", f"must be >= 0, got {self.translate}", "use e.g. 1")
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """Stage 1: train (or load) the teacher and write its logits to a store."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(arch="cnn", width=32))
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    seed: int = 0
+    checkpoint: str | None = None
+    store_root: str = "data/stores"
+    checkpoint_root: str = "data/checkpoints"
+    encoding: str = "float16"
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        _check_choice(self.encoding, ENCODINGS, "encoding")
+        _check_choice(self.device, DEVICES, "device")
+
+
+@dataclass(frozen=True)
+class StudentSpec:
+    """One point of the distillation grid (one student, one seed).
+
+    ``loss`` is ``hard`` for the label-only baseline. ``beta`` of ``None``
+    means the hard-label weight is ``1 - alpha``.
+    """
+
+    loss: str
+    temperature: float
+    alpha: float
+    beta: float | None
+    seed: int
+
+    def __post_init__(self) -> None:
+        _check_choice(self.loss, SOFT_LOSSES + ("hard",), "loss")
+        _check(math.isfinite(self.temperature) and self.temperature > 0, "temperature",
+               f"must be > 0, got {self.temperature}", "use e.g. 4")
+        _check(0.0 <= self.alpha <= 1.0, "alpha", f"must be in [0, 1], got {self.alpha}", "use e.g. 0.9")
+        _check(self.beta is None or (math.isfinite(self.beta) and self.beta >= 0), "beta",
+               f"must be >= 0, got {self.beta}", "omit it to use 1 - alpha")
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.loss == "hard"
+
+    @property
+    def config_id(self) -> str:
+        """Identifies the configuration across seeds; every hyperparameter is in it."""
+        if self.is_baseline:
+            return "baseline"
+        beta = "" if self.beta is None else f"-b{self.beta:g}"
+        return f"{self.loss}-T{self.temperature:g}-a{self.alpha:g}{beta}"
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.config_id}-s{self.seed}"
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Stage 2: train a grid of students from a stored set of teacher logits.
+
+    ``data`` of ``None`` means "the dataset the store was written from"; the
+    store's fingerprints are checked against it either way.
+    """
+
+    store: str
+    data: DataConfig | None = None
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(arch="cnn", width=4))
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    temperatures: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
+    alphas: tuple[float, ...] = (0.9,)
+    losses: tuple[str, ...] = ("kl",)
+    beta: float | None = None
+    seeds: tuple[int, ...] = (0,)
+    report_root: str = "data/reports"
+    run_name: str | None = None
+    device: str = "auto"
+    workers: int = 1
+
+    def __post_init__(self) -> None:
+        _check(bool(self.store), "store", "is empty", "pass --store PATH_OR_URL")
+        _check(len(self.temperatures) > 0, "temperatures", "is empty", "pass e.g. --temperatures 1 2 4 8")
+        _check(len(self.alphas) > 0, "alphas", "is empty", "pass e.g. --alphas 0.9")
+        _check(len(self.losses) > 0, "losses", "is empty", "pass e.g. --losses kl")
+        _check(len(self.seeds) > 0, "seeds", "is empty", "pass e.g. --seeds 0 1 2")
+        _check(len(set(self.seeds)) == len(self.seeds), "seeds", "has duplicates", "list each seed once")
+        _check_choice(self.device, DEVICES, "device")
+        _check(self.workers > 0, "workers", f"must be positive, got {self.workers}", "use e.g. 1")
+        # Building the grid validates every T, alpha, beta and loss name now.
+        self.students()
+
+    def students(self) -> list[StudentSpec]:
+        """The label-only baseline plus every (loss, T, alpha) point, for every seed."""
+        specs: list[StudentSpec] = []
+        for seed in self.seeds:
+            specs.append(StudentSpec(loss="hard", temperature=1.0, alpha=0.0, beta=None, seed=seed))
+            for loss in self.losses:
+                for t in self.temperatures:
+                    for a in self.alphas:
+                        specs.append(StudentSpec(loss=loss, temperature=float(t), alpha=float(a),
+                                                 beta=self.beta, seed=seed))
+        return specs
+
+
+def config_hash(*parts: object) -> str:
+    """A short, stable hash of dataclasses / JSON-able values (for names and provenance)."""
+    payload = json.dumps([to_dict(p) for p in parts], sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def to_dict(obj: object) -> object:
+    if hasattr(obj, "__dataclass_fields__"):
+        return asdict(obj)  # type: ignore[arg-type]
+    return obj
+
+
+def from_dict(cls: type, data: dict) -> object:
+    """Rebuild a (nested) config dataclass from :func:`to_dict` output, e.g. store attributes."""
+    kwargs = {}
+    for f in fields(cls):
+        if f.name not in data:
+            continue
+        value = data[f.name]
+        sub = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "augment": AugmentConfig}.get(f.name)
+        if sub is not None and isinstance(value, dict):
+            value = from_dict(sub, value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[f.name] = value
+    return cls(**kwargs)

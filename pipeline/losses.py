@@ -1,0 +1,95 @@
+"""Distillation losses: pure functions of tensors.
+
+Conventions, shared by every function here:
+- ``student`` and ``teacher`` are raw logits of shape (B, C); ``labels`` is (B,).
+- Every loss is reduced to a scalar by averaging over the batch ("batchmean"):
+  a sum over classes, a mean over samples. MSE is the exception: it averages
+  over samples *and* classes, as ``F.mse_loss`` does.
+- Soft losses computed at temperature T are multiplied by T^2 so their
+  gradients keep the same scale as the hard-label term when T changes
+  (Hinton et al., 2015, section 2).
+- Inference and evaluation always use T = 1; temperature only enters training.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from pipeline.errors import UserError
+
+
+def kl_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 * KL(p_T || q_T), batchmean.
+
+    p_T = softmax(teacher / T), q_T = softmax(student / T);
+    loss = T^2 * (1/B) * sum_b sum_c p_T[b,c] * (log p_T[b,c] - log q_T[b,c]).
+    """
+    log_q = F.log_softmax(student / temperature, dim=-1)  # (B, C)
+    log_p = F.log_softmax(teacher / temperature, dim=-1)  # (B, C)
+    return F.kl_div(log_q, log_p, reduction="batchmean", log_target=True) * temperature**2
+
+
+def soft_ce_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 * H(p_T, q_T), batchmean: the cross-entropy against the teacher's soft targets.
+
+    loss = -T^2 * (1/B) * sum_b sum_c p_T[b,c] * log q_T[b,c]. It equals
+    :func:`kl_loss` plus T^2 times the teacher's entropy, which has no gradient
+    with respect to the student, so both train the same way but report
+    different values.
+    """
+    log_q = F.log_softmax(student / temperature, dim=-1)  # (B, C)
+    p = F.softmax(teacher / temperature, dim=-1)  # (B, C)
+    return -(p * log_q).sum(dim=-1).mean() * temperature**2
+
+
+def mse_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Mean squared error between raw logits: (1/(B*C)) * sum_b sum_c (s - t)^2.
+
+    Temperature does not enter (the large-T limit of KL is logit matching;
+    Kim et al., 2021); the argument is accepted so all soft losses share a signature.
+    """
+    del temperature
+    return F.mse_loss(student, teacher, reduction="mean")
+
+
+def hard_loss(student: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against the true labels at T = 1, mean over the batch."""
+    return F.cross_entropy(student, labels, reduction="mean")
+
+
+SoftLoss = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+
+SOFT_LOSSES: dict[str, SoftLoss] = {
+    "kl": kl_loss,
+    "soft_ce": soft_ce_loss,
+    "mse": mse_loss,
+}
+
+
+def distillation_loss(
+    student: torch.Tensor,
+    teacher: torch.Tensor | None,
+    labels: torch.Tensor,
+    loss: str,
+    temperature: float,
+    alpha: float,
+    beta: float | None = None,
+) -> torch.Tensor:
+    """The combined objective: alpha * soft + w_hard * hard.
+
+    ``w_hard`` is ``beta`` when given (Hinton's independent alpha/beta form),
+    else ``1 - alpha``. ``alpha`` weights the soft term. ``loss="hard"`` is the
+    label-only baseline and ignores ``teacher``, ``alpha`` and ``beta``.
+    """
+    if loss == "hard":
+        return hard_loss(student, labels)
+    if loss not in SOFT_LOSSES:
+        raise UserError("loss", f"unknown loss {loss!r}", f"choose one of: {', '.join(SOFT_LOSSES)}, hard")
+    assert teacher is not None, "soft losses need teacher logits"
+    w_hard = (1.0 - alpha) if beta is None else beta
+    total = alpha * SOFT_LOSSES[loss](student, teacher, temperature)
+    if w_hard:
+        total = total + w_hard * hard_loss(student, labels)
+    return total
