@@ -16,6 +16,7 @@ from pipeline.errors import UserError
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 SCHEDULES = ("none", "cosine")
+SELECTIONS = ("best", "last")
 AUGMENT_OPS = ("translate", "flip", "rotate")
 ENCODINGS = ("float16", "float32")
 SOFT_LOSSES = ("kl", "soft_ce", "mse")
@@ -83,10 +84,12 @@ class OptimConfig:
     epochs: int = 30
     batch_size: int = 64
     schedule: str = "cosine"
+    select: str = "best"  # checkpoint kept: best on the validation split, or the last epoch
 
     def __post_init__(self) -> None:
         _check_choice(self.name, OPTIMIZERS, "optimizer")
         _check_choice(self.schedule, SCHEDULES, "schedule")
+        _check_choice(self.select, SELECTIONS, "select")
         _check(math.isfinite(self.lr) and self.lr > 0, "lr", f"must be > 0, got {self.lr}", "use e.g. 1e-3")
         _check(0.0 <= self.momentum < 1.0, "momentum", f"must be in [0, 1), got {self.momentum}", "use e.g. 0.9")
         _check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}", "use e.g. 5e-4")
@@ -188,17 +191,21 @@ class DistillConfig:
     report_root: str = "data/reports"
     run_name: str | None = None
     device: str = "auto"
-    workers: int = 1
+    group_size: int = 1
+    cache_mb: float = 1024.0
+    storage_options: dict | None = None
 
     def __post_init__(self) -> None:
         _check(bool(self.store), "store", "is empty", "pass --store PATH_OR_URL")
+        _check(self.group_size > 0, "group_size", f"must be positive, got {self.group_size}",
+               "use 1 for a Prefect task per student, more to share one data pass")
+        _check(self.cache_mb >= 0, "cache_mb", f"must be >= 0, got {self.cache_mb}", "use e.g. 1024")
         _check(len(self.temperatures) > 0, "temperatures", "is empty", "pass e.g. --temperatures 1 2 4 8")
         _check(len(self.alphas) > 0, "alphas", "is empty", "pass e.g. --alphas 0.9")
         _check(len(self.losses) > 0, "losses", "is empty", "pass e.g. --losses kl")
         _check(len(self.seeds) > 0, "seeds", "is empty", "pass e.g. --seeds 0 1 2")
         _check(len(set(self.seeds)) == len(self.seeds), "seeds", "has duplicates", "list each seed once")
         _check_choice(self.device, DEVICES, "device")
-        _check(self.workers > 0, "workers", f"must be positive, got {self.workers}", "use e.g. 1")
         # Building the grid validates every T, alpha, beta and loss name now.
         self.students()
 

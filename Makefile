@@ -1,0 +1,33 @@
+# `make distill` and `make test` are all a fresh clone needs.
+PY      ?= python3.11
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+export PREFECT_HOME ?= $(CURDIR)/data/prefect
+export DO_NOT_TRACK := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+
+.PHONY: setup teacher distill test bench clean
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -r requirements.lock
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+setup: $(STAMP)  ## create .venv and install the pinned dependencies
+
+teacher: $(STAMP)  ## stage 1 only: train the digits teacher, write its store
+	$(BIN)/kd teacher
+
+distill: $(STAMP)  ## both stages on digits, then print the leaderboard
+	$(BIN)/kd run
+
+test: $(STAMP)  ## the whole suite (benchmarks excluded)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)  ## performance benchmarks; JSON under data/bench/
+	$(BIN)/python -m pytest -q tests/benchmarks -s
+
+clean:  ## remove generated data (datasets you downloaded are kept)
+	rm -rf data/stores data/checkpoints data/reports data/bench data/prefect

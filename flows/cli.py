@@ -1,0 +1,314 @@
+"""The ``kd`` command line: the one place where command-line options become configs.
+
+Every subcommand validates its whole config (and, where it can, the dataset
+and store) before any expensive work. A :class:`~pipeline.errors.UserError`
+prints one line on stderr and exits 2; no traceback is ever shown for it.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+
+import flows  # noqa: F401  (sets Prefect's environment defaults before Prefect is imported)
+from pipeline.config import (AUGMENT_OPS, DEVICES, ENCODINGS, OPTIMIZERS, SCHEDULES, SELECTIONS, SOFT_LOSSES,
+                             AugmentConfig, DataConfig, DistillConfig, ModelConfig, OptimConfig, TeacherConfig)
+from pipeline.errors import UserError
+
+EXIT_USER_ERROR = 2
+EXIT_RUN_FAILED = 1
+
+
+def _default(cls, name: str):
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+# ---------------------------------------------------------------- options
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every option's default, also for options without a help text."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        if action.default is argparse.SUPPRESS or action.option_strings == [] or "%(default)" in help_text:
+            return help_text
+        if isinstance(action, (argparse._StoreTrueAction, argparse._HelpAction)):
+            return help_text
+        return f"{help_text} (default: %(default)s)".strip()
+
+
+def _data_options(p: argparse.ArgumentParser, required_default: bool) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default=_default(DataConfig, "name") if required_default else None,
+                   help="digits | mnist | fashion-mnist | cifar10 | cifar100 | imagefolder:PATH"
+                   + ("" if required_default else " (default: the dataset the store was written from)"))
+    g.add_argument("--data-root", default=_default(DataConfig, "root"), help="where torchvision datasets live")
+    g.add_argument("--download", action="store_true", help="allow downloading the dataset (network)")
+    g.add_argument("--train-limit", type=int, default=None, help="keep only the first N training samples")
+    g.add_argument("--split-seed", type=int, default=_default(DataConfig, "split_seed"))
+
+
+def _model_options(p: argparse.ArgumentParser, arch: str, width: int) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--arch", default=arch, help="mlp | cnn | any torchvision classifier (resnet18, mobilenet_v3_small…)")
+    g.add_argument("--width", type=int, default=width, help="width of the built-in mlp/cnn")
+
+
+def _optim_options(p: argparse.ArgumentParser, epochs: int) -> None:
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--optimizer", default=_default(OptimConfig, "name"), choices=OPTIMIZERS)
+    g.add_argument("--lr", type=float, default=_default(OptimConfig, "lr"))
+    g.add_argument("--momentum", type=float, default=_default(OptimConfig, "momentum"))
+    g.add_argument("--weight-decay", type=float, default=_default(OptimConfig, "weight_decay"))
+    g.add_argument("--epochs", type=int, default=epochs)
+    g.add_argument("--batch-size", type=int, default=_default(OptimConfig, "batch_size"))
+    g.add_argument("--schedule", default=_default(OptimConfig, "schedule"), choices=SCHEDULES)
+    g.add_argument("--select", default=_default(OptimConfig, "select"), choices=SELECTIONS,
+                   help="checkpoint kept: best on the validation split, or the last epoch")
+    g.add_argument("--augment", default="", help=f"comma-separated ops from {', '.join(AUGMENT_OPS)} (empty: none)")
+    g.add_argument("--device", default="auto", choices=DEVICES)
+
+
+def _teacher_options(p: argparse.ArgumentParser) -> None:
+    _data_options(p, required_default=True)
+    _model_options(p, arch="cnn", width=32)
+    _optim_options(p, epochs=20)
+    g = p.add_argument_group("teacher")
+    g.add_argument("--seed", type=int, default=_default(TeacherConfig, "seed"))
+    g.add_argument("--checkpoint", default=None, help="load this teacher instead of training one")
+    g.add_argument("--store-root", default=_default(TeacherConfig, "store_root"))
+    g.add_argument("--checkpoint-root", default=_default(TeacherConfig, "checkpoint_root"))
+    g.add_argument("--encoding", default=_default(TeacherConfig, "encoding"), choices=ENCODINGS)
+
+
+def _student_options(p: argparse.ArgumentParser) -> None:
+    _model_options(p, arch="cnn", width=8)
+    _optim_options(p, epochs=30)
+    g = p.add_argument_group("distillation grid")
+    for flags, kwargs in _student_grid_actions():
+        g.add_argument(*flags, **kwargs)
+
+
+def _data_config(a: argparse.Namespace) -> DataConfig:
+    return DataConfig(name=a.dataset, root=a.data_root, download=a.download, split_seed=a.split_seed,
+                      train_limit=a.train_limit)
+
+
+def _common(a: argparse.Namespace) -> dict:
+    return {
+        "model": ModelConfig(arch=a.arch, width=a.width),
+        "optim": OptimConfig(name=a.optimizer, lr=a.lr, momentum=a.momentum, weight_decay=a.weight_decay,
+                             epochs=a.epochs, batch_size=a.batch_size, schedule=a.schedule, select=a.select),
+        "augment": AugmentConfig(ops=tuple(op for op in a.augment.split(",") if op)),
+        "device": a.device,
+    }
+
+
+def teacher_config(a: argparse.Namespace) -> TeacherConfig:
+    return TeacherConfig(data=_data_config(a), seed=a.seed, checkpoint=a.checkpoint, store_root=a.store_root,
+                         checkpoint_root=a.checkpoint_root, encoding=a.encoding, **_common(a))
+
+
+def distill_config(a: argparse.Namespace, store: str) -> DistillConfig:
+    data = _data_config(a) if getattr(a, "dataset", None) else None
+    return DistillConfig(store=store, data=data, temperatures=tuple(a.temperatures), alphas=tuple(a.alphas),
+                         losses=tuple(a.losses), beta=a.beta, seeds=tuple(a.seeds), report_root=a.report_root,
+                         run_name=a.run_name, group_size=a.group_size, cache_mb=a.cache_mb, **_common(a))
+
+
+def _student_grid_actions() -> list[tuple[tuple[str, ...], dict]]:
+    """The grid options shared by `kd distill` and `kd run`."""
+    return [
+        (("--temperatures",), {"type": float, "nargs": "+", "default": list(_default(DistillConfig, "temperatures"))}),
+        (("--alphas",), {"type": float, "nargs": "+", "default": list(_default(DistillConfig, "alphas")),
+                         "help": "weight of the soft term; the hard term gets 1 - alpha unless --beta is given"}),
+        (("--losses",), {"nargs": "+", "default": list(_default(DistillConfig, "losses")), "choices": SOFT_LOSSES}),
+        (("--beta",), {"type": float, "default": None, "help": "independent weight of the hard-label term"}),
+        (("--seeds",), {"type": int, "nargs": "+", "default": list(_default(DistillConfig, "seeds"))}),
+        (("--report-root",), {"default": _default(DistillConfig, "report_root")}),
+        (("--run-name",), {"default": None, "help": "report folder name (default: store, student and time)"}),
+        (("--group-size",), {"type": int, "default": _default(DistillConfig, "group_size"),
+                             "help": "students per Prefect task; a group shares one pass over the data"}),
+        (("--cache-mb",), {"type": float, "default": _default(DistillConfig, "cache_mb"),
+                           "help": "hold decoded logits in memory up to this size; stream beyond it"}),
+    ]
+
+
+# ---------------------------------------------------------------- commands
+
+
+def _finish(state) -> object:
+    """The flow's return value, or a one-line failure (exit 1)."""
+    if state.is_failed() or state.is_crashed():
+        result = state.result(raise_on_failure=False)
+        if isinstance(result, UserError):
+            raise result
+        print(f"error: run failed: {state.message}", file=sys.stderr)
+        sys.exit(EXIT_RUN_FAILED)
+    return state.result()
+
+
+def _print_leaderboard(run_dir: str) -> None:
+    from pipeline.report import markdown
+
+    with open(os.path.join(run_dir, "leaderboard.json")) as f:
+        print(markdown(json.load(f)["leaderboard"]))
+
+
+def cmd_teacher(a: argparse.Namespace) -> None:
+    from pipeline import teacher
+
+    cfg = teacher_config(a)
+    teacher.plan(cfg)  # validates dataset, checkpoint and device before Prefect starts
+    from flows.teacher_flow import teacher_flow
+
+    store = _finish(teacher_flow(cfg, return_state=True))
+    print(f"store: {store}")
+
+
+def cmd_distill(a: argparse.Namespace) -> None:
+    from pipeline import distill
+
+    cfg = distill_config(a, a.store)
+    distill.plan(cfg)  # opens, validates and decodes the store before Prefect starts
+    from flows.distill_flow import distill_flow
+
+    run_dir = _finish(distill_flow(cfg, return_state=True))
+    _print_leaderboard(run_dir)
+    print(f"report: {run_dir}")
+
+
+def cmd_run(a: argparse.Namespace) -> None:
+    from pipeline import teacher
+
+    t_cfg = teacher_config(a)
+    d_cfg = distill_config(argparse.Namespace(**{**vars(a), **{k[len("student_"):]: v for k, v in vars(a).items()
+                                                             if k.startswith("student_")}}),
+                           teacher.plan(t_cfg).store_path)
+    from flows.pipeline_flow import kd_pipeline
+
+    run_dir = _finish(kd_pipeline(t_cfg, d_cfg, return_state=True))
+    _print_leaderboard(run_dir)
+    print(f"report: {run_dir}")
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return str(n)
+
+
+def cmd_inspect(a: argparse.Namespace) -> None:
+    from pipeline.store import SoftTargetStore
+
+    store = SoftTargetStore(a.path, require_complete=False)
+    info = store.summary()
+    if a.verify:
+        info["verified_rows"] = store.verify()
+    if a.json:
+        print(json.dumps(info, indent=2, default=str))
+        return
+    t, d = info["teacher"], info["dataset"]
+    print(f"store:            {info['path']}")
+    print(f"format_version:   {info['format_version']}   complete: {info['complete']}   created: {info['created_at']}")
+    print(f"teacher:          {t['arch']} ({t['params']:,} params)  val acc {100 * t['val_acc']:.2f}%  "
+          f"test acc {100 * t['test_acc']:.2f}%")
+    print(f"checkpoint:       {t['checkpoint']}  sha256 {t['checkpoint_sha256'][:16]}…")
+    print(f"dataset:          {d['name']}  {d['num_classes']} classes  input {tuple(d['input_shape'])}")
+    for split, n in info["samples"].items():
+        print(f"  {split:<5} {n:>7} samples  fingerprint {d['splits'][split]['fingerprint'][:16]}…")
+    print(f"encoding:         {info['encoding']}")
+    print(f"size:             {_human_bytes(info['bytes_stored'])}  ({info['bytes_per_sample']:.1f} B/sample, "
+          f"logits {info['logits_bytes_per_sample']:.1f} B/sample, compression {info['compression_ratio']:.2f}x)")
+    print(f"provenance_key:   {info['provenance_key']}")
+    if a.verify:
+        print(f"verified:         every chunk decoded, checksums ok ({info['verified_rows']})")
+    if not info["complete"]:
+        print("warning: this store is INCOMPLETE; stage 2 will refuse it", file=sys.stderr)
+
+
+def cmd_stores(a: argparse.Namespace) -> None:
+    from pipeline.store import SoftTargetStore, find_stores
+
+    rows = []
+    for path in find_stores(a.root):
+        try:
+            s = SoftTargetStore(path, require_complete=False).summary()
+        except UserError as exc:
+            rows.append({"name": os.path.basename(path), "error": exc.one_line()})
+            continue
+        rows.append({"name": os.path.basename(path), "path": path, "dataset": s["dataset"]["name"],
+                     "teacher": s["teacher"]["arch"], "test_acc": s["teacher"]["test_acc"],
+                     "encoding": s["encoding"], "bytes": s["bytes_stored"], "created": s["created_at"],
+                     "complete": s["complete"]})
+    if a.json:
+        print(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        print(f"no stores under {a.root}")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['name']:<40} unreadable: {r['error']}")
+            continue
+        print(f"{r['name']:<40} {r['dataset']:<10} {r['teacher']:<12} acc {100 * r['test_acc']:6.2f}%  "
+              f"{r['encoding']:<8} {_human_bytes(r['bytes']):>9}  {r['created']}  "
+              f"{'complete' if r['complete'] else 'INCOMPLETE'}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = _HelpFormatter
+    parser = argparse.ArgumentParser(prog="kd", description="Offline knowledge distillation: run the teacher "
+                                     "once, distill many students from its stored logits.", formatter_class=fmt)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("teacher", help="train/load the teacher and write its logits to a store", formatter_class=fmt)
+    _teacher_options(p)
+    p.set_defaults(func=cmd_teacher)
+
+    p = sub.add_parser("distill", help="train students from a store and report a leaderboard", formatter_class=fmt)
+    p.add_argument("--store", required=True, help="store path or URL printed by `kd teacher`")
+    _data_options(p, required_default=False)
+    _student_options(p)
+    p.set_defaults(func=cmd_distill)
+
+    p = sub.add_parser("run", help="both stages in one Prefect flow (teacher, then distill)", formatter_class=fmt)
+    _teacher_options(p)
+    g = p.add_argument_group("student (overrides of the teacher's model/optimisation options)")
+    g.add_argument("--student-arch", default="cnn")
+    g.add_argument("--student-width", type=int, default=8)
+    g.add_argument("--student-epochs", type=int, default=30)
+    g.add_argument("--student-lr", type=float, default=_default(OptimConfig, "lr"))
+    for flags, kwargs in _student_grid_actions():
+        g.add_argument(*flags, **kwargs)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("inspect", help="a store's metadata, size and compression", formatter_class=fmt)
+    p.add_argument("path")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--verify", action="store_true", help="decode every chunk and check every checksum")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("stores", help="list the stores under a root", formatter_class=fmt)
+    p.add_argument("root", nargs="?", default=_default(TeacherConfig, "store_root"))
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_stores)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except UserError as exc:
+        print(f"error: {exc.one_line()}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""Stage 2 as a Prefect flow: validate the store → train student groups → report.
+
+The teacher is never constructed here; every soft target comes from the store.
+"""
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.states import Failed
+
+from flows.progress import reporter
+from pipeline import distill, report
+from pipeline.config import DistillConfig, StudentSpec
+from pipeline.errors import UserError
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
+def open_store(cfg: DistillConfig) -> dict:
+    p = distill.plan(cfg)
+    return {"teacher_row": p.teacher_row(), "meta": {
+        "store": cfg.store, "teacher": f"{p.store.attrs['teacher']['arch']} (test acc "
+                                       f"{100 * p.store.attrs['teacher']['test_acc']:.2f}%)",
+        "student": f"{cfg.model.arch} width {cfg.model.width}", "dataset": p.dataset.name,
+        "encoding": p.store.encoding}}
+
+
+@task(cache_policy=NO_CACHE, task_run_name="students[{specs[0].run_id}+{n}]")
+def train_students(cfg: DistillConfig, specs: list[StudentSpec], run_dir: str, n: int) -> list[dict]:
+    try:
+        return distill.train_students(cfg, specs, run_dir, progress=reporter(specs[0].run_id))
+    except UserError as exc:  # e.g. a chunk found corrupt mid-run: fail these rows, keep the others
+        get_run_logger().error(exc.one_line())
+        return [distill.failed_row(cfg, s, exc.one_line()) for s in specs]
+
+
+@task(cache_policy=NO_CACHE)
+def write_report(run_dir: str, rows: list[dict], meta: dict) -> dict:
+    return report.write_report(run_dir, rows, meta)
+
+
+@flow(name="distill", log_prints=True)
+def distill_flow(config: DistillConfig):
+    """Train every student of the grid from the store and report a leaderboard."""
+    logger = get_run_logger()
+    opened = open_store(config)
+    run_dir = distill.run_dir(config)
+    futures = [train_students.submit(config, g, run_dir, len(g)) for g in distill.groups(config)]
+    rows = [opened["teacher_row"]] + [row for f in futures for row in f.result()]
+    paths = write_report(run_dir, rows, opened["meta"])
+    board = report.leaderboard(rows)
+    create_table_artifact(key="leaderboard", table=board, description=f"Leaderboard of {run_dir}")
+    create_markdown_artifact(key="distill-report", markdown=open(paths["md"]).read(),
+                             description=f"report: {run_dir} (plot: {paths['plot']})")
+    distill.release(config)
+    students = [r for r in rows if r["kind"] != "teacher"]
+    if all(r["status"] != "ok" for r in students):
+        return Failed(message=f"every student failed; see {paths['md']}")
+    logger.info("report: %s", run_dir)
+    return run_dir

@@ -1,0 +1,145 @@
+"""Stage 2: train a grid of students from stored teacher logits.
+
+The teacher is never built or run here: its logits come from the store, and
+its leaderboard row from the store's attributes. The flow in
+``flows/distill_flow.py`` calls :func:`plan` once (all validation, before any
+training), then :func:`train_students` per group of students, then the
+report functions.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+
+import torch
+
+from pipeline.config import DataConfig, DistillConfig, StudentSpec, config_hash, from_dict
+from pipeline.data import Dataset, load_dataset
+from pipeline.errors import StoreError, UserError
+from pipeline.loader import SoftTargetLoader, fits_cache
+from pipeline.models import count_parameters, model_size_mb, resolve_device
+from pipeline.store import SoftTargetStore
+from pipeline.teacher import transform_hash
+from pipeline.train import Progress, evaluate, train_group
+
+log = logging.getLogger(__name__)
+
+
+def check_compatible(store: SoftTargetStore, ds: Dataset) -> None:
+    """Refuse a store written from other data, naming the first field that differs."""
+    a = store.attrs
+    fix = "distill with the dataset the teacher saw, or rerun `kd teacher` on this data"
+    if a.get("transform_hash") != transform_hash():
+        raise StoreError("transform_hash", f"store preprocessing {a.get('transform_hash')} differs from this "
+                         f"pipeline's {transform_hash()}", "rerun `kd teacher` with this version")
+    if a["dataset"]["name"] != ds.name:
+        raise StoreError("dataset", f"store was written from {a['dataset']['name']!r}, not {ds.name!r}", fix)
+    if store.num_classes != ds.num_classes:
+        raise StoreError("num_classes", f"store has {store.num_classes} classes, dataset has {ds.num_classes}", fix)
+    for split, info in a["dataset"]["splits"].items():
+        if split not in ds.splits:
+            continue
+        if info["size"] != len(ds.splits[split]) or store.size(split) != len(ds.splits[split]):
+            raise StoreError(f"splits.{split}.size", f"store has {store.size(split)} {split} samples, dataset has "
+                             f"{len(ds.splits[split])}", fix)
+        if info["fingerprint"] != ds.splits[split].fingerprint():
+            raise StoreError(f"splits.{split}.fingerprint", f"{split} samples or labels differ from the store's", fix)
+
+
+class DistillPlan:
+    """An opened, validated store and the dataset it is aligned with."""
+
+    def __init__(self, cfg: DistillConfig) -> None:
+        resolve_device(cfg.device)
+        self.cfg = cfg
+        self.store = SoftTargetStore(cfg.store, storage_options=cfg.storage_options)
+        self.data_cfg: DataConfig = cfg.data or from_dict(DataConfig, self.store.attrs["data_config"])  # type: ignore
+        self.dataset = load_dataset(self.data_cfg)
+        check_compatible(self.store, self.dataset)
+        self.teacher_test_logits = torch.from_numpy(self.store.read_logits("test"))  # (N_test, C)
+        # Decoding the train logits here, when they fit the cache, also verifies every chunk
+        # before any training starts; larger stores are streamed and verified as they are read.
+        n_train = self.store.size("train")
+        self.train_logits = (self.store.read_logits("train")
+                             if fits_cache(n_train, self.store.num_classes, cfg.cache_mb) else None)  # (N, C)
+
+    def teacher_row(self) -> dict:
+        t = self.store.attrs["teacher"]
+        return {"run_id": "teacher", "config_id": "teacher", "kind": "teacher", "arch": t["arch"], "loss": "-",
+                "temperature": None, "alpha": None, "beta": None, "seed": t["config"]["seed"],
+                "test_acc": t["test_acc"], "test_nll": t["test_nll"], "agreement": 1.0, "val_acc": t["val_acc"],
+                "params": t["params"], "status": "ok"}
+
+
+def run_dir(cfg: DistillConfig) -> str:
+    """Where this run's report goes; call once per run (the default name carries the start time)."""
+    stem = os.path.basename(cfg.store.rstrip("/")).removesuffix(".zarr")
+    name = cfg.run_name or f"{stem}-{cfg.model.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if os.sep in name or name in ("", ".", ".."):
+        raise UserError("run_name", f"{name!r} is not a plain folder name", "pass a name without slashes")
+    return os.path.join(cfg.report_root, name)
+
+
+_PLANS: dict[str, DistillPlan] = {}
+_PLANS_LOCK = threading.Lock()
+
+
+def plan(cfg: DistillConfig) -> DistillPlan:
+    """Validate everything and open the store; cached so every task of a run in this process shares one."""
+    key = config_hash(cfg)
+    with _PLANS_LOCK:
+        if key not in _PLANS:
+            _PLANS[key] = DistillPlan(cfg)
+        return _PLANS[key]
+
+
+def release(cfg: DistillConfig) -> None:
+    """Drop the cached plan (dataset and open store) once a run is over."""
+    with _PLANS_LOCK:
+        _PLANS.pop(config_hash(cfg), None)
+
+
+def groups(cfg: DistillConfig) -> list[list[StudentSpec]]:
+    """The student grid cut into groups that each train in one shared pass."""
+    specs = cfg.students()
+    return [specs[i:i + cfg.group_size] for i in range(0, len(specs), cfg.group_size)]
+
+
+def train_students(cfg: DistillConfig, specs: list[StudentSpec], run_dir: str,
+                   progress: Progress | None = None) -> list[dict]:
+    """Train one group from the store, evaluate on test at T = 1, save each chosen checkpoint."""
+    p = plan(cfg)
+    ds = p.dataset
+    device = resolve_device(cfg.device)
+    loader = SoftTargetLoader(ds.splits["train"], cfg.optim.batch_size, seed=specs[0].seed, store=p.store,
+                              cache_mb=cfg.cache_mb, cached=p.train_logits)
+    label = ",".join(s.run_id for s in specs)
+    results = train_group(specs, cfg.model, cfg.optim, cfg.augment, loader, ds.splits["val"], ds.input_shape,
+                          ds.num_classes, device, select=cfg.optim.select, label=label, progress=progress)
+    os.makedirs(os.path.join(run_dir, "students"), exist_ok=True)
+    rows = []
+    for r in results:
+        if r.model is None:
+            rows.append({**failed_row(cfg, r.spec, r.failed or "failed"), "seconds": r.seconds})
+            continue
+        m = evaluate(r.model, ds.splits["test"], device, teacher_logits=p.teacher_test_logits)
+        path = os.path.join(run_dir, "students", f"{r.spec.run_id}.pt")
+        torch.save(r.model.state_dict(), path)
+        rows.append({**_row(cfg, r.spec), "status": "ok", "seconds": r.seconds, "test_acc": m["acc"],
+                     "test_nll": m["nll"], "agreement": m["agreement"], "val_acc": r.val_acc,
+                     "best_epoch": r.best_epoch, "params": count_parameters(r.model),
+                     "size_mb": model_size_mb(r.model), "checkpoint": path})
+    return rows
+
+
+def _row(cfg: DistillConfig, s: StudentSpec) -> dict:
+    """The hyperparameters that identify a leaderboard row."""
+    return {"run_id": s.run_id, "config_id": s.config_id, "kind": "baseline" if s.is_baseline else "student",
+            "arch": cfg.model.arch, "loss": s.loss, "temperature": None if s.is_baseline else s.temperature,
+            "alpha": None if s.is_baseline else s.alpha, "beta": s.beta, "seed": s.seed}
+
+
+def failed_row(cfg: DistillConfig, s: StudentSpec, error: str) -> dict:
+    return {**_row(cfg, s), "status": "failed", "error": error}

@@ -1,0 +1,129 @@
+"""The leaderboard: per-run rows aggregated over seeds, written as JSON, Markdown and a plot.
+
+Every configuration is reported as mean ± std over its seeds (std is the
+sample standard deviation, 0 for a single seed). A student's gain over the
+label-only baseline is flagged ``within_noise`` when it is no larger than the
+two spreads combined, sqrt(std_student^2 + std_baseline^2).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+from collections import defaultdict
+
+METRICS = ("test_acc", "test_nll", "agreement")
+KIND_ORDER = {"teacher": 0, "baseline": 1, "student": 2}
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def leaderboard(rows: list[dict]) -> list[dict]:
+    """One entry per configuration: its hyperparameters, mean/std of each metric, seeds and failures."""
+    by_config: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_config[r["config_id"]].append(r)
+    board = []
+    for config_id, runs in by_config.items():
+        ok = [r for r in runs if r["status"] == "ok"]
+        first = runs[0]
+        entry = {k: first.get(k) for k in ("config_id", "kind", "arch", "loss", "temperature", "alpha", "beta")}
+        entry.update({"seeds": len(runs), "failed": len(runs) - len(ok), "params": (ok or runs)[0].get("params")})
+        for m in METRICS:
+            entry[f"{m}_mean"], entry[f"{m}_std"] = _mean_std([r[m] for r in ok if r.get(m) is not None])
+        if not ok:
+            entry["error"] = first.get("error")
+        board.append(entry)
+    base = next((e for e in board if e["kind"] == "baseline"), None)
+    for e in board:
+        if e["kind"] == "student" and base is not None and not math.isnan(e["test_acc_mean"]):
+            e["gain_vs_baseline"] = e["test_acc_mean"] - base["test_acc_mean"]
+            noise = math.hypot(e["test_acc_std"], base["test_acc_std"])
+            e["within_noise"] = abs(e["gain_vs_baseline"]) <= noise
+    board.sort(key=lambda e: (KIND_ORDER[e["kind"]], -(e["test_acc_mean"] if not math.isnan(e["test_acc_mean"])
+                                                       else -1.0)))
+    return board
+
+
+def _pm(mean: float, std: float, scale: float = 1.0, digits: int = 2) -> str:
+    if math.isnan(mean):
+        return "—"
+    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
+
+
+def _fmt(v, spec: str = "g") -> str:
+    return "—" if v is None else format(v, spec)
+
+
+def markdown(board: list[dict]) -> str:
+    """The leaderboard as a Markdown table (also what the CLI prints)."""
+    head = ["config", "loss", "T", "α", "β", "test acc %", "test NLL", "agree %", "Δ vs base", "seeds", "params"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for e in board:
+        gain = e.get("gain_vs_baseline")
+        delta = "—" if gain is None else f"{gain * 100:+.2f}" + (" (noise)" if e.get("within_noise") else "")
+        status = f"{e['seeds']}" + (f" ({e['failed']} failed)" if e["failed"] else "")
+        lines.append("| " + " | ".join([
+            e["config_id"], e["loss"] or "—", _fmt(e["temperature"]), _fmt(e["alpha"]), _fmt(e["beta"]),
+            _pm(e["test_acc_mean"], e["test_acc_std"], 100), _pm(e["test_nll_mean"], e["test_nll_std"], 1, 3),
+            _pm(e["agreement_mean"], e["agreement_std"], 100), delta, status, _fmt(e["params"], ",")]) + " |")
+    return "\n".join(lines)
+
+
+def plot(board: list[dict], path: str) -> None:
+    """Test accuracy against temperature, one line per (loss, α, β), teacher and baseline as references."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    lines: dict[tuple, list[dict]] = defaultdict(list)
+    for e in board:
+        if e["kind"] == "student" and not math.isnan(e["test_acc_mean"]):
+            lines[(e["loss"], e["alpha"], e["beta"])].append(e)
+    for (loss, alpha, beta), pts in sorted(lines.items(), key=lambda kv: str(kv[0])):
+        pts.sort(key=lambda e: e["temperature"])
+        label = f"{loss} α={alpha:g}" + ("" if beta is None else f" β={beta:g}")
+        ax.errorbar([e["temperature"] for e in pts], [100 * e["test_acc_mean"] for e in pts],
+                    yerr=[100 * e["test_acc_std"] for e in pts], marker="o", capsize=3, label=label)
+    for e in board:
+        if e["kind"] in ("teacher", "baseline") and not math.isnan(e["test_acc_mean"]):
+            style = "--" if e["kind"] == "teacher" else ":"
+            ax.axhline(100 * e["test_acc_mean"], linestyle=style, color="gray" if e["kind"] == "baseline" else "k",
+                       label=f"{e['kind']} ({100 * e['test_acc_mean']:.1f}%)")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("temperature T (log scale)")
+    ax.set_ylabel("test accuracy (%), mean ± std over seeds")
+    ax.set_title("Student accuracy vs distillation temperature")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(run_dir: str, rows: list[dict], meta: dict) -> dict[str, str]:
+    """Write leaderboard.json, report.md and accuracy_vs_temperature.png; return their paths."""
+    os.makedirs(run_dir, exist_ok=True)
+    board = leaderboard(rows)
+    paths = {"json": os.path.join(run_dir, "leaderboard.json"), "md": os.path.join(run_dir, "report.md"),
+             "plot": os.path.join(run_dir, "accuracy_vs_temperature.png")}
+    with open(paths["json"], "w") as f:
+        json.dump({"meta": meta, "leaderboard": board, "runs": rows}, f, indent=2, default=str)
+    plot(board, paths["plot"])
+    failed = [r for r in rows if r["status"] != "ok"]
+    with open(paths["md"], "w") as f:
+        f.write(f"# Distillation report: {os.path.basename(run_dir)}\n\n")
+        f.write(f"- store: `{meta.get('store')}`\n- teacher: {meta.get('teacher')}\n- student: {meta.get('student')}\n")
+        f.write(f"- dataset: {meta.get('dataset')}; checkpoints chosen on **val**, accuracy on **test**, at T = 1\n\n")
+        f.write(markdown(board) + "\n\n")
+        f.write("![accuracy vs temperature](accuracy_vs_temperature.png)\n")
+        if failed:
+            f.write("\n## Failed runs\n\n" + "\n".join(f"- `{r['run_id']}`: {r.get('error')}" for r in failed) + "\n")
+    return paths

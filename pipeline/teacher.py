@@ -1,0 +1,146 @@
+"""Stage 1: train (or load) the teacher once and publish its logits to a store.
+
+The flow in ``flows/teacher_flow.py`` calls these steps in order:
+:func:`plan` (validate, fingerprint, name the store, find a reusable one),
+:func:`train` or :func:`load`, then :func:`publish`.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pipeline.config import StudentSpec, TeacherConfig, config_hash, to_dict
+from pipeline.data import Dataset, load_dataset
+from pipeline.errors import UserError
+from pipeline.loader import SoftTargetLoader
+from pipeline.models import build_model, count_parameters, resolve_device
+from pipeline.store import SoftTargetStore, StoreWriter, _exists, join, now_iso, software_versions
+from pipeline.train import Progress, evaluate, predict, train_group
+
+log = logging.getLogger(__name__)
+
+# What stage 2 must reproduce to feed the student the pixels the teacher saw.
+# Bump when data.py's preprocessing changes.
+TRANSFORM = {"pixels": "float32 in [0, 1], no normalisation", "resize": "imagefolder only, 32x32", "version": 1}
+
+
+def transform_hash() -> str:
+    return config_hash(TRANSFORM)[:16]
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class TeacherPlan:
+    cfg: TeacherConfig
+    dataset: Dataset
+    provenance_key: str
+    store_path: str
+    checkpoint_path: str
+    checkpoint_sha256: str | None  # known up front only when loading a given checkpoint
+
+    @property
+    def reusable(self) -> bool:
+        """A complete store with this provenance key already exists."""
+        if not _exists(self.store_path):
+            return False
+        try:
+            store = SoftTargetStore(self.store_path)
+        except UserError:
+            return False
+        return store.attrs.get("provenance_key") == self.provenance_key
+
+
+def plan(cfg: TeacherConfig) -> TeacherPlan:
+    """Everything that can fail on user input, checked before any training."""
+    if cfg.checkpoint is not None and not os.path.isfile(cfg.checkpoint):
+        raise UserError("checkpoint", f"{cfg.checkpoint!r} does not exist", "pass a file written by `kd teacher`")
+    resolve_device(cfg.device)
+    ds = load_dataset(cfg.data)
+    ckpt_sha = sha256_file(cfg.checkpoint) if cfg.checkpoint else None
+    teacher_part = {"model": to_dict(cfg.model), "optim": to_dict(cfg.optim), "augment": to_dict(cfg.augment),
+                    "seed": cfg.seed, "checkpoint_sha256": ckpt_sha}
+    key = config_hash({"teacher": teacher_part, "data": to_dict(cfg.data), "fingerprints": ds.fingerprints(),
+                       "transform": transform_hash(), "encoding": cfg.encoding})
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", ds.name).strip("_")
+    name = f"{slug}-{cfg.model.arch}-{key[:10]}"
+    ckpt = cfg.checkpoint or os.path.join(cfg.checkpoint_root, f"{name}.pt")
+    return TeacherPlan(cfg, ds, key, join(cfg.store_root, f"{name}.zarr"), ckpt, ckpt_sha)
+
+
+def train(p: TeacherPlan, progress: Progress | None = None) -> nn.Module:
+    """Train the teacher on hard labels, select on val, save the checkpoint."""
+    cfg, ds = p.cfg, p.dataset
+    device = resolve_device(cfg.device)
+    loader = SoftTargetLoader(ds.splits["train"], cfg.optim.batch_size, seed=cfg.seed)
+    spec = StudentSpec(loss="hard", temperature=1.0, alpha=0.0, beta=None, seed=cfg.seed)
+    (result,) = train_group([spec], cfg.model, cfg.optim, cfg.augment, loader, ds.splits["val"], ds.input_shape,
+                            ds.num_classes, device, select=cfg.optim.select, label="teacher", progress=progress)
+    if result.model is None:
+        raise UserError("teacher", f"training failed: {result.failed}", "lower --lr or change the optimizer")
+    os.makedirs(os.path.dirname(p.checkpoint_path) or ".", exist_ok=True)
+    tmp = p.checkpoint_path + ".tmp"
+    torch.save(result.model.state_dict(), tmp)
+    os.replace(tmp, p.checkpoint_path)  # never leave a half-written checkpoint under the real name
+    return result.model
+
+
+def load(p: TeacherPlan) -> nn.Module:
+    """Load ``cfg.checkpoint`` (weights only: a checkpoint can never run code)."""
+    cfg, ds = p.cfg, p.dataset
+    model = build_model(cfg.model, ds.input_shape, ds.num_classes)
+    try:
+        state = torch.load(p.checkpoint_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except Exception as exc:
+        raise UserError("checkpoint", f"cannot load {p.checkpoint_path!r} into {cfg.model.arch} "
+                        f"({str(exc).splitlines()[0][:160]})", "pass the matching --teacher-arch/--teacher-width") from None
+    return model.to(resolve_device(cfg.device))
+
+
+def publish(p: TeacherPlan, model: nn.Module) -> str:
+    """Evaluate the teacher, then write every split's raw logits; ``complete`` is set last."""
+    cfg, ds = p.cfg, p.dataset
+    device = resolve_device(cfg.device)
+    metrics = {s: evaluate(model, ds.splits[s], device) for s in ("val", "test")}
+    attrs = {
+        "created_at": now_iso(),
+        "provenance_key": p.provenance_key,
+        "teacher": {
+            "arch": cfg.model.arch, "width": cfg.model.width, "params": count_parameters(model),
+            "checkpoint": p.checkpoint_path, "checkpoint_sha256": sha256_file(p.checkpoint_path),
+            "trained_here": cfg.checkpoint is None, "config": to_dict(cfg),
+            "val_acc": metrics["val"]["acc"], "test_acc": metrics["test"]["acc"],
+            "val_nll": metrics["val"]["nll"], "test_nll": metrics["test"]["nll"],
+        },
+        "dataset": ds.describe(),
+        "data_config": to_dict(cfg.data),
+        "transform": TRANSFORM,
+        "transform_hash": transform_hash(),
+        "software": software_versions(),
+    }
+    splits = {s: (ds.splits[s].y.numpy(), ds.splits[s].ids.numpy()) for s in ("train", "val", "test")}
+    writer = StoreWriter(p.store_path, attrs, splits, ds.num_classes, cfg.encoding)
+    try:
+        for split in ("train", "val", "test"):
+            x = ds.splits[split].x
+            lay = writer.layouts[split]
+            for shard in range(lay.num_shards):
+                start, stop = lay.shard_range(shard)
+                logits = torch.cat(list(predict(model, x[start:stop], device))).numpy()  # (rows, C)
+                writer.put(split, shard, logits)
+        return writer.finish()
+    finally:
+        writer.abort()
