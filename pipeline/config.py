@@ -32,6 +32,12 @@ def _check_choice(value: str, choices: tuple[str, ...], field_name: str) -> None
     _check(value in choices, field_name, f"unknown value {value!r}", f"choose one of: {', '.join(choices)}")
 
 
+def _num(v: float) -> str:
+    """Short form of a number for ids (``2.0`` -> ``2``), exact whenever ``:g`` would round it."""
+    short = f"{v:g}"
+    return short if float(short) == v else repr(float(v))
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Which dataset, and how it is split.
@@ -144,6 +150,7 @@ class StudentSpec:
     alpha: float
     beta: float | None
     seed: int
+    lr: float | None = None  # overrides the optimizer's lr for this student (an lr sweep)
 
     def __post_init__(self) -> None:
         _check_choice(self.loss, SOFT_LOSSES + ("hard",), "loss")
@@ -152,6 +159,8 @@ class StudentSpec:
         _check(0.0 <= self.alpha <= 1.0, "alpha", f"must be in [0, 1], got {self.alpha}", "use e.g. 0.9")
         _check(self.beta is None or (math.isfinite(self.beta) and self.beta >= 0), "beta",
                f"must be >= 0, got {self.beta}", "omit it to use 1 - alpha")
+        _check(self.lr is None or (math.isfinite(self.lr) and self.lr > 0), "lr", f"must be > 0, got {self.lr}",
+               "use e.g. 1e-3")
 
     @property
     def is_baseline(self) -> bool:
@@ -160,10 +169,11 @@ class StudentSpec:
     @property
     def config_id(self) -> str:
         """Identifies the configuration across seeds; every hyperparameter is in it."""
+        lr = "" if self.lr is None else f"-lr{_num(self.lr)}"
         if self.is_baseline:
-            return "baseline"
-        beta = "" if self.beta is None else f"-b{self.beta:g}"
-        return f"{self.loss}-T{self.temperature:g}-a{self.alpha:g}{beta}"
+            return f"baseline{lr}"
+        beta = "" if self.beta is None else f"-b{_num(self.beta)}"
+        return f"{self.loss}-T{_num(self.temperature)}-a{_num(self.alpha)}{beta}{lr}"
 
     @property
     def run_id(self) -> str:
@@ -188,6 +198,7 @@ class DistillConfig:
     losses: tuple[str, ...] = ("kl",)
     beta: float | None = None
     seeds: tuple[int, ...] = (0,)
+    lrs: tuple[float, ...] = ()  # empty: every student uses optim.lr
     report_root: str = "data/reports"
     run_name: str | None = None
     device: str = "auto"
@@ -204,7 +215,12 @@ class DistillConfig:
         _check(len(self.alphas) > 0, "alphas", "is empty", "pass e.g. --alphas 0.9")
         _check(len(self.losses) > 0, "losses", "is empty", "pass e.g. --losses kl")
         _check(len(self.seeds) > 0, "seeds", "is empty", "pass e.g. --seeds 0 1 2")
-        _check(len(set(self.seeds)) == len(self.seeds), "seeds", "has duplicates", "list each seed once")
+        # Duplicates would give two runs the same run_id (same checkpoint file, merged leaderboard rows).
+        for name in ("seeds", "temperatures", "alphas", "losses", "lrs"):
+            values = getattr(self, name)
+            _check(len(set(values)) == len(values), name, "has duplicates", f"list each value of {name} once")
+        _check("hard" not in self.losses, "losses", "'hard' is the label-only baseline, always trained",
+               f"list only soft losses: {', '.join(SOFT_LOSSES)}")
         _check_choice(self.device, DEVICES, "device")
         # Building the grid validates every T, alpha, beta and loss name now.
         self.students()
@@ -212,13 +228,15 @@ class DistillConfig:
     def students(self) -> list[StudentSpec]:
         """The label-only baseline plus every (loss, T, alpha) point, for every seed."""
         specs: list[StudentSpec] = []
-        for seed in self.seeds:
-            specs.append(StudentSpec(loss="hard", temperature=1.0, alpha=0.0, beta=None, seed=seed))
-            for loss in self.losses:
-                for t in self.temperatures:
-                    for a in self.alphas:
-                        specs.append(StudentSpec(loss=loss, temperature=float(t), alpha=float(a),
-                                                 beta=self.beta, seed=seed))
+        for lr in self.lrs or (None,):
+            lr = None if lr is None else float(lr)
+            for seed in self.seeds:
+                specs.append(StudentSpec(loss="hard", temperature=1.0, alpha=0.0, beta=None, seed=seed, lr=lr))
+                for loss in self.losses:
+                    for t in self.temperatures:
+                        for a in self.alphas:
+                            specs.append(StudentSpec(loss=loss, temperature=float(t), alpha=float(a),
+                                                     beta=self.beta, seed=seed, lr=lr))
         return specs
 
 

@@ -11,6 +11,7 @@ split is only ever evaluated, never used to choose.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import threading
@@ -127,7 +128,7 @@ def train_group(specs: list[StudentSpec], model_cfg: ModelConfig, optim: OptimCo
     trainees = []
     for spec in specs:
         model = build_seeded(model_cfg, shape, num_classes, spec.seed).to(device)
-        opt = make_optimizer(model.parameters(), optim)
+        opt = make_optimizer(model.parameters(), optim if spec.lr is None else dataclasses.replace(optim, lr=spec.lr))
         trainees.append(Trainee(spec, model, opt, make_schedule(opt, optim, len(loader))))
     augmenter = Augmenter(augment)
     # Augmentation is drawn once per batch for the whole group, seeded by the group's first student.
@@ -151,7 +152,7 @@ def train_group(specs: list[StudentSpec], model_cfg: ModelConfig, optim: OptimCo
                 loss = distillation_loss(out, b.logits, b.y, t.spec.loss, t.spec.temperature, t.spec.alpha,
                                          t.spec.beta)
                 if not torch.isfinite(loss):
-                    t.failed = f"loss became {float(loss)} at epoch {epoch} step {steps}"
+                    t.failed = f"loss became {float(loss.detach())} at epoch {epoch} step {steps}"
                     log.warning("%s failed: %s", t.name, t.failed)
                     continue
                 t.optimizer.zero_grad(set_to_none=True)

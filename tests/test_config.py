@@ -1,0 +1,322 @@
+"""pipeline.config: every validation names its field; the student grid; dict round trips."""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import pytest
+
+from pipeline.config import (
+    AugmentConfig,
+    DataConfig,
+    DistillConfig,
+    ModelConfig,
+    OptimConfig,
+    StudentSpec,
+    TeacherConfig,
+    config_hash,
+    from_dict,
+    to_dict,
+)
+from pipeline.errors import UserError
+
+NAN = float("nan")
+INF = float("inf")
+
+
+def refused(field: str, make):
+    with pytest.raises(UserError) as exc:
+        make()
+    assert exc.value.field == field, f"expected field {field!r}, got {exc.value.field!r}: {exc.value}"
+    assert str(exc.value).startswith(f"{field}: ")
+    return exc.value
+
+
+def spec(**kw) -> StudentSpec:
+    args = {"loss": "kl", "temperature": 4.0, "alpha": 0.9, "beta": None, "seed": 0}
+    args.update(kw)
+    return StudentSpec(**args)
+
+
+def distill(**kw) -> DistillConfig:
+    return DistillConfig(store="s.zarr", **kw)
+
+
+# --- temperature / alpha / beta / loss -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("temp", [0, 0.0, -1, -1e-9, NAN, INF, -INF])
+def test_bad_temperature(temp):
+    err = refused("temperature", lambda: spec(temperature=temp))
+    assert err.fix
+    refused("temperature", lambda: distill(temperatures=(2.0, temp)))
+
+
+@pytest.mark.parametrize("alpha", [-0.1, 1.0000001, 2, NAN])
+def test_bad_alpha(alpha):
+    refused("alpha", lambda: spec(alpha=alpha))
+    refused("alpha", lambda: distill(alphas=(alpha,)))
+
+
+@pytest.mark.parametrize("beta", [-1e-6, -1, NAN, INF])
+def test_bad_beta(beta):
+    refused("beta", lambda: spec(beta=beta))
+    refused("beta", lambda: distill(beta=beta))
+
+
+@pytest.mark.parametrize("loss", ["KL", "kld", "ce", ""])
+def test_unknown_loss(loss):
+    refused("loss", lambda: spec(loss=loss))
+    refused("loss", lambda: distill(losses=(loss,)))
+
+
+def test_boundary_values_are_accepted():
+    spec(alpha=0.0)
+    spec(alpha=1.0)
+    spec(beta=0.0)
+    spec(beta=5.0)
+    spec(temperature=1e-3)
+    spec(temperature=100.0)
+    spec(loss="hard")
+    for loss in ("kl", "soft_ce", "mse"):
+        spec(loss=loss)
+
+
+# --- optimizer -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field,kw", [
+    ("optimizer", {"name": "sgdd"}),
+    ("optimizer", {"name": "Adam"}),
+    ("schedule", {"schedule": "step"}),
+    ("select", {"select": "worst"}),
+    ("epochs", {"epochs": 0}),
+    ("epochs", {"epochs": -3}),
+    ("lr", {"lr": 0}),
+    ("lr", {"lr": -1e-3}),
+    ("lr", {"lr": NAN}),
+    ("lr", {"lr": INF}),
+    ("momentum", {"momentum": 1.0}),
+    ("momentum", {"momentum": -0.1}),
+    ("weight_decay", {"weight_decay": -1e-4}),
+    ("batch_size", {"batch_size": 0}),
+])
+def test_bad_optim(field, kw):
+    refused(field, lambda: OptimConfig(**kw))
+
+
+def test_good_optim():
+    for name in ("sgd", "adam", "adamw", "rmsprop"):
+        OptimConfig(name=name, schedule="none", select="last", epochs=1, lr=1e-5)
+
+
+# --- teacher / data / model / augment ------------------------------------------------------------
+
+
+def test_bad_encoding():
+    refused("encoding", lambda: TeacherConfig(encoding="int8"))
+    refused("encoding", lambda: TeacherConfig(encoding="bfloat16"))
+
+
+@pytest.mark.parametrize("device", ["tpu", "gpu", "cuda:0", ""])
+def test_bad_device(device):
+    refused("device", lambda: TeacherConfig(device=device))
+    refused("device", lambda: distill(device=device))
+
+
+@pytest.mark.parametrize("ops", [("blur",), ("flip", "Flip"), ("translate", "")])
+def test_bad_augment_op(ops):
+    err = refused("augment", lambda: AugmentConfig(ops=ops))
+    assert "translate" in err.fix
+
+
+def test_bad_translate():
+    refused("translate", lambda: AugmentConfig(ops=("translate",), translate=-1))
+
+
+@pytest.mark.parametrize("field,kw", [
+    ("dataset", {"name": ""}),
+    ("val_fraction", {"val_fraction": 0.0}),
+    ("val_fraction", {"val_fraction": 0.5}),
+    ("test_fraction", {"test_fraction": -0.1}),
+    ("test_fraction", {"test_fraction": 0.6}),
+    ("train_limit", {"train_limit": 0}),
+    ("train_limit", {"train_limit": -5}),
+])
+def test_bad_data(field, kw):
+    refused(field, lambda: DataConfig(**kw))
+
+
+def test_bad_width():
+    refused("width", lambda: ModelConfig(arch="mlp", width=0))
+
+
+# --- distill grid --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field,kw", [
+    ("store", {"store": ""}),
+    ("group_size", {"group_size": 0}),
+    ("group_size", {"group_size": -1}),
+    ("cache_mb", {"cache_mb": -1.0}),
+    ("temperatures", {"temperatures": ()}),
+    ("alphas", {"alphas": ()}),
+    ("losses", {"losses": ()}),
+    ("seeds", {"seeds": ()}),
+    ("seeds", {"seeds": (0, 1, 0)}),
+])
+def test_bad_distill(field, kw):
+    kw = {"store": "s.zarr", **kw}
+    refused(field, lambda: DistillConfig(**kw))
+
+
+def test_students_grid():
+    cfg = distill(temperatures=(1.0, 2.0, 4.0), alphas=(0.5, 0.9), losses=("kl", "mse"), seeds=(0, 1, 2))
+    students = cfg.students()
+    assert len(students) == 3 * (1 + 2 * 3 * 2) == 39
+    for seed in (0, 1, 2):
+        mine = [s for s in students if s.seed == seed]
+        assert len(mine) == 13
+        baselines = [s for s in mine if s.is_baseline]
+        assert len(baselines) == 1 and baselines[0].config_id == "baseline"
+        grid = {(s.loss, s.temperature, s.alpha) for s in mine if not s.is_baseline}
+        assert grid == set(itertools.product(("kl", "mse"), (1.0, 2.0, 4.0), (0.5, 0.9)))
+        assert all(s.beta is None for s in mine)
+    run_ids = [s.run_id for s in students]
+    assert len(set(run_ids)) == len(run_ids)
+    # A config_id names one configuration across seeds: 13 of them, each with every seed once.
+    by_config: dict[str, list[int]] = {}
+    for s in students:
+        by_config.setdefault(s.config_id, []).append(s.seed)
+    assert len(by_config) == 13
+    assert all(sorted(seeds) == [0, 1, 2] for seeds in by_config.values())
+
+
+def test_default_grid():
+    cfg = distill()
+    ids = [s.run_id for s in cfg.students()]
+    assert ids == ["baseline-s0", "kl-T1-a0.9-s0", "kl-T2-a0.9-s0", "kl-T4-a0.9-s0", "kl-T8-a0.9-s0"]
+
+
+def test_beta_is_carried_into_specs_and_ids():
+    cfg = distill(temperatures=(2.0,), alphas=(1.0,), beta=0.5)
+    students = cfg.students()
+    assert [s.config_id for s in students] == ["baseline", "kl-T2-a1-b0.5"]
+    assert students[1].beta == 0.5
+
+
+def test_temperatures_are_floats_in_specs():
+    cfg = distill(temperatures=(1, 3), alphas=(1,))
+    soft = [s for s in cfg.students() if not s.is_baseline]
+    assert all(isinstance(s.temperature, float) and isinstance(s.alpha, float) for s in soft)
+
+
+@pytest.mark.parametrize("temps", [
+    (1.0, 2.0, 4.0, 8.0),
+    (0.5, 1.5, 2.5),
+    (2.0, 2.0000001),  # "%g" alone would print both as "2"
+    (0.1234567, 0.1234568),
+    (1e-7, 1.0000001e-7),
+])
+def test_runs_differing_only_in_temperature_never_collide(temps):
+    cfg = distill(temperatures=temps, alphas=(0.9,), losses=("kl", "soft_ce"), seeds=(0, 1))
+    students = cfg.students()
+    run_ids = [s.run_id for s in students]
+    assert len(set(run_ids)) == len(run_ids)
+    config_ids = {s.config_id for s in students}
+    assert len(config_ids) == 1 + 2 * len(temps)
+
+
+def test_runs_differing_only_in_alpha_or_beta_never_collide():
+    cfg = distill(temperatures=(4.0,), alphas=(0.9, 0.9000001), seeds=(0,))
+    ids = [s.run_id for s in cfg.students()]
+    assert len(set(ids)) == len(ids)
+    a = spec(beta=0.3).run_id
+    b = spec(beta=0.3000001).run_id
+    assert a != b
+
+
+def test_config_id_keeps_short_form_for_ordinary_values():
+    assert spec(temperature=4.0, alpha=0.9).config_id == "kl-T4-a0.9"
+    assert spec(temperature=0.5, alpha=0.0, beta=1.0, loss="soft_ce").config_id == "soft_ce-T0.5-a0-b1"
+    assert spec(seed=3).run_id == "kl-T4-a0.9-s3"
+    assert spec(loss="hard", seed=2).run_id == "baseline-s2"
+
+
+@pytest.mark.parametrize("field,kw", [
+    ("temperatures", {"temperatures": (2.0, 4.0, 2.0)}),
+    ("temperatures", {"temperatures": (2, 2.0)}),
+    ("alphas", {"alphas": (0.9, 0.9)}),
+    ("losses", {"losses": ("kl", "kl")}),
+    ("losses", {"losses": ("hard",)}),  # would duplicate the baseline's run ids
+])
+def test_grid_that_would_repeat_a_run_is_refused(field, kw):
+    refused(field, lambda: distill(**kw))
+
+
+# --- dict round trips and hashes -----------------------------------------------------------------
+
+
+def _teacher() -> TeacherConfig:
+    return TeacherConfig(
+        data=DataConfig(name="digits", val_fraction=0.2, test_fraction=0.1, split_seed=3, train_limit=500),
+        model=ModelConfig(arch="mlp", width=12),
+        optim=OptimConfig(name="sgd", lr=0.05, momentum=0.8, weight_decay=5e-4, epochs=3, batch_size=32,
+                          schedule="none", select="last"),
+        augment=AugmentConfig(ops=("translate", "flip"), translate=2, rotate_degrees=5.0),
+        seed=7,
+        checkpoint=None,
+        store_root="/tmp/stores",
+        checkpoint_root="/tmp/ckpt",
+        encoding="float32",
+        device="cpu",
+    )
+
+
+def test_teacher_config_round_trips_through_dict():
+    cfg = _teacher()
+    d = to_dict(cfg)
+    assert isinstance(d, dict) and d["data"]["split_seed"] == 3 and d["augment"]["ops"] == ("translate", "flip")
+    back = from_dict(TeacherConfig, d)
+    assert back == cfg
+    assert isinstance(back.data, DataConfig) and isinstance(back.augment, AugmentConfig)
+
+
+def test_teacher_config_round_trips_through_json():
+    cfg = _teacher()
+    back = from_dict(TeacherConfig, json.loads(json.dumps(to_dict(cfg))))
+    assert back == cfg
+    assert back.augment.ops == ("translate", "flip")  # JSON lists come back as tuples
+
+
+def test_default_configs_round_trip():
+    assert from_dict(TeacherConfig, to_dict(TeacherConfig())) == TeacherConfig()
+    assert from_dict(DataConfig, to_dict(DataConfig())) == DataConfig()
+    d = distill(temperatures=(1.0, 3.0), seeds=(0, 1), beta=0.2, data=DataConfig(train_limit=10))
+    assert from_dict(DistillConfig, json.loads(json.dumps(to_dict(d)))) == d
+
+
+def test_from_dict_validates():
+    d = to_dict(_teacher())
+    d["optim"]["lr"] = 0
+    refused("lr", lambda: from_dict(TeacherConfig, d))
+
+
+def test_from_dict_ignores_unknown_keys_and_uses_defaults_for_missing():
+    d = {"name": "digits", "split_seed": 4, "something_new": 1}
+    assert from_dict(DataConfig, d) == DataConfig(split_seed=4)
+
+
+def test_config_hash_is_stable_and_sensitive():
+    assert config_hash(_teacher()) == config_hash(_teacher())
+    assert config_hash(_teacher()) != config_hash(TeacherConfig())
+    assert config_hash(DataConfig(split_seed=0)) != config_hash(DataConfig(split_seed=1))
+    assert len(config_hash(DataConfig())) == 64
+
+
+def test_configs_are_frozen():
+    cfg = DataConfig()
+    with pytest.raises(Exception):
+        cfg.split_seed = 1  # type: ignore[misc]
+    assert math.isclose(cfg.val_fraction, 0.15)

@@ -1,0 +1,279 @@
+"""pipeline.data on the bundled scikit-learn digits, torchvision datasets offline, and image folders."""
+from __future__ import annotations
+
+import os
+import socket
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.config import DataConfig
+from pipeline.data import SPLITS, Split, check_dataset_name, load_dataset
+from pipeline.errors import UserError
+
+N_DIGITS = 1797
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset(DataConfig(name="digits"))
+
+
+@pytest.fixture(scope="module")
+def sk_digits():
+    from sklearn.datasets import load_digits
+
+    return load_digits()
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a connection fails the test loudly."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
+def clone(split: Split) -> Split:
+    return Split(split.x.clone(), split.y.clone(), split.ids.clone())
+
+
+# --- digits --------------------------------------------------------------------------------------
+
+
+def test_digits_split_sizes_sum_to_1797(digits):
+    sizes = {name: len(digits.splits[name]) for name in SPLITS}
+    assert set(digits.splits) == set(SPLITS)
+    assert sum(sizes.values()) == N_DIGITS
+    # 15% / 15% of 1797, rounded up by scikit-learn.
+    assert sizes["test"] == 270
+    assert sizes["val"] == 270
+    assert sizes["train"] == N_DIGITS - 540
+
+
+def test_digits_shapes_dtypes_and_range(digits):
+    assert digits.name == "digits"
+    assert digits.num_classes == 10
+    assert digits.class_names == [str(c) for c in range(10)]
+    assert digits.input_shape == (1, 8, 8)
+    for split in digits.splits.values():
+        n = len(split)
+        assert split.x.shape == (n, 1, 8, 8) and split.x.dtype == torch.float32
+        assert split.y.shape == (n,) and split.y.dtype == torch.int64
+        assert split.ids.shape == (n,) and split.ids.dtype == torch.int64
+        assert split.x.min().item() >= 0.0 and split.x.max().item() <= 1.0
+        assert split.x.max().item() == 1.0  # 16/16 occurs in every split
+
+
+def test_digits_splits_are_disjoint_and_cover_every_sample(digits):
+    ids = {name: set(digits.splits[name].ids.tolist()) for name in SPLITS}
+    for name in SPLITS:
+        assert len(ids[name]) == len(digits.splits[name]), f"duplicate ids inside {name}"
+    assert not ids["train"] & ids["val"]
+    assert not ids["train"] & ids["test"]
+    assert not ids["val"] & ids["test"]
+    assert ids["train"] | ids["val"] | ids["test"] == set(range(N_DIGITS))
+
+
+def test_digits_ids_point_at_the_source_samples(digits, sk_digits):
+    for split in digits.splits.values():
+        idx = split.ids.numpy()
+        np.testing.assert_array_equal(split.y.numpy(), sk_digits.target[idx])
+        np.testing.assert_allclose(split.x[:, 0].numpy(), sk_digits.images[idx] / 16.0, rtol=0, atol=1e-7)
+
+
+def test_digits_split_is_stratified(digits):
+    all_y = torch.cat([digits.splits[n].y for n in SPLITS]).tolist()
+    overall = Counter(all_y)
+    for name in SPLITS:
+        split = digits.splits[name]
+        counts = Counter(split.y.tolist())
+        assert set(counts) == set(range(10)), f"{name} misses a class"
+        for c in range(10):
+            expected = overall[c] / N_DIGITS * len(split)
+            # A stratified split rounds per class; a random one is off by ~5 samples per class.
+            assert abs(counts[c] - expected) <= 1.5, (name, c, counts[c], expected)
+
+
+def test_same_config_gives_identical_fingerprints_and_ids(digits):
+    again = load_dataset(DataConfig(name="digits"))
+    assert again.fingerprints() == digits.fingerprints()
+    for name in SPLITS:
+        assert torch.equal(again.splits[name].ids, digits.splits[name].ids)
+        assert torch.equal(again.splits[name].y, digits.splits[name].y)
+        assert torch.equal(again.splits[name].x, digits.splits[name].x)
+    assert again.describe() == digits.describe()
+
+
+def test_fingerprint_is_a_sha256_hex_and_stable(digits):
+    fp = digits.splits["train"].fingerprint()
+    assert len(fp) == 64 and int(fp, 16) >= 0
+    assert digits.splits["train"].fingerprint() == fp
+    assert len(set(digits.fingerprints().values())) == 3
+
+
+def test_different_split_seed_changes_fingerprints(digits):
+    other = load_dataset(DataConfig(name="digits", split_seed=1))
+    for name in SPLITS:
+        assert other.splits[name].fingerprint() != digits.splits[name].fingerprint()
+    assert not torch.equal(other.splits["test"].ids, digits.splits["test"].ids)
+    assert sum(len(s) for s in other.splits.values()) == N_DIGITS
+
+
+def test_changing_one_pixel_changes_the_fingerprint(digits):
+    base = digits.splits["val"]
+    changed = clone(base)
+    assert changed.fingerprint() == base.fingerprint()
+    changed.x[5, 0, 3, 4] += 1.0 / 16.0
+    assert changed.fingerprint() != base.fingerprint()
+
+
+def test_changing_one_label_changes_the_fingerprint(digits):
+    base = digits.splits["val"]
+    changed = clone(base)
+    changed.y[0] = (changed.y[0] + 1) % 10
+    assert changed.fingerprint() != base.fingerprint()
+
+
+def test_changing_order_or_ids_changes_the_fingerprint(digits):
+    base = digits.splits["test"]
+    perm = torch.arange(len(base))
+    perm[[0, 1]] = perm[[1, 0]]
+    swapped = Split(base.x[perm].clone(), base.y[perm].clone(), base.ids[perm].clone())
+    assert swapped.fingerprint() != base.fingerprint()
+    renumbered = clone(base)
+    renumbered.ids[0] += N_DIGITS
+    assert renumbered.fingerprint() != base.fingerprint()
+
+
+def test_train_limit_truncates_and_changes_train_fingerprint(digits):
+    limited = load_dataset(DataConfig(name="digits", train_limit=100))
+    full_train = digits.splits["train"]
+    tr = limited.splits["train"]
+    assert len(tr) == 100
+    assert torch.equal(tr.ids, full_train.ids[:100])
+    assert torch.equal(tr.x, full_train.x[:100])
+    assert tr.fingerprint() != full_train.fingerprint()
+    # Only the training split is limited.
+    assert limited.splits["val"].fingerprint() == digits.splits["val"].fingerprint()
+    assert limited.splits["test"].fingerprint() == digits.splits["test"].fingerprint()
+    assert limited.describe()["splits"]["train"]["size"] == 100
+
+
+def test_train_limit_at_or_above_size_changes_nothing(digits):
+    n = len(digits.splits["train"])
+    for limit in (n, n + 1000):
+        ds = load_dataset(DataConfig(name="digits", train_limit=limit))
+        assert ds.fingerprints() == digits.fingerprints()
+
+
+def test_describe_records_sizes_and_fingerprints(digits):
+    d = digits.describe()
+    assert d["name"] == "digits" and d["num_classes"] == 10 and d["input_shape"] == [1, 8, 8]
+    for name in SPLITS:
+        assert d["splits"][name] == {"size": len(digits.splits[name]),
+                                     "fingerprint": digits.splits[name].fingerprint()}
+
+
+# --- errors --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["digitz", "MNIST", "imagenet", "imagefolder"])
+def test_unknown_dataset_name_is_a_user_error(name):
+    with pytest.raises(UserError) as exc:
+        load_dataset(DataConfig(name=name))
+    assert exc.value.field == "dataset"
+    assert repr(name) in str(exc.value)
+    assert "digits" in exc.value.fix and "imagefolder:PATH" in exc.value.fix
+    with pytest.raises(UserError):
+        check_dataset_name(name)
+
+
+def test_known_dataset_names_pass_the_check():
+    for name in ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "imagefolder:/anywhere"):
+        check_dataset_name(name)
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion-mnist", "cifar10", "cifar100"])
+def test_missing_torchvision_dataset_asks_for_download_offline(name, tmp_path, no_network):
+    with pytest.raises(UserError) as exc:
+        load_dataset(DataConfig(name=name, root=str(tmp_path), download=False))
+    assert exc.value.field == "data_root"
+    assert "--download" in str(exc.value)
+    assert str(tmp_path) in str(exc.value)
+    # Nothing was downloaded.
+    assert not any(f.is_file() for f in tmp_path.rglob("*"))
+
+
+# --- imagefolder ---------------------------------------------------------------------------------
+
+
+def _write_images(root, classes: dict[str, tuple[int, int, int]], n: int = 10, size=(12, 10)) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls, color in classes.items():
+        os.makedirs(root / cls, exist_ok=True)
+        for i in range(n):
+            arr = np.empty((size[1], size[0], 3), dtype=np.uint8)
+            arr[:] = color
+            arr = np.clip(arr.astype(int) + rng.integers(-10, 11, arr.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(arr, mode="RGB").save(root / cls / f"img_{i:02d}.png")
+
+
+def test_imagefolder_loads_rgb_32px_with_folder_class_names(tmp_path):
+    folder = tmp_path / "imgs"
+    # Class "cat" is red, class "dog" is blue, so each label can be checked against its pixels.
+    _write_images(folder, {"dog": (20, 30, 220), "cat": (220, 30, 20)})
+    ds = load_dataset(DataConfig(name=f"imagefolder:{folder}"))
+    assert ds.class_names == ["cat", "dog"]
+    assert ds.num_classes == 2
+    assert ds.input_shape == (3, 32, 32)
+    assert sum(len(s) for s in ds.splits.values()) == 20
+    ids = torch.cat([s.ids for s in ds.splits.values()])
+    assert sorted(ids.tolist()) == list(range(20))
+    for split in ds.splits.values():
+        assert split.x.dtype == torch.float32
+        assert split.x.min().item() >= 0.0 and split.x.max().item() <= 1.0
+        red = split.x[:, 0].mean(dim=(1, 2))
+        blue = split.x[:, 2].mean(dim=(1, 2))
+        assert torch.equal(split.y, (blue > red).long())  # 0 = cat (red), 1 = dog (blue)
+        assert set(split.y.tolist()) == {0, 1}  # stratified: both classes in every split
+    again = load_dataset(DataConfig(name=f"imagefolder:{folder}"))
+    assert again.fingerprints() == ds.fingerprints()
+
+
+def test_imagefolder_grayscale_images_get_three_equal_channels(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "gray"
+    for cls, level in (("a", 40), ("b", 200)):
+        os.makedirs(folder / cls)
+        for i in range(10):
+            Image.fromarray(np.full((8, 8), level + i, dtype=np.uint8), mode="L").save(folder / cls / f"{i}.png")
+    ds = load_dataset(DataConfig(name=f"imagefolder:{folder}"))
+    x = ds.splits["train"].x
+    assert x.shape[1:] == (3, 32, 32)
+    assert torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 1], x[:, 2])
+
+
+def test_imagefolder_missing_path_is_a_user_error(tmp_path):
+    missing = tmp_path / "nope"
+    with pytest.raises(UserError) as exc:
+        load_dataset(DataConfig(name=f"imagefolder:{missing}"))
+    assert exc.value.field == "dataset"
+    assert str(missing) in str(exc.value)
+
+
+def test_imagefolder_without_class_folders_is_a_user_error(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UserError) as exc:
+        load_dataset(DataConfig(name=f"imagefolder:{empty}"))
+    assert exc.value.field == "dataset"

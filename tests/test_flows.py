@@ -1,0 +1,83 @@
+"""End to end through real Prefect flows on Prefect's temporary server."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+
+import pytest
+
+from flows.cli import main
+from pipeline.config import DistillConfig, ModelConfig, OptimConfig
+from pipeline.store import SoftTargetStore
+from tests.conftest import small_teacher_config
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
+
+
+def _kd(*argv: str) -> list[str]:
+    """Run the CLI in-process; its stdout lines. (Not capsys: Prefect's log handler may bind to
+    whatever stderr is current when it is configured, and capsys closes its stream after the test.)"""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        main(list(argv))
+    return buf.getvalue().strip().splitlines()
+
+
+def test_make_distill_path_end_to_end(tmp_path):
+    """`kd run`: teacher flow → store → distill flow over 4 temperatures → leaderboard and report."""
+    root = str(tmp_path)
+    out = _kd("run", "--epochs", "3", "--width", "8", "--store-root", f"{root}/stores",
+              "--checkpoint-root", f"{root}/ckpt", "--student-width", "4", "--student-epochs", "3",
+              "--temperatures", "1", "2", "4", "8", "--report-root", f"{root}/reports", "--run-name", "e2e",
+              "--device", "cpu")
+    assert out[-1] == f"report: {root}/reports/e2e"
+    board = json.load(open(f"{root}/reports/e2e/leaderboard.json"))["leaderboard"]
+    assert [e["config_id"] for e in board][:2] == ["teacher", "baseline"]
+    assert {e["temperature"] for e in board if e["kind"] == "student"} == {1.0, 2.0, 4.0, 8.0}
+    assert all(e["failed"] == 0 for e in board)
+    assert os.path.getsize(f"{root}/reports/e2e/accuracy_vs_temperature.png") > 1000
+    assert "| teacher |" in "\n".join(out)
+
+    # A second run with the same teacher config reuses the store: no retraining, same file.
+    store = f"{root}/stores/" + os.listdir(f"{root}/stores")[0]
+    created = SoftTargetStore(store).attrs["created_at"]
+    ckpt_mtime = os.path.getmtime(SoftTargetStore(store).attrs["teacher"]["checkpoint"])
+    out = _kd("teacher", "--epochs", "3", "--width", "8", "--store-root", f"{root}/stores",
+              "--checkpoint-root", f"{root}/ckpt", "--device", "cpu")
+    assert out[-1] == f"store: {store}"
+    assert SoftTargetStore(store).attrs["created_at"] == created
+    assert os.path.getmtime(SoftTargetStore(store).attrs["teacher"]["checkpoint"]) == ckpt_mtime
+
+
+def test_distill_flow_reports_a_failed_student_and_finishes(digits_store, tmp_path):
+    from flows.distill_flow import distill_flow
+
+    cfg = DistillConfig(store=digits_store, model=ModelConfig(arch="mlp", width=32),
+                        optim=OptimConfig(epochs=2, lr=1e-2), temperatures=(2.0,), lrs=(1e-2, 1e30),
+                        report_root=str(tmp_path), run_name="partial", device="cpu")
+    state = distill_flow(cfg, return_state=True)
+    assert state.is_completed()
+    rows = json.load(open(tmp_path / "partial" / "leaderboard.json"))["runs"]
+    status = {r["run_id"]: r["status"] for r in rows}
+    assert status["baseline-lr0.01-s0"] == "ok" and status["kl-T2-a0.9-lr0.01-s0"] == "ok"
+    assert status["baseline-lr1e+30-s0"] == "failed" and status["kl-T2-a0.9-lr1e+30-s0"] == "failed"
+    assert "Failed runs" in open(tmp_path / "partial" / "report.md").read()
+
+
+def test_distill_flow_fails_only_when_every_student_fails(digits_store, tmp_path):
+    from flows.distill_flow import distill_flow
+
+    cfg = DistillConfig(store=digits_store, model=ModelConfig(arch="mlp", width=32),
+                        optim=OptimConfig(epochs=1, lr=1e30), temperatures=(2.0,), report_root=str(tmp_path),
+                        run_name="allfail", device="cpu", group_size=2)
+    state = distill_flow(cfg, return_state=True)
+    assert state.is_failed() and "every student failed" in state.message
+
+
+def test_teacher_flow_publishes_a_store(tmp_path):
+    from flows.teacher_flow import teacher_flow
+
+    store = teacher_flow(small_teacher_config(str(tmp_path)))
+    assert SoftTargetStore(store).attrs["complete"] is True

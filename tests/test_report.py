@@ -1,0 +1,239 @@
+"""pipeline.report: aggregation over seeds, ordering, noise flag, Markdown and written files."""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+
+from pipeline.report import leaderboard, markdown, write_report
+
+
+def row(config_id: str, kind: str, seed: int, acc: float | None, *, status: str = "ok", loss: str | None = "kl",
+        temperature: float | None = 2.0, alpha: float | None = 0.9, beta: float | None = None,
+        nll: float | None = None, agreement: float | None = None, params: int | None = 1000,
+        error: str | None = None) -> dict:
+    r = {"run_id": f"{config_id}-s{seed}", "config_id": config_id, "kind": kind, "arch": "cnn", "loss": loss,
+         "temperature": temperature, "alpha": alpha, "beta": beta, "seed": seed, "status": status}
+    if status == "ok":
+        r.update({"test_acc": acc, "test_nll": nll if nll is not None else 1.0 - acc,
+                  "agreement": agreement if agreement is not None else acc, "params": params})
+    else:
+        r["error"] = error or "boom"
+    return r
+
+
+def teacher_row() -> dict:
+    return row("teacher", "teacher", 0, 0.99, loss="-", temperature=None, alpha=None, nll=0.05, agreement=1.0,
+               params=50_000)
+
+
+def baseline_rows() -> list[dict]:
+    # mean 0.92; sample std sqrt(((-0.02)^2 + 0^2 + 0.02^2) / (3 - 1)) = 0.02
+    return [row("baseline", "baseline", s, a, loss="hard", temperature=None, alpha=None, params=900)
+            for s, a in enumerate([0.90, 0.92, 0.94])]
+
+
+def rows_fixture() -> list[dict]:
+    return [
+        # Student A: mean 0.96, std sqrt((0.01^2 + 0 + 0.01^2) / 2) = 0.01. Gain 0.04 > hypot(0.01, 0.02).
+        row("kl-T2-a0.9", "student", 0, 0.95, temperature=2.0),
+        # Student B: one failed seed; ok seeds 0.93, 0.935 -> mean 0.9325, std 0.005 / sqrt(2).
+        row("kl-T4-a0.9", "student", 0, 0.93, temperature=4.0),
+        row("kl-T4-a0.9", "student", 1, None, temperature=4.0, status="failed", error="CUDA OOM"),
+        row("kl-T4-a0.9", "student", 2, 0.935, temperature=4.0),
+        *baseline_rows(),
+        row("kl-T2-a0.9", "student", 1, 0.96, temperature=2.0),
+        # Student C: every seed failed.
+        row("kl-T8-a0.9", "student", 0, None, temperature=8.0, status="failed", error="diverged"),
+        row("kl-T8-a0.9", "student", 1, None, temperature=8.0, status="failed", error="diverged again"),
+        row("kl-T2-a0.9", "student", 2, 0.97, temperature=2.0),
+        teacher_row(),
+        # Student D: mean 0.80, far below the baseline.
+        row("kl-T1-a0.9", "student", 0, 0.80, temperature=1.0),
+        row("kl-T1-a0.9", "student", 1, 0.80, temperature=1.0),
+        row("kl-T1-a0.9", "student", 2, 0.80, temperature=1.0),
+    ]
+
+
+@pytest.fixture
+def board() -> list[dict]:
+    return leaderboard(rows_fixture())
+
+
+def by_id(board: list[dict]) -> dict[str, dict]:
+    return {e["config_id"]: e for e in board}
+
+
+# --- leaderboard ---------------------------------------------------------------------------------
+
+
+def test_order_teacher_baseline_then_students_by_mean_accuracy(board):
+    assert [e["config_id"] for e in board] == [
+        "teacher", "baseline", "kl-T2-a0.9", "kl-T4-a0.9", "kl-T1-a0.9", "kl-T8-a0.9"]
+
+
+def test_mean_and_sample_std_over_three_seeds(board):
+    e = by_id(board)
+    assert e["baseline"]["seeds"] == 3 and e["baseline"]["failed"] == 0
+    assert e["baseline"]["test_acc_mean"] == pytest.approx(0.92)
+    assert e["baseline"]["test_acc_std"] == pytest.approx(0.02)  # sample (n-1), not population 0.01633
+    assert e["kl-T2-a0.9"]["test_acc_mean"] == pytest.approx(0.96)
+    assert e["kl-T2-a0.9"]["test_acc_std"] == pytest.approx(0.01)
+    assert e["kl-T1-a0.9"]["test_acc_std"] == pytest.approx(0.0, abs=1e-12)
+    # NLL was 1 - acc in every row, so its spread equals the accuracy's.
+    assert e["kl-T2-a0.9"]["test_nll_mean"] == pytest.approx(0.04)
+    assert e["kl-T2-a0.9"]["test_nll_std"] == pytest.approx(0.01)
+    assert e["kl-T2-a0.9"]["agreement_mean"] == pytest.approx(0.96)
+
+
+def test_single_seed_has_zero_std():
+    b = leaderboard([teacher_row()])
+    assert b[0]["test_acc_mean"] == pytest.approx(0.99)
+    assert b[0]["test_acc_std"] == 0.0
+    assert b[0]["agreement_mean"] == 1.0
+
+
+def test_failed_runs_are_counted_and_excluded_from_the_mean(board):
+    e = by_id(board)["kl-T4-a0.9"]
+    assert e["seeds"] == 3 and e["failed"] == 1
+    assert e["test_acc_mean"] == pytest.approx(0.9325)
+    assert e["test_acc_std"] == pytest.approx(0.005 / math.sqrt(2))
+    assert "error" not in e
+
+
+def test_all_failed_config_has_nan_metrics_and_its_error(board):
+    e = by_id(board)["kl-T8-a0.9"]
+    assert e["seeds"] == 2 and e["failed"] == 2
+    assert math.isnan(e["test_acc_mean"]) and math.isnan(e["test_acc_std"])
+    assert e["error"] == "diverged"
+    assert "gain_vs_baseline" not in e and "within_noise" not in e
+
+
+def test_hyperparameters_and_params_are_carried(board):
+    e = by_id(board)
+    assert e["kl-T4-a0.9"]["temperature"] == 4.0 and e["kl-T4-a0.9"]["alpha"] == 0.9
+    assert e["kl-T4-a0.9"]["loss"] == "kl" and e["kl-T4-a0.9"]["arch"] == "cnn"
+    assert e["kl-T4-a0.9"]["params"] == 1000
+    assert e["baseline"]["params"] == 900 and e["baseline"]["kind"] == "baseline"
+    assert e["teacher"]["params"] == 50_000 and e["teacher"]["kind"] == "teacher"
+
+
+def test_gain_and_within_noise(board):
+    e = by_id(board)
+    base_std = 0.02
+    # A: gain 0.04 > hypot(0.01, 0.02) = 0.02236 -> a real gain.
+    a = e["kl-T2-a0.9"]
+    assert a["gain_vs_baseline"] == pytest.approx(0.04)
+    assert math.sqrt(0.01**2 + base_std**2) == pytest.approx(0.0223607, rel=1e-5)
+    assert a["within_noise"] is False
+    # B: gain 0.0125 <= hypot(0.003536, 0.02) = 0.02031 -> within noise.
+    b = e["kl-T4-a0.9"]
+    assert b["gain_vs_baseline"] == pytest.approx(0.0125)
+    assert b["within_noise"] is True
+    # D: loses 0.12, far more than hypot(0, 0.02): not noise either way.
+    d = e["kl-T1-a0.9"]
+    assert d["gain_vs_baseline"] == pytest.approx(-0.12)
+    assert d["within_noise"] is False
+    for cid in ("teacher", "baseline"):
+        assert "gain_vs_baseline" not in e[cid] and "within_noise" not in e[cid]
+
+
+def _pair(base_accs: list[float], student_accs: list[float]) -> dict:
+    rows = [row("baseline", "baseline", s, a, loss="hard", temperature=None, alpha=None)
+            for s, a in enumerate(base_accs)]
+    rows += [row("kl-T2-a0.9", "student", s, a) for s, a in enumerate(student_accs)]
+    return by_id(leaderboard(rows))["kl-T2-a0.9"]
+
+
+def test_within_noise_boundaries():
+    # No spread at all: equal means are within noise, any difference is not.
+    assert _pair([0.5], [0.5])["within_noise"] is True
+    assert _pair([0.5], [0.5 + 1e-9])["within_noise"] is False
+    assert _pair([0.5], [0.5 - 1e-9])["within_noise"] is False
+    # Baseline [0.5, 0.5]: std 0. Student [0.25, 0.75]: sample std sqrt(2 * 0.25^2 / 1) = 0.35355.
+    assert _pair([0.5, 0.5], [0.25, 0.75])["within_noise"] is True  # gain 0
+    assert _pair([0.5, 0.5], [0.5, 1.0])["within_noise"] is True  # gain 0.25 <= 0.35355
+    assert _pair([0.0, 0.0], [0.5, 0.75])["within_noise"] is False  # gain 0.625 > 0.17678
+    # The spreads combine in quadrature, not by taking the larger one: baseline [0.4, 0.6] and
+    # student [0.7, 0.9] each have std 0.14142; combined 0.2. Gain 0.3 > 0.2 -> not noise;
+    # student [0.55, 0.75] (gain 0.15 > 0.14142 but <= 0.2) -> noise.
+    assert _pair([0.4, 0.6], [0.7, 0.9])["within_noise"] is False
+    assert _pair([0.4, 0.6], [0.55, 0.75])["within_noise"] is True
+
+
+def test_no_baseline_means_no_gain():
+    rows = [row("kl-T2-a0.9", "student", 0, 0.9)]
+    e = leaderboard(rows)[0]
+    assert "gain_vs_baseline" not in e and "within_noise" not in e
+
+
+def test_order_does_not_depend_on_input_order():
+    rows = rows_fixture()
+    first = [e["config_id"] for e in leaderboard(rows)]
+    assert [e["config_id"] for e in leaderboard(list(reversed(rows)))] == first
+
+
+# --- markdown ------------------------------------------------------------------------------------
+
+
+def test_markdown_contains_every_config_and_a_row_each(board):
+    md = markdown(board)
+    lines = md.splitlines()
+    assert len(lines) == 2 + len(board)
+    assert lines[0].startswith("| config |")
+    for e, line in zip(board, lines[2:]):
+        assert line.startswith(f"| {e['config_id']} |")
+    assert "92.00 ± 2.00" in md  # baseline accuracy in percent
+    assert "96.00 ± 1.00" in md
+    assert "+4.00" in md and "+1.25 (noise)" in md and "-12.00" in md
+    assert "3 (1 failed)" in md and "2 (2 failed)" in md
+    assert "50,000" in md
+
+
+# --- write_report --------------------------------------------------------------------------------
+
+
+def test_write_report_writes_json_markdown_and_png(tmp_path):
+    rows = rows_fixture()
+    run_dir = tmp_path / "reports" / "run-1"
+    meta = {"store": "data/stores/x.zarr", "teacher": "cnn", "student": "cnn w4", "dataset": "digits"}
+    paths = write_report(str(run_dir), rows, meta)
+
+    assert set(paths) == {"json", "md", "plot"}
+    assert paths["json"] == os.path.join(str(run_dir), "leaderboard.json")
+    assert paths["md"] == os.path.join(str(run_dir), "report.md")
+
+    with open(paths["json"]) as f:
+        data = json.load(f)
+    assert data["meta"] == meta
+    assert data["runs"] == json.loads(json.dumps(rows))
+    assert [e["config_id"] for e in data["leaderboard"]] == [e["config_id"] for e in leaderboard(rows)]
+    base = next(e for e in data["leaderboard"] if e["config_id"] == "baseline")
+    assert base["test_acc_mean"] == pytest.approx(0.92) and base["test_acc_std"] == pytest.approx(0.02)
+
+    md = open(paths["md"]).read()
+    assert md.startswith("# Distillation report: run-1")
+    assert "data/stores/x.zarr" in md
+    for cid in ("teacher", "baseline", "kl-T2-a0.9", "kl-T4-a0.9", "kl-T8-a0.9", "kl-T1-a0.9"):
+        assert f"| {cid} |" in md
+    assert "## Failed runs" in md
+    for r in rows:
+        if r["status"] != "ok":
+            assert f"`{r['run_id']}`: {r['error']}" in md
+    assert "accuracy_vs_temperature.png" in md
+
+    png = run_dir / "accuracy_vs_temperature.png"
+    assert paths["plot"] == str(png)
+    content = png.read_bytes()
+    assert len(content) > 1000
+    assert content[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_write_report_without_failures_has_no_failed_section(tmp_path):
+    rows = [teacher_row(), *baseline_rows(), row("kl-T2-a0.9", "student", 0, 0.95)]
+    paths = write_report(str(tmp_path / "r"), rows, {})
+    md = open(paths["md"]).read()
+    assert "Failed runs" not in md
+    assert os.path.getsize(paths["plot"]) > 0

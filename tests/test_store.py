@@ -1,0 +1,145 @@
+"""The soft-target store: round trip, metadata, and every refusal provoked for real."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import zarr
+
+from pipeline.errors import StoreError, UserError
+from pipeline.store import (FORMAT_VERSION, SoftTargetStore, StoreWriter, find_stores, join, layout_for)
+
+C = 7
+
+
+def _write(path, logits_by_split, encoding="float32", finish=True, **kw):
+    splits = {s: (np.arange(len(l)) % C, np.arange(len(l)) + 1000 * i)
+              for i, (s, l) in enumerate(logits_by_split.items())}
+    w = StoreWriter(str(path), {"dataset": {"num_classes": C}}, splits, C, encoding, **kw)
+    for s, logits in logits_by_split.items():
+        lay = w.layouts[s]
+        for shard in range(lay.num_shards):
+            a, b = lay.shard_range(shard)
+            w.put(s, shard, logits[a:b])
+    if finish:
+        return w.finish()
+    w.abort()
+    return str(path)
+
+
+def _logits(n, seed=0):
+    return np.random.default_rng(seed).normal(0, 3, size=(n, C)).astype(np.float32)
+
+
+def test_round_trip_float32_is_exact(tmp_path):
+    data = {"train": _logits(1000), "val": _logits(130, 1), "test": _logits(70, 2)}
+    path = _write(tmp_path / "s.zarr", data, chunk_rows=64, shard_chunks=4)
+    s = SoftTargetStore(path)
+    for split, logits in data.items():
+        np.testing.assert_array_equal(s.read_logits(split), logits)
+        np.testing.assert_array_equal(s.labels(split), np.arange(len(logits)) % C)
+    assert s.attrs["format_version"] == FORMAT_VERSION and s.attrs["complete"] is True
+    assert s.group["train"]["written"][:].tolist() == [1] * 4  # 1000 rows / 256-row shards
+    assert s.verify() == {"train": 1000, "val": 130, "test": 70}
+
+
+def test_float16_rounds_to_half_precision(tmp_path):
+    data = {"train": _logits(300)}
+    s = SoftTargetStore(_write(tmp_path / "s.zarr", data, encoding="float16"))
+    got = s.read_logits("train")
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, data["train"].astype(np.float16).astype(np.float32))
+
+
+def test_layout_is_chunked_and_sharded(tmp_path):
+    lay = layout_for(10_000, C, chunk_rows=256, shard_chunks=16)
+    assert (lay.chunk_rows, lay.shard_rows, lay.num_shards) == (256, 4096, 3)
+    path = _write(tmp_path / "s.zarr", {"train": _logits(10_000)})
+    arr = SoftTargetStore(path).group["train"]["logits"]
+    assert arr.chunks == (256, C) and arr.shards == (4096, C)
+    assert len(os.listdir(os.path.join(path, "train", "logits", "c"))) == 3  # one file per shard
+
+
+def test_summary_reports_size_and_compression(digits_store):
+    info = SoftTargetStore(digits_store).summary()
+    assert info["bytes_per_sample"] > 0 and info["compression_ratio"] > 0
+    assert info["samples"] == {"train": 1257, "val": 270, "test": 270}
+    for key in ("provenance_key", "teacher", "dataset", "software", "created_at", "transform_hash"):
+        assert key in info
+    assert info["teacher"]["checkpoint_sha256"] and 0 < info["teacher"]["test_acc"] <= 1
+    json.dumps(info)  # attributes are plain JSON: no pickles anywhere
+
+
+def test_incomplete_store_is_refused(tmp_path):
+    path = _write(tmp_path / "s.zarr", {"train": _logits(100)}, finish=False)
+    with pytest.raises(StoreError) as e:
+        SoftTargetStore(path)
+    assert e.value.field == "complete"
+    assert SoftTargetStore(path, require_complete=False).attrs["complete"] is False
+
+
+def test_unknown_format_version_is_refused(store_copy):
+    zarr.open_group(store_copy, mode="r+").attrs["format_version"] = 99
+    with pytest.raises(StoreError) as e:
+        SoftTargetStore(store_copy)
+    assert e.value.field == "format_version" and "99" in str(e.value)
+
+
+def test_missing_path_is_refused(tmp_path):
+    with pytest.raises(StoreError, match="no soft-target store"):
+        SoftTargetStore(str(tmp_path / "nope.zarr"))
+
+
+def test_nan_teacher_logits_are_never_published(tmp_path):
+    bad = _logits(50)
+    bad[[3, 17]] = np.nan
+    with pytest.raises(UserError) as e:
+        _write(tmp_path / "s.zarr", {"train": bad})
+    assert e.value.field == "teacher logits" and "3, 17" in str(e.value)
+    with pytest.raises(StoreError):
+        SoftTargetStore(str(tmp_path / "s.zarr"))
+
+
+def _shard_file(store, split="train"):
+    d = os.path.join(store, split, "logits", "c")
+    return os.path.join(d, sorted(os.listdir(d))[0], "0")
+
+
+def test_flipped_byte_fails_with_array_and_chunk(store_copy):
+    f = _shard_file(store_copy)
+    raw = bytearray(open(f, "rb").read())
+    raw[len(raw) // 3] ^= 0xFF
+    open(f, "wb").write(bytes(raw))
+    s = SoftTargetStore(store_copy)
+    with pytest.raises(StoreError) as e:
+        s.read_logits("train")
+    assert e.value.field == "train/logits" and "chunk" in str(e.value)
+    with pytest.raises(StoreError):
+        s.verify()
+
+
+def test_deleted_chunk_is_detected_not_read_as_fill(store_copy):
+    os.remove(_shard_file(store_copy, "val"))
+    s = SoftTargetStore(store_copy)
+    with pytest.raises(StoreError) as e:
+        s.read_logits("val")
+    assert e.value.field == "val/logits" and "missing" in str(e.value)
+
+
+def test_store_names_cannot_escape_their_root():
+    assert join("data/stores", "a.zarr") == "data/stores/a.zarr"
+    assert join("s3://bucket/root/", "a.zarr") == "s3://bucket/root/a.zarr"
+    for bad in ("../a.zarr", "x/../../a.zarr", "/etc/a.zarr"):
+        with pytest.raises(UserError):
+            join("data/stores", bad)
+
+
+def test_find_stores_lists_zarr_folders(tmp_path):
+    _write(tmp_path / "a.zarr", {"train": _logits(10)})
+    _write(tmp_path / "b.zarr", {"train": _logits(10)})
+    (tmp_path / "other").mkdir()
+    assert [os.path.basename(p) for p in find_stores(str(tmp_path))] == ["a.zarr", "b.zarr"]
+    with pytest.raises(UserError):
+        find_stores(str(tmp_path / "missing"))

@@ -1,0 +1,85 @@
+"""Stage 1 in the library: planning, provenance naming, reuse, checkpoints."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from pipeline import teacher
+from pipeline.config import DataConfig, ModelConfig
+from pipeline.errors import UserError
+from pipeline.store import SoftTargetStore
+from tests.conftest import build_store, small_teacher_config
+
+
+def test_store_is_named_by_content_and_reused(tmp_path):
+    cfg = small_teacher_config(str(tmp_path))
+    p = teacher.plan(cfg)
+    assert os.path.basename(p.store_path).startswith("digits-cnn-") and not p.reusable
+    path = teacher.publish(p, teacher.train(p))
+    assert path == p.store_path and teacher.plan(cfg).reusable
+    # Any change to what produced the logits gives another store.
+    other = teacher.plan(small_teacher_config(str(tmp_path), seed=1))
+    assert other.store_path != path and not other.reusable
+    enc = teacher.plan(small_teacher_config(str(tmp_path), encoding="float32"))
+    assert enc.store_path != path
+
+
+def test_store_records_provenance(digits_store):
+    a = SoftTargetStore(digits_store).attrs
+    t = a["teacher"]
+    assert t["arch"] == "cnn" and t["trained_here"] is True and len(t["checkpoint_sha256"]) == 64
+    assert t["checkpoint_sha256"] == teacher.sha256_file(t["checkpoint"])
+    assert a["dataset"]["class_names"] == [str(i) for i in range(10)]
+    assert set(a["dataset"]["splits"]) == {"train", "val", "test"}
+    assert {"torch", "zarr", "numcodecs", "python"} <= set(a["software"])
+    assert a["encoding"] == "float32" and a["complete"] is True
+
+
+def test_loading_a_checkpoint_reproduces_the_store(digits_store, tmp_path):
+    a = SoftTargetStore(digits_store)
+    ckpt = a.attrs["teacher"]["checkpoint"]
+    cfg = small_teacher_config(str(tmp_path), checkpoint=ckpt, encoding="float32")
+    p = teacher.plan(cfg)
+    assert p.checkpoint_sha256 == a.attrs["teacher"]["checkpoint_sha256"]
+    b = SoftTargetStore(teacher.publish(p, teacher.load(p)))
+    assert b.attrs["teacher"]["trained_here"] is False
+    assert torch.equal(torch.from_numpy(a.read_logits("train")), torch.from_numpy(b.read_logits("train")))
+
+
+def test_missing_checkpoint_is_refused(tmp_path):
+    with pytest.raises(UserError) as e:
+        teacher.plan(small_teacher_config(str(tmp_path), checkpoint=str(tmp_path / "nope.pt")))
+    assert e.value.field == "checkpoint"
+
+
+def test_checkpoint_for_another_architecture_is_refused(digits_store, tmp_path):
+    ckpt = SoftTargetStore(digits_store).attrs["teacher"]["checkpoint"]
+    p = teacher.plan(small_teacher_config(str(tmp_path), checkpoint=ckpt, model=ModelConfig(arch="mlp")))
+    with pytest.raises(UserError, match="cannot load"):
+        teacher.load(p)
+
+
+def test_a_pickled_checkpoint_is_never_executed(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    bad = tmp_path / "evil.pt"
+    torch.save({"x": Evil()}, bad)
+    p = teacher.plan(small_teacher_config(str(tmp_path), checkpoint=str(bad)))
+    with pytest.raises(UserError):
+        teacher.load(p)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_train_limit_changes_the_fingerprint_and_name(tmp_path):
+    a = teacher.plan(small_teacher_config(str(tmp_path)))
+    b = teacher.plan(small_teacher_config(str(tmp_path), data=DataConfig(train_limit=300)))
+    assert a.store_path != b.store_path
+    assert len(b.dataset.splits["train"]) == 300
+
+
+def test_build_store_helper_writes_a_complete_store(tmp_path):
+    assert SoftTargetStore(build_store(str(tmp_path))).attrs["encoding"] == "float16"
