@@ -21,7 +21,7 @@ teacher: $(STAMP)  ## stage 1 only: train the digits teacher, write its store
 	$(BIN)/kd teacher
 
 distill: $(STAMP)  ## both stages on digits, then print the leaderboard
-	$(BIN)/kd run
+	$(BIN)/kd run --seeds 0 1 2
 
 test: $(STAMP)  ## the whole suite (benchmarks excluded)
 	$(BIN)/python -m pytest -q

@@ -7,6 +7,7 @@ prints one line on stderr and exits 2; no traceback is ever shown for it.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import os
@@ -31,6 +32,12 @@ def _default(cls, name: str):
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows every option's default, also for options without a help text."""
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if action.help is None and action.option_strings:  # argparse skips options without help entirely
+            action = copy.copy(action)
+            action.help = "(default: %(default)s)"
+        return super()._format_action(action)
 
     def _get_help_string(self, action: argparse.Action) -> str:
         help_text = action.help or ""
