@@ -90,6 +90,22 @@ def _teacher_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--store-root", default=_default(TeacherConfig, "store_root"))
     g.add_argument("--checkpoint-root", default=_default(TeacherConfig, "checkpoint_root"))
     g.add_argument("--encoding", default=_default(TeacherConfig, "encoding"), choices=ENCODINGS)
+    _storage_option(g)
+
+
+def _storage_option(g) -> None:
+    g.add_argument("--storage-options", type=_json_object, default=None,
+                   help='JSON object passed to fsspec for URL stores, e.g. \'{"anon": false}\'')
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc.msg})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
 
 
 def _student_options(p: argparse.ArgumentParser) -> None:
@@ -117,14 +133,16 @@ def _common(a: argparse.Namespace) -> dict:
 
 def teacher_config(a: argparse.Namespace) -> TeacherConfig:
     return TeacherConfig(data=_data_config(a), seed=a.seed, checkpoint=a.checkpoint, store_root=a.store_root,
-                         checkpoint_root=a.checkpoint_root, encoding=a.encoding, **_common(a))
+                         checkpoint_root=a.checkpoint_root, encoding=a.encoding,
+                         storage_options=a.storage_options, **_common(a))
 
 
 def distill_config(a: argparse.Namespace, store: str) -> DistillConfig:
     data = _data_config(a) if getattr(a, "dataset", None) else None
     return DistillConfig(store=store, data=data, temperatures=tuple(a.temperatures), alphas=tuple(a.alphas),
                          losses=tuple(a.losses), beta=a.beta, seeds=tuple(a.seeds), report_root=a.report_root,
-                         run_name=a.run_name, group_size=a.group_size, cache_mb=a.cache_mb, **_common(a))
+                         run_name=a.run_name, group_size=a.group_size, cache_mb=a.cache_mb,
+                         storage_options=a.storage_options, **_common(a))
 
 
 def _student_grid_actions() -> list[tuple[tuple[str, ...], dict]]:
@@ -214,7 +232,7 @@ def _human_bytes(n: float) -> str:
 def cmd_inspect(a: argparse.Namespace) -> None:
     from pipeline.store import SoftTargetStore
 
-    store = SoftTargetStore(a.path, require_complete=False)
+    store = SoftTargetStore(a.path, storage_options=a.storage_options, require_complete=False)
     info = store.summary()
     if a.verify:
         info["verified_rows"] = store.verify()
@@ -244,9 +262,9 @@ def cmd_stores(a: argparse.Namespace) -> None:
     from pipeline.store import SoftTargetStore, find_stores
 
     rows = []
-    for path in find_stores(a.root):
+    for path in find_stores(a.root, a.storage_options):
         try:
-            s = SoftTargetStore(path, require_complete=False).summary()
+            s = SoftTargetStore(path, storage_options=a.storage_options, require_complete=False).summary()
         except UserError as exc:
             rows.append({"name": os.path.basename(path), "error": exc.one_line()})
             continue
@@ -280,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("distill", help="train students from a store and report a leaderboard", formatter_class=fmt)
     p.add_argument("--store", required=True, help="store path or URL printed by `kd teacher`")
+    _storage_option(p)
     _data_options(p, required_default=False)
     _student_options(p)
     p.set_defaults(func=cmd_distill)
@@ -299,11 +318,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--verify", action="store_true", help="decode every chunk and check every checksum")
+    _storage_option(p)
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("stores", help="list the stores under a root", formatter_class=fmt)
     p.add_argument("root", nargs="?", default=_default(TeacherConfig, "store_root"))
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    _storage_option(p)
     p.set_defaults(func=cmd_stores)
     return parser
 

@@ -131,6 +131,7 @@ class TeacherConfig:
     checkpoint_root: str = "data/checkpoints"
     encoding: str = "float16"
     device: str = "auto"
+    storage_options: dict | None = None  # passed to fsspec for URL store roots (s3://, gs://, ...)
 
     def __post_init__(self) -> None:
         _check_choice(self.encoding, ENCODINGS, "encoding")

@@ -54,10 +54,11 @@ class TeacherPlan:
     @property
     def reusable(self) -> bool:
         """A complete store with this provenance key already exists."""
-        if not _exists(self.store_path):
+        opts = self.cfg.storage_options
+        if not _exists(self.store_path, opts):
             return False
         try:
-            store = SoftTargetStore(self.store_path)
+            store = SoftTargetStore(self.store_path, storage_options=opts)
         except UserError:
             return False
         return store.attrs.get("provenance_key") == self.provenance_key
@@ -132,7 +133,8 @@ def publish(p: TeacherPlan, model: nn.Module) -> str:
         "software": software_versions(),
     }
     splits = {s: (ds.splits[s].y.numpy(), ds.splits[s].ids.numpy()) for s in ("train", "val", "test")}
-    writer = StoreWriter(p.store_path, attrs, splits, ds.num_classes, cfg.encoding)
+    writer = StoreWriter(p.store_path, attrs, splits, ds.num_classes, cfg.encoding,
+                         storage_options=cfg.storage_options)
     try:
         for split in ("train", "val", "test"):
             x = ds.splits[split].x
