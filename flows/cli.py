@@ -89,7 +89,12 @@ def _teacher_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoint", default=None, help="load this teacher instead of training one")
     g.add_argument("--store-root", default=_default(TeacherConfig, "store_root"))
     g.add_argument("--checkpoint-root", default=_default(TeacherConfig, "checkpoint_root"))
-    g.add_argument("--encoding", default=_default(TeacherConfig, "encoding"), choices=ENCODINGS)
+    g.add_argument("--encoding", default=_default(TeacherConfig, "encoding"),
+                   help=f"how logits are stored: {' | '.join(ENCODINGS)}")
+    g.add_argument("--chunk-rows", type=int, default=_default(TeacherConfig, "chunk_rows"),
+                   help="samples per compressed chunk")
+    g.add_argument("--shard-chunks", type=int, default=_default(TeacherConfig, "shard_chunks"),
+                   help="chunks per shard file (the unit of resumable and concurrent writes)")
     _storage_option(g)
 
 
@@ -133,7 +138,8 @@ def _common(a: argparse.Namespace) -> dict:
 
 def teacher_config(a: argparse.Namespace) -> TeacherConfig:
     return TeacherConfig(data=_data_config(a), seed=a.seed, checkpoint=a.checkpoint, store_root=a.store_root,
-                         checkpoint_root=a.checkpoint_root, encoding=a.encoding,
+                         checkpoint_root=a.checkpoint_root, encoding=a.encoding, chunk_rows=a.chunk_rows,
+                         shard_chunks=a.shard_chunks,
                          storage_options=a.storage_options, **_common(a))
 
 

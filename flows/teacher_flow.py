@@ -12,7 +12,8 @@ from pipeline.config import TeacherConfig
 @task(cache_policy=NO_CACHE)
 def plan_teacher(cfg: TeacherConfig) -> dict:
     p = teacher.plan(cfg)
-    return {"store": p.store_path, "checkpoint": p.checkpoint_path, "reusable": p.reusable}
+    return {"store": p.store_path, "checkpoint": p.checkpoint_path, "reusable": p.reusable,
+            "checkpoint_ready": p.checkpoint_ready}
 
 
 @task(cache_policy=NO_CACHE)
@@ -36,7 +37,9 @@ def teacher_flow(config: TeacherConfig) -> str:
     if planned["reusable"]:
         logger.info("a complete store with this provenance already exists; not retraining: %s", planned["store"])
         return planned["store"]
-    if config.checkpoint is None:
+    if planned["checkpoint_ready"]:  # given, or saved by an earlier run that was cut off: resume from it
+        logger.info("using teacher checkpoint %s", planned["checkpoint"])
+    else:
         train_teacher(config)
     store = publish_logits(config)
     logger.info("store: %s", store)

@@ -18,7 +18,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 SCHEDULES = ("none", "cosine")
 SELECTIONS = ("best", "last")
 AUGMENT_OPS = ("translate", "flip", "rotate")
-ENCODINGS = ("float16", "float32")
+ENCODINGS = ("float16", "float32", "topk:K")  # K: classes kept per sample
 SOFT_LOSSES = ("kl", "soft_ce", "mse")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -132,10 +132,16 @@ class TeacherConfig:
     encoding: str = "float16"
     device: str = "auto"
     storage_options: dict | None = None  # passed to fsspec for URL store roots (s3://, gs://, ...)
+    chunk_rows: int = 256  # samples per compressed chunk
+    shard_chunks: int = 16  # chunks per shard (one file/object; the unit of concurrent and resumable writes)
 
     def __post_init__(self) -> None:
-        _check_choice(self.encoding, ENCODINGS, "encoding")
+        from pipeline.store import parse_encoding
+
+        parse_encoding(self.encoding)
         _check_choice(self.device, DEVICES, "device")
+        _check(self.chunk_rows > 0, "chunk_rows", f"must be positive, got {self.chunk_rows}", "use e.g. 256")
+        _check(self.shard_chunks > 0, "shard_chunks", f"must be positive, got {self.shard_chunks}", "use e.g. 16")
 
 
 @dataclass(frozen=True)

@@ -100,6 +100,50 @@ def now_iso() -> str:
 # ---------------------------------------------------------------- writing
 
 
+def parse_encoding(encoding: str) -> tuple[str, int | None]:
+    """``float16`` | ``float32`` | ``topk:K`` -> (kind, K)."""
+    if encoding in ENCODING_DTYPES:
+        return encoding, None
+    kind, _, k = encoding.partition(":")
+    if kind == "topk" and k.isdigit() and int(k) > 0:
+        return "topk", int(k)
+    raise UserError("encoding", f"unknown encoding {encoding!r}", "use float16, float32 or topk:K (e.g. topk:20)")
+
+
+def logits_arrays(encoding: str) -> tuple[str, ...]:
+    """The per-split arrays that hold the logits under ``encoding``; all share the row layout."""
+    return ("logits",) if parse_encoding(encoding)[0] != "topk" else ("topk_values", "topk_indices", "lse")
+
+
+def encode_topk(logits: np.ndarray, k: int) -> dict[str, np.ndarray]:
+    """The K largest logits per row, their class indices, and the row's full log-sum-exp."""
+    part = np.argpartition(-logits, k - 1, axis=1)[:, :k]  # (R, K) unordered: O(C) per row, not O(C log C)
+    order = np.argsort(-np.take_along_axis(logits, part, axis=1), axis=1, kind="stable")
+    idx = np.take_along_axis(part, order, axis=1)  # (R, K), largest first
+    values = np.take_along_axis(logits, idx, axis=1)  # (R, K)
+    m = logits.max(axis=1, keepdims=True)
+    lse = (m + np.log(np.exp(logits - m).sum(axis=1, keepdims=True)))[:, 0]  # (R,)
+    return {"topk_values": values.astype(np.float32), "topk_indices": idx.astype(np.int32),
+            "lse": lse.astype(np.float32)}
+
+
+def decode_topk(values: np.ndarray, indices: np.ndarray, lse: np.ndarray, num_classes: int) -> np.ndarray:
+    """Dense (R, C) logits whose T = 1 softmax is exact on the kept classes.
+
+    The classes that were not kept share the remaining probability mass
+    equally: each gets logit ``lse + log((1 - sum p_kept) / (C - K))``. At
+    T = 1 the normaliser is then exactly ``exp(lse)``; at other temperatures
+    the flat tail is an approximation (see the README).
+    """
+    rows, k = values.shape
+    kept_mass = np.exp(values.astype(np.float64) - lse[:, None]).sum(axis=1)  # (R,)
+    rest = max(num_classes - k, 1)
+    tail = np.maximum(1.0 - kept_mass, 1e-12) / rest
+    out = np.repeat((lse + np.log(tail))[:, None], num_classes, axis=1).astype(np.float32)  # (R, C)
+    np.put_along_axis(out, indices.astype(np.int64), values.astype(np.float32), axis=1)
+    return out
+
+
 @dataclass(frozen=True)
 class SplitLayout:
     size: int
@@ -122,50 +166,89 @@ def layout_for(size: int, num_classes: int, chunk_rows: int = DEFAULT_CHUNK_ROWS
 
 
 class StoreWriter:
-    """Creates a store and writes logits shard by shard from a background thread.
+    """Creates (or resumes) a store and writes logits shard by shard from a background thread.
 
     The model never waits on storage: :meth:`put` hands a finished shard to a
     queue and returns. Each shard is written whole (concurrent writers must
-    never share a shard), then its flag in ``written`` is set. :meth:`finish`
-    checks every flag and sets ``complete`` last.
+    never share a shard), then its flag in ``written`` is set, so a killed run
+    leaves an exact record of what is on disk. Opening a path that holds an
+    incomplete store with the same ``provenance_key``, teacher checkpoint,
+    encoding and layout *resumes* it: :meth:`pending` then lists only the
+    shards still missing. :meth:`finish` checks every flag and sets
+    ``complete`` last.
     """
 
     def __init__(self, path: str, attrs: dict, splits: dict[str, tuple[np.ndarray, np.ndarray]],
                  num_classes: int, encoding: str, chunk_rows: int = DEFAULT_CHUNK_ROWS,
                  shard_chunks: int = DEFAULT_SHARD_CHUNKS, storage_options: dict | None = None) -> None:
+        kind, k = parse_encoding(encoding)
+        if k is not None and k >= num_classes:
+            raise UserError("encoding", f"topk:{k} keeps every one of the {num_classes} classes",
+                            f"use K < {num_classes}, or float16")
+        self.path, self.encoding, self.num_classes = path, encoding, num_classes
+        self.layouts = {s: layout_for(len(labels), num_classes, chunk_rows, shard_chunks)
+                        for s, (labels, _) in splits.items()}
+        layout_attr = {s: {"chunk_rows": l.chunk_rows, "shard_rows": l.shard_rows} for s, l in self.layouts.items()}
+        store = _zarr_store(path, read_only=False, storage_options=storage_options)
+        self.group = self._resumable(store, attrs, layout_attr)
+        self.resumed = self.group is not None
+        if self.group is None:
+            self.group = self._create(store, attrs, splits, layout_attr)
+        self._queue: queue.Queue = queue.Queue(maxsize=4)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._drain, name="store-writer", daemon=True)
+        self._thread.start()
+
+    def _resumable(self, store, attrs: dict, layout_attr: dict):
+        import zarr
+
+        try:
+            group = zarr.open_group(store, mode="r+", zarr_format=3)
+        except Exception:  # nothing there (or unreadable): start afresh
+            return None
+        a = dict(group.attrs)
+        same = (a.get("complete") is False and a.get("format_version") == FORMAT_VERSION
+                and a.get("provenance_key") == attrs.get("provenance_key")
+                and a.get("teacher", {}).get("checkpoint_sha256") == attrs.get("teacher", {}).get("checkpoint_sha256")
+                and a.get("encoding") == self.encoding and a.get("layout") == layout_attr)
+        return group if same else None
+
+    def _create(self, store, attrs: dict, splits: dict, layout_attr: dict):
         import zarr
         from zarr.codecs import BloscCodec, Crc32cCodec
 
-        if encoding not in ENCODING_DTYPES:
-            raise UserError("encoding", f"unknown encoding {encoding!r}", f"choose one of: {', '.join(ENCODING_DTYPES)}")
-        self.path = path
-        self.encoding = encoding
-        self.layouts: dict[str, SplitLayout] = {}
-        store = _zarr_store(path, read_only=False, storage_options=storage_options)
-        self.group = zarr.open_group(store, mode="w", zarr_format=3)
+        kind, k = parse_encoding(self.encoding)
+        group = zarr.open_group(store, mode="w", zarr_format=3)
         compressors = (BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"), Crc32cCodec())
+        width = self.num_classes if k is None else k
         for split, (labels, ids) in splits.items():
-            lay = layout_for(len(labels), num_classes, chunk_rows, shard_chunks)
-            self.layouts[split] = lay
-            g = self.group.create_group(split)
+            lay = self.layouts[split]
+            g = group.create_group(split)
+            rows = dict(chunks=(lay.chunk_rows,), shards=(lay.shard_rows,))
+            if kind == "topk":
+                arrays = {"topk_values": ((width,), np.float32, np.nan), "topk_indices": ((width,), np.int32, -1),
+                          "lse": ((), np.float32, np.nan)}
+            else:
+                arrays = {"logits": ((width,), ENCODING_DTYPES[kind], np.nan)}
+            for name, (cols, dtype, fill) in arrays.items():
+                g.create_array(name, shape=(lay.size, *cols), dtype=dtype, chunks=rows["chunks"] + cols,
+                               shards=rows["shards"] + cols, compressors=compressors, fill_value=fill)
             n = max(lay.size, 1)
-            g.create_array("logits", shape=(lay.size, num_classes), dtype=ENCODING_DTYPES[encoding],
-                           chunks=(lay.chunk_rows, num_classes), shards=(lay.shard_rows, num_classes),
-                           compressors=compressors, fill_value=np.nan)
             for name, values in (("labels", labels), ("ids", ids)):
                 arr = g.create_array(name, shape=(lay.size,), dtype=np.int64, chunks=(min(n, 65536),),
                                      compressors=compressors, fill_value=-1)
                 arr[:] = np.asarray(values, dtype=np.int64)
             g.create_array("written", shape=(lay.num_shards,), dtype=np.uint8,
                            chunks=(max(lay.num_shards, 1),), compressors=compressors, fill_value=0)
-        self.group.attrs.update({**attrs, "format_version": FORMAT_VERSION, "encoding": encoding,
-                                 "complete": False,
-                                 "layout": {s: {"chunk_rows": l.chunk_rows, "shard_rows": l.shard_rows}
-                                            for s, l in self.layouts.items()}})
-        self._queue: queue.Queue = queue.Queue(maxsize=4)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._drain, name="store-writer", daemon=True)
-        self._thread.start()
+        group.attrs.update({**attrs, "format_version": FORMAT_VERSION, "encoding": self.encoding,
+                            "complete": False, "layout": layout_attr})
+        return group
+
+    def pending(self, split: str) -> list[int]:
+        """Shards of ``split`` not yet recorded as written (all of them for a new store)."""
+        if not self.layouts[split].num_shards:
+            return []
+        return np.nonzero(self.group[split]["written"][:] == 0)[0].tolist()
 
     def _drain(self) -> None:
         while True:
@@ -174,26 +257,34 @@ class StoreWriter:
                 return
             if self._error is not None:
                 continue
-            split, shard, values = item
+            split, shard, arrays = item
             try:
                 start, stop = self.layouts[split].shard_range(shard)
                 g = self.group[split]
-                g["logits"][start:stop] = values
-                g["written"][shard] = 1
-            except BaseException as exc:  # surfaced to the producer by finish()
+                for name, values in arrays.items():
+                    g[name][start:stop] = values
+                g["written"][shard] = 1  # only after the whole shard is on storage
+            except BaseException as exc:  # surfaced to the producer by put()/finish()
                 self._error = exc
 
     def put(self, split: str, shard: int, logits: np.ndarray) -> None:
-        """Queue one whole shard of logits, shape (rows_in_shard, C)."""
-        if not np.isfinite(logits).all():
-            rows = np.nonzero(~np.isfinite(logits).all(axis=1))[0]
-            start, _ = self.layouts[split].shard_range(shard)
+        """Queue one whole shard of raw logits, shape (rows_in_shard, C)."""
+        start, stop = self.layouts[split].shard_range(shard)
+        if logits.shape != (stop - start, self.num_classes):
+            raise ValueError(f"shard {shard} of {split} needs shape {(stop - start, self.num_classes)}, "
+                             f"got {logits.shape}")
+        finite = np.isfinite(logits).all(axis=1)
+        if not finite.all():
+            rows = np.nonzero(~finite)[0]
             raise UserError("teacher logits", f"{len(rows)} {split} samples are NaN/inf (rows "
                             f"{', '.join(str(start + r) for r in rows[:10])})",
                             "the teacher diverged; lower its lr or check the checkpoint. Nothing was published")
         if self._error is not None:
             raise self._error
-        self._queue.put((split, shard, logits.astype(ENCODING_DTYPES[self.encoding], copy=False)))
+        kind, k = parse_encoding(self.encoding)
+        arrays = (encode_topk(logits, k) if kind == "topk"
+                  else {"logits": logits.astype(ENCODING_DTYPES[kind], copy=False)})
+        self._queue.put((split, shard, arrays))
 
     def finish(self, extra_attrs: dict | None = None) -> str:
         """Wait for pending writes, verify the bitmap, then mark the store complete."""
@@ -201,11 +292,10 @@ class StoreWriter:
         self._thread.join()
         if self._error is not None:
             raise self._error
-        for split, lay in self.layouts.items():
-            written = self.group[split]["written"][:] if lay.num_shards else np.ones(0)
-            missing = np.nonzero(written == 0)[0]
-            if len(missing):
-                raise StoreError("store", f"{split} shards {missing.tolist()} were never written", "rerun the teacher")
+        for split in self.layouts:
+            missing = self.pending(split)
+            if missing:
+                raise StoreError("store", f"{split} shards {missing} were never written", "rerun the teacher")
         self.group.attrs.update({**(extra_attrs or {}), "complete": True, "completed_at": now_iso()})
         return self.path
 
@@ -256,10 +346,10 @@ class SoftTargetStore:
         return [s for s in SPLITS if s in self.group]
 
     def size(self, split: str) -> int:
-        return int(self.group[split]["logits"].shape[0])
+        return int(self.group[split]["labels"].shape[0])
 
     def chunk_rows(self, split: str) -> int:
-        return int(self.group[split]["logits"].chunks[0])
+        return int(self.group[split][logits_arrays(self.encoding)[0]].chunks[0])
 
     def labels(self, split: str) -> np.ndarray:
         return self._read(split, "labels", slice(None))
@@ -275,7 +365,9 @@ class SoftTargetStore:
         except Exception as exc:  # checksum mismatch or undecodable chunk
             raise StoreError(f"{split}/{name}", f"chunk {self._chunk_of(arr, rows)} is corrupt ({type(exc).__name__}: "
                              f"{str(exc)[:120]})", "the store was damaged after writing; re-run `kd teacher`") from None
-        bad = np.isnan(values).any(axis=-1) if values.dtype.kind == "f" else (values < 0)
+        bad = np.isnan(values) if values.dtype.kind == "f" else (values < 0)
+        if bad.ndim > 1:
+            bad = bad.any(axis=tuple(range(1, bad.ndim)))
         if np.any(bad):
             row = (rows.start or 0) + int(np.nonzero(bad)[0][0])
             chunk = row // arr.chunks[0]
@@ -291,15 +383,29 @@ class SoftTargetStore:
         return str(first) if first == last else f"{first}..{last}"
 
     def read_logits(self, split: str, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Decoded logits (rows, C) as float32, verified (checksums, no missing chunk)."""
+        """Decoded logits (rows, C) as float32, verified (checksums, no missing chunk).
+
+        Under ``topk:K`` these are the dense logits of :func:`decode_topk`.
+        """
         stop = self.size(split) if stop is None else stop
-        return self._read(split, "logits", slice(start, stop)).astype(np.float32, copy=False)
+        rows = slice(start, stop)
+        if parse_encoding(self.encoding)[0] == "topk":
+            return decode_topk(self._read(split, "topk_values", rows), self._read(split, "topk_indices", rows),
+                               self._read(split, "lse", rows), self.num_classes)
+        return self._read(split, "logits", rows).astype(np.float32, copy=False)
 
     def iter_chunks(self, split: str) -> Iterator[tuple[int, np.ndarray]]:
         """(start row, logits) per chunk, in order: each chunk is decoded exactly once."""
         rows = self.chunk_rows(split)
         for start in range(0, self.size(split), rows):
             yield start, self.read_logits(split, start, start + rows)
+
+    def file_count(self) -> int | None:
+        """Objects the store occupies on a local disk (None for URL stores)."""
+        if is_url(self.path) and not self.path.startswith("file://"):
+            return None
+        local = self.path[len("file://"):] if self.path.startswith("file://") else self.path
+        return sum(len(files) for _, _, files in os.walk(local))
 
     def verify(self) -> dict[str, int]:
         """Decode every chunk of every array: checksums, missing chunks, NaN. Returns rows checked."""
@@ -313,19 +419,27 @@ class SoftTargetStore:
         return checked
 
     # --- size -----------------------------------------------------------
-    def nbytes_stored(self) -> int:
+    def _nbytes(self, names: tuple[str, ...], stored: bool = True) -> int:
         total = 0
         for split in self.splits():
-            for name in ("logits", "labels", "ids", "written"):
-                total += int(self.group[split][name].nbytes_stored())
+            for name in names:
+                arr = self.group[split][name]
+                total += int(arr.nbytes_stored() if stored else arr.nbytes)
         return total
 
+    def nbytes_stored(self) -> int:
+        return self._nbytes(logits_arrays(self.encoding) + ("labels", "ids", "written"))
+
     def summary(self) -> dict:
-        """What ``kd inspect`` prints: metadata plus size, bytes per sample and compression ratio."""
+        """What ``kd inspect`` prints: metadata plus size, bytes per sample and compression ratio.
+
+        The compression ratio compares the stored logits with dense float32
+        logits (N x C x 4 bytes), i.e. what the encoding plus compression saves.
+        """
         stored = self.nbytes_stored()
-        logits_stored = sum(int(self.group[s]["logits"].nbytes_stored()) for s in self.splits())
-        logits_raw = sum(int(self.group[s]["logits"].nbytes) for s in self.splits())
+        logits_stored = self._nbytes(logits_arrays(self.encoding))
         n = sum(self.size(s) for s in self.splits())
+        logits_raw = n * self.num_classes * 4
         return {
             "path": self.path,
             **{k: v for k, v in self.attrs.items()},
@@ -334,6 +448,7 @@ class SoftTargetStore:
             "bytes_per_sample": stored / max(n, 1),
             "logits_bytes_per_sample": logits_stored / max(n, 1),
             "compression_ratio": logits_raw / max(logits_stored, 1),
+            "files": self.file_count(),
         }
 
 
@@ -348,4 +463,10 @@ def find_stores(root: str, storage_options: dict | None = None) -> list[str]:
 
     fs, p = fsspec.core.url_to_fs(root, **(storage_options or {}))
     protocol = root.split("://", 1)[0]
-    return sorted(f"{protocol}://{e.rstrip('/')}" for e in fs.ls(p, detail=False) if e.rstrip("/").endswith(".zarr"))
+    fs.invalidate_cache(p)  # fsspec caches listings per process: stores written since the last call would be missed
+    try:
+        entries = fs.ls(p, detail=False)
+    except OSError as exc:  # FileNotFoundError (no such prefix/bucket), PermissionError (credentials)
+        raise UserError("root", f"cannot list {root!r} ({type(exc).__name__}: {str(exc)[:120]})",
+                        "pass the URL given as --store-root, with its --storage-options") from None
+    return sorted(f"{protocol}://{e.rstrip('/')}" for e in entries if e.rstrip("/").endswith(".zarr"))

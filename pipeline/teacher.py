@@ -10,10 +10,12 @@ import hashlib
 import logging
 import os
 import re
+import sys
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from pipeline.config import StudentSpec, TeacherConfig, config_hash, to_dict
 from pipeline.data import Dataset, load_dataset
@@ -52,6 +54,11 @@ class TeacherPlan:
     checkpoint_sha256: str | None  # known up front only when loading a given checkpoint
 
     @property
+    def checkpoint_ready(self) -> bool:
+        """A teacher checkpoint for this provenance exists (given, or left by an earlier run): no training."""
+        return os.path.isfile(self.checkpoint_path)
+
+    @property
     def reusable(self) -> bool:
         """A complete store with this provenance key already exists."""
         opts = self.cfg.storage_options
@@ -79,6 +86,11 @@ def plan(cfg: TeacherConfig) -> TeacherPlan:
     name = f"{slug}-{cfg.model.arch}-{key[:10]}"
     ckpt = cfg.checkpoint or os.path.join(cfg.checkpoint_root, f"{name}.pt")
     return TeacherPlan(cfg, ds, key, join(cfg.store_root, f"{name}.zarr"), ckpt, ckpt_sha)
+
+
+def progress_bar() -> bool:
+    """Show tqdm bars only on an interactive terminal (logs and CI stay clean)."""
+    return sys.stderr.isatty()
 
 
 def train(p: TeacherPlan, progress: Progress | None = None) -> nn.Module:
@@ -133,13 +145,17 @@ def publish(p: TeacherPlan, model: nn.Module) -> str:
         "software": software_versions(),
     }
     splits = {s: (ds.splits[s].y.numpy(), ds.splits[s].ids.numpy()) for s in ("train", "val", "test")}
-    writer = StoreWriter(p.store_path, attrs, splits, ds.num_classes, cfg.encoding,
-                         storage_options=cfg.storage_options)
+    writer = StoreWriter(p.store_path, attrs, splits, ds.num_classes, cfg.encoding, chunk_rows=cfg.chunk_rows,
+                         shard_chunks=cfg.shard_chunks, storage_options=cfg.storage_options)
+    if writer.resumed:
+        log.info("resuming incomplete store %s: %s shards left", p.store_path,
+                 {s: len(writer.pending(s)) for s in splits})
     try:
         for split in ("train", "val", "test"):
             x = ds.splits[split].x
             lay = writer.layouts[split]
-            for shard in range(lay.num_shards):
+            for shard in tqdm(writer.pending(split), desc=f"teacher logits [{split}]", unit="shard",
+                              disable=not progress_bar()):
                 start, stop = lay.shard_range(shard)
                 logits = torch.cat(list(predict(model, x[start:stop], device))).numpy()  # (rows, C)
                 writer.put(split, shard, logits)

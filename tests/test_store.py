@@ -143,3 +143,60 @@ def test_find_stores_lists_zarr_folders(tmp_path):
     assert [os.path.basename(p) for p in find_stores(str(tmp_path))] == ["a.zarr", "b.zarr"]
     with pytest.raises(UserError):
         find_stores(str(tmp_path / "missing"))
+
+
+def test_topk_keeps_exact_t1_probabilities(tmp_path):
+    import torch
+
+    logits = _logits(600) * 2
+    path = _write(tmp_path / "k.zarr", {"train": logits}, encoding="topk:3")
+    s = SoftTargetStore(path)
+    dense = s.read_logits("train")  # (N, C) reconstructed
+    p_true = torch.softmax(torch.from_numpy(logits).double(), 1).numpy()
+    p_back = torch.softmax(torch.from_numpy(dense).double(), 1).numpy()
+    top = np.argsort(-logits, axis=1)[:, :3]
+    np.testing.assert_allclose(np.take_along_axis(p_back, top, 1), np.take_along_axis(p_true, top, 1), rtol=1e-5)
+    np.testing.assert_array_equal(np.argmax(dense, 1), np.argmax(logits, 1))
+    # The tail shares the remaining mass equally, so every row is still a distribution.
+    np.testing.assert_allclose(p_back.sum(1), 1.0, rtol=1e-6)
+    assert s.summary()["logits_bytes_per_sample"] < 4 * C
+
+
+def test_topk_must_drop_some_classes(tmp_path):
+    with pytest.raises(UserError) as e:
+        _write(tmp_path / "k.zarr", {"train": _logits(10)}, encoding=f"topk:{C}")
+    assert e.value.field == "encoding"
+    with pytest.raises(UserError):
+        _write(tmp_path / "k2.zarr", {"train": _logits(10)}, encoding="top3")
+
+
+def test_file_count_grows_with_shards_not_chunks(tmp_path):
+    # 40 000 rows at 256-row chunks would be 157 chunk files per array; 16-chunk shards make it 10.
+    path = _write(tmp_path / "s.zarr", {"train": np.zeros((40_000, C), np.float32)})
+    s = SoftTargetStore(path)
+    assert len(os.listdir(os.path.join(path, "train", "logits", "c"))) == 10
+    assert s.summary()["files"] < 20
+
+
+def test_resume_writes_only_missing_shards(tmp_path):
+    data = _logits(1000)
+    splits = {"train": (np.arange(1000) % C, np.arange(1000))}
+    attrs = {"dataset": {"num_classes": C}, "provenance_key": "k1", "teacher": {"checkpoint_sha256": "abc"}}
+    w = StoreWriter(str(tmp_path / "s.zarr"), attrs, splits, C, "float16", chunk_rows=100, shard_chunks=2)
+    for shard in (0, 2, 3):
+        a, b = w.layouts["train"].shard_range(shard)
+        w.put("train", shard, data[a:b])
+    w.abort()  # "crash": complete never set
+    again = StoreWriter(str(tmp_path / "s.zarr"), attrs, splits, C, "float16", chunk_rows=100, shard_chunks=2)
+    assert again.resumed and again.pending("train") == [1, 4]
+    for shard in again.pending("train"):
+        a, b = again.layouts["train"].shard_range(shard)
+        again.put("train", shard, data[a:b])
+    again.finish()
+    np.testing.assert_array_equal(SoftTargetStore(again.path).read_logits("train"),
+                                  data.astype(np.float16).astype(np.float32))
+    # Another provenance (or checkpoint) never resumes: it starts afresh.
+    other = StoreWriter(str(tmp_path / "s.zarr"), {**attrs, "provenance_key": "k2"}, splits, C, "float16",
+                        chunk_rows=100, shard_chunks=2)
+    assert not other.resumed and other.pending("train") == [0, 1, 2, 3, 4]
+    other.abort()
