@@ -14,7 +14,7 @@ import os
 import sys
 
 import flows  # noqa: F401  (sets Prefect's environment defaults before Prefect is imported)
-from pipeline.config import (AUGMENT_OPS, DEVICES, ENCODINGS, OPTIMIZERS, SCHEDULES, SELECTIONS, SOFT_LOSSES,
+from pipeline.config import (AUGMENT_OPS, DEVICES, ENCODINGS, MODES, OPTIMIZERS, SCHEDULES, SELECTIONS, SOFT_LOSSES,
                              AugmentConfig, DataConfig, DistillConfig, ModelConfig, OptimConfig, TeacherConfig)
 from pipeline.errors import UserError
 
@@ -139,8 +139,7 @@ def _common(a: argparse.Namespace) -> dict:
 def teacher_config(a: argparse.Namespace) -> TeacherConfig:
     return TeacherConfig(data=_data_config(a), seed=a.seed, checkpoint=a.checkpoint, store_root=a.store_root,
                          checkpoint_root=a.checkpoint_root, encoding=a.encoding, chunk_rows=a.chunk_rows,
-                         shard_chunks=a.shard_chunks,
-                         storage_options=a.storage_options, **_common(a))
+                         shard_chunks=a.shard_chunks, storage_options=a.storage_options, **_common(a))
 
 
 def distill_config(a: argparse.Namespace, store: str) -> DistillConfig:
@@ -148,7 +147,7 @@ def distill_config(a: argparse.Namespace, store: str) -> DistillConfig:
     return DistillConfig(store=store, data=data, temperatures=tuple(a.temperatures), alphas=tuple(a.alphas),
                          losses=tuple(a.losses), beta=a.beta, seeds=tuple(a.seeds), report_root=a.report_root,
                          run_name=a.run_name, group_size=a.group_size, cache_mb=a.cache_mb,
-                         storage_options=a.storage_options, **_common(a))
+                         storage_options=a.storage_options, mode=a.mode, **_common(a))
 
 
 def _student_grid_actions() -> list[tuple[tuple[str, ...], dict]]:
@@ -164,6 +163,9 @@ def _student_grid_actions() -> list[tuple[tuple[str, ...], dict]]:
         (("--run-name",), {"default": None, "help": "report folder name (default: store, student and time)"}),
         (("--group-size",), {"type": int, "default": _default(DistillConfig, "group_size"),
                              "help": "students per Prefect task; a group shares one pass over the data"}),
+        (("--mode",), {"default": _default(DistillConfig, "mode"), "choices": MODES,
+                       "help": "offline: soft targets from the store; online: rerun the teacher every step "
+                               "(the reference offline KD is measured against)"}),
         (("--cache-mb",), {"type": float, "default": _default(DistillConfig, "cache_mb"),
                            "help": "hold decoded logits in memory up to this size; stream beyond it"}),
     ]

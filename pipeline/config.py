@@ -21,6 +21,7 @@ AUGMENT_OPS = ("translate", "flip", "rotate")
 ENCODINGS = ("float16", "float32", "topk:K")  # K: classes kept per sample
 SOFT_LOSSES = ("kl", "soft_ce", "mse")
 DEVICES = ("auto", "cpu", "cuda")
+MODES = ("offline", "online")
 
 
 def _check(cond: bool, field_name: str, problem: str, fix: str) -> None:
@@ -212,9 +213,11 @@ class DistillConfig:
     group_size: int = 1
     cache_mb: float = 1024.0
     storage_options: dict | None = None
+    mode: str = "offline"  # "online" reruns the teacher every step: the reference for exactness and benchmarks
 
     def __post_init__(self) -> None:
         _check(bool(self.store), "store", "is empty", "pass --store PATH_OR_URL")
+        _check_choice(self.mode, MODES, "mode")
         _check(self.group_size > 0, "group_size", f"must be positive, got {self.group_size}",
                "use 1 for a Prefect task per student, more to share one data pass")
         _check(self.cache_mb >= 0, "cache_mb", f"must be >= 0, got {self.cache_mb}", "use e.g. 1024")

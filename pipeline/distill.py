@@ -61,9 +61,11 @@ class DistillPlan:
         self.teacher_test_logits = torch.from_numpy(self.store.read_logits("test"))  # (N_test, C)
         # Decoding the train logits here, when they fit the cache, also verifies every chunk
         # before any training starts; larger stores are streamed and verified as they are read.
+        if cfg.mode == "online":
+            load_teacher(self)  # fail now, not in a task, if the checkpoint is gone or changed
         n_train = self.store.size("train")
-        self.train_logits = (self.store.read_logits("train")
-                             if fits_cache(n_train, self.store.num_classes, cfg.cache_mb) else None)  # (N, C)
+        self.train_logits = (self.store.read_logits("train") if cfg.mode == "offline"
+                             and fits_cache(n_train, self.store.num_classes, cfg.cache_mb) else None)  # (N, C)
 
     def teacher_row(self) -> dict:
         t = self.store.attrs["teacher"]
@@ -113,11 +115,14 @@ def train_students(cfg: DistillConfig, specs: list[StudentSpec], run_dir: str,
     p = plan(cfg)
     ds = p.dataset
     device = resolve_device(cfg.device)
-    loader = SoftTargetLoader(ds.splits["train"], cfg.optim.batch_size, seed=specs[0].seed, store=p.store,
-                              cache_mb=cfg.cache_mb, cached=p.train_logits)
+    online = cfg.mode == "online"
+    loader = SoftTargetLoader(ds.splits["train"], cfg.optim.batch_size, seed=specs[0].seed,
+                              store=None if online else p.store, cache_mb=cfg.cache_mb, cached=p.train_logits,
+                              chunk_rows=p.store.chunk_rows("train"))
     label = ",".join(s.run_id for s in specs)
     results = train_group(specs, cfg.model, cfg.optim, cfg.augment, loader, ds.splits["val"], ds.input_shape,
-                          ds.num_classes, device, select=cfg.optim.select, label=label, progress=progress)
+                          ds.num_classes, device, select=cfg.optim.select, label=label, progress=progress,
+                          teacher=load_teacher(p) if online else None)
     os.makedirs(os.path.join(run_dir, "students"), exist_ok=True)
     rows = []
     for r in results:
@@ -132,6 +137,24 @@ def train_students(cfg: DistillConfig, specs: list[StudentSpec], run_dir: str,
                      "best_epoch": r.best_epoch, "params": count_parameters(r.model),
                      "size_mb": model_size_mb(r.model), "checkpoint": path})
     return rows
+
+
+def load_teacher(p: DistillPlan) -> torch.nn.Module:
+    """Online mode only: the store's teacher, from its recorded checkpoint (weights only)."""
+    from pipeline.config import ModelConfig
+    from pipeline.errors import UserError
+    from pipeline.models import build_model
+    from pipeline.teacher import sha256_file
+
+    t = p.store.attrs["teacher"]
+    path = t["checkpoint"]
+    if not os.path.isfile(path) or sha256_file(path) != t["checkpoint_sha256"]:
+        raise UserError("mode", f"online KD needs the teacher checkpoint {path!r} recorded in the store, unchanged",
+                        "use --mode offline, or restore the checkpoint")
+    model = build_model(from_dict(ModelConfig, t["config"]["model"]), p.dataset.input_shape,  # type: ignore[arg-type]
+                        p.dataset.num_classes)
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model
 
 
 def _row(cfg: DistillConfig, s: StudentSpec) -> dict:

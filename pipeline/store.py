@@ -69,8 +69,12 @@ def _exists(path: str, storage_options: dict | None = None) -> bool:
         return os.path.exists(os.path.join(local, "zarr.json"))
     import fsspec
 
-    fs, p = fsspec.core.url_to_fs(path, **(storage_options or {}))
-    return fs.exists(f"{p.rstrip('/')}/zarr.json")
+    try:
+        fs, p = fsspec.core.url_to_fs(path, **(storage_options or {}))
+        return fs.exists(f"{p.rstrip('/')}/zarr.json")
+    except (OSError, ValueError, ImportError) as exc:  # bad credentials, unreachable endpoint, unknown protocol
+        raise UserError("store", f"cannot reach {path!r} ({type(exc).__name__}: {str(exc)[:160]})",
+                        "check the URL and --storage-options / credentials") from None
 
 
 # ---------------------------------------------------------------- metadata

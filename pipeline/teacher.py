@@ -36,6 +36,13 @@ def transform_hash() -> str:
     return config_hash(TRANSFORM)[:16]
 
 
+def public_config(cfg: TeacherConfig) -> dict:
+    """The config as recorded in a store: storage options can hold credentials, so they never go in."""
+    d = to_dict(cfg)
+    d.pop("storage_options", None)  # type: ignore[union-attr]
+    return d  # type: ignore[return-value]
+
+
 def sha256_file(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -134,7 +141,7 @@ def publish(p: TeacherPlan, model: nn.Module) -> str:
         "teacher": {
             "arch": cfg.model.arch, "width": cfg.model.width, "params": count_parameters(model),
             "checkpoint": p.checkpoint_path, "checkpoint_sha256": sha256_file(p.checkpoint_path),
-            "trained_here": cfg.checkpoint is None, "config": to_dict(cfg),
+            "trained_here": cfg.checkpoint is None, "config": public_config(cfg),
             "val_acc": metrics["val"]["acc"], "test_acc": metrics["test"]["acc"],
             "val_nll": metrics["val"]["nll"], "test_nll": metrics["test"]["nll"],
         },

@@ -74,6 +74,7 @@ class Trainee:
     best_epoch: int = -1
     best_state: dict | None = None
     history: list[dict] = field(default_factory=list)
+    step_losses: list[float] = field(default_factory=list)
     failed: str | None = None
 
     @property
@@ -90,6 +91,7 @@ class TrainResult:
     history: list[dict]
     seconds: float
     failed: str | None = None
+    step_losses: list[float] = field(default_factory=list)
 
 
 @torch.no_grad()
@@ -118,12 +120,18 @@ def evaluate(model: nn.Module, split: Split, device: torch.device, teacher_logit
 def train_group(specs: list[StudentSpec], model_cfg: ModelConfig, optim: OptimConfig, augment: AugmentConfig,
                 loader: SoftTargetLoader, val: Split, shape: tuple[int, int, int], num_classes: int,
                 device: torch.device, select: str = "best", label: str = "group",
-                progress: Progress | None = None) -> list[TrainResult]:
+                progress: Progress | None = None, teacher: nn.Module | None = None) -> list[TrainResult]:
     """Train every spec in one pass per epoch; return each selected checkpoint.
+
+    Soft targets come from the loader (stored logits) unless ``teacher`` is
+    given: then it runs on every batch, after augmentation ("online" KD, kept
+    as the reference that offline KD is measured against).
 
     A student whose loss goes non-finite is marked failed and dropped from the
     pass; the others carry on.
     """
+    if teacher is not None:
+        teacher = teacher.to(device).eval()
     start = time.perf_counter()
     trainees = []
     for spec in specs:
@@ -144,6 +152,9 @@ def train_group(specs: list[StudentSpec], model_cfg: ModelConfig, optim: OptimCo
         for batch in loader.epoch(epoch):
             x = augmenter(batch.x, gen) if augmenter.enabled else batch.x
             b = type(batch)(x, batch.y, batch.logits, batch.rows).to(device)
+            if teacher is not None:
+                with torch.no_grad():
+                    b.logits = teacher(b.x).float()  # (B, C)
             steps += 1
             for t in active:
                 if t.failed is not None:
@@ -160,7 +171,9 @@ def train_group(specs: list[StudentSpec], model_cfg: ModelConfig, optim: OptimCo
                 t.optimizer.step()
                 if t.schedule is not None:
                     t.schedule.step()
-                sums[t.name] += float(loss.detach())
+                value = float(loss.detach())
+                sums[t.name] += value
+                t.step_losses.append(value)
         for t in active:
             if t.failed is not None:
                 continue
@@ -180,9 +193,11 @@ def train_group(specs: list[StudentSpec], model_cfg: ModelConfig, optim: OptimCo
         if t.failed is None and t.best_state is not None:
             t.model.load_state_dict(t.best_state)
             t.model.eval()
-            results.append(TrainResult(t.spec, t.model, t.best_epoch, t.best_acc, t.history, seconds))
+            results.append(TrainResult(t.spec, t.model, t.best_epoch, t.best_acc, t.history, seconds,
+                                       step_losses=t.step_losses))
         else:
-            results.append(TrainResult(t.spec, None, -1, math.nan, t.history, seconds, t.failed or "no epoch ran"))
+            results.append(TrainResult(t.spec, None, -1, math.nan, t.history, seconds, t.failed or "no epoch ran",
+                                       step_losses=t.step_losses))
     return results
 
 

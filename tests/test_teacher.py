@@ -83,3 +83,10 @@ def test_train_limit_changes_the_fingerprint_and_name(tmp_path):
 
 def test_build_store_helper_writes_a_complete_store(tmp_path):
     assert SoftTargetStore(build_store(str(tmp_path))).attrs["encoding"] == "float16"
+
+
+def test_storage_options_never_reach_the_store(tmp_path):
+    cfg = small_teacher_config(str(tmp_path), storage_options={"secret": "TOPSECRET"})
+    p = teacher.plan(cfg)
+    path = teacher.publish(p, teacher.train(p))
+    assert "TOPSECRET" not in repr(SoftTargetStore(path).attrs)
