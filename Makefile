@@ -26,8 +26,9 @@ distill: $(STAMP)  ## both stages on digits, then print the leaderboard
 test: $(STAMP)  ## the whole suite (benchmarks excluded)
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)  ## performance benchmarks; JSON under data/bench/
-	$(BIN)/python -m pytest -q tests/benchmarks -s
+bench: $(STAMP)  ## performance benchmarks (not part of `make test`); JSON under data/bench/
+	mkdir -p data/bench
+	$(BIN)/python -m pytest -q -s -p no:cacheprovider -o addopts="" -ra --strict-markers tests/benchmarks
 
 clean:  ## remove generated data (datasets you downloaded are kept)
 	rm -rf data/stores data/checkpoints data/reports data/bench data/prefect

@@ -147,7 +147,8 @@ def distill_config(a: argparse.Namespace, store: str) -> DistillConfig:
     return DistillConfig(store=store, data=data, temperatures=tuple(a.temperatures), alphas=tuple(a.alphas),
                          losses=tuple(a.losses), beta=a.beta, seeds=tuple(a.seeds), report_root=a.report_root,
                          run_name=a.run_name, group_size=a.group_size, cache_mb=a.cache_mb,
-                         storage_options=a.storage_options, mode=a.mode, **_common(a))
+                         storage_options=a.storage_options, mode=a.mode, workers=a.workers,
+                         **_common(a))
 
 
 def _student_grid_actions() -> list[tuple[tuple[str, ...], dict]]:
@@ -166,6 +167,8 @@ def _student_grid_actions() -> list[tuple[tuple[str, ...], dict]]:
         (("--mode",), {"default": _default(DistillConfig, "mode"), "choices": MODES,
                        "help": "offline: soft targets from the store; online: rerun the teacher every step "
                                "(the reference offline KD is measured against)"}),
+        (("--workers",), {"type": int, "default": _default(DistillConfig, "workers"),
+                          "help": "DataLoader worker processes decoding store chunks (0: one background thread)"}),
         (("--cache-mb",), {"type": float, "default": _default(DistillConfig, "cache_mb"),
                            "help": "hold decoded logits in memory up to this size; stream beyond it"}),
     ]

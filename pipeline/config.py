@@ -214,10 +214,12 @@ class DistillConfig:
     cache_mb: float = 1024.0
     storage_options: dict | None = None
     mode: str = "offline"  # "online" reruns the teacher every step: the reference for exactness and benchmarks
+    workers: int = 0  # DataLoader worker processes decoding chunks (0: a background thread in-process)
 
     def __post_init__(self) -> None:
         _check(bool(self.store), "store", "is empty", "pass --store PATH_OR_URL")
         _check_choice(self.mode, MODES, "mode")
+        _check(self.workers >= 0, "workers", f"must be >= 0, got {self.workers}", "use 0 or e.g. 2")
         _check(self.group_size > 0, "group_size", f"must be positive, got {self.group_size}",
                "use 1 for a Prefect task per student, more to share one data pass")
         _check(self.cache_mb >= 0, "cache_mb", f"must be >= 0, got {self.cache_mb}", "use e.g. 1024")

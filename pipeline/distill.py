@@ -118,7 +118,7 @@ def train_students(cfg: DistillConfig, specs: list[StudentSpec], run_dir: str,
     online = cfg.mode == "online"
     loader = SoftTargetLoader(ds.splits["train"], cfg.optim.batch_size, seed=specs[0].seed,
                               store=None if online else p.store, cache_mb=cfg.cache_mb, cached=p.train_logits,
-                              chunk_rows=p.store.chunk_rows("train"))
+                              chunk_rows=p.store.chunk_rows("train"), workers=cfg.workers)
     label = ",".join(s.run_id for s in specs)
     results = train_group(specs, cfg.model, cfg.optim, cfg.augment, loader, ds.splits["val"], ds.input_shape,
                           ds.num_classes, device, select=cfg.optim.select, label=label, progress=progress,

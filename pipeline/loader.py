@@ -48,13 +48,23 @@ class SoftTargetLoader:
     def __init__(self, split: Split, batch_size: int, seed: int, store: SoftTargetStore | None = None,
                  split_name: str = "train", chunk_rows: int = 256, buffer_chunks: int = 8,
                  cache_mb: float = 1024.0, prefetch_chunks: int = 8, shuffle: bool = True,
-                 cached: np.ndarray | None = None) -> None:
+                 cached: np.ndarray | None = None, workers: int = 0) -> None:
         self.split, self.batch_size, self.seed, self.shuffle = split, batch_size, seed, shuffle
         self.store, self.split_name = store, split_name
         self.chunk_rows = store.chunk_rows(split_name) if store is not None else chunk_rows
-        self.buffer_chunks, self.prefetch_chunks = buffer_chunks, prefetch_chunks
+        self.buffer_chunks = buffer_chunks
+        if store is not None:
+            # Streaming holds the prefetch queue plus about two buffers of decoded chunks: size the queue
+            # from the memory budget (the buffer size fixes the sample order, so it is never changed).
+            chunk_mb = self.chunk_rows * store.num_classes * 4 / 1e6
+            prefetch_chunks = int(min(prefetch_chunks, max(1, cache_mb / 2 / max(chunk_mb, 1e-9)
+                                                           - 2 * buffer_chunks)))
+        self.prefetch_chunks = prefetch_chunks
         self.n = len(split)
         self.num_chunks = -(-self.n // self.chunk_rows)
+        self.workers, self._next_epoch, self._dataloader = workers, 0, None
+        self._store_path = None if store is None else store.path
+        self._storage_options = None if store is None else store.storage_options
         self._cache = cached  # (N, K) decoded logits already in memory, e.g. from the run's plan
         if store is not None and cached is None and fits_cache(self.n, store.num_classes, cache_mb):
             self._cache = store.read_logits(split_name)
@@ -107,8 +117,27 @@ class SoftTargetLoader:
                     t.join(0.01)
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
-        rng = np.random.default_rng([self.seed, epoch, 1])
+        """The batches of one epoch; with ``workers`` > 0 they come from DataLoader worker processes."""
+        if not self.workers:
+            yield from self._iterate(epoch, 0, 1)
+            return
+        if epoch != self._next_epoch:  # worker processes count epochs themselves
+            raise ValueError(f"with workers, epochs must be read in order: expected {self._next_epoch}, got {epoch}")
+        self._next_epoch += 1
+        if self._dataloader is None:
+            # spawn, not fork: a forked child inherits zarr's event-loop thread in an unusable state.
+            # Persistent workers pay the spawn (and each opens the store once) for the whole run.
+            self._dataloader = torch.utils.data.DataLoader(
+                _WorkerStream(self), batch_size=None, num_workers=self.workers, persistent_workers=True,
+                multiprocessing_context="spawn", prefetch_factor=4)
+        yield from self._dataloader
+
+    def _iterate(self, epoch: int, worker: int, num_workers: int) -> Iterator[Batch]:
+        """Worker ``worker`` of ``num_workers`` takes every num_workers-th buffer of the epoch's chunk order."""
+        rng = np.random.default_rng([self.seed, epoch, 1, worker])
         order = self.chunk_order(epoch)
+        buffers = [order[i:i + self.buffer_chunks] for i in range(0, len(order), self.buffer_chunks)]
+        order = np.concatenate(buffers[worker::num_workers] or [np.zeros(0, dtype=np.int64)])
         pending_rows: list[np.ndarray] = []
         pending_logits: list[np.ndarray] = []
         carry_rows = np.zeros(0, dtype=np.int64)
@@ -123,18 +152,56 @@ class SoftTargetLoader:
             buf_logits = np.concatenate(pending_logits) if pending_logits else None  # (R, K)
             pending_rows, pending_logits = [], []
             perm = rng.permutation(len(buf_rows)) if self.shuffle else np.arange(len(buf_rows))
-            buf_rows = np.concatenate([carry_rows, buf_rows[perm]])
-            if buf_logits is not None:
-                buf_logits = buf_logits[perm] if carry_logits is None else np.concatenate([carry_logits, buf_logits[perm]])
+            # The epoch's row sequence is the previous buffer's leftover, then this buffer permuted.
+            # Logits are gathered per batch, never as a permuted copy of the whole buffer.
+            seq = np.concatenate([carry_rows, buf_rows[perm]])  # (r + R,)
             last = i == len(order) - 1
-            full = len(buf_rows) if last else (len(buf_rows) // self.batch_size) * self.batch_size
-            for s in range(0, full, self.batch_size):
-                yield self._batch(buf_rows[s:s + self.batch_size],
-                                  None if buf_logits is None else buf_logits[s:s + self.batch_size])
-            carry_rows = buf_rows[full:]
-            carry_logits = None if buf_logits is None else buf_logits[full:]
+            full = len(seq) if last else (len(seq) // self.batch_size) * self.batch_size
+            for start in range(0, full, self.batch_size):
+                stop = start + self.batch_size
+                yield self._batch(seq[start:stop], None if buf_logits is None else
+                                  self._gather(carry_logits, buf_logits, perm, start, min(stop, len(seq))))
+            carry_rows = seq[full:]
+            if buf_logits is not None:
+                carry_logits = self._gather(carry_logits, buf_logits, perm, full, len(seq))
+
+    @staticmethod
+    def _gather(carry: np.ndarray | None, buf: np.ndarray, perm: np.ndarray, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) of concat(carry, buf[perm]) without materialising it. (stop - start, K)."""
+        c = 0 if carry is None else len(carry)
+        parts = []
+        if start < c:
+            parts.append(carry[start:min(stop, c)])
+        if stop > c:
+            parts.append(buf[perm[max(start - c, 0):stop - c]])
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def __getstate__(self) -> dict:
+        # Sent to spawned workers: no open store, no worker pool; the store is reopened by path there.
+        state = dict(self.__dict__)
+        state["store"], state["_dataloader"] = None, None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if self._store_path is not None:
+            self.store = SoftTargetStore(self._store_path, storage_options=self._storage_options)
 
     def _batch(self, rows: np.ndarray, logits: np.ndarray | None) -> Batch:
         idx = torch.from_numpy(rows)
         return Batch(self.split.x[idx], self.split.y[idx],
                      None if logits is None else torch.from_numpy(np.ascontiguousarray(logits)), idx)
+
+
+class _WorkerStream(torch.utils.data.IterableDataset):
+    """One DataLoader worker's share of each epoch: whole buffers of chunks, so no chunk is read twice."""
+
+    def __init__(self, loader: SoftTargetLoader) -> None:
+        self.loader = loader
+        self.epoch = 0
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = torch.utils.data.get_worker_info()
+        worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        yield from self.loader._iterate(epoch, worker, num_workers)

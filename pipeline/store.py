@@ -319,7 +319,7 @@ class SoftTargetStore:
     def __init__(self, path: str, storage_options: dict | None = None, require_complete: bool = True) -> None:
         import zarr
 
-        self.path = path
+        self.path, self.storage_options = path, storage_options
         if not _exists(path, storage_options):
             raise StoreError("store", f"no soft-target store at {path!r}",
                              "pass the path printed by `kd teacher` (see `kd stores`)")

@@ -71,3 +71,24 @@ def test_corrupt_chunk_while_streaming_raises(store_copy, train_split):
     loader = SoftTargetLoader(train_split, 64, seed=0, store=SoftTargetStore(store_copy), cache_mb=0)
     with pytest.raises(StoreError, match="train/logits"):
         _epoch(loader, 0)
+
+
+@pytest.mark.slow
+def test_dataloader_workers_cover_every_row_aligned(digits_store, train_split):
+    """Two spawned DataLoader workers, each reopening the store: every row once per epoch, logits aligned."""
+    store = SoftTargetStore(digits_store)
+    logits = store.read_logits("train")
+    # One chunk per buffer: the store's 5 chunks are shared out 3 / 2 between the workers.
+    loader = SoftTargetLoader(train_split, 32, seed=7, store=store, cache_mb=0, workers=2, buffer_chunks=1)
+    epochs = []
+    for e in range(2):
+        batches = list(loader.epoch(e))
+        rows = torch.cat([b.rows for b in batches]).numpy()
+        assert sorted(rows.tolist()) == list(range(len(train_split)))
+        for b in batches:
+            np.testing.assert_array_equal(b.logits.numpy(), logits[b.rows.numpy()])
+            assert torch.equal(b.y, train_split.y[b.rows])
+        epochs.append(rows)
+    assert not np.array_equal(epochs[0], epochs[1])
+    with pytest.raises(ValueError):
+        list(loader.epoch(5))

@@ -1,0 +1,342 @@
+"""Performance benchmarks (``make bench``): each case reports ratios against its goal, never asserts the goal.
+
+Sized for a 2-core CPU (the whole file runs in well under 15 minutes there);
+on a GPU the same code runs on ``resolve_device("auto")``. Every timed pair is
+interleaved (A, B, A, B, ...) and reduced with medians; see ``benchlib``.
+Only sanity is asserted (finite positive timings, the work really done), so a
+missed goal is data in ``data/bench/<case>.json``, not a failure.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import benchlib as B
+from pipeline.augment import Augmenter
+from pipeline.config import AugmentConfig, ModelConfig, OptimConfig, StudentSpec
+from pipeline.data import Split
+from pipeline.loader import SoftTargetLoader
+from pipeline.losses import distillation_loss
+from pipeline.models import build_model, count_parameters
+from pipeline.store import SoftTargetStore, StoreWriter, layout_for
+from pipeline.train import build_seeded, make_optimizer, predict, train_group
+
+DEV = B.device()
+STUDENT = ModelConfig(arch="cnn", width=16)  # small on purpose: any per-step overhead shows
+BATCH = 128
+TEMPERATURES = (1.0, 2.0, 4.0, 8.0)
+
+
+def optim(epochs: int = 1) -> OptimConfig:
+    return OptimConfig(name="adam", lr=1e-3, epochs=epochs, batch_size=BATCH, schedule="none", select="last")
+
+
+def kd_specs(temperatures=TEMPERATURES) -> list[StudentSpec]:
+    return [StudentSpec(loss="kl", temperature=t, alpha=0.9, beta=None, seed=0) for t in temperatures]
+
+
+def random_logits(n: int, classes: int, seed: int) -> np.ndarray:
+    return (np.random.default_rng(seed).normal(0.0, 3.0, size=(n, classes))).astype(np.float32)
+
+
+def train(specs, loader, val, augment=AugmentConfig(), teacher=None, epochs: int = 1):
+    results = train_group(specs, STUDENT, optim(epochs), augment, loader, val, B.SHAPE, B.CLASSES, DEV,
+                          select="last", teacher=teacher)
+    assert all(r.failed is None for r in results), [r.failed for r in results]
+    return results
+
+
+def teacher_pass(model: torch.nn.Module, split: Split, classes: int, path: str | None) -> None:
+    """What ``pipeline.teacher.publish`` does for one split: predict shard by shard, ``put`` each to the writer.
+
+    ``path=None`` runs the same inference, shard by shard, without a store.
+    """
+    writer = None
+    if path is not None:
+        writer = StoreWriter(path, {"dataset": {"num_classes": classes}},
+                             {"train": (split.y.numpy(), split.ids.numpy())}, classes, "float16")
+    lay = writer.layouts["train"] if writer else layout_for(len(split), classes)
+    try:
+        for shard in range(lay.num_shards):
+            a, b = lay.shard_range(shard)
+            logits = torch.cat(list(predict(model, split.x[a:b], DEV))).numpy()  # (rows, C)
+            if writer is not None:
+                writer.put("train", shard, logits)
+        if writer is not None:
+            writer.finish()
+    finally:
+        if writer is not None:
+            writer.abort()
+
+
+@pytest.fixture
+def tmp():
+    path = B.tmp_dir("bench")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- a) store overhead
+
+
+def test_store_overhead(tmp):
+    """Epoch with the KD loss from the store ÷ the same epoch on labels only, same loader (cache on)."""
+    t0 = time.perf_counter()
+    n, reps = 2048, 9
+    train_split, val = B.synthetic_split(n, seed=0), B.synthetic_split(256, seed=1)
+    store = B.write_store(tmp / "a.zarr", random_logits(n, B.CLASSES, 0), train_split.y.numpy())
+    loader = SoftTargetLoader(train_split, BATCH, seed=0, store=store, cache_mb=1024)
+    assert loader._cache is not None, "the store should be cached in memory"
+    kd = StudentSpec(loss="kl", temperature=4.0, alpha=0.9, beta=None, seed=0)
+    hard = StudentSpec(loss="hard", temperature=1.0, alpha=0.0, beta=None, seed=0)
+    times = B.interleaved({"kd": lambda: train([kd], loader, val), "hard": lambda: train([hard], loader, val)},
+                          reps=reps)
+    r = B.ratio(times["kd"], times["hard"])
+    B.record("store_overhead", [B.figure("kd_epoch / hard_epoch", r, "≤ 1.05", r <= 1.05)], {
+        "config": {"student": f"{STUDENT.arch} width {STUDENT.width}", "params": count_parameters(
+            build_model(STUDENT, B.SHAPE, B.CLASSES)), "train": n, "val": 256, "batch": BATCH,
+            "steps_per_epoch": len(loader), "reps": reps, "kd": kd.run_id, "loader": "store, cache on (float16)",
+            "timed": "one train_group call of 1 epoch (build, epoch, val evaluation, checkpoint copy)"},
+        "times_s": times, "median_s": {k: B.med(v) for k, v in times.items()},
+        "spread": {k: B.spread(v) for k, v in times.items()},
+    }, time.perf_counter() - t0)
+
+
+# ---------------------------------------------------------------- b) sweep vs online
+
+
+def test_sweep_vs_online(tmp):
+    """4 students (T = 1, 2, 4, 8) from the store in one group vs the same 4 with a resnet18 teacher run every step."""
+    t0 = time.perf_counter()
+    n, reps = 768, 3
+    train_split, val = B.synthetic_split(n, seed=0), B.synthetic_split(256, seed=1)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        teacher = build_model(ModelConfig(arch="resnet18"), B.SHAPE, B.CLASSES).to(DEV).eval()
+    specs = kd_specs()
+    labels_only = SoftTargetLoader(train_split, BATCH, seed=0)
+    written: list[str] = []
+
+    def write_store() -> None:  # the one teacher pass of offline KD
+        path = str(tmp / f"b{len(written)}.zarr")
+        teacher_pass(teacher, train_split, B.CLASSES, path)
+        written.append(path)
+
+    def offline() -> None:  # from the store just written, opened and cached like stage 2 does
+        store = SoftTargetStore(written[-1])
+        train(specs, SoftTargetLoader(train_split, BATCH, seed=0, store=store, cache_mb=1024), val)
+
+    def online() -> None:
+        train(specs, labels_only, val, teacher=teacher)
+
+    # The ideal, over the same batches: 4 student steps vs 4 student steps plus one teacher forward.
+    batches = [b.to(DEV) for b in labels_only.epoch(0)]
+    students = [build_seeded(STUDENT, B.SHAPE, B.CLASSES, 0).to(DEV).train() for _ in specs]
+    opts = [make_optimizer(m.parameters(), optim()) for m in students]
+    stored = torch.from_numpy(random_logits(BATCH, B.CLASSES, 1)).to(DEV)  # stands in for stored logits
+
+    def steps(with_teacher: bool) -> None:
+        for b in batches:
+            if with_teacher:
+                with torch.no_grad():
+                    soft = teacher(b.x).float()
+            else:
+                soft = stored[:len(b.y)]
+            for m, opt, spec in zip(students, opts, specs):
+                loss = distillation_loss(m(b.x), soft, b.y, spec.loss, spec.temperature, spec.alpha, spec.beta)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                float(loss.detach())  # train_group reads every loss too
+
+    # warm both code paths once, then time T (teacher pass + store), offline, online, steps, steps+teacher in turn
+    steps(True)
+    times = B.interleaved({"teacher_pass": write_store, "offline": offline, "online": online,
+                           "student_steps": lambda: steps(False), "student_steps+teacher": lambda: steps(True)},
+                          reps=reps, warmup=0)
+    speedup = B.ratio(times["online"], times["offline"])
+    ideal = B.ratio(times["student_steps+teacher"], times["student_steps"])
+    offline_total = [t + o for t, o in zip(times["teacher_pass"], times["offline"])]
+    speedup_total = B.ratio(times["online"], offline_total)
+    B.record("sweep_vs_online", [
+        B.figure("speed-up online/offline", speedup, f"≥ 0.9 × ideal = {0.9 * ideal:.2f}", speedup >= 0.9 * ideal,
+                 "×"),
+        B.figure("ideal (4 steps + teacher fwd)/(4 steps)", ideal, "reference", None, "×"),
+        B.figure("speed-up / ideal", speedup / ideal, "≥ 0.9", speedup / ideal >= 0.9),
+        B.figure("speed-up incl. the teacher pass", speedup_total, "reported", None, "×"),
+    ], {
+        "config": {"students": [s.run_id for s in specs], "student": f"{STUDENT.arch} width {STUDENT.width}",
+                   "teacher": "resnet18 (random init, CIFAR stem)", "teacher_params": count_parameters(teacher),
+                   "train": n, "val": 256, "batch": BATCH, "epochs": 1, "steps": len(batches), "reps": reps,
+                   "offline": "open store + cache + train_group(4 specs)",
+                   "online": "train_group(4 specs, teacher=resnet18), label-only loader",
+                   "teacher_pass": "predict + StoreWriter.put per shard + finish (train split, float16)"},
+        "times_s": {**times, "offline_total": offline_total},
+        "median_s": {**{k: B.med(v) for k, v in times.items()}, "offline_total": B.med(offline_total)},
+        "spread": {k: B.spread(v) for k, v in times.items()},
+    }, time.perf_counter() - t0)
+
+
+# ---------------------------------------------------------------- c) shared pass
+
+
+def test_shared_pass(tmp):
+    """4 students in one group (one data pass) ÷ 4 single-student runs, augmentation on."""
+    t0 = time.perf_counter()
+    n, reps = 1024, 5
+    train_split, val = B.synthetic_split(n, seed=0), B.synthetic_split(256, seed=1)
+    store = B.write_store(tmp / "c.zarr", random_logits(n, B.CLASSES, 0), train_split.y.numpy())
+    loader = SoftTargetLoader(train_split, BATCH, seed=0, store=store, cache_mb=1024)
+    augment = AugmentConfig(ops=("translate", "flip"))
+    specs = kd_specs()
+    augmenter = Augmenter(augment)
+
+    def data_only() -> None:  # what a group shares: loading and augmenting each batch once
+        gen = torch.Generator().manual_seed(0)
+        for b in loader.epoch(0):
+            augmenter(b.x, gen).to(DEV)
+
+    def separate() -> None:
+        for s in specs:
+            train([s], loader, val, augment)
+
+    times = B.interleaved({"group": lambda: train(specs, loader, val, augment), "separate": separate,
+                           "data_only": data_only}, reps=reps)
+    r = B.ratio(times["group"], times["separate"])
+    data = B.med(times["data_only"])
+    per_student = (B.med(times["group"]) - data) / len(specs)
+    B.record("shared_pass", [B.figure("group / separate", r, "≤ 0.75", r <= 0.75)], {
+        "config": {"students": [s.run_id for s in specs], "student": f"{STUDENT.arch} width {STUDENT.width}",
+                   "augment": list(augment.ops), "train": n, "val": 256, "batch": BATCH, "epochs": 1,
+                   "steps": len(loader), "reps": reps, "loader": "store, cache on (float16)"},
+        "times_s": times, "median_s": {k: B.med(v) for k, v in times.items()},
+        "spread": {k: B.spread(v) for k, v in times.items()},
+        "analysis": {
+            "shared_data_s": data, "per_student_s": per_student,
+            "bound": "group/separate = (D + 4W)/(4D + 4W) with D the shared data+augmentation epoch and W one "
+                     "student's own epoch; ≤ 0.75 needs W ≤ 2D",
+            "W_over_D": per_student / data,
+            "predicted_ratio": (data + 4 * per_student) / (4 * data + 4 * per_student),
+        },
+    }, time.perf_counter() - t0)
+
+
+# ---------------------------------------------------------------- d) store I/O
+
+
+def test_store_io(tmp):
+    """Decoded-logit read throughput, shuffled streaming vs sequential, writer overhead, naive random reads."""
+    t0 = time.perf_counter()
+    n, classes, reps = 200_000, 100, 5
+    labels = np.random.default_rng(0).integers(0, classes, n)
+    store = B.write_store(tmp / "d.zarr", random_logits(n, classes, 0), labels)
+    encoded = store.summary()["bytes_stored"]
+    decoded = n * classes * 4
+    arr = store.group["train"]["logits"]
+    lay = layout_for(n, classes)
+    # images of one float each: the loader's figure is its logits path, not copying 12 KB images
+    tiny = Split(torch.zeros(n, 1, 1, 1), torch.from_numpy(labels), torch.arange(n))
+    idx = np.random.default_rng(1).integers(0, n, 300)
+    epoch = iter(range(10_000))
+
+    def seq_chunks() -> None:
+        got = sum(len(v) for _, v in store.iter_chunks("train"))
+        assert got == n
+
+    def seq_shards() -> None:
+        got = sum(len(store.read_logits("train", a, b)) for a, b in map(lay.shard_range, range(lay.num_shards)))
+        assert got == n
+
+    def streaming() -> None:
+        loader = SoftTargetLoader(tiny, BATCH, seed=0, store=store, cache_mb=0)
+        assert loader._cache is None, "cache_mb=0 must stream"
+        got = sum(len(b.y) for b in loader.epoch(next(epoch)))
+        assert got == n
+
+    def naive() -> None:
+        for i in idx:
+            arr[int(i)]
+
+    times = B.interleaved({"seq_chunks": seq_chunks, "seq_shards": seq_shards, "streaming": streaming,
+                           "naive_300": naive}, reps=reps)
+    gbps = decoded / B.med(times["seq_chunks"]) / 1e9
+    gbps_shards = decoded / B.med(times["seq_shards"]) / 1e9
+    stream_ratio = B.ratio(times["streaming"], times["seq_chunks"])
+    naive_rate = len(idx) / B.med(times["naive_300"])
+    loader_rate = n / B.med(times["streaming"])
+
+    # (3) teacher inference with the store written from the background thread vs the same inference alone
+    tn, treps = 16_384, 5
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        teacher_cfg = ModelConfig(arch="cnn", width=16)
+        teacher = build_model(teacher_cfg, B.SHAPE, classes).to(DEV).eval()
+    x = B.synthetic_split(tn, seed=2, classes=classes)
+    paths = iter(range(10_000))
+    wtimes = B.interleaved({"infer+write": lambda: teacher_pass(teacher, x, classes, str(tmp / f"w{next(paths)}.zarr")),
+                            "infer": lambda: teacher_pass(teacher, x, classes, None)}, reps=treps)
+    write_ratio = B.ratio(wtimes["infer+write"], wtimes["infer"])
+
+    B.record("store_io", [
+        B.figure("sequential read (256-row chunks)", gbps, "≥ 1 GB/s", gbps >= 1.0, " GB/s"),
+        B.figure("sequential read (4096-row shards), contrast", gbps_shards, "—", None, " GB/s"),
+        B.figure("shuffled streaming epoch / sequential chunk read", stream_ratio, "≤ 1.2", stream_ratio <= 1.2),
+        B.figure("inference+store write / inference", write_ratio, "≤ 1.05", write_ratio <= 1.05),
+        B.figure("naive per-sample random read", naive_rate, "contrast", None, " samples/s"),
+        B.figure("naive slowdown vs streaming loader, per sample", loader_rate / naive_rate, "contrast", None, "×"),
+    ], {
+        "config": {"samples": n, "classes": classes, "encoding": "float16", "chunk_rows": lay.chunk_rows,
+                   "shard_rows": lay.shard_rows, "chunks": -(-n // lay.chunk_rows), "encoded_bytes": encoded,
+                   "decoded_float32_bytes": decoded, "reps": reps, "loader_batch": BATCH, "naive_reads": len(idx),
+                   "loader_images": "(N, 1, 1, 1) zeros, so the figure is the logits path",
+                   "teacher": f"{teacher_cfg.arch} width {teacher_cfg.width}, {classes} classes",
+                   "teacher_samples": tn, "teacher_shards": layout_for(tn, classes).num_shards, "teacher_reps": treps},
+        "times_s": {**times, **wtimes},
+        "median_s": {k: B.med(v) for k, v in {**times, **wtimes}.items()},
+        "spread": {k: B.spread(v) for k, v in {**times, **wtimes}.items()},
+        "per_chunk_ms": 1e3 * B.med(times["seq_chunks"]) / -(-n // lay.chunk_rows),
+        "loader_samples_per_s": loader_rate,
+    }, time.perf_counter() - t0)
+
+
+# ---------------------------------------------------------------- e) file count
+
+
+def test_file_count(tmp):
+    """An ImageNet-sized store (1,281,167 x 1000, float16, default layout): files on disk and write time."""
+    t0 = time.perf_counter()
+    n, classes = 1_281_167, 1000
+    lay = layout_for(n, classes)
+    block = random_logits(lay.shard_rows, classes, 0)  # one shard's worth, reused for every shard
+    path = str(tmp / "imagenet.zarr")
+    labels = np.zeros(n, dtype=np.int64)
+    start = time.perf_counter()
+    w = StoreWriter(path, {"dataset": {"num_classes": classes}}, {"train": (labels, np.arange(n))}, classes,
+                    "float16")
+    try:
+        for shard in range(lay.num_shards):
+            a, b = lay.shard_range(shard)
+            w.put("train", shard, block[:b - a])
+        w.finish()
+    finally:
+        w.abort()
+    seconds = time.perf_counter() - start
+    info = SoftTargetStore(path).summary()
+    files = info["files"]
+    assert files and files >= lay.num_shards and info["samples"] == {"train": n}
+    assert not np.isnan(SoftTargetStore(path).read_logits("train", n - 10, n)).any()
+    shutil.rmtree(path)
+    B.record("file_count", [
+        B.figure("files on disk", float(files), "≤ 5000 (a few thousand at most)", files <= 5000),
+        B.figure("write time", seconds, "reported", None, " s"),
+    ], {
+        "config": {"samples": n, "classes": classes, "encoding": "float16", "chunk_rows": lay.chunk_rows,
+                   "shard_rows": lay.shard_rows, "shards": lay.num_shards,
+                   "content": "one 4096 x 1000 block of N(0, 3) logits reused for every shard"},
+        "files": files, "seconds": seconds, "bytes_stored": info["bytes_stored"],
+        "write_mb_per_s": n * classes * 2 / seconds / 1e6, "compression_ratio": info["compression_ratio"],
+    }, time.perf_counter() - t0)
