@@ -1,4 +1,9 @@
-"""Stage 1 as a Prefect flow: plan → (reuse | train) → publish the store."""
+"""Stage 1 as a Prefect flow: plan → (reuse | train) → publish the store.
+
+With ``writers`` > 1 the teacher pass is split into shard-aligned parts written
+by separate tasks (Dask workers, other machines) into one store: the flow
+creates the store, fans the parts out, then marks it complete.
+"""
 from __future__ import annotations
 
 from prefect import flow, get_run_logger, task
@@ -7,6 +12,8 @@ from prefect.cache_policies import NO_CACHE
 from flows.progress import reporter
 from pipeline import teacher
 from pipeline.config import TeacherConfig
+
+IO_RETRIES = {"retries": 2, "retry_delay_seconds": [2, 10]}
 
 
 @task(cache_policy=NO_CACHE)
@@ -23,10 +30,29 @@ def train_teacher(cfg: TeacherConfig) -> str:
     return p.checkpoint_path
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
+@task(cache_policy=NO_CACHE, **IO_RETRIES)
 def publish_logits(cfg: TeacherConfig) -> str:
     p = teacher.plan(cfg)
     return teacher.publish(p, teacher.load(p))
+
+
+@task(cache_policy=NO_CACHE, **IO_RETRIES)
+def create_store(cfg: TeacherConfig) -> list[dict[str, list[int]]]:
+    p = teacher.plan(cfg)
+    writer = teacher.create_store(p, teacher.load(p))
+    writer.close()
+    return teacher.pending_work(writer, cfg.writers)
+
+
+@task(cache_policy=NO_CACHE, task_run_name="write-logits[{n}]", **IO_RETRIES)
+def write_part(cfg: TeacherConfig, work: dict[str, list[int]], n: int) -> int:
+    teacher.write_part(teacher.plan(cfg), work)
+    return sum(len(v) for v in work.values())
+
+
+@task(cache_policy=NO_CACHE, **IO_RETRIES)
+def finalize_store(cfg: TeacherConfig) -> str:
+    return teacher.finalize(teacher.plan(cfg))
 
 
 @flow(name="teacher", log_prints=True)
@@ -41,6 +67,12 @@ def teacher_flow(config: TeacherConfig) -> str:
         logger.info("using teacher checkpoint %s", planned["checkpoint"])
     else:
         train_teacher(config)
-    store = publish_logits(config)
+    if config.writers == 1:
+        store = publish_logits(config)
+    else:
+        parts = create_store(config)
+        written = [f.result() for f in [write_part.submit(config, w, i) for i, w in enumerate(parts)]]
+        logger.info("%d writers wrote %d shards", len(parts), sum(written))
+        store = finalize_store(config)
     logger.info("store: %s", store)
     return store

@@ -198,6 +198,30 @@ class StoreWriter:
         self.resumed = self.group is not None
         if self.group is None:
             self.group = self._create(store, attrs, splits, layout_attr)
+        self._start_thread()
+
+    @classmethod
+    def attach(cls, path: str, storage_options: dict | None = None) -> "StoreWriter":
+        """Join an incomplete store that another task created, to write some of its shards.
+
+        Used when the teacher pass is split over tasks or machines: each writes
+        whole shards only, so writers never share a file.
+        """
+        import zarr
+
+        group = zarr.open_group(_zarr_store(path, False, storage_options), mode="r+", zarr_format=3)
+        a = dict(group.attrs)
+        if a.get("complete") is not False:
+            raise StoreError("complete", f"{path!r} is not an incomplete store to write into", "create it first")
+        self = cls.__new__(cls)
+        self.path, self.encoding, self.group, self.resumed = path, a["encoding"], group, True
+        self.num_classes = int(a["dataset"]["num_classes"])
+        self.layouts = {s: SplitLayout(int(group[s]["labels"].shape[0]), self.num_classes, l["chunk_rows"],
+                                       l["shard_rows"]) for s, l in a["layout"].items()}
+        self._start_thread()
+        return self
+
+    def _start_thread(self) -> None:
         self._queue: queue.Queue = queue.Queue(maxsize=4)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._drain, name="store-writer", daemon=True)
@@ -242,8 +266,9 @@ class StoreWriter:
                 arr = g.create_array(name, shape=(lay.size,), dtype=np.int64, chunks=(min(n, 65536),),
                                      compressors=compressors, fill_value=-1)
                 arr[:] = np.asarray(values, dtype=np.int64)
-            g.create_array("written", shape=(lay.num_shards,), dtype=np.uint8,
-                           chunks=(max(lay.num_shards, 1),), compressors=compressors, fill_value=0)
+            # One chunk per flag: writers in other processes set their flags without touching each other's.
+            g.create_array("written", shape=(lay.num_shards,), dtype=np.uint8, chunks=(1,),
+                           compressors=compressors, fill_value=0)
         group.attrs.update({**attrs, "format_version": FORMAT_VERSION, "encoding": self.encoding,
                             "complete": False, "layout": layout_attr})
         return group
@@ -290,12 +315,17 @@ class StoreWriter:
                   else {"logits": logits.astype(ENCODING_DTYPES[kind], copy=False)})
         self._queue.put((split, shard, arrays))
 
-    def finish(self, extra_attrs: dict | None = None) -> str:
-        """Wait for pending writes, verify the bitmap, then mark the store complete."""
-        self._queue.put(None)
-        self._thread.join()
+    def close(self) -> None:
+        """Wait until every queued shard is on storage (and flagged); raise the first write error."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
         if self._error is not None:
             raise self._error
+
+    def finish(self, extra_attrs: dict | None = None) -> str:
+        """Wait for pending writes, verify the bitmap, then mark the store complete."""
+        self.close()
         for split in self.layouts:
             missing = self.pending(split)
             if missing:

@@ -22,7 +22,7 @@ from pipeline.data import Dataset, load_dataset
 from pipeline.errors import UserError
 from pipeline.loader import SoftTargetLoader
 from pipeline.models import build_model, count_parameters, resolve_device
-from pipeline.store import SoftTargetStore, StoreWriter, _exists, join, now_iso, software_versions
+from pipeline.store import SPLITS, SoftTargetStore, StoreWriter, _exists, join, now_iso, software_versions
 from pipeline.train import Progress, evaluate, predict, train_group
 
 log = logging.getLogger(__name__)
@@ -130,8 +130,8 @@ def load(p: TeacherPlan) -> nn.Module:
     return model.to(resolve_device(cfg.device))
 
 
-def publish(p: TeacherPlan, model: nn.Module) -> str:
-    """Evaluate the teacher, then write every split's raw logits; ``complete`` is set last."""
+def create_store(p: TeacherPlan, model: nn.Module) -> StoreWriter:
+    """Evaluate the teacher and create the store (or reopen an incomplete one to resume it)."""
     cfg, ds = p.cfg, p.dataset
     device = resolve_device(cfg.device)
     metrics = {s: evaluate(model, ds.splits[s], device) for s in ("val", "test")}
@@ -151,21 +151,58 @@ def publish(p: TeacherPlan, model: nn.Module) -> str:
         "transform_hash": transform_hash(),
         "software": software_versions(),
     }
-    splits = {s: (ds.splits[s].y.numpy(), ds.splits[s].ids.numpy()) for s in ("train", "val", "test")}
+    splits = {s: (ds.splits[s].y.numpy(), ds.splits[s].ids.numpy()) for s in SPLITS}
     writer = StoreWriter(p.store_path, attrs, splits, ds.num_classes, cfg.encoding, chunk_rows=cfg.chunk_rows,
                          shard_chunks=cfg.shard_chunks, storage_options=cfg.storage_options)
     if writer.resumed:
         log.info("resuming incomplete store %s: %s shards left", p.store_path,
                  {s: len(writer.pending(s)) for s in splits})
+    return writer
+
+
+def write_shards(p: TeacherPlan, model: nn.Module, writer: StoreWriter, work: dict[str, list[int]]) -> None:
+    """Run the teacher over the given shards of each split and queue them; the caller closes the writer."""
+    device = resolve_device(p.cfg.device)
+    for split, shards in work.items():
+        x = p.dataset.splits[split].x
+        lay = writer.layouts[split]
+        for shard in tqdm(shards, desc=f"teacher logits [{split}]", unit="shard", disable=not progress_bar()):
+            start, stop = lay.shard_range(shard)
+            writer.put(split, shard, torch.cat(list(predict(model, x[start:stop], device))).numpy())  # (rows, C)
+
+
+def pending_work(writer: StoreWriter, parts: int) -> list[dict[str, list[int]]]:
+    """The missing shards cut into ``parts`` contiguous, disjoint pieces of nearly equal size."""
+    todo = [(split, shard) for split in SPLITS for shard in writer.pending(split)]
+    bounds = [round(i * len(todo) / parts) for i in range(parts + 1)]
+    pieces = []
+    for a, b in zip(bounds, bounds[1:]):
+        piece: dict[str, list[int]] = {}
+        for split, shard in todo[a:b]:
+            piece.setdefault(split, []).append(shard)
+        pieces.append(piece)
+    return [piece for piece in pieces if piece]
+
+
+def write_part(p: TeacherPlan, work: dict[str, list[int]]) -> None:
+    """One writer of a split teacher pass: attach to the created store and write only ``work``."""
+    writer = StoreWriter.attach(p.store_path, p.cfg.storage_options)
     try:
-        for split in ("train", "val", "test"):
-            x = ds.splits[split].x
-            lay = writer.layouts[split]
-            for shard in tqdm(writer.pending(split), desc=f"teacher logits [{split}]", unit="shard",
-                              disable=not progress_bar()):
-                start, stop = lay.shard_range(shard)
-                logits = torch.cat(list(predict(model, x[start:stop], device))).numpy()  # (rows, C)
-                writer.put(split, shard, logits)
+        write_shards(p, load(p), writer, work)
+    finally:
+        writer.close()
+
+
+def finalize(p: TeacherPlan) -> str:
+    """After every part is written: check the bitmap and mark the store complete."""
+    return StoreWriter.attach(p.store_path, p.cfg.storage_options).finish()
+
+
+def publish(p: TeacherPlan, model: nn.Module) -> str:
+    """The single-process teacher pass: create (or resume), write every missing shard, mark complete."""
+    writer = create_store(p, model)
+    try:
+        write_shards(p, model, writer, {s: writer.pending(s) for s in SPLITS})
         return writer.finish()
     finally:
         writer.abort()

@@ -175,7 +175,8 @@ def test_file_count_grows_with_shards_not_chunks(tmp_path):
     path = _write(tmp_path / "s.zarr", {"train": np.zeros((40_000, C), np.float32)})
     s = SoftTargetStore(path)
     assert len(os.listdir(os.path.join(path, "train", "logits", "c"))) == 10
-    assert s.summary()["files"] < 20
+    # 10 shards + 10 one-byte `written` flags + labels, ids and metadata.
+    assert s.summary()["files"] < 40
 
 
 def test_resume_writes_only_missing_shards(tmp_path):

@@ -1,0 +1,42 @@
+"""Where tasks run: threads in this process, or a Dask cluster through prefect-dask.
+
+This is orchestration, so it lives here and not in the library's configs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from pipeline.errors import UserError
+
+RUNNERS = ("thread", "dask")
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    """``thread``: a thread pool here. ``dask``: a Dask cluster at ``address``, or a LocalCluster of ``workers``."""
+
+    name: str = "thread"
+    address: str | None = None
+    workers: int = 2
+
+    def __post_init__(self) -> None:
+        if self.name not in RUNNERS:
+            raise UserError("runner", f"unknown runner {self.name!r}", f"choose one of: {', '.join(RUNNERS)}")
+        if self.address is not None and self.name != "dask":
+            raise UserError("dask_address", "only applies to --runner dask", "add --runner dask")
+        if self.workers < 1:
+            raise UserError("dask_workers", f"must be positive, got {self.workers}", "use e.g. 2")
+
+
+def task_runner(cfg: RunnerConfig):
+    if cfg.name == "thread":
+        return ThreadPoolTaskRunner()
+    from prefect_dask import DaskTaskRunner
+
+    if cfg.address:
+        return DaskTaskRunner(address=cfg.address)
+    # One thread per worker process: torch already uses the cores inside each task.
+    return DaskTaskRunner(cluster_kwargs={"n_workers": cfg.workers, "threads_per_worker": 1, "processes": True,
+                                          "dashboard_address": None})
