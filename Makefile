@@ -7,7 +7,7 @@ export PREFECT_HOME ?= $(CURDIR)/data/prefect
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: setup teacher distill test bench clean
+.PHONY: setup teacher distill test bench serve clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -29,6 +29,9 @@ test: $(STAMP)  ## the whole suite (benchmarks excluded)
 bench: $(STAMP)  ## performance benchmarks (not part of `make test`); JSON under data/bench/
 	mkdir -p data/bench
 	$(BIN)/python -m pytest -q -s -p no:cacheprovider -o addopts="" -ra --strict-markers tests/benchmarks
+
+serve: $(STAMP)  ## serve the teacher, distill and pipeline flows from this process (Prefect)
+	$(BIN)/python -m flows.serve
 
 clean:  ## remove generated data (datasets you downloaded are kept)
 	rm -rf data/stores data/checkpoints data/reports data/bench data/prefect

@@ -4,8 +4,10 @@ The teacher is never constructed here; every soft target comes from the store.
 """
 from __future__ import annotations
 
+import os
+
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed
 
@@ -50,8 +52,10 @@ def distill_flow(config: DistillConfig):
     paths = write_report(run_dir, rows, opened["meta"])
     board = report.leaderboard(rows)
     create_table_artifact(key="leaderboard", table=board, description=f"Leaderboard of {run_dir}")
-    create_markdown_artifact(key="distill-report", markdown=open(paths["md"]).read(),
-                             description=f"report: {run_dir} (plot: {paths['plot']})")
+    plot_url = "file://" + os.path.abspath(paths["plot"])
+    markdown = open(paths["md"]).read().replace("(accuracy_vs_temperature.png)", f"({plot_url})")
+    create_markdown_artifact(key="distill-report", markdown=markdown, description=f"report: {run_dir}")
+    create_link_artifact(key="distill-plot", link=plot_url, link_text="accuracy vs temperature (PNG)")
     distill.release(config)
     students = [r for r in rows if r["kind"] != "teacher"]
     if all(r["status"] != "ok" for r in students):
