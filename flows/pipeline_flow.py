@@ -2,29 +2,57 @@
 
 This is what schedules run. The teacher flow is idempotent, and a distill run
 is named by its store and config, so a new teacher store triggers
-distillation while an unchanged one retrains nothing at all.
+distillation while an unchanged one retrains nothing at all. With
+``generations`` > 1 the best student of each generation becomes the teacher
+of the next (born-again distillation).
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from flows.distill_flow import distill_flow
 from flows.runners import RunnerConfig, task_runner
 from flows.teacher_flow import teacher_flow
 from pipeline import distill as distill_lib
+from pipeline import sequential
 from pipeline.config import DistillConfig, TeacherConfig
 
 
 @flow(name="kd-pipeline", log_prints=True)
-def kd_pipeline(teacher: TeacherConfig, distill: DistillConfig, runner: RunnerConfig = RunnerConfig()):
-    """Teacher → soft-target store → students → leaderboard."""
-    store = teacher_flow.with_options(task_runner=task_runner(runner))(teacher)
+def kd_pipeline(teacher: TeacherConfig, distill: DistillConfig, runner: RunnerConfig = RunnerConfig(),
+                generations: int = 1):
+    """Teacher → soft-target store → students → leaderboard (× generations)."""
+    rows = []
+    for g in range(1, generations + 1):
+        store = teacher_flow.with_options(task_runner=task_runner(runner))(teacher)
+        run_dir = distill_generation(store, distill, runner, g if generations > 1 else None)
+        rows.append(sequential.generation_row(g, store, run_dir))
+        if g < generations:
+            teacher = next_generation_teacher(teacher, distill, run_dir, store)
+    if generations == 1:
+        return run_dir
+    report = os.path.join(distill.report_root, f"{os.path.basename(rows[0]['report'])}-generations")
+    get_run_logger().info("generations: %s", sequential.write_generations(report, rows))
+    return run_dir
+
+
+def distill_generation(store: str, distill: DistillConfig, runner: RunnerConfig, generation: int | None) -> str:
     cfg = dataclasses.replace(distill, store=store)
-    cfg = dataclasses.replace(cfg, run_name=cfg.run_name or distill_lib.stable_run_name(cfg))
+    name = cfg.run_name or distill_lib.stable_run_name(cfg)
+    cfg = dataclasses.replace(cfg, run_name=name if generation is None else f"{name}-gen{generation}")
     done = distill_lib.completed_run(cfg)
     if done is not None:
         get_run_logger().info("store and student grid unchanged; not retraining. report: %s", done)
         return done
     return distill_flow.with_options(task_runner=task_runner(runner))(cfg)
+
+
+@task(cache_policy=NO_CACHE)
+def next_generation_teacher(prev: TeacherConfig, distill: DistillConfig, run_dir: str, store: str) -> TeacherConfig:
+    best = sequential.best_student(run_dir)
+    get_run_logger().info("best student %s (val acc %.4f) teaches the next generation", best["run_id"], best["val_acc"])
+    return sequential.next_teacher(prev, distill, best, store)
