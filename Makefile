@@ -7,7 +7,7 @@ export PREFECT_HOME ?= $(CURDIR)/data/prefect
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: setup teacher distill test bench serve clean
+.PHONY: setup teacher distill test bench serve reproduce views-study clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -29,6 +29,12 @@ test: $(STAMP)  ## the whole suite (benchmarks excluded)
 bench: $(STAMP)  ## performance benchmarks (not part of `make test`); JSON under data/bench/
 	mkdir -p data/bench
 	$(BIN)/python -m pytest -q -s -p no:cacheprovider -o addopts="" -ra --strict-markers tests/benchmarks
+
+reproduce: $(STAMP)  ## the literature's claims on digits, 3 seeds each → data/reports/reproduce/
+	$(BIN)/python -m flows.reproduce_flow
+
+views-study: $(STAMP)  ## stale vs K-view vs online soft targets under augmentation → data/reports/views-study/
+	$(BIN)/python -m flows.views_study
 
 serve: $(STAMP)  ## serve the teacher, distill and pipeline flows from this process (Prefect)
 	$(BIN)/python -m flows.serve

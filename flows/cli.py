@@ -14,8 +14,9 @@ import os
 import sys
 
 import flows  # noqa: F401  (sets Prefect's environment defaults before Prefect is imported)
-from pipeline.config import (AUGMENT_OPS, DEVICES, ENCODINGS, MODES, OPTIMIZERS, SCHEDULES, SELECTIONS, SOFT_LOSSES,
-                             AugmentConfig, DataConfig, DistillConfig, ModelConfig, OptimConfig, TeacherConfig)
+from pipeline.config import (AUGMENT_OPS, DEVICES, ENCODINGS, EXPORT_FORMATS, MODES, OPTIMIZERS, SCHEDULES, SELECTIONS,
+                             SOFT_LOSSES, AugmentConfig, DataConfig, DistillConfig, ModelConfig, OptimConfig,
+                             TeacherConfig)
 from pipeline.errors import UserError
 
 EXIT_USER_ERROR = 2
@@ -57,6 +58,10 @@ def _data_options(p: argparse.ArgumentParser, required_default: bool) -> None:
     g.add_argument("--download", action="store_true", help="allow downloading the dataset (network)")
     g.add_argument("--train-limit", type=int, default=None, help="keep only the first N training samples")
     g.add_argument("--split-seed", type=int, default=_default(DataConfig, "split_seed"))
+    g.add_argument("--label-noise", type=float, metavar="RATE",
+                   default=_default(DataConfig, "label_noise") if required_default else None,
+                   help="flip each train label to a random other class with this probability (val/test stay clean)")
+    g.add_argument("--noise-seed", type=int, default=None, help="seed of the label noise (default: the split seed)")
 
 
 def _model_options(p: argparse.ArgumentParser, arch: str, width: int) -> None:
@@ -65,17 +70,58 @@ def _model_options(p: argparse.ArgumentParser, arch: str, width: int) -> None:
     g.add_argument("--width", type=int, default=width, help="width of the built-in mlp/cnn")
 
 
+OFF = "off"  # what --clip-grad-norm/--patience take to switch off (kd run: also for the students alone)
+
+
+def _number_or_off(cast):
+    def parse(text: str):
+        if text.lower() in (OFF, "none"):
+            return OFF
+        try:
+            return cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number or {OFF!r}: {text!r}") from None
+
+    parse.__name__ = cast.__name__
+    return parse
+
+
+def _on(value):
+    return None if value == OFF else value
+
+
+def _optim_actions(epochs: int) -> list[tuple[str, dict]]:
+    """Every OptimConfig option as (flag, argparse kwargs); `kd run` adds a --student-… copy of each."""
+    return [
+        ("--optimizer", {"default": _default(OptimConfig, "name"), "choices": OPTIMIZERS}),
+        ("--lr", {"type": float, "default": _default(OptimConfig, "lr")}),
+        ("--momentum", {"type": float, "default": _default(OptimConfig, "momentum")}),
+        ("--nesterov", {"action": argparse.BooleanOptionalAction, "default": _default(OptimConfig, "nesterov"),
+                        "help": "Nesterov momentum (sgd only)"}),
+        ("--weight-decay", {"type": float, "default": _default(OptimConfig, "weight_decay")}),
+        ("--epochs", {"type": int, "default": epochs}),
+        ("--batch-size", {"type": int, "default": _default(OptimConfig, "batch_size")}),
+        ("--schedule", {"default": _default(OptimConfig, "schedule"), "choices": SCHEDULES,
+                        "help": "lr schedule, stepped every optimizer step"}),
+        ("--step-size", {"type": int, "default": _default(OptimConfig, "step_size"),
+                         "help": "step schedule: epochs between decays"}),
+        ("--gamma", {"type": float, "default": _default(OptimConfig, "gamma"),
+                     "help": "step schedule: lr factor at each decay"}),
+        ("--warmup-epochs", {"type": int, "default": _default(OptimConfig, "warmup_epochs"),
+                             "help": "linear lr warm-up (onecycle: length of its rising phase; 0: 30%%)"}),
+        ("--clip-grad-norm", {"type": _number_or_off(float), "default": OFF,
+                              "metavar": "NORM", "help": f"clip the gradients' global L2 norm ({OFF!r}: no clipping)"}),
+        ("--patience", {"type": _number_or_off(int), "default": OFF, "metavar": "EPOCHS",
+                        "help": f"early stopping: epochs without a better val accuracy ({OFF!r}: never stop)"}),
+        ("--select", {"default": _default(OptimConfig, "select"), "choices": SELECTIONS,
+                      "help": "checkpoint kept: best on the validation split, or the last epoch"}),
+    ]
+
+
 def _optim_options(p: argparse.ArgumentParser, epochs: int) -> None:
     g = p.add_argument_group("optimisation")
-    g.add_argument("--optimizer", default=_default(OptimConfig, "name"), choices=OPTIMIZERS)
-    g.add_argument("--lr", type=float, default=_default(OptimConfig, "lr"))
-    g.add_argument("--momentum", type=float, default=_default(OptimConfig, "momentum"))
-    g.add_argument("--weight-decay", type=float, default=_default(OptimConfig, "weight_decay"))
-    g.add_argument("--epochs", type=int, default=epochs)
-    g.add_argument("--batch-size", type=int, default=_default(OptimConfig, "batch_size"))
-    g.add_argument("--schedule", default=_default(OptimConfig, "schedule"), choices=SCHEDULES)
-    g.add_argument("--select", default=_default(OptimConfig, "select"), choices=SELECTIONS,
-                   help="checkpoint kept: best on the validation split, or the last epoch")
+    for flag, kwargs in _optim_actions(epochs):
+        g.add_argument(flag, **kwargs)
     g.add_argument("--augment", default="", help=f"comma-separated ops from {', '.join(AUGMENT_OPS)} (empty: none)")
     g.add_argument("--device", default="auto", choices=DEVICES)
 
@@ -95,6 +141,12 @@ def _teacher_options(p: argparse.ArgumentParser) -> None:
                    help="samples per compressed chunk")
     g.add_argument("--shard-chunks", type=int, default=_default(TeacherConfig, "shard_chunks"),
                    help="chunks per shard file (the unit of resumable and concurrent writes)")
+    g.add_argument("--views", type=int, default=_default(TeacherConfig, "views"),
+                   help="teacher views stored per sample: view 0 clean, the others replayable augmentations")
+    g.add_argument("--view-augment", default=",".join(_default(TeacherConfig, "view_augment").ops),
+                   help=f"ops the extra views draw from ({', '.join(AUGMENT_OPS)})")
+    g.add_argument("--writers", type=int, default=_default(TeacherConfig, "writers"),
+                   help="tasks that split the teacher pass into shard-aligned parts (with --runner dask: processes)")
     _storage_option(g)
 
 
@@ -121,16 +173,27 @@ def _student_options(p: argparse.ArgumentParser) -> None:
         g.add_argument(*flags, **kwargs)
 
 
+def _runner_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("execution")
+    g.add_argument("--runner", default="thread", choices=("thread", "dask"),
+                   help="where Prefect tasks run: threads here, or a Dask cluster (prefect-dask)")
+    g.add_argument("--dask-address", default=None, help="scheduler address (tcp://…); without it, a LocalCluster")
+    g.add_argument("--dask-workers", type=int, default=2, help="worker processes of the LocalCluster")
+
+
 def _data_config(a: argparse.Namespace) -> DataConfig:
     return DataConfig(name=a.dataset, root=a.data_root, download=a.download, split_seed=a.split_seed,
-                      train_limit=a.train_limit)
+                      train_limit=a.train_limit, label_noise=a.label_noise or 0.0, noise_seed=a.noise_seed)
 
 
 def _common(a: argparse.Namespace) -> dict:
     return {
         "model": ModelConfig(arch=a.arch, width=a.width),
         "optim": OptimConfig(name=a.optimizer, lr=a.lr, momentum=a.momentum, weight_decay=a.weight_decay,
-                             epochs=a.epochs, batch_size=a.batch_size, schedule=a.schedule, select=a.select),
+                             epochs=a.epochs, batch_size=a.batch_size, schedule=a.schedule, select=a.select,
+                             nesterov=a.nesterov, step_size=a.step_size, gamma=a.gamma,
+                             warmup_epochs=a.warmup_epochs, clip_grad_norm=_on(a.clip_grad_norm),
+                             patience=_on(a.patience)),
         "augment": AugmentConfig(ops=tuple(op for op in a.augment.split(",") if op)),
         "device": a.device,
     }
@@ -139,15 +202,22 @@ def _common(a: argparse.Namespace) -> dict:
 def teacher_config(a: argparse.Namespace) -> TeacherConfig:
     return TeacherConfig(data=_data_config(a), seed=a.seed, checkpoint=a.checkpoint, store_root=a.store_root,
                          checkpoint_root=a.checkpoint_root, encoding=a.encoding, chunk_rows=a.chunk_rows,
-                         shard_chunks=a.shard_chunks, storage_options=a.storage_options, **_common(a))
+                         shard_chunks=a.shard_chunks, writers=a.writers, views=a.views,
+                         view_augment=AugmentConfig(ops=tuple(op for op in a.view_augment.split(",") if op)), storage_options=a.storage_options,
+                         **_common(a))
 
 
 def distill_config(a: argparse.Namespace, store: str) -> DistillConfig:
     data = _data_config(a) if getattr(a, "dataset", None) else None
+    if data is None and (a.label_noise is not None or a.noise_seed is not None):
+        # Without --dataset the data is rebuilt from the store, noise included: a rate given here would be ignored.
+        raise UserError("label_noise", "only applies together with --dataset",
+                        "pass --dataset too, or omit it: the store's data already records its label noise")
     return DistillConfig(store=store, data=data, temperatures=tuple(a.temperatures), alphas=tuple(a.alphas),
                          losses=tuple(a.losses), beta=a.beta, seeds=tuple(a.seeds), report_root=a.report_root,
                          run_name=a.run_name, group_size=a.group_size, cache_mb=a.cache_mb,
                          storage_options=a.storage_options, mode=a.mode, workers=a.workers,
+                         view_policy=a.view_policy, verify_views=a.verify_views,
                          **_common(a))
 
 
@@ -167,6 +237,10 @@ def _student_grid_actions() -> list[tuple[tuple[str, ...], dict]]:
         (("--mode",), {"default": _default(DistillConfig, "mode"), "choices": MODES,
                        "help": "offline: soft targets from the store; online: rerun the teacher every step "
                                "(the reference offline KD is measured against)"}),
+        (("--view-policy",), {"default": _default(DistillConfig, "view_policy"), "choices": ("uniform", "cycle"),
+                              "help": "stores with teacher views: which view each sample trains on per epoch"}),
+        (("--verify-views",), {"type": int, "default": _default(DistillConfig, "verify_views"),
+                               "help": "rerun the teacher on this many replayed samples first (0: skip)"}),
         (("--workers",), {"type": int, "default": _default(DistillConfig, "workers"),
                           "help": "DataLoader worker processes decoding store chunks (0: one background thread)"}),
         (("--cache-mb",), {"type": float, "default": _default(DistillConfig, "cache_mb"),
@@ -195,6 +269,18 @@ def _print_leaderboard(run_dir: str) -> None:
         print(markdown(json.load(f)["leaderboard"]))
 
 
+def runner_config(a: argparse.Namespace):
+    from flows.runners import RunnerConfig
+
+    return RunnerConfig(name=a.runner, address=a.dask_address, workers=a.dask_workers)
+
+
+def task_runner(cfg):
+    from flows.runners import task_runner as make
+
+    return make(cfg)
+
+
 def cmd_teacher(a: argparse.Namespace) -> None:
     from pipeline import teacher
 
@@ -202,7 +288,8 @@ def cmd_teacher(a: argparse.Namespace) -> None:
     teacher.plan(cfg)  # validates dataset, checkpoint and device before Prefect starts
     from flows.teacher_flow import teacher_flow
 
-    store = _finish(teacher_flow(cfg, return_state=True))
+    flow = teacher_flow.with_options(task_runner=task_runner(runner_config(a)))
+    store = _finish(flow(cfg, return_state=True))
     print(f"store: {store}")
 
 
@@ -213,23 +300,41 @@ def cmd_distill(a: argparse.Namespace) -> None:
     distill.plan(cfg)  # opens, validates and decodes the store before Prefect starts
     from flows.distill_flow import distill_flow
 
-    run_dir = _finish(distill_flow(cfg, return_state=True))
+    flow = distill_flow.with_options(task_runner=task_runner(runner_config(a)))
+    run_dir = _finish(flow(cfg, return_state=True))
     _print_leaderboard(run_dir)
     print(f"report: {run_dir}")
+
+
+def student_namespace(a: argparse.Namespace) -> argparse.Namespace:
+    """`kd run`'s options as the students see them: each --student-X given replaces --X."""
+    return argparse.Namespace(**{**vars(a), **{k[len("student_"):]: v for k, v in vars(a).items()
+                                               if k.startswith("student_")}})
 
 
 def cmd_run(a: argparse.Namespace) -> None:
     from pipeline import teacher
 
     t_cfg = teacher_config(a)
-    d_cfg = distill_config(argparse.Namespace(**{**vars(a), **{k[len("student_"):]: v for k, v in vars(a).items()
-                                                             if k.startswith("student_")}}),
-                           teacher.plan(t_cfg).store_path)
+    d_cfg = distill_config(student_namespace(a), teacher.plan(t_cfg).store_path)
     from flows.pipeline_flow import kd_pipeline
 
-    run_dir = _finish(kd_pipeline(t_cfg, d_cfg, return_state=True))
+    if a.generations < 1:
+        raise UserError("generations", f"must be >= 1, got {a.generations}", "use 1, or e.g. 3 for born-again KD")
+    run_dir = _finish(kd_pipeline(t_cfg, d_cfg, runner_config(a), a.generations, return_state=True))
     _print_leaderboard(run_dir)
     print(f"report: {run_dir}")
+
+
+def cmd_export(a: argparse.Namespace) -> None:
+    from pipeline.export import ExportError, export
+
+    try:
+        result = export(a.run_dir, a.run_id, a.format, a.out)
+    except ExportError as exc:  # the exporter failed, or its file does not reproduce the student: a failed run
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_RUN_FAILED)
+    print(f"exported: {result.path}")
 
 
 def _human_bytes(n: float) -> str:
@@ -247,6 +352,10 @@ def cmd_inspect(a: argparse.Namespace) -> None:
     info = store.summary()
     if a.verify:
         info["verified_rows"] = store.verify()
+    if a.verify_views:
+        from pipeline.views import verify_views
+
+        info["verified_views"] = verify_views(store, samples=a.verify_views)
     if a.json:
         print(json.dumps(info, indent=2, default=str))
         return
@@ -259,12 +368,18 @@ def cmd_inspect(a: argparse.Namespace) -> None:
     print(f"dataset:          {d['name']}  {d['num_classes']} classes  input {tuple(d['input_shape'])}")
     for split, n in info["samples"].items():
         print(f"  {split:<5} {n:>7} samples  fingerprint {d['splits'][split]['fingerprint'][:16]}…")
-    print(f"encoding:         {info['encoding']}")
+    print(f"encoding:         {info['encoding']}   views per sample: {info['views']}"
+          + (f" ({info['logits_bytes_per_view']:.1f} B of logits per view)" if info["views"] > 1 else ""))
     print(f"size:             {_human_bytes(info['bytes_stored'])}  ({info['bytes_per_sample']:.1f} B/sample, "
           f"logits {info['logits_bytes_per_sample']:.1f} B/sample, compression {info['compression_ratio']:.2f}x)")
     print(f"provenance_key:   {info['provenance_key']}")
+    for depth, parent in enumerate(info.get("lineage", []), 1):
+        print(f"{'lineage:' if depth == 1 else '':<17} {'  ' * (depth - 1)}↳ taught by the student of {parent['store']}"
+              f" ({parent['teacher']}, test acc {100 * parent['test_acc']:.2f}%)")
     if a.verify:
         print(f"verified:         every chunk decoded, checksums ok ({info['verified_rows']})")
+    if a.verify_views:
+        print(f"views verified:   {info['verified_views']}")
     if not info["complete"]:
         print("warning: this store is INCOMPLETE; stage 2 will refuse it", file=sys.stderr)
 
@@ -305,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("teacher", help="train/load the teacher and write its logits to a store", formatter_class=fmt)
     _teacher_options(p)
+    _runner_options(p)
     p.set_defaults(func=cmd_teacher)
 
     p = sub.add_parser("distill", help="train students from a store and report a leaderboard", formatter_class=fmt)
@@ -312,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     _storage_option(p)
     _data_options(p, required_default=False)
     _student_options(p)
+    _runner_options(p)
     p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("run", help="both stages in one Prefect flow (teacher, then distill)", formatter_class=fmt)
@@ -319,16 +436,25 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("student (overrides of the teacher's model/optimisation options)")
     g.add_argument("--student-arch", default="cnn")
     g.add_argument("--student-width", type=int, default=8)
-    g.add_argument("--student-epochs", type=int, default=30)
-    g.add_argument("--student-lr", type=float, default=_default(OptimConfig, "lr"))
+    own_defaults = {"--epochs": 30, "--lr": _default(OptimConfig, "lr")}  # the students' own, whatever the teacher's
+    for flag, kwargs in _optim_actions(epochs=30):
+        # Left out, an option is absent from the namespace (SUPPRESS), so the teacher's value applies.
+        kwargs = {**kwargs, "default": own_defaults.get(flag, argparse.SUPPRESS),
+                  "help": f"the students' {flag}" + ("" if flag in own_defaults else " (default: the teacher's)")}
+        g.add_argument("--student-" + flag[2:], **kwargs)
     for flags, kwargs in _student_grid_actions():
         g.add_argument(*flags, **kwargs)
+    g.add_argument("--generations", type=int, default=1,
+                   help="sequential (born-again) KD: the best student of each generation teaches the next")
+    _runner_options(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("inspect", help="a store's metadata, size and compression", formatter_class=fmt)
     p.add_argument("path")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--verify", action="store_true", help="decode every chunk and check every checksum")
+    p.add_argument("--verify-views", type=int, default=0, metavar="N",
+                   help="rerun the recorded teacher on N replayed samples and compare every view")
     _storage_option(p)
     p.set_defaults(func=cmd_inspect)
 
@@ -337,6 +463,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     _storage_option(p)
     p.set_defaults(func=cmd_stores)
+
+    p = sub.add_parser("export", help="export a trained student to TorchScript or ONNX, checked against PyTorch",
+                       formatter_class=fmt)
+    p.add_argument("run_dir", metavar="RUN_DIR", help="report folder printed by `kd distill` (report: DIR)")
+    p.add_argument("run_id", metavar="STUDENT_RUN_ID", help="a run id from its leaderboard.json, e.g. kl-T4-a0.9-s0")
+    p.add_argument("--format", default=EXPORT_FORMATS[0], choices=EXPORT_FORMATS,
+                   help="onnx needs the onnx package (pip install onnx)")
+    p.add_argument("--out", default=None, help="output file (default: RUN_DIR/export/<run id>.pt or .onnx)")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

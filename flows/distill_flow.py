@@ -27,6 +27,16 @@ def open_store(cfg: DistillConfig) -> dict:
         "encoding": p.store.encoding}}
 
 
+@task(cache_policy=NO_CACHE)
+def verify_views(cfg: DistillConfig) -> dict:
+    """The optional fidelity check: the teacher reruns on replayed views of a few samples."""
+    from pipeline.views import verify_views as check
+
+    result = check(distill.plan(cfg).store, samples=cfg.verify_views)
+    get_run_logger().info("views verified: %s", result)
+    return result
+
+
 @task(cache_policy=NO_CACHE, task_run_name="students[{specs[0].run_id}+{n}]")
 def train_students(cfg: DistillConfig, specs: list[StudentSpec], run_dir: str, n: int) -> list[dict]:
     try:
@@ -46,6 +56,8 @@ def distill_flow(config: DistillConfig):
     """Train every student of the grid from the store and report a leaderboard."""
     logger = get_run_logger()
     opened = open_store(config)
+    if config.verify_views:
+        verify_views(config)
     run_dir = distill.run_dir(config)
     futures = [train_students.submit(config, g, run_dir, len(g)) for g in distill.groups(config)]
     rows = [opened["teacher_row"]] + [row for f in futures for row in f.result()]

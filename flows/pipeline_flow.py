@@ -35,7 +35,8 @@ def kd_pipeline(teacher: TeacherConfig, distill: DistillConfig, runner: RunnerCo
             teacher = next_generation_teacher(teacher, distill, run_dir, store)
     if generations == 1:
         return run_dir
-    report = os.path.join(distill.report_root, f"{os.path.basename(rows[0]['report'])}-generations")
+    base = os.path.basename(rows[0]["report"]).removesuffix("-gen1")
+    report = os.path.join(distill.report_root, f"{base}-generations")
     get_run_logger().info("generations: %s", sequential.write_generations(report, rows))
     return run_dir
 

@@ -7,6 +7,7 @@ work itself is torchvision's (``transforms.v2.functional``).
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as TF
 
@@ -44,6 +45,38 @@ class Augmenter:
                 img = TF.affine(img, angle=angle, translate=[dx, dy], scale=1.0, shear=[0.0, 0.0])
             out[i] = img
         return out
+
+    # --- replayable views -------------------------------------------------
+    PARAM_NAMES = ("dx", "dy", "flip", "angle")
+
+    def view_params(self, ids: torch.Tensor, views: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
+        """Parameters of view ``views[i]`` of sample ``ids[i]``: a pure function of (seed, id, view).
+
+        View 0 is always the clean image. Every other view draws from its own
+        generator, seeded from (seed, id, view) alone, so any process, worker
+        or machine replays exactly the same transform.
+        """
+        n = ids.shape[0]
+        out = {"shift": torch.zeros(n, 2), "flip": torch.zeros(n, dtype=torch.bool), "angle": torch.zeros(n)}
+        for i in range(n):
+            v = int(views[i])
+            if v == 0:
+                continue
+            key = np.random.SeedSequence([seed, int(ids[i]), v]).generate_state(2, dtype=np.uint64)[0]
+            one = self.draw(1, torch.Generator().manual_seed(int(key) & (2**63 - 1)))
+            for name in out:
+                out[name][i] = one[name][0]
+        return out
+
+    def replay(self, x: torch.Tensor, ids: torch.Tensor, views: torch.Tensor, seed: int) -> torch.Tensor:
+        """``x`` (B, C, H, W) with each sample's chosen view applied."""
+        return self.apply(x, self.view_params(ids, views, seed))
+
+    @classmethod
+    def params_array(cls, params: dict[str, torch.Tensor]) -> np.ndarray:
+        """Drawn parameters as a (B, 4) float32 array [dx, dy, flip, angle], for the store's audit trail."""
+        return torch.stack([params["shift"][:, 0], params["shift"][:, 1], params["flip"].float(),
+                            params["angle"]], dim=1).numpy().astype(np.float32)
 
     def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         if not self.enabled:

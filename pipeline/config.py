@@ -15,13 +15,15 @@ from dataclasses import asdict, dataclass, field, fields
 from pipeline.errors import UserError
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
-SCHEDULES = ("none", "cosine")
+SCHEDULES = ("none", "cosine", "step", "onecycle")
 SELECTIONS = ("best", "last")
 AUGMENT_OPS = ("translate", "flip", "rotate")
 ENCODINGS = ("float16", "float32", "topk:K")  # K: classes kept per sample
 SOFT_LOSSES = ("kl", "soft_ce", "mse")
 DEVICES = ("auto", "cpu", "cuda")
 MODES = ("offline", "online")
+VIEW_POLICIES = ("uniform", "cycle")
+EXPORT_FORMATS = ("torchscript", "onnx")
 
 
 def _check(cond: bool, field_name: str, problem: str, fix: str) -> None:
@@ -54,6 +56,11 @@ class DataConfig:
     test_fraction: float = 0.15
     split_seed: int = 0
     train_limit: int | None = None
+    # Symmetric label noise on the train split only (val and test stay clean, so accuracy is always
+    # measured against true labels): each train label becomes a uniformly drawn *other* class with
+    # this probability. Seeded by ``noise_seed``, or by ``split_seed`` when that is None.
+    label_noise: float = 0.0
+    noise_seed: int | None = None
 
     def __post_init__(self) -> None:
         _check(bool(self.name), "dataset", "is empty", "pass e.g. --dataset digits")
@@ -63,6 +70,17 @@ class DataConfig:
                "use e.g. 0.15")
         _check(self.train_limit is None or self.train_limit > 0, "train_limit",
                f"must be positive, got {self.train_limit}", "omit it to use the whole split")
+        _check(math.isfinite(self.label_noise) and 0.0 <= self.label_noise < 1.0, "label_noise",
+               f"must be in [0, 1), got {self.label_noise}", "use e.g. 0.2 (0 for clean labels)")
+        _check(self.noise_seed is None or self.noise_seed >= 0, "noise_seed", f"must be >= 0, got {self.noise_seed}",
+               "use e.g. 0, or omit it to seed the noise with the split seed")
+        # A seed without noise would change the data's hash (and so store names) for identical data.
+        _check(self.noise_seed is None or self.label_noise > 0, "noise_seed", "has no effect without label noise",
+               "drop --noise-seed, or pass --label-noise RATE")
+
+    @property
+    def effective_noise_seed(self) -> int:
+        return self.split_seed if self.noise_seed is None else self.noise_seed
 
 
 @dataclass(frozen=True)
@@ -82,7 +100,13 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """Optimizer, schedule and length of training."""
+    """Optimizer, schedule and length of training.
+
+    Schedules advance once per optimizer step. ``warmup_epochs`` adds a linear warm-up in front of
+    ``none``, ``cosine`` and ``step``; for ``onecycle`` it sets the length of OneCycle's own rising
+    phase instead (0: torch's default, 30% of training). ``step`` multiplies the lr by ``gamma``
+    every ``step_size`` epochs, counted from the start of training.
+    """
 
     name: str = "adam"
     lr: float = 3e-3
@@ -92,6 +116,12 @@ class OptimConfig:
     batch_size: int = 64
     schedule: str = "cosine"
     select: str = "best"  # checkpoint kept: best on the validation split, or the last epoch
+    nesterov: bool = False  # sgd only
+    step_size: int = 10  # epochs between decays of the "step" schedule
+    gamma: float = 0.1  # lr factor at each decay of the "step" schedule
+    warmup_epochs: int = 0
+    clip_grad_norm: float | None = None  # max global L2 norm of the gradients; None: no clipping
+    patience: int | None = None  # stop after this many epochs without a better val accuracy; None: never
 
     def __post_init__(self) -> None:
         _check_choice(self.name, OPTIMIZERS, "optimizer")
@@ -102,6 +132,25 @@ class OptimConfig:
         _check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}", "use e.g. 5e-4")
         _check(self.epochs > 0, "epochs", f"must be positive, got {self.epochs}", "use e.g. 20")
         _check(self.batch_size > 0, "batch_size", f"must be positive, got {self.batch_size}", "use e.g. 64")
+        # torch's SGD is the only one of our optimizers with Nesterov momentum, and it needs momentum.
+        _check(not self.nesterov or self.name == "sgd", "nesterov", f"needs the sgd optimizer, got {self.name!r}",
+               "pass --optimizer sgd, or drop --nesterov")
+        _check(not self.nesterov or self.momentum > 0, "nesterov", "needs momentum > 0, got 0",
+               "pass e.g. --momentum 0.9")
+        _check(self.step_size > 0, "step_size", f"must be a positive number of epochs, got {self.step_size}",
+               "use e.g. 10")
+        _check(math.isfinite(self.gamma) and 0.0 < self.gamma <= 1.0, "gamma", f"must be in (0, 1], got {self.gamma}",
+               "use e.g. 0.1")
+        _check(0 <= self.warmup_epochs < self.epochs, "warmup_epochs",
+               f"must be in [0, epochs={self.epochs}), got {self.warmup_epochs}",
+               "use e.g. 1, and leave epochs after the warm-up")
+        _check(self.schedule != "step" or self.warmup_epochs < self.step_size, "warmup_epochs",
+               f"warm-up ({self.warmup_epochs} epochs) must end before the first decay (epoch {self.step_size})",
+               "shorten the warm-up or raise --step-size")
+        _check(self.clip_grad_norm is None or (math.isfinite(self.clip_grad_norm) and self.clip_grad_norm > 0),
+               "clip_grad_norm", f"must be > 0, got {self.clip_grad_norm}", "use e.g. 1.0, or omit it for no clipping")
+        _check(self.patience is None or self.patience > 0, "patience", f"must be a positive number of epochs, got "
+               f"{self.patience}", "use e.g. 5, or omit it to train every epoch")
 
 
 @dataclass(frozen=True)
@@ -128,6 +177,7 @@ class TeacherConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     seed: int = 0
     checkpoint: str | None = None
+    parent_store: str | None = None  # born-again KD: the store whose student this teacher is (its lineage)
     store_root: str = "data/stores"
     checkpoint_root: str = "data/checkpoints"
     encoding: str = "float16"
@@ -135,6 +185,9 @@ class TeacherConfig:
     storage_options: dict | None = None  # passed to fsspec for URL store roots (s3://, gs://, ...)
     chunk_rows: int = 256  # samples per compressed chunk
     shard_chunks: int = 16  # chunks per shard (one file/object; the unit of concurrent and resumable writes)
+    writers: int = 1  # tasks (processes, machines) that split the teacher pass, each writing whole shards
+    views: int = 1  # teacher views stored per sample: view 0 is the clean image, 1..K-1 replayable augmentations
+    view_augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(ops=("translate", "rotate")))
 
     def __post_init__(self) -> None:
         from pipeline.store import parse_encoding
@@ -143,6 +196,10 @@ class TeacherConfig:
         _check_choice(self.device, DEVICES, "device")
         _check(self.chunk_rows > 0, "chunk_rows", f"must be positive, got {self.chunk_rows}", "use e.g. 256")
         _check(self.shard_chunks > 0, "shard_chunks", f"must be positive, got {self.shard_chunks}", "use e.g. 16")
+        _check(self.writers > 0, "writers", f"must be positive, got {self.writers}", "use 1, or one per worker")
+        _check(self.views >= 1, "views", f"must be >= 1, got {self.views}", "use 1 (clean only) or e.g. 4")
+        _check(self.views == 1 or bool(self.view_augment.ops), "view_augment", "is empty, so every view is clean",
+               "pass e.g. --view-augment translate,rotate")
 
 
 @dataclass(frozen=True)
@@ -215,11 +272,15 @@ class DistillConfig:
     storage_options: dict | None = None
     mode: str = "offline"  # "online" reruns the teacher every step: the reference for exactness and benchmarks
     workers: int = 0  # DataLoader worker processes decoding chunks (0: a background thread in-process)
+    view_policy: str = "uniform"  # stores with teacher views: the view each sample trains on per epoch
+    verify_views: int = 0  # rerun the teacher on this many replayed samples before training (0: skip)
 
     def __post_init__(self) -> None:
         _check(bool(self.store), "store", "is empty", "pass --store PATH_OR_URL")
         _check_choice(self.mode, MODES, "mode")
         _check(self.workers >= 0, "workers", f"must be >= 0, got {self.workers}", "use 0 or e.g. 2")
+        _check_choice(self.view_policy, VIEW_POLICIES, "view_policy")
+        _check(self.verify_views >= 0, "verify_views", f"must be >= 0, got {self.verify_views}", "use 0 or e.g. 32")
         _check(self.group_size > 0, "group_size", f"must be positive, got {self.group_size}",
                "use 1 for a Prefect task per student, more to share one data pass")
         _check(self.cache_mb >= 0, "cache_mb", f"must be >= 0, got {self.cache_mb}", "use e.g. 1024")
@@ -271,7 +332,8 @@ def from_dict(cls: type, data: dict) -> object:
         if f.name not in data:
             continue
         value = data[f.name]
-        sub = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "augment": AugmentConfig}.get(f.name)
+        sub = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "augment": AugmentConfig,
+               "view_augment": AugmentConfig}.get(f.name)
         if sub is not None and isinstance(value, dict):
             value = from_dict(sub, value)
         elif isinstance(value, list):

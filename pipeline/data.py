@@ -178,8 +178,33 @@ def check_dataset_name(name: str) -> None:
                     f"choose one of: {', '.join(DATASETS)}, or imagefolder:PATH")
 
 
+def add_label_noise(split: Split, rate: float, num_classes: int, seed: int) -> Split:
+    """Symmetric label noise: each label, with probability ``rate``, becomes a uniformly drawn *other* class.
+
+    Both draws are made for every sample whatever the rate, so with one seed the samples flipped
+    at a lower rate are a subset of those flipped at a higher one.
+    """
+    if rate == 0.0:
+        return split
+    if num_classes < 2:
+        raise UserError("label_noise", f"needs at least 2 classes, the dataset has {num_classes}",
+                        "drop --label-noise")
+    rng = np.random.default_rng(seed)
+    n = len(split)
+    flip = rng.random(n) < rate  # (N,)
+    shift = rng.integers(1, num_classes, size=n)  # (N,) in [1, C - 1]: never back to the true class
+    y = split.y.numpy()  # (N,)
+    noisy = np.where(flip, (y + shift) % num_classes, y)  # (N,)
+    return Split(split.x, torch.from_numpy(noisy.astype(np.int64)), split.ids)
+
+
 def load_dataset(cfg: DataConfig) -> Dataset:
     check_dataset_name(cfg.name)
     ds = load_imagefolder(cfg) if cfg.name.startswith("imagefolder:") else DATASETS[cfg.name](cfg)
+    # Noise only ever touches train labels (what the teacher and the hard-label term see); val and
+    # test keep the true labels, so selection and accuracy are measured against the truth. It is
+    # drawn over the whole train split before the limit, so a limited split is a prefix of the full one.
+    ds.splits["train"] = add_label_noise(ds.splits["train"], cfg.label_noise, ds.num_classes,
+                                         cfg.effective_noise_seed)
     ds.splits["train"] = _limit(ds.splits["train"], cfg.train_limit)
     return ds

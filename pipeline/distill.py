@@ -15,14 +15,14 @@ import time
 
 import torch
 
-from pipeline.config import DataConfig, DistillConfig, StudentSpec, config_hash, from_dict
+from pipeline.config import DataConfig, DistillConfig, StudentSpec, config_hash, from_dict, to_dict
 from pipeline.data import Dataset, load_dataset
 from pipeline.errors import StoreError, UserError
 from pipeline.loader import SoftTargetLoader, fits_cache
-from pipeline.models import count_parameters, model_size_mb, resolve_device
+from pipeline.models import count_parameters, measure_latency_ms, model_size_mb, resolve_device
 from pipeline.store import SoftTargetStore
 from pipeline.teacher import transform_hash
-from pipeline.train import Progress, evaluate, train_group
+from pipeline.train import Progress, build_seeded, evaluate, train_group
 
 log = logging.getLogger(__name__)
 
@@ -58,21 +58,35 @@ class DistillPlan:
         self.data_cfg: DataConfig = cfg.data or from_dict(DataConfig, self.store.attrs["data_config"])  # type: ignore
         self.dataset = load_dataset(self.data_cfg)
         check_compatible(self.store, self.dataset)
+        # CPU latency depends on the architecture, not on the trained weights, so it is measured once,
+        # here, before any student trains: timed between training threads (which hold the GIL and the
+        # cores) the same network measured anywhere from 1x to 100x its real time.
+        self.student_latency_ms = measure_latency_ms(
+            build_seeded(cfg.model, self.dataset.input_shape, self.dataset.num_classes, seed=0),
+            self.dataset.input_shape)
         self.teacher_test_logits = torch.from_numpy(self.store.read_logits("test"))  # (N_test, C)
         # Decoding the train logits here, when they fit the cache, also verifies every chunk
         # before any training starts; larger stores are streamed and verified as they are read.
         if cfg.mode == "online":
             load_teacher(self)  # fail now, not in a task, if the checkpoint is gone or changed
         n_train = self.store.size("train")
-        self.train_logits = (self.store.read_logits("train") if cfg.mode == "offline"
-                             and fits_cache(n_train, self.store.num_classes, cfg.cache_mb) else None)  # (N, C)
+        if self.store.views > 1 and cfg.augment.ops:
+            raise UserError("augment", "this store's teacher views define the augmentation (each view is replayed "
+                            "exactly)", "drop --augment, or distill from a clean-view store")
+        views = self.store.views
+        self.train_logits = None  # (N, C), or (N, V, C) with views
+        if cfg.mode == "offline" and fits_cache(n_train * views, self.store.num_classes, cfg.cache_mb):
+            self.train_logits = (self.store.read_views("train") if views > 1 else self.store.read_logits("train"))
 
     def teacher_row(self) -> dict:
         t = self.store.attrs["teacher"]
         return {"run_id": "teacher", "config_id": "teacher", "kind": "teacher", "arch": t["arch"], "loss": "-",
                 "temperature": None, "alpha": None, "beta": None, "seed": t["config"]["seed"],
                 "test_acc": t["test_acc"], "test_nll": t["test_nll"], "agreement": 1.0, "val_acc": t["val_acc"],
-                "params": t["params"], "status": "ok"}
+                "params": t["params"], "status": "ok", "width": t.get("width"),
+                # The teacher is never built in stage 2: its size is estimated from its parameter count
+                # (float32, buffers not counted) and its latency is not measured.
+                "size_mb": t["params"] * 4 / 1e6, "size_mb_estimated": True, "latency_ms": None}
 
 
 def run_dir(cfg: DistillConfig) -> str:
@@ -82,6 +96,20 @@ def run_dir(cfg: DistillConfig) -> str:
     if os.sep in name or name in ("", ".", ".."):
         raise UserError("run_name", f"{name!r} is not a plain folder name", "pass a name without slashes")
     return os.path.join(cfg.report_root, name)
+
+
+def stable_run_name(cfg: DistillConfig) -> str:
+    """A run name fixed by the store and everything that shapes the students (for scheduled pipelines)."""
+    stem = os.path.basename(cfg.store.rstrip("/")).removesuffix(".zarr")
+    shaping = {k: v for k, v in to_dict(cfg).items()  # type: ignore[union-attr]
+               if k not in ("store", "report_root", "run_name", "device", "storage_options", "workers", "cache_mb")}
+    return f"{stem}-{cfg.model.arch}-{config_hash(shaping)[:8]}"
+
+
+def completed_run(cfg: DistillConfig) -> str | None:
+    """The report folder of an identical finished run, if there is one."""
+    path = run_dir(cfg)
+    return path if os.path.isfile(os.path.join(path, "leaderboard.json")) else None
 
 
 _PLANS: dict[str, DistillPlan] = {}
@@ -118,7 +146,8 @@ def train_students(cfg: DistillConfig, specs: list[StudentSpec], run_dir: str,
     online = cfg.mode == "online"
     loader = SoftTargetLoader(ds.splits["train"], cfg.optim.batch_size, seed=specs[0].seed,
                               store=None if online else p.store, cache_mb=cfg.cache_mb, cached=p.train_logits,
-                              chunk_rows=p.store.chunk_rows("train"), workers=cfg.workers)
+                              chunk_rows=p.store.chunk_rows("train"), workers=cfg.workers,
+                              view_policy=cfg.view_policy)
     label = ",".join(s.run_id for s in specs)
     results = train_group(specs, cfg.model, cfg.optim, cfg.augment, loader, ds.splits["val"], ds.input_shape,
                           ds.num_classes, device, select=cfg.optim.select, label=label, progress=progress,
@@ -135,32 +164,25 @@ def train_students(cfg: DistillConfig, specs: list[StudentSpec], run_dir: str,
         rows.append({**_row(cfg, r.spec), "status": "ok", "seconds": r.seconds, "test_acc": m["acc"],
                      "test_nll": m["nll"], "agreement": m["agreement"], "val_acc": r.val_acc,
                      "best_epoch": r.best_epoch, "params": count_parameters(r.model),
-                     "size_mb": model_size_mb(r.model), "checkpoint": path})
+                     "size_mb": model_size_mb(r.model), "latency_ms": p.student_latency_ms,
+                     "epochs_trained": len(r.history), "stopped_epoch": r.stopped_epoch,
+                     # What `kd export` needs to rebuild the student from its checkpoint.
+                     "input_shape": list(ds.input_shape), "num_classes": ds.num_classes, "checkpoint": path})
     return rows
 
 
 def load_teacher(p: DistillPlan) -> torch.nn.Module:
     """Online mode only: the store's teacher, from its recorded checkpoint (weights only)."""
-    from pipeline.config import ModelConfig
-    from pipeline.errors import UserError
-    from pipeline.models import build_model
-    from pipeline.teacher import sha256_file
+    from pipeline.views import load_store_teacher
 
-    t = p.store.attrs["teacher"]
-    path = t["checkpoint"]
-    if not os.path.isfile(path) or sha256_file(path) != t["checkpoint_sha256"]:
-        raise UserError("mode", f"online KD needs the teacher checkpoint {path!r} recorded in the store, unchanged",
-                        "use --mode offline, or restore the checkpoint")
-    model = build_model(from_dict(ModelConfig, t["config"]["model"]), p.dataset.input_shape,  # type: ignore[arg-type]
-                        p.dataset.num_classes)
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return model
+    return load_store_teacher(p.store, field="mode", fix="use --mode offline, or restore the checkpoint")
 
 
 def _row(cfg: DistillConfig, s: StudentSpec) -> dict:
     """The hyperparameters that identify a leaderboard row."""
     return {"run_id": s.run_id, "config_id": s.config_id, "kind": "baseline" if s.is_baseline else "student",
-            "arch": cfg.model.arch, "loss": s.loss, "temperature": None if s.is_baseline else s.temperature,
+            "arch": cfg.model.arch, "width": cfg.model.width, "loss": s.loss,
+            "temperature": None if s.is_baseline else s.temperature,
             "alpha": None if s.is_baseline else s.alpha, "beta": s.beta, "seed": s.seed}
 
 

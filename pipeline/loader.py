@@ -48,7 +48,7 @@ class SoftTargetLoader:
     def __init__(self, split: Split, batch_size: int, seed: int, store: SoftTargetStore | None = None,
                  split_name: str = "train", chunk_rows: int = 256, buffer_chunks: int = 8,
                  cache_mb: float = 1024.0, prefetch_chunks: int = 8, shuffle: bool = True,
-                 cached: np.ndarray | None = None, workers: int = 0) -> None:
+                 cached: np.ndarray | None = None, workers: int = 0, view_policy: str = "uniform") -> None:
         self.split, self.batch_size, self.seed, self.shuffle = split, batch_size, seed, shuffle
         self.store, self.split_name = store, split_name
         self.chunk_rows = store.chunk_rows(split_name) if store is not None else chunk_rows
@@ -56,7 +56,7 @@ class SoftTargetLoader:
         if store is not None:
             # Streaming holds the prefetch queue plus about two buffers of decoded chunks: size the queue
             # from the memory budget (the buffer size fixes the sample order, so it is never changed).
-            chunk_mb = self.chunk_rows * store.num_classes * 4 / 1e6
+            chunk_mb = self.chunk_rows * store.views * store.num_classes * 4 / 1e6
             prefetch_chunks = int(min(prefetch_chunks, max(1, cache_mb / 2 / max(chunk_mb, 1e-9)
                                                            - 2 * buffer_chunks)))
         self.prefetch_chunks = prefetch_chunks
@@ -65,9 +65,21 @@ class SoftTargetLoader:
         self.workers, self._next_epoch, self._dataloader = workers, 0, None
         self._store_path = None if store is None else store.path
         self._storage_options = None if store is None else store.storage_options
-        self._cache = cached  # (N, K) decoded logits already in memory, e.g. from the run's plan
-        if store is not None and cached is None and fits_cache(self.n, store.num_classes, cache_mb):
-            self._cache = store.read_logits(split_name)
+        # Stores with K teacher views: each epoch picks a view per sample and replays its transform,
+        # so the student sees exactly the pixels the teacher scored.
+        self.views = 1 if store is None else store.views
+        self.view_policy = view_policy
+        self._replay = None
+        if self.views > 1:
+            from pipeline.augment import Augmenter
+            from pipeline.config import AugmentConfig, from_dict
+
+            v = store.attrs["views"]
+            self._replay = (Augmenter(from_dict(AugmentConfig, v["augment"])), int(v["seed"]))  # type: ignore[arg-type]
+        self._epoch_views: tuple[int, np.ndarray] | None = None
+        self._cache = cached  # (N, C) or (N, V, C) decoded logits already in memory, e.g. from the run's plan
+        if store is not None and cached is None and fits_cache(self.n * self.views, store.num_classes, cache_mb):
+            self._cache = self._read(0, self.n)
 
     def __len__(self) -> int:
         return -(-self.n // self.batch_size)
@@ -96,7 +108,7 @@ class SoftTargetLoader:
                     if stop.is_set():
                         return
                     r = rows_of(int(c))
-                    q.put((r, self.store.read_logits(self.split_name, int(r[0]), int(r[-1]) + 1)))
+                    q.put((r, self._read(int(r[0]), int(r[-1]) + 1)))
                 q.put(None)
             except BaseException as exc:  # re-raised in the consumer
                 q.put(exc)
@@ -132,6 +144,20 @@ class SoftTargetLoader:
                 multiprocessing_context="spawn", prefetch_factor=4)
         yield from self._dataloader
 
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        """Decoded logits of rows [start, stop): (R, C), or (R, V, C) for a store with views."""
+        if self.views > 1:
+            return self.store.read_views(self.split_name, start, stop)
+        return self.store.read_logits(self.split_name, start, stop)
+
+    def views_for(self, rows: np.ndarray, epoch: int) -> np.ndarray:
+        """The view each row is trained on this epoch: uniform at random (seeded) or cycling through all."""
+        if self.view_policy == "cycle":
+            return (rows + epoch) % self.views
+        if self._epoch_views is None or self._epoch_views[0] != epoch:
+            self._epoch_views = (epoch, np.random.default_rng([self.seed, epoch, 2]).integers(0, self.views, self.n))
+        return self._epoch_views[1][rows]
+
     def _iterate(self, epoch: int, worker: int, num_workers: int) -> Iterator[Batch]:
         """Worker ``worker`` of ``num_workers`` takes every num_workers-th buffer of the epoch's chunk order."""
         rng = np.random.default_rng([self.seed, epoch, 1, worker])
@@ -159,7 +185,7 @@ class SoftTargetLoader:
             full = len(seq) if last else (len(seq) // self.batch_size) * self.batch_size
             for start in range(0, full, self.batch_size):
                 stop = start + self.batch_size
-                yield self._batch(seq[start:stop], None if buf_logits is None else
+                yield self._batch(epoch, seq[start:stop], None if buf_logits is None else
                                   self._gather(carry_logits, buf_logits, perm, start, min(stop, len(seq))))
             carry_rows = seq[full:]
             if buf_logits is not None:
@@ -187,10 +213,16 @@ class SoftTargetLoader:
         if self._store_path is not None:
             self.store = SoftTargetStore(self._store_path, storage_options=self._storage_options)
 
-    def _batch(self, rows: np.ndarray, logits: np.ndarray | None) -> Batch:
+    def _batch(self, epoch: int, rows: np.ndarray, logits: np.ndarray | None) -> Batch:
         idx = torch.from_numpy(rows)
-        return Batch(self.split.x[idx], self.split.y[idx],
-                     None if logits is None else torch.from_numpy(np.ascontiguousarray(logits)), idx)
+        x = self.split.x[idx]  # (B, C, H, W)
+        if self._replay is not None and logits is not None:
+            views = self.views_for(rows, epoch)  # (B,)
+            logits = logits[np.arange(len(rows)), views]  # (B, V, K) -> (B, K)
+            aug, seed = self._replay
+            x = aug.replay(x, self.split.ids[idx], torch.from_numpy(views), seed)
+        return Batch(x, self.split.y[idx], None if logits is None else torch.from_numpy(np.ascontiguousarray(logits)),
+                     idx)
 
 
 class _WorkerStream(torch.utils.data.IterableDataset):

@@ -7,6 +7,9 @@ models (``resnet18``, ``mobilenet_v3_small``, ...), built from scratch
 """
 from __future__ import annotations
 
+import copy
+import statistics
+import time
 from typing import Callable
 
 import torch
@@ -109,6 +112,34 @@ def model_size_mb(model: nn.Module) -> float:
     """Size of parameters and buffers in MB (what a float32 state dict weighs)."""
     total = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
     return total / 1e6
+
+
+def measure_latency_ms(model: nn.Module, input_shape: InputShape, runs: int = 30, warmup: int = 5) -> float:
+    """CPU wall time of one forward pass at batch 1, in ms: the median of ``runs`` timed passes.
+
+    The first ``warmup`` passes are not timed (allocator and kernel selection settle there); the
+    median keeps a stray slow pass (another thread training, a GC) from moving the figure. Uses
+    whatever intra-op thread count torch is set to. A model on another device is timed on a CPU
+    copy; the caller's model is left where it is, in the mode it was in.
+    """
+    if runs < 1 or warmup < 0:
+        raise ValueError(f"runs must be >= 1 and warmup >= 0, got {runs}, {warmup}")
+    on_cpu = all(t.device.type == "cpu" for t in list(model.parameters()) + list(model.buffers()))
+    m = model if on_cpu else copy.deepcopy(model).cpu()
+    was_training = m.training
+    m.eval()
+    x = torch.rand(1, *input_shape)  # (1, C, H, W)
+    times = []
+    try:
+        with torch.inference_mode():
+            for i in range(warmup + runs):
+                start = time.perf_counter()
+                m(x)
+                if i >= warmup:
+                    times.append(time.perf_counter() - start)
+    finally:
+        m.train(was_training)
+    return statistics.median(times) * 1e3
 
 
 def resolve_device(name: str) -> torch.device:

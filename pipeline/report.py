@@ -3,7 +3,9 @@
 Every configuration is reported as mean ± std over its seeds (std is the
 sample standard deviation, 0 for a single seed). A student's gain over the
 label-only baseline is flagged ``within_noise`` when it is no larger than the
-two spreads combined, sqrt(std_student^2 + std_baseline^2).
+two spreads combined, sqrt(std_student^2 + std_baseline^2). Each configuration
+also shows its parameter count, size in MB (``≈`` when estimated, as for the
+teacher, which stage 2 never builds) and CPU latency per image.
 """
 from __future__ import annotations
 
@@ -33,7 +35,13 @@ def leaderboard(rows: list[dict]) -> list[dict]:
         ok = [r for r in runs if r["status"] == "ok"]
         first = runs[0]
         entry = {k: first.get(k) for k in ("config_id", "kind", "arch", "loss", "temperature", "alpha", "beta")}
-        entry.update({"seeds": len(runs), "failed": len(runs) - len(ok), "params": (ok or runs)[0].get("params")})
+        sized = (ok or runs)[0]
+        entry.update({"seeds": len(runs), "failed": len(runs) - len(ok), "params": sized.get("params"),
+                      "size_mb": sized.get("size_mb"), "size_mb_estimated": bool(sized.get("size_mb_estimated"))})
+        # Every seed of a configuration is the same network, so their latencies measure one thing:
+        # the median over seeds damps a run timed while other students were training.
+        latencies = [r["latency_ms"] for r in ok if r.get("latency_ms") is not None]
+        entry["latency_ms"] = statistics.median(latencies) if latencies else None
         for m in METRICS:
             entry[f"{m}_mean"], entry[f"{m}_std"] = _mean_std([r[m] for r in ok if r.get(m) is not None])
         if not ok:
@@ -62,7 +70,8 @@ def _fmt(v, spec: str = "g") -> str:
 
 def markdown(board: list[dict]) -> str:
     """The leaderboard as a Markdown table (also what the CLI prints)."""
-    head = ["config", "loss", "T", "α", "β", "test acc %", "test NLL", "agree %", "Δ vs base", "seeds", "params"]
+    head = ["config", "loss", "T", "α", "β", "test acc %", "test NLL", "agree %", "Δ vs base", "seeds", "params",
+            "size MB", "latency ms"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for e in board:
         gain = e.get("gain_vs_baseline")
@@ -71,8 +80,17 @@ def markdown(board: list[dict]) -> str:
         lines.append("| " + " | ".join([
             e["config_id"], e["loss"] or "—", _fmt(e["temperature"]), _fmt(e["alpha"]), _fmt(e["beta"]),
             _pm(e["test_acc_mean"], e["test_acc_std"], 100), _pm(e["test_nll_mean"], e["test_nll_std"], 1, 3),
-            _pm(e["agreement_mean"], e["agreement_std"], 100), delta, status, _fmt(e["params"], ",")]) + " |")
+            _pm(e["agreement_mean"], e["agreement_std"], 100), delta, status, _fmt(e["params"], ","),
+            _size(e), _fmt(e.get("latency_ms"), ".3g")]) + " |")
     return "\n".join(lines)
+
+
+def _size(e: dict) -> str:
+    """Model size in MB; ``≈`` marks an estimate from the parameter count (the teacher's)."""
+    size = e.get("size_mb")
+    if size is None:
+        return "—"
+    return ("≈" if e.get("size_mb_estimated") else "") + format(size, ".3g")
 
 
 def plot(board: list[dict], path: str) -> None:
@@ -121,7 +139,9 @@ def write_report(run_dir: str, rows: list[dict], meta: dict) -> dict[str, str]:
     with open(paths["md"], "w") as f:
         f.write(f"# Distillation report: {os.path.basename(run_dir)}\n\n")
         f.write(f"- store: `{meta.get('store')}`\n- teacher: {meta.get('teacher')}\n- student: {meta.get('student')}\n")
-        f.write(f"- dataset: {meta.get('dataset')}; checkpoints chosen on **val**, accuracy on **test**, at T = 1\n\n")
+        f.write(f"- dataset: {meta.get('dataset')}; checkpoints chosen on **val**, accuracy on **test**, at T = 1\n")
+        f.write("- size: float32 parameters and buffers (≈: estimated from the parameter count, the teacher is not "
+                "built here); latency: one image on the CPU, median of 30 forward passes, timed before training\n\n")
         f.write(markdown(board) + "\n\n")
         f.write("![accuracy vs temperature](accuracy_vs_temperature.png)\n")
         if failed:

@@ -1,9 +1,10 @@
 """The soft-target store: a self-describing Zarr v3 group of raw teacher logits.
 
-Layout (``FORMAT_VERSION`` 1; the README's "Store format" table is the contract)::
+Layout (``FORMAT_VERSION`` 2; the README's "Store format" table is the contract)::
 
     <name>.zarr/                 group; attributes below
-      train/logits   (N, C)      float16 | float32, fill NaN
+      train/logits   (N, V, C)   float16 | float32, fill NaN (V teacher views per sample; view 0 is clean)
+      train/view_params (N, V, 4) float32 [dx, dy, flip, angle] of each view (only when V > 1)
       train/labels   (N,)        int64, fill -1
       train/ids      (N,)        int64, fill -1 (stable sample ids, aligned with logits)
       train/written  (S,)        uint8, one flag per shard: the completion bitmap
@@ -32,8 +33,8 @@ import numpy as np
 
 from pipeline.errors import StoreError, UserError
 
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+FORMAT_VERSION = 2  # 2: a views axis (N, V, C) on every logits array
+SUPPORTED_VERSIONS = (2,)
 SPLITS = ("train", "val", "test")
 ENCODING_DTYPES = {"float16": np.float16, "float32": np.float32}
 DEFAULT_CHUNK_ROWS = 256
@@ -120,7 +121,16 @@ def logits_arrays(encoding: str) -> tuple[str, ...]:
 
 
 def encode_topk(logits: np.ndarray, k: int) -> dict[str, np.ndarray]:
-    """The K largest logits per row, their class indices, and the row's full log-sum-exp."""
+    """The K largest logits per row, their class indices, and the row's full log-sum-exp.
+
+    ``logits`` is (R, V, C); the outputs are (R, V, K), (R, V, K) and (R, V).
+    """
+    r, v, c = logits.shape
+    flat = _encode_topk_rows(logits.reshape(r * v, c), k)
+    return {name: a.reshape((r, v) + a.shape[1:]) for name, a in flat.items()}
+
+
+def _encode_topk_rows(logits: np.ndarray, k: int) -> dict[str, np.ndarray]:
     part = np.argpartition(-logits, k - 1, axis=1)[:, :k]  # (R, K) unordered: O(C) per row, not O(C log C)
     order = np.argsort(-np.take_along_axis(logits, part, axis=1), axis=1, kind="stable")
     idx = np.take_along_axis(part, order, axis=1)  # (R, K), largest first
@@ -132,6 +142,14 @@ def encode_topk(logits: np.ndarray, k: int) -> dict[str, np.ndarray]:
 
 
 def decode_topk(values: np.ndarray, indices: np.ndarray, lse: np.ndarray, num_classes: int) -> np.ndarray:
+    """Dense (..., C) logits from (..., K) values and indices and (...) log-sum-exps; see :func:`_decode_rows`."""
+    lead = values.shape[:-1]
+    k = values.shape[-1]
+    return _decode_rows(values.reshape(-1, k), indices.reshape(-1, k), lse.reshape(-1),
+                        num_classes).reshape(lead + (num_classes,))
+
+
+def _decode_rows(values: np.ndarray, indices: np.ndarray, lse: np.ndarray, num_classes: int) -> np.ndarray:
     """Dense (R, C) logits whose T = 1 softmax is exact on the kept classes.
 
     The classes that were not kept share the remaining probability mass
@@ -184,12 +202,13 @@ class StoreWriter:
 
     def __init__(self, path: str, attrs: dict, splits: dict[str, tuple[np.ndarray, np.ndarray]],
                  num_classes: int, encoding: str, chunk_rows: int = DEFAULT_CHUNK_ROWS,
-                 shard_chunks: int = DEFAULT_SHARD_CHUNKS, storage_options: dict | None = None) -> None:
+                 shard_chunks: int = DEFAULT_SHARD_CHUNKS, storage_options: dict | None = None,
+                 views: int = 1) -> None:
         kind, k = parse_encoding(encoding)
         if k is not None and k >= num_classes:
             raise UserError("encoding", f"topk:{k} keeps every one of the {num_classes} classes",
                             f"use K < {num_classes}, or float16")
-        self.path, self.encoding, self.num_classes = path, encoding, num_classes
+        self.path, self.encoding, self.num_classes, self.views = path, encoding, num_classes, views
         self.layouts = {s: layout_for(len(labels), num_classes, chunk_rows, shard_chunks)
                         for s, (labels, _) in splits.items()}
         layout_attr = {s: {"chunk_rows": l.chunk_rows, "shard_rows": l.shard_rows} for s, l in self.layouts.items()}
@@ -216,6 +235,7 @@ class StoreWriter:
         self = cls.__new__(cls)
         self.path, self.encoding, self.group, self.resumed = path, a["encoding"], group, True
         self.num_classes = int(a["dataset"]["num_classes"])
+        self.views = int(a.get("views", {}).get("count", 1))
         self.layouts = {s: SplitLayout(int(group[s]["labels"].shape[0]), self.num_classes, l["chunk_rows"],
                                        l["shard_rows"]) for s, l in a["layout"].items()}
         self._start_thread()
@@ -238,7 +258,8 @@ class StoreWriter:
         same = (a.get("complete") is False and a.get("format_version") == FORMAT_VERSION
                 and a.get("provenance_key") == attrs.get("provenance_key")
                 and a.get("teacher", {}).get("checkpoint_sha256") == attrs.get("teacher", {}).get("checkpoint_sha256")
-                and a.get("encoding") == self.encoding and a.get("layout") == layout_attr)
+                and a.get("encoding") == self.encoding and a.get("layout") == layout_attr
+                and a.get("views") == attrs.get("views"))
         return group if same else None
 
     def _create(self, store, attrs: dict, splits: dict, layout_attr: dict):
@@ -253,11 +274,14 @@ class StoreWriter:
             lay = self.layouts[split]
             g = group.create_group(split)
             rows = dict(chunks=(lay.chunk_rows,), shards=(lay.shard_rows,))
+            v = self.views
             if kind == "topk":
-                arrays = {"topk_values": ((width,), np.float32, np.nan), "topk_indices": ((width,), np.int32, -1),
-                          "lse": ((), np.float32, np.nan)}
+                arrays = {"topk_values": ((v, width), np.float32, np.nan), "topk_indices": ((v, width), np.int32, -1),
+                          "lse": ((v,), np.float32, np.nan)}
             else:
-                arrays = {"logits": ((width,), ENCODING_DTYPES[kind], np.nan)}
+                arrays = {"logits": ((v, width), ENCODING_DTYPES[kind], np.nan)}
+            if v > 1:
+                arrays["view_params"] = ((v, 4), np.float32, np.nan)
             for name, (cols, dtype, fill) in arrays.items():
                 g.create_array(name, shape=(lay.size, *cols), dtype=dtype, chunks=rows["chunks"] + cols,
                                shards=rows["shards"] + cols, compressors=compressors, fill_value=fill)
@@ -296,13 +320,20 @@ class StoreWriter:
             except BaseException as exc:  # surfaced to the producer by put()/finish()
                 self._error = exc
 
-    def put(self, split: str, shard: int, logits: np.ndarray) -> None:
-        """Queue one whole shard of raw logits, shape (rows_in_shard, C)."""
+    def put(self, split: str, shard: int, logits: np.ndarray, view_params: np.ndarray | None = None) -> None:
+        """Queue one whole shard of raw logits, shape (rows_in_shard, V, C) (or (rows, C) when V = 1).
+
+        ``view_params`` (rows, V, 4) records each view's drawn augmentation when V > 1.
+        """
         start, stop = self.layouts[split].shard_range(shard)
-        if logits.shape != (stop - start, self.num_classes):
-            raise ValueError(f"shard {shard} of {split} needs shape {(stop - start, self.num_classes)}, "
-                             f"got {logits.shape}")
-        finite = np.isfinite(logits).all(axis=1)
+        if logits.ndim == 2 and self.views == 1:
+            logits = logits[:, None, :]  # (R, 1, C)
+        expected = (stop - start, self.views, self.num_classes)
+        if logits.shape != expected:
+            raise ValueError(f"shard {shard} of {split} needs shape {expected}, got {logits.shape}")
+        if (view_params is None) != (self.views == 1):
+            raise ValueError("view_params are required exactly when the store has more than one view")
+        finite = np.isfinite(logits).all(axis=(1, 2))
         if not finite.all():
             rows = np.nonzero(~finite)[0]
             raise UserError("teacher logits", f"{len(rows)} {split} samples are NaN/inf (rows "
@@ -313,6 +344,8 @@ class StoreWriter:
         kind, k = parse_encoding(self.encoding)
         arrays = (encode_topk(logits, k) if kind == "topk"
                   else {"logits": logits.astype(ENCODING_DTYPES[kind], copy=False)})
+        if view_params is not None:
+            arrays["view_params"] = view_params.astype(np.float32, copy=False)
         self._queue.put((split, shard, arrays))
 
     def close(self) -> None:
@@ -416,8 +449,13 @@ class SoftTargetStore:
         first, last = start // arr.chunks[0], max(start, stop - 1) // arr.chunks[0]
         return str(first) if first == last else f"{first}..{last}"
 
-    def read_logits(self, split: str, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Decoded logits (rows, C) as float32, verified (checksums, no missing chunk).
+    @property
+    def views(self) -> int:
+        """Teacher views per sample (1: the clean image only)."""
+        return int(self.attrs.get("views", {}).get("count", 1))
+
+    def read_views(self, split: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Decoded logits of every view, (rows, V, C) float32, verified (checksums, no missing chunk).
 
         Under ``topk:K`` these are the dense logits of :func:`decode_topk`.
         """
@@ -427,6 +465,20 @@ class SoftTargetStore:
             return decode_topk(self._read(split, "topk_values", rows), self._read(split, "topk_indices", rows),
                                self._read(split, "lse", rows), self.num_classes)
         return self._read(split, "logits", rows).astype(np.float32, copy=False)
+
+    def read_logits(self, split: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Logits of the clean view (view 0), (rows, C) float32, verified."""
+        return np.ascontiguousarray(self.read_views(split, start, stop)[:, 0, :])
+
+    def view_params(self, split: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """(rows, V, 4) [dx, dy, flip, angle] of each stored view (only for stores with V > 1)."""
+        stop = self.size(split) if stop is None else stop
+        return self._read_params(split, slice(start, stop))
+
+    def _read_params(self, split: str, rows: slice) -> np.ndarray:
+        if self.views == 1:
+            raise StoreError("views", "this store holds the clean view only", "write it with --views K")
+        return self._read(split, "view_params", rows)
 
     def iter_chunks(self, split: str) -> Iterator[tuple[int, np.ndarray]]:
         """(start row, logits) per chunk, in order: each chunk is decoded exactly once."""
@@ -462,7 +514,8 @@ class SoftTargetStore:
         return total
 
     def nbytes_stored(self) -> int:
-        return self._nbytes(logits_arrays(self.encoding) + ("labels", "ids", "written"))
+        extra = ("view_params",) if self.views > 1 else ()
+        return self._nbytes(logits_arrays(self.encoding) + extra + ("labels", "ids", "written"))
 
     def summary(self) -> dict:
         """What ``kd inspect`` prints: metadata plus size, bytes per sample and compression ratio.
@@ -473,7 +526,7 @@ class SoftTargetStore:
         stored = self.nbytes_stored()
         logits_stored = self._nbytes(logits_arrays(self.encoding))
         n = sum(self.size(s) for s in self.splits())
-        logits_raw = n * self.num_classes * 4
+        logits_raw = n * self.views * self.num_classes * 4
         return {
             "path": self.path,
             **{k: v for k, v in self.attrs.items()},
@@ -481,6 +534,8 @@ class SoftTargetStore:
             "bytes_stored": stored,
             "bytes_per_sample": stored / max(n, 1),
             "logits_bytes_per_sample": logits_stored / max(n, 1),
+            "views": self.views,
+            "logits_bytes_per_view": logits_stored / max(n * self.views, 1),
             "compression_ratio": logits_raw / max(logits_stored, 1),
             "files": self.file_count(),
         }

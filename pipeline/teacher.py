@@ -13,10 +13,12 @@ import re
 import sys
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from pipeline.augment import Augmenter
 from pipeline.config import StudentSpec, TeacherConfig, config_hash, to_dict
 from pipeline.data import Dataset, load_dataset
 from pipeline.errors import UserError
@@ -34,6 +36,22 @@ TRANSFORM = {"pixels": "float32 in [0, 1], no normalisation", "resize": "imagefo
 
 def transform_hash() -> str:
     return config_hash(TRANSFORM)[:16]
+
+
+def view_record(cfg: TeacherConfig) -> dict:
+    """How the stored views were drawn: enough for anyone to replay them (pipeline.augment.Augmenter.replay)."""
+    if cfg.views == 1:
+        return {"count": 1}
+    return {"count": cfg.views, "seed": cfg.seed, "augment": to_dict(cfg.view_augment),
+            "params": list(Augmenter.PARAM_NAMES)}
+
+
+def lineage_of(store_path: str, storage_options: dict | None = None) -> list[dict]:
+    """The chain of stores a born-again teacher descends from, nearest first."""
+    store = SoftTargetStore(store_path, storage_options=storage_options)
+    entry = {"store": store_path, "provenance_key": store.attrs["provenance_key"],
+             "teacher": store.attrs["teacher"]["arch"], "test_acc": store.attrs["teacher"]["test_acc"]}
+    return [entry] + list(store.attrs.get("lineage", []))
 
 
 def public_config(cfg: TeacherConfig) -> dict:
@@ -85,8 +103,10 @@ def plan(cfg: TeacherConfig) -> TeacherPlan:
     resolve_device(cfg.device)
     ds = load_dataset(cfg.data)
     ckpt_sha = sha256_file(cfg.checkpoint) if cfg.checkpoint else None
-    teacher_part = {"model": to_dict(cfg.model), "optim": to_dict(cfg.optim), "augment": to_dict(cfg.augment),
-                    "seed": cfg.seed, "checkpoint_sha256": ckpt_sha}
+    parent = lineage_of(cfg.parent_store, cfg.storage_options) if cfg.parent_store else []
+    teacher_part = {"parent": parent[0]["provenance_key"] if parent else None,
+                    "model": to_dict(cfg.model), "optim": to_dict(cfg.optim), "augment": to_dict(cfg.augment),
+                    "seed": cfg.seed, "checkpoint_sha256": ckpt_sha, "views": view_record(cfg)}
     key = config_hash({"teacher": teacher_part, "data": to_dict(cfg.data), "fingerprints": ds.fingerprints(),
                        "transform": transform_hash(), "encoding": cfg.encoding})
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", ds.name).strip("_")
@@ -150,10 +170,12 @@ def create_store(p: TeacherPlan, model: nn.Module) -> StoreWriter:
         "transform": TRANSFORM,
         "transform_hash": transform_hash(),
         "software": software_versions(),
+        "views": view_record(cfg),
+        "lineage": lineage_of(cfg.parent_store, cfg.storage_options) if cfg.parent_store else [],
     }
     splits = {s: (ds.splits[s].y.numpy(), ds.splits[s].ids.numpy()) for s in SPLITS}
     writer = StoreWriter(p.store_path, attrs, splits, ds.num_classes, cfg.encoding, chunk_rows=cfg.chunk_rows,
-                         shard_chunks=cfg.shard_chunks, storage_options=cfg.storage_options)
+                         shard_chunks=cfg.shard_chunks, storage_options=cfg.storage_options, views=cfg.views)
     if writer.resumed:
         log.info("resuming incomplete store %s: %s shards left", p.store_path,
                  {s: len(writer.pending(s)) for s in splits})
@@ -164,11 +186,26 @@ def write_shards(p: TeacherPlan, model: nn.Module, writer: StoreWriter, work: di
     """Run the teacher over the given shards of each split and queue them; the caller closes the writer."""
     device = resolve_device(p.cfg.device)
     for split, shards in work.items():
-        x = p.dataset.splits[split].x
+        data = p.dataset.splits[split]
         lay = writer.layouts[split]
         for shard in tqdm(shards, desc=f"teacher logits [{split}]", unit="shard", disable=not progress_bar()):
             start, stop = lay.shard_range(shard)
-            writer.put(split, shard, torch.cat(list(predict(model, x[start:stop], device))).numpy())  # (rows, C)
+            logits, params = teacher_views(p.cfg, model, data.x[start:stop], data.ids[start:stop], device)
+            writer.put(split, shard, logits, params)
+
+
+def teacher_views(cfg: TeacherConfig, model: nn.Module, x: torch.Tensor, ids: torch.Tensor,
+                  device: torch.device) -> tuple[np.ndarray, np.ndarray | None]:
+    """Teacher logits of every view of ``x``: (R, V, C), and the views' drawn parameters (R, V, 4) when V > 1."""
+    if cfg.views == 1:
+        return torch.cat(list(predict(model, x, device))).numpy()[:, None, :], None
+    aug = Augmenter(cfg.view_augment)
+    logits, params = [], []
+    for v in range(cfg.views):
+        drawn = aug.view_params(ids, torch.full_like(ids, v), cfg.seed)
+        logits.append(torch.cat(list(predict(model, aug.apply(x, drawn), device))).numpy())  # (R, C)
+        params.append(Augmenter.params_array(drawn))  # (R, 4)
+    return np.stack(logits, axis=1), np.stack(params, axis=1)
 
 
 def pending_work(writer: StoreWriter, parts: int) -> list[dict[str, list[int]]]:

@@ -51,3 +51,36 @@ def store_copy(digits_store, tmp_path) -> str:
 
 
 DIGITS = DataConfig(name="digits")
+
+
+@pytest.fixture(scope="session")
+def trained_report(digits_store, tmp_path_factory) -> str:
+    """A report folder with two tiny trained students (baseline-s0, kl-T4-a0.9-s0) and a failed one.
+
+    Session-scoped and shared: tests must not modify it (export with ``out=`` under their tmp_path).
+    """
+    from pipeline import distill, report
+    from pipeline.config import DistillConfig
+
+    root = tmp_path_factory.mktemp("report")
+    cfg = DistillConfig(store=digits_store, model=ModelConfig(arch="cnn", width=4), optim=OptimConfig(epochs=1),
+                        temperatures=(4.0,), report_root=str(root), run_name="run", device="cpu")
+    run_dir = distill.run_dir(cfg)
+    rows = [distill.plan(cfg).teacher_row()] + distill.train_students(cfg, cfg.students(), run_dir)
+    distill.release(cfg)
+    failed = cfg.students()[0].__class__(loss="kl", temperature=8.0, alpha=0.9, beta=None, seed=0)
+    rows.append(distill.failed_row(cfg, failed, "loss became nan at epoch 0 step 3"))
+    report.write_report(run_dir, rows, {"store": digits_store})
+    return run_dir
+
+
+def shard_file(store: str, split: str = "train", shard: int = 0) -> str:
+    """The file holding shard ``shard`` of ``split``'s logits (chunk key c/<row shard>/<view>/<class>)."""
+    return os.path.join(store, split, "logits", "c", str(shard), "0", "0")
+
+
+def flip_byte(path: str, at: float = 0.5, mask: int = 0xFF) -> None:
+    """Corrupt one byte of a file in place, at a fraction ``at`` of its length."""
+    raw = bytearray(open(path, "rb").read())
+    raw[int(len(raw) * at)] ^= mask
+    open(path, "wb").write(bytes(raw))

@@ -89,7 +89,8 @@ def test_boundary_values_are_accepted():
 @pytest.mark.parametrize("field,kw", [
     ("optimizer", {"name": "sgdd"}),
     ("optimizer", {"name": "Adam"}),
-    ("schedule", {"schedule": "step"}),
+    ("schedule", {"schedule": "linear"}),
+    ("schedule", {"schedule": "OneCycle"}),
     ("select", {"select": "worst"}),
     ("epochs", {"epochs": 0}),
     ("epochs", {"epochs": -3}),
@@ -109,6 +110,73 @@ def test_bad_optim(field, kw):
 def test_good_optim():
     for name in ("sgd", "adam", "adamw", "rmsprop"):
         OptimConfig(name=name, schedule="none", select="last", epochs=1, lr=1e-5)
+
+
+@pytest.mark.parametrize("field,kw", [
+    ("nesterov", {"nesterov": True}),  # adam
+    ("nesterov", {"nesterov": True, "name": "rmsprop"}),
+    ("nesterov", {"nesterov": True, "name": "sgd", "momentum": 0.0}),
+    ("step_size", {"step_size": 0}),
+    ("step_size", {"step_size": -2}),
+    ("gamma", {"gamma": 0.0}),
+    ("gamma", {"gamma": -0.1}),
+    ("gamma", {"gamma": 1.5}),
+    ("gamma", {"gamma": NAN}),
+    ("warmup_epochs", {"warmup_epochs": -1}),
+    ("warmup_epochs", {"warmup_epochs": 5, "epochs": 5}),  # nothing left after the warm-up
+    ("warmup_epochs", {"warmup_epochs": 9, "epochs": 5}),
+    ("warmup_epochs", {"schedule": "step", "step_size": 3, "warmup_epochs": 3}),  # would swallow the first decay
+    ("clip_grad_norm", {"clip_grad_norm": 0.0}),
+    ("clip_grad_norm", {"clip_grad_norm": -1.0}),
+    ("clip_grad_norm", {"clip_grad_norm": NAN}),
+    ("clip_grad_norm", {"clip_grad_norm": INF}),
+    ("patience", {"patience": 0}),
+    ("patience", {"patience": -3}),
+])
+def test_bad_new_optim_options(field, kw):
+    err = refused(field, lambda: OptimConfig(**kw))
+    assert err.fix
+
+
+def test_good_new_optim_options():
+    OptimConfig(name="sgd", nesterov=True, momentum=0.9)
+    for schedule in ("none", "cosine", "step", "onecycle"):
+        OptimConfig(schedule=schedule, epochs=5, warmup_epochs=2, step_size=3, gamma=0.5)
+        OptimConfig(schedule=schedule, epochs=5, warmup_epochs=0)
+    OptimConfig(schedule="step", step_size=40, epochs=5)  # never decays: allowed, like torch
+    OptimConfig(gamma=1.0, clip_grad_norm=1e-3, patience=1)
+    assert OptimConfig().clip_grad_norm is None and OptimConfig().patience is None  # both off by default
+
+
+@pytest.mark.parametrize("field,kw", [
+    ("label_noise", {"label_noise": -0.1}),
+    ("label_noise", {"label_noise": 1.0}),
+    ("label_noise", {"label_noise": NAN}),
+    ("noise_seed", {"label_noise": 0.2, "noise_seed": -1}),
+    ("noise_seed", {"noise_seed": 3}),  # a seed without noise would only change the data's hash
+])
+def test_bad_label_noise(field, kw):
+    refused(field, lambda: DataConfig(**kw))
+
+
+def test_label_noise_seed_defaults_to_split_seed_and_is_hashed():
+    assert DataConfig(label_noise=0.2, split_seed=4).effective_noise_seed == 4
+    assert DataConfig(label_noise=0.2, split_seed=4, noise_seed=9).effective_noise_seed == 9
+    # Noise is part of the provenance: the data config is hashed into the store's key.
+    assert config_hash(DataConfig(label_noise=0.2)) != config_hash(DataConfig())
+    assert config_hash(DataConfig(label_noise=0.2)) != config_hash(DataConfig(label_noise=0.2, noise_seed=1))
+
+
+def test_new_fields_round_trip_through_json():
+    data = DataConfig(label_noise=0.3, noise_seed=5)
+    optim = OptimConfig(name="sgd", nesterov=True, schedule="step", step_size=4, gamma=0.5, warmup_epochs=2,
+                        clip_grad_norm=2.5, patience=3, epochs=10)
+    for cfg in (data, optim):
+        assert from_dict(type(cfg), json.loads(json.dumps(to_dict(cfg)))) == cfg
+    # Stores written before these fields existed still read back, with the defaults (no noise, old behaviour).
+    old = {k: v for k, v in to_dict(OptimConfig()).items()  # type: ignore[union-attr]
+           if k not in ("nesterov", "step_size", "gamma", "warmup_epochs", "clip_grad_norm", "patience")}
+    assert from_dict(OptimConfig, old) == OptimConfig()
 
 
 # --- teacher / data / model / augment ------------------------------------------------------------

@@ -1,6 +1,7 @@
 """pipeline.data on the bundled scikit-learn digits, torchvision datasets offline, and image folders."""
 from __future__ import annotations
 
+import math
 import os
 import socket
 from collections import Counter
@@ -179,6 +180,48 @@ def test_describe_records_sizes_and_fingerprints(digits):
     for name in SPLITS:
         assert d["splits"][name] == {"size": len(digits.splits[name]),
                                      "fingerprint": digits.splits[name].fingerprint()}
+
+
+# --- label noise ---------------------------------------------------------------------------------
+
+
+def test_label_noise_flips_about_the_rate_of_train_labels_to_other_classes(digits):
+    noisy = load_dataset(DataConfig(name="digits", label_noise=0.2))
+    clean_y, noisy_y = digits.splits["train"].y, noisy.splits["train"].y
+    flipped = noisy_y != clean_y
+    n = len(clean_y)
+    # Binomial(1257, 0.2): mean 251, std 14; +-4 std is a failure rate of about 1e-4 for a fair coin.
+    assert abs(int(flipped.sum()) - 0.2 * n) <= 4 * math.sqrt(n * 0.2 * 0.8)
+    assert noisy_y.dtype == torch.int64 and 0 <= int(noisy_y.min()) and int(noisy_y.max()) <= 9
+    # Symmetric: a flipped label goes to every other class, none favoured much (~25 each).
+    shifts = Counter(((noisy_y - clean_y) % 10)[flipped].tolist())
+    assert set(shifts) == set(range(1, 10)) and max(shifts.values()) < 3 * min(shifts.values())
+    # Only labels change, only in train: pixels, ids and the val/test splits are untouched.
+    assert torch.equal(noisy.splits["train"].x, digits.splits["train"].x)
+    assert torch.equal(noisy.splits["train"].ids, digits.splits["train"].ids)
+    for name in ("val", "test"):
+        assert torch.equal(noisy.splits[name].y, digits.splits[name].y)
+        assert noisy.splits[name].fingerprint() == digits.splits[name].fingerprint()
+    assert noisy.splits["train"].fingerprint() != digits.splits["train"].fingerprint()
+
+
+def test_label_noise_is_deterministic_and_seeded(digits):
+    a = load_dataset(DataConfig(name="digits", label_noise=0.2)).splits["train"].y
+    assert torch.equal(a, load_dataset(DataConfig(name="digits", label_noise=0.2)).splits["train"].y)
+    # The default seed is the split seed; another noise seed flips other samples.
+    assert torch.equal(a, load_dataset(DataConfig(name="digits", label_noise=0.2, noise_seed=0)).splits["train"].y)
+    other = load_dataset(DataConfig(name="digits", label_noise=0.2, noise_seed=1)).splits["train"].y
+    assert not torch.equal(a, other)
+    # A lower rate flips a subset of the samples a higher one flips, and a limited split is a prefix.
+    clean = digits.splits["train"].y
+    low = load_dataset(DataConfig(name="digits", label_noise=0.05)).splits["train"].y
+    assert bool(((low != clean) <= (a != clean)).all())
+    limited = load_dataset(DataConfig(name="digits", label_noise=0.2, train_limit=100)).splits["train"].y
+    assert torch.equal(limited, a[:100])
+
+
+def test_zero_label_noise_is_the_clean_dataset(digits):
+    assert load_dataset(DataConfig(name="digits", label_noise=0.0)).fingerprints() == digits.fingerprints()
 
 
 # --- errors --------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from pipeline import distill, models
 from pipeline.config import DataConfig, DistillConfig, ModelConfig, OptimConfig
 from pipeline.errors import StoreError
 from pipeline.store import SoftTargetStore
-from tests.conftest import build_store
+from tests.conftest import build_store, flip_byte, shard_file
 
 
 def _cfg(store, tmp_path, **kw):
@@ -56,11 +56,7 @@ def test_wrong_dataset_name_is_refused(tmp_path, digits_store):
 
 
 def test_corrupt_store_is_refused_before_training(store_copy, tmp_path):
-    d = os.path.join(store_copy, "train", "logits", "c")
-    f = os.path.join(d, os.listdir(d)[0], "0")
-    raw = bytearray(open(f, "rb").read())
-    raw[50] ^= 0x10
-    open(f, "wb").write(bytes(raw))
+    flip_byte(shard_file(store_copy), at=0.2, mask=0x10)
     with pytest.raises(StoreError, match="train/logits"):
         distill.DistillPlan(_cfg(store_copy, tmp_path))
 
@@ -83,13 +79,25 @@ def test_students_train_without_the_teacher(tmp_path, monkeypatch):
     monkeypatch.setattr("pipeline.train.build_model", spy)
     cfg = _cfg(store, tmp_path)
     rows = distill.train_students(cfg, cfg.students(), str(tmp_path / "run"))
-    assert built == ["cnn", "cnn", "cnn"]  # baseline + 2 temperatures, never the mlp teacher
+    # One to time the architecture when the plan opens the store, then baseline + 2 temperatures;
+    # never the mlp teacher.
+    assert built == ["cnn", "cnn", "cnn", "cnn"]
     assert [r["run_id"] for r in rows] == ["baseline-s0", "kl-T1-a0.9-s0", "kl-T4-a0.9-s0"]
     for r in rows:
         assert r["status"] == "ok" and 0.3 < r["test_acc"] <= 1 and 0 <= r["agreement"] <= 1
         assert os.path.exists(r["checkpoint"])
+        # Leaderboard columns, and what `kd export` needs to rebuild the student.
+        assert r["params"] == models.count_parameters(real(ModelConfig(arch="cnn", width=4), (1, 8, 8), 10))
+        assert r["size_mb"] > r["params"] * 4 / 1e6  # parameters plus BatchNorm buffers
+        assert 0 < r["latency_ms"] < 1000 and r["latency_ms"] == distill.plan(cfg).student_latency_ms
+        assert (r["arch"], r["width"], r["input_shape"], r["num_classes"]) == ("cnn", 4, [1, 8, 8], 10)
+        assert r["epochs_trained"] == 2 and r["stopped_epoch"] is None
     row = distill.plan(cfg).teacher_row()
     assert row["test_acc"] == SoftTargetStore(store).attrs["teacher"]["test_acc"]
+    # The teacher is never built here: size estimated from its parameter count, latency not measured.
+    assert row["params"] == (64 * 64 + 64) + (64 * 64 + 64) + (64 * 10 + 10)  # the mlp-64 teacher, by hand
+    assert row["size_mb"] == pytest.approx(row["params"] * 4 / 1e6) and row["size_mb_estimated"] is True
+    assert row["latency_ms"] is None and row["width"] == 64
     distill.release(cfg)
 
 
@@ -105,3 +113,28 @@ def test_run_dir_rejects_paths(digits_store, tmp_path):
     with pytest.raises(UserError):
         distill.run_dir(_cfg(digits_store, tmp_path, run_name="../x"))
     assert distill.run_dir(_cfg(digits_store, tmp_path, run_name="r1")).endswith("reports/r1")
+
+
+def test_a_store_with_label_noise_refuses_clean_data(tmp_path):
+    from pipeline.data import load_dataset
+    from tests.conftest import small_teacher_config
+    from pipeline import teacher
+
+    noisy = DataConfig(label_noise=0.2)
+    p = teacher.plan(small_teacher_config(str(tmp_path), data=noisy, model=ModelConfig(arch="mlp", width=16),
+                                          optim=OptimConfig(epochs=1)))
+    store = teacher.publish(p, teacher.train(p))
+    s = SoftTargetStore(store)
+    assert s.attrs["data_config"]["label_noise"] == 0.2  # recorded in provenance
+    clean = load_dataset(DataConfig())
+    # The store holds the labels that were trained on: the noisy ones; val and test stay true.
+    assert (s.labels("train") != clean.splits["train"].y.numpy()).mean() == pytest.approx(0.2, abs=0.05)
+    for split in ("val", "test"):
+        assert (s.labels(split) == clean.splits[split].y.numpy()).all()
+    with pytest.raises(StoreError) as e:
+        distill.DistillPlan(_cfg(store, tmp_path, data=DataConfig()))
+    assert e.value.field == "splits.train.fingerprint"
+    # Without --dataset the data is rebuilt from the store's data_config, noise included: accepted.
+    plan = distill.DistillPlan(_cfg(store, tmp_path))
+    assert plan.data_cfg == noisy
+    assert (plan.dataset.splits["train"].y.numpy() == s.labels("train")).all()

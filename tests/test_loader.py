@@ -11,7 +11,7 @@ from pipeline.data import load_dataset
 from pipeline.errors import StoreError
 from pipeline.loader import SoftTargetLoader
 from pipeline.store import SoftTargetStore
-from tests.conftest import DIGITS
+from tests.conftest import DIGITS, flip_byte, shard_file
 
 
 @pytest.fixture(scope="module")
@@ -63,11 +63,7 @@ def test_label_only_loader_has_no_logits(train_split):
 
 
 def test_corrupt_chunk_while_streaming_raises(store_copy, train_split):
-    d = os.path.join(store_copy, "train", "logits", "c")
-    f = os.path.join(d, os.listdir(d)[0], "0")
-    raw = bytearray(open(f, "rb").read())
-    raw[100] ^= 0x01
-    open(f, "wb").write(bytes(raw))
+    flip_byte(shard_file(store_copy), at=0.3, mask=0x01)
     loader = SoftTargetLoader(train_split, 64, seed=0, store=SoftTargetStore(store_copy), cache_mb=0)
     with pytest.raises(StoreError, match="train/logits"):
         _epoch(loader, 0)

@@ -12,6 +12,7 @@ from pipeline.models import (
     build_model,
     check_arch,
     count_parameters,
+    measure_latency_ms,
     model_size_mb,
     resolve_device,
 )
@@ -189,6 +190,46 @@ def test_model_size_agrees_with_saved_state_dict_payload():
     payload = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     assert model_size_mb(model) * 1e6 == pytest.approx(payload, rel=1e-12)
     assert 40 < model_size_mb(model) < 50  # ~11.2M float32 parameters
+
+
+# --- latency -------------------------------------------------------------------------------------
+
+
+class _Clock(nn.Module):
+    """Records every input and whether it ran without autograd; each pass takes a known time."""
+
+    def __init__(self, delays_s: list[float]) -> None:
+        super().__init__()
+        self.lin = nn.Linear(64, 10)
+        self.delays = list(delays_s)
+        self.calls: list[tuple[tuple[int, ...], bool, bool]] = []
+
+    def forward(self, x):
+        import time
+
+        self.calls.append((tuple(x.shape), torch.is_inference_mode_enabled(), self.training))
+        time.sleep(self.delays.pop(0))
+        return self.lin(x.flatten(1))
+
+
+def test_latency_is_the_median_of_the_timed_batch_1_passes():
+    # 2 warm-up passes (slow, not timed), then 5 timed: 10, 30, 20, 200 (a stray slow one), 40 ms.
+    model = _Clock([0.3, 0.3, 0.010, 0.030, 0.020, 0.200, 0.040]).train()
+    ms = measure_latency_ms(model, SHAPE, runs=5, warmup=2)
+    assert 30 <= ms < 55  # the median, 30 ms plus timer overhead; the mean would be 60
+    assert [c[0] for c in model.calls] == [(1, *SHAPE)] * 7
+    assert all(inference and not training for _, inference, training in model.calls)
+    assert model.training  # the caller's mode is restored
+
+
+def test_latency_of_a_real_model_is_positive_and_leaves_it_unchanged():
+    model = build_model(ModelConfig(arch="cnn", width=4), SHAPE, 10).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ms = measure_latency_ms(model, SHAPE)
+    assert 0 < ms < 1000
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # BN stats untouched (eval)
+    with pytest.raises(ValueError):
+        measure_latency_ms(model, SHAPE, runs=0)
 
 
 # --- devices -------------------------------------------------------------------------------------

@@ -13,12 +13,13 @@ from pipeline.report import leaderboard, markdown, write_report
 def row(config_id: str, kind: str, seed: int, acc: float | None, *, status: str = "ok", loss: str | None = "kl",
         temperature: float | None = 2.0, alpha: float | None = 0.9, beta: float | None = None,
         nll: float | None = None, agreement: float | None = None, params: int | None = 1000,
-        error: str | None = None) -> dict:
+        error: str | None = None, size_mb: float | None = None, latency_ms: float | None = None) -> dict:
     r = {"run_id": f"{config_id}-s{seed}", "config_id": config_id, "kind": kind, "arch": "cnn", "loss": loss,
          "temperature": temperature, "alpha": alpha, "beta": beta, "seed": seed, "status": status}
     if status == "ok":
         r.update({"test_acc": acc, "test_nll": nll if nll is not None else 1.0 - acc,
-                  "agreement": agreement if agreement is not None else acc, "params": params})
+                  "agreement": agreement if agreement is not None else acc, "params": params,
+                  "size_mb": size_mb, "latency_ms": latency_ms})
     else:
         r["error"] = error or "boom"
     return r
@@ -190,6 +191,33 @@ def test_markdown_contains_every_config_and_a_row_each(board):
     assert "+4.00" in md and "+1.25 (noise)" in md and "-12.00" in md
     assert "3 (1 failed)" in md and "2 (2 failed)" in md
     assert "50,000" in md
+
+
+def test_size_and_latency_columns():
+    teacher = {**teacher_row(), "size_mb": 50_000 * 4 / 1e6, "size_mb_estimated": True, "latency_ms": None}
+    rows = [teacher,
+            *[row("baseline", "baseline", s, 0.9, loss="hard", temperature=None, alpha=None, params=900,
+                  size_mb=0.0041, latency_ms=ms) for s, ms in enumerate([0.30, 0.10, 0.20])],
+            row("kl-T2-a0.9", "student", 0, 0.95, size_mb=0.0041, latency_ms=0.25),
+            row("kl-T2-a0.9", "student", 1, None, status="failed")]
+    board = leaderboard(rows)
+    e = by_id(board)
+    assert e["baseline"]["latency_ms"] == pytest.approx(0.20)  # median over seeds
+    assert e["kl-T2-a0.9"]["latency_ms"] == pytest.approx(0.25)  # failed seeds have no latency
+    assert e["teacher"]["latency_ms"] is None and e["teacher"]["size_mb_estimated"] is True
+    assert e["baseline"]["size_mb"] == 0.0041 and e["baseline"]["size_mb_estimated"] is False
+    lines = markdown(board).splitlines()
+    assert lines[0].endswith("| params | size MB | latency ms |")
+    cells = {line.split(" | ")[0][2:]: [c.strip() for c in line.strip("| ").split(" | ")] for line in lines[2:]}
+    assert cells["teacher"][-3:] == ["50,000", "≈0.2", "—"]  # estimated size, no latency
+    assert cells["baseline"][-3:] == ["900", "0.0041", "0.2"]
+    assert cells["kl-T2-a0.9"][-2:] == ["0.0041", "0.25"]
+    assert all(len(c) == len(cells["teacher"]) for c in cells.values())
+
+
+def test_rows_without_size_or_latency_show_dashes(board):
+    line = next(x for x in markdown(board).splitlines() if x.startswith("| baseline |"))
+    assert line.endswith("| 900 | — | — |")
 
 
 # --- write_report --------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from pipeline.data import load_dataset
 from pipeline.errors import StoreError
 from pipeline.store import SoftTargetStore
 from pipeline.train import build_seeded
-from tests.conftest import DIGITS, small_teacher_config
+from tests.conftest import DIGITS, shard_file, small_teacher_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A wide CNN so the teacher pass takes seconds on a CPU, and 8-row shards so there are many to count.
@@ -47,7 +47,7 @@ def _shard_files(store):
         d = os.path.join(store, split, "logits", "c")
         if os.path.isdir(d):
             for name in os.listdir(d):
-                f = os.path.join(d, name, "0")
+                f = shard_file(store, split, int(name))
                 out[f] = os.stat(f).st_mtime_ns
     return out
 
@@ -94,7 +94,7 @@ def test_sigkill_then_rerun_writes_only_missing_shards(tmp_path):
     # Shards recorded as written were not touched; every other shard was written by the rerun.
     for split, f in flags.items():
         for shard in np.nonzero(f)[0]:
-            path = os.path.join(store, split, "logits", "c", str(shard), "0")
+            path = shard_file(store, split, int(shard))
             assert after[path] == before[path], path
     assert len(after) == total
 

@@ -10,6 +10,7 @@ import zarr
 
 from pipeline.errors import StoreError, UserError
 from pipeline.store import (FORMAT_VERSION, SoftTargetStore, StoreWriter, find_stores, join, layout_for)
+from tests.conftest import flip_byte, shard_file
 
 C = 7
 
@@ -58,7 +59,7 @@ def test_layout_is_chunked_and_sharded(tmp_path):
     assert (lay.chunk_rows, lay.shard_rows, lay.num_shards) == (256, 4096, 3)
     path = _write(tmp_path / "s.zarr", {"train": _logits(10_000)})
     arr = SoftTargetStore(path).group["train"]["logits"]
-    assert arr.chunks == (256, C) and arr.shards == (4096, C)
+    assert arr.chunks == (256, 1, C) and arr.shards == (4096, 1, C)  # (rows, views, classes)
     assert len(os.listdir(os.path.join(path, "train", "logits", "c"))) == 3  # one file per shard
 
 
@@ -103,15 +104,11 @@ def test_nan_teacher_logits_are_never_published(tmp_path):
 
 
 def _shard_file(store, split="train"):
-    d = os.path.join(store, split, "logits", "c")
-    return os.path.join(d, sorted(os.listdir(d))[0], "0")
+    return shard_file(store, split, 0)
 
 
 def test_flipped_byte_fails_with_array_and_chunk(store_copy):
-    f = _shard_file(store_copy)
-    raw = bytearray(open(f, "rb").read())
-    raw[len(raw) // 3] ^= 0xFF
-    open(f, "wb").write(bytes(raw))
+    flip_byte(_shard_file(store_copy), at=1 / 3)
     s = SoftTargetStore(store_copy)
     with pytest.raises(StoreError) as e:
         s.read_logits("train")

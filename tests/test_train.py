@@ -1,6 +1,9 @@
 """The group trainer: one pass, independent students, failure isolation, selection on val."""
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import pytest
 import torch
 
@@ -8,7 +11,7 @@ from pipeline.config import AugmentConfig, ModelConfig, OptimConfig, StudentSpec
 from pipeline.data import load_dataset
 from pipeline.loader import SoftTargetLoader
 from pipeline.store import SoftTargetStore
-from pipeline.train import evaluate, train_group
+from pipeline.train import build_seeded, evaluate, make_optimizer, make_schedule, train_group
 from tests.conftest import DIGITS
 
 CPU = torch.device("cpu")
@@ -69,3 +72,119 @@ def test_augmentation_is_applied_and_seeded(digits_store, ds):
     c = _run(ds, store, [spec()])[0].model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+# --- optimizers, schedules, clipping, early stopping -----------------------------------------------
+
+
+def _lrs(cfg: OptimConfig, steps_per_epoch: int, lr: float | None = None) -> list[float]:
+    """The lr each optimizer step of a whole run uses, with the schedule stepped as train_group does."""
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    opt = make_optimizer(params, cfg if lr is None else dataclasses.replace(cfg, lr=lr))
+    sched = make_schedule(opt, cfg, steps_per_epoch)
+    out = []
+    for _ in range(cfg.epochs * steps_per_epoch):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        if sched is not None:
+            sched.step()
+    return out
+
+
+def test_sgd_nesterov_reaches_the_optimizer():
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    assert make_optimizer(params, OptimConfig(name="sgd", nesterov=True)).param_groups[0]["nesterov"] is True
+    assert make_optimizer(params, OptimConfig(name="sgd")).param_groups[0]["nesterov"] is False
+
+
+def test_constant_schedule_with_and_without_warmup():
+    assert make_schedule(make_optimizer([torch.nn.Parameter(torch.zeros(1))], OptimConfig(schedule="none")),
+                         OptimConfig(schedule="none"), 5) is None
+    lrs = _lrs(OptimConfig(lr=1.0, epochs=3, schedule="none", warmup_epochs=1), steps_per_epoch=4)
+    # Linear from lr / (4 + 1) over the 4 warm-up steps, then flat at lr.
+    assert lrs == pytest.approx([0.2, 0.4, 0.6, 0.8] + [1.0] * 8)
+
+
+def test_cosine_after_warmup_anneals_over_the_remaining_steps():
+    lrs = _lrs(OptimConfig(lr=1.0, epochs=4, schedule="cosine", warmup_epochs=1), steps_per_epoch=4)
+    assert lrs[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
+    rest = 12  # steps after the warm-up: lr * (1 + cos(pi * k / 12)) / 2
+    assert lrs[4:] == pytest.approx([(1 + math.cos(math.pi * k / rest)) / 2 for k in range(rest)])
+    assert _lrs(OptimConfig(lr=1.0, epochs=2, schedule="cosine"), 2) == pytest.approx([1.0, 0.853553, 0.5, 0.146447],
+                                                                                         rel=1e-5)
+
+
+def test_step_schedule_decays_at_whole_epochs_from_the_start():
+    lrs = _lrs(OptimConfig(lr=1.0, epochs=5, schedule="step", step_size=2, gamma=0.5), steps_per_epoch=3)
+    assert lrs == pytest.approx([1.0] * 6 + [0.5] * 6 + [0.25] * 3)
+    # A warm-up does not move the decays: still at epochs 2 and 4.
+    lrs = _lrs(OptimConfig(lr=1.0, epochs=5, schedule="step", step_size=2, gamma=0.5, warmup_epochs=1), 3)
+    assert lrs == pytest.approx([0.25, 0.5, 0.75] + [1.0] * 3 + [0.5] * 6 + [0.25] * 3)
+
+
+def test_onecycle_rises_to_lr_during_the_warmup_then_anneals():
+    lrs = _lrs(OptimConfig(lr=0.5, epochs=4, schedule="onecycle", warmup_epochs=1), steps_per_epoch=5)
+    peak = lrs.index(max(lrs))
+    assert max(lrs) == pytest.approx(0.5) and peak == 4  # the last step of the 1-epoch warm-up
+    assert lrs[0] == pytest.approx(0.5 / 25)  # torch's default div_factor
+    assert all(a < b for a, b in zip(lrs[:peak], lrs[1:peak + 1]))
+    assert all(a > b for a, b in zip(lrs[peak:], lrs[peak + 1:])) and lrs[-1] < 1e-4
+    # Without a warm-up, torch's default: 30% of the run rising.
+    lrs = _lrs(OptimConfig(lr=0.5, epochs=4, schedule="onecycle"), steps_per_epoch=5)
+    assert lrs.index(max(lrs)) == 5
+    # A per-student lr (an lr sweep) is the peak, not the config's lr.
+    assert max(_lrs(OptimConfig(lr=0.5, epochs=4, schedule="onecycle"), 5, lr=0.1)) == pytest.approx(0.1)
+
+
+def test_onecycle_too_short_is_a_user_error():
+    from pipeline.errors import UserError
+
+    with pytest.raises(UserError) as e:
+        _lrs(OptimConfig(epochs=2, schedule="onecycle"), steps_per_epoch=1)
+    assert e.value.field == "schedule" and "3 optimizer steps" in str(e.value)
+
+
+def test_onecycle_trains_a_whole_group(ds):
+    # OneCycle raises if stepped past its last step: a full run proves the step count is right.
+    # (Label-only students, store=None: no logits needed, so these tests stay fast.)
+    optim = OptimConfig(epochs=2, lr=1e-2, schedule="onecycle", warmup_epochs=1)
+    results = _run(ds, None, [spec("hard", seed=0), spec("hard", seed=1)], optim=optim)
+    assert all(r.failed is None and r.val_acc > 0.3 for r in results)
+
+
+def test_gradient_clipping_bounds_every_step(ds):
+    # Plain SGD (no momentum, no decay) moves the weights by lr * g per step, and |g| <= clip after
+    # clipping, so after n steps they are within n * lr * clip of their initialisation.
+    store = None  # label-only: no stored logits needed
+    sgd = OptimConfig(name="sgd", momentum=0.0, lr=0.5, epochs=1, schedule="none", select="last")
+    init = build_seeded(TINY, ds.input_shape, ds.num_classes, 0).state_dict()
+    steps = -(-len(ds.splits["train"]) // sgd.batch_size)
+
+    def moved(optim):
+        (r,) = _run(ds, store, [spec("hard")], optim=optim, select="last")
+        state = r.model.state_dict()
+        return math.sqrt(sum(float(((state[k] - init[k]) ** 2).sum()) for k in init))
+
+    clip = 1e-3
+    assert moved(dataclasses.replace(sgd, clip_grad_norm=clip)) <= steps * 0.5 * clip * (1 + 1e-4)
+    assert moved(sgd) > 100 * steps * 0.5 * clip  # unclipped, the same run moves far more
+
+
+def test_early_stopping_stops_one_student_and_the_group_carries_on(ds):
+    # lr 1e-12 leaves float32 weights exactly unchanged: its val accuracy can never improve.
+    frozen = StudentSpec(loss="hard", temperature=1.0, alpha=0.0, beta=None, seed=0, lr=1e-12)
+    optim = OptimConfig(epochs=6, lr=1e-2, patience=2)
+    learner, stuck = _run(ds, None, [spec("hard"), frozen], optim=optim)
+    assert stuck.stopped_epoch == 2 and len(stuck.history) == 3  # epoch 0 sets the peak, 1 and 2 do not beat it
+    assert stuck.model is not None and stuck.best_epoch == 0  # the selected checkpoint is still returned
+    # The rule, checked on the learner's own history: it stops exactly when `patience` epochs in a row
+    # fail to beat its best so far, and otherwise runs every epoch.
+    accs = [h["val_acc"] for h in learner.history]
+    peak, stale, stop = -1.0, 0, None
+    for epoch, acc in enumerate(accs):
+        peak, stale = (acc, 0) if acc > peak else (peak, stale + 1)
+        if stale >= 2:
+            stop = epoch
+            break
+    assert learner.stopped_epoch == stop
+    assert len(accs) == (6 if stop is None else stop + 1) and len(accs) > len(stuck.history)

@@ -2,7 +2,8 @@
 
 Every figure a benchmark reports is a ratio of two sides measured side by side
 in the same run, repetitions interleaved (A, B, A, B, ...) and reduced with a
-median, because the machines this runs on are shared and noisy. Absolute
+median of the per-round ratios, because the machines this runs on are shared
+and noisy (other processes come and go; torch's threads then stall). Absolute
 throughputs (GB/s, samples/s) are reported too where the issue asks for them,
 but only the ratios are meant to be compared across machines.
 
@@ -39,6 +40,31 @@ CLASSES = 10
 # Results recorded in this session, in order; the conftest aggregates them.
 RESULTS: list[dict] = []
 
+TORCH_DEFAULT_THREADS = torch.get_num_threads()
+
+# The whole session stays under 15 minutes on a 2-core machine even when other processes load it:
+# past this many seconds, every remaining measurement stops at 3 rounds.
+SESSION_START = time.perf_counter()
+DEADLINE_S = float(os.environ.get("BENCH_DEADLINE_S", 720))
+
+
+def past_deadline() -> bool:
+    return time.perf_counter() - SESSION_START > DEADLINE_S
+
+
+def configure_threads() -> int:
+    """Intra-op threads for the benchmarks: ``BENCH_THREADS`` (0 = torch's default), else 1 on a CPU.
+
+    On a small shared machine torch's default (one thread per core) stalls at every parallel region
+    whenever another process holds a core: on the 2-core box this was sized on, a student step went
+    from 48 ms to ~560 ms under other load, while one thread stayed at ~90 ms. One thread keeps the
+    ratios measurable there; ``BENCH_THREADS=0 make bench`` measures torch's default instead.
+    """
+    env = os.environ.get("BENCH_THREADS")
+    n = int(env) if env else (0 if torch.cuda.is_available() else 1)
+    torch.set_num_threads(n if n > 0 else TORCH_DEFAULT_THREADS)
+    return torch.get_num_threads()
+
 
 # ---------------------------------------------------------------- environment
 
@@ -71,6 +97,8 @@ def machine_info() -> dict:
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
+        "torch_default_threads": TORCH_DEFAULT_THREADS,
+        "bench_threads_env": os.environ.get("BENCH_THREADS"),
         "zarr": zarr.__version__,
         "numcodecs": numcodecs.__version__,
         "numpy": np.__version__,
@@ -95,14 +123,34 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t
 
 
-def interleaved(sides: dict[str, Callable[[], object]], reps: int, warmup: int = 1) -> dict[str, list[float]]:
-    """Run the sides in turn (A, B, A, B, ...) ``warmup + reps`` times; return the timed reps per side."""
+def interleaved(sides: dict[str, Callable[[], object]], min_reps: int, max_reps: int | None = None,
+                budget_s: float = 0.0, warmup: int = 1) -> dict[str, list[float]]:
+    """Run the sides in turn (A, B, A, B, ...); return the timed repetitions per side.
+
+    ``warmup`` rounds are run and dropped. Then at least ``min_reps`` rounds,
+    and more (up to ``max_reps``) while the timed rounds have taken less than
+    ``budget_s``: a quiet machine gets more repetitions, a loaded one stays
+    within its time.
+    """
     times: dict[str, list[float]] = {name: [] for name in sides}
-    for r in range(warmup + reps):
+    for _ in range(warmup):
+        for fn in sides.values():
+            timed(fn)
+    start = time.perf_counter()
+    max_reps = max(min_reps, max_reps or min_reps)
+    r = 0
+
+    def more() -> bool:
+        if r < 3:
+            return True
+        if past_deadline():  # a very loaded machine: keep the whole run within its limit, with fewer rounds
+            return False
+        return r < min_reps or (r < max_reps and time.perf_counter() - start < budget_s)
+
+    while more():
         for name, fn in sides.items():
-            dt_ = timed(fn)
-            if r >= warmup:
-                times[name].append(dt_)
+            times[name].append(timed(fn))
+        r += 1
     for name, ts in times.items():
         check_timings(name, ts)
     return times
@@ -117,11 +165,33 @@ def med(ts: list[float]) -> float:
     return float(statistics.median(ts))
 
 
+def rounds(num: list[float], den: list[float]) -> list[float]:
+    """Per-round ratios num[i] / den[i], both sides measured back to back in round i."""
+    assert len(num) == len(den) and num, (num, den)
+    return [a / b for a, b in zip(num, den)]
+
+
 def ratio(num: list[float], den: list[float]) -> float:
-    """median(num) / median(den), both sides' timings from the same interleaved run."""
-    r = med(num) / med(den)
+    """The median of the per-round ratios num[i] / den[i].
+
+    Pairing the sides round by round cancels load that drifts over the run;
+    the median drops rounds where a burst hit only one side.
+    """
+    r = med(rounds(num, den))
     assert math.isfinite(r) and r > 0, f"ratio {r}"
     return r
+
+
+def iqr(values: list[float]) -> list[float]:
+    """[25th, 75th] percentile: the spread of the per-round values behind a median."""
+    if len(values) < 2:
+        return [values[0], values[0]]
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return [q[0], q[2]]
+
+
+def ratio_of_medians(num: list[float], den: list[float]) -> float:
+    return med(num) / med(den)
 
 
 def spread(ts: list[float]) -> float:
@@ -163,18 +233,33 @@ def tmp_dir(name: str) -> Path:
 # ---------------------------------------------------------------- results
 
 
-def figure(name: str, value: float, goal: str, met: bool | None, unit: str = "") -> dict:
+def figure(name: str, value: float, goal: str, met: bool | None, unit: str = "",
+           per_round: list[float] | None = None) -> dict:
+    """One reported figure; ``per_round`` (the value in each round) adds its count and interquartile range."""
     assert math.isfinite(value) and value > 0, f"{name}: {value}"
-    return {"figure": name, "value": value, "unit": unit, "goal": goal, "met": met}
+    out = {"figure": name, "value": value, "unit": unit, "goal": goal, "met": met}
+    if per_round:
+        assert all(math.isfinite(v) and v > 0 for v in per_round), per_round
+        out.update(rounds=len(per_round), iqr=iqr(per_round), per_round=per_round)
+    return out
 
 
-def record(case: str, figures: list[dict], details: dict, wall_s: float) -> dict:
+def begin() -> dict:
+    """Call at the start of a case; pass the result to :func:`record`."""
+    return {"t0": time.perf_counter(), "loadavg_1min_start": os.getloadavg()[0]}
+
+
+def record(case: str, figures: list[dict], details: dict, begun: dict) -> dict:
     """Write ``data/bench/<case>.json`` and print the one-line summary."""
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
+    wall_s = time.perf_counter() - begun["t0"]
     result = {
         "case": case,
         "figures": figures,
         "wall_s": wall_s,
+        "past_session_deadline": past_deadline(),
+        # other processes on the machine during the case (1-minute load average; > cores means contention)
+        "loadavg_1min": {"start": begun["loadavg_1min_start"], "end": os.getloadavg()[0]},
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_info(),
         **details,
@@ -207,11 +292,13 @@ def fmt(v: float) -> str:
 
 
 def markdown_table(results: list[dict]) -> str:
-    lines = ["| case | figure | value | goal | met? |", "|---|---|---|---|---|"]
+    lines = ["| case | figure | value | IQR over rounds (n) | goal | met? |", "|---|---|---|---|---|---|"]
     for r in results:
         for f in r["figures"]:
             met = "—" if f["met"] is None else ("yes" if f["met"] else "**no**")
-            lines.append(f"| {r['case']} | {f['figure']} | {fmt(f['value'])}{f['unit']} | {f['goal']} | {met} |")
+            spread_ = f"{fmt(f['iqr'][0])}–{fmt(f['iqr'][1])} ({f['rounds']})" if "iqr" in f else "—"
+            lines.append(f"| {r['case']} | {f['figure']} | {fmt(f['value'])}{f['unit']} | {spread_} | {f['goal']} "
+                         f"| {met} |")
     return "\n".join(lines)
 
 

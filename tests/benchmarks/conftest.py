@@ -6,6 +6,7 @@ import time
 import benchlib
 
 _START = time.perf_counter()
+benchlib.configure_threads()
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

@@ -1,0 +1,82 @@
+"""The fidelity check for stores with teacher views: replay, rerun the teacher, compare.
+
+This is the only place stage 2 may touch the teacher, and it is optional
+(`kd inspect --verify-views N`, `kd distill --verify-views N`). It reruns the
+teacher, loaded from the checkpoint the store records, on the replayed views
+of N random training samples and fails loudly if any logit differs from the
+stored one by more than the encoding's rounding.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pipeline.augment import Augmenter
+from pipeline.config import AugmentConfig, DataConfig, ModelConfig, from_dict
+from pipeline.data import load_dataset
+from pipeline.errors import StoreError, UserError
+from pipeline.models import build_model
+from pipeline.store import SoftTargetStore, parse_encoding
+from pipeline.train import predict
+
+# float16 keeps 11 significant bits: a relative error up to 2^-11, plus slack for a different
+# convolution algorithm on another machine. float32 only differs by summation order.
+TOLERANCE = {"float16": (2.0**-10, 1e-3), "float32": (1e-5, 1e-4)}
+
+
+def load_store_teacher(store: SoftTargetStore, field: str = "checkpoint",
+                       fix: str = "restore it to check views") -> torch.nn.Module:
+    """The teacher recorded in a store, from its checkpoint (weights only, sha256 checked)."""
+    from pipeline.teacher import sha256_file
+
+    t = store.attrs["teacher"]
+    path = t["checkpoint"]
+    try:
+        same = sha256_file(path) == t["checkpoint_sha256"]
+    except OSError:
+        same = False
+    if not same:
+        raise UserError(field, f"the teacher checkpoint {path!r} recorded in the store is missing or changed", fix)
+    model = build_model(from_dict(ModelConfig, t["config"]["model"]),  # type: ignore[arg-type]
+                        tuple(store.attrs["dataset"]["input_shape"]), store.num_classes)
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+def verify_views(store: SoftTargetStore, samples: int = 32, seed: int = 0, model: torch.nn.Module | None = None,
+                 replay_seed: int | None = None) -> dict:
+    """Rerun the teacher on replayed views of ``samples`` random train rows; raise on any mismatch.
+
+    ``replay_seed`` overrides the store's view seed (for tests that prove a wrong replay is caught).
+    """
+    if store.views == 1:
+        raise StoreError("views", "this store holds the clean view only; there is nothing to replay",
+                         "write it with `kd teacher --views K`")
+    kind, _ = parse_encoding(store.encoding)
+    if kind == "topk":
+        raise StoreError("encoding", "views of a topk store are approximations and cannot be compared exactly",
+                         "check views on a float16/float32 store")
+    v = store.attrs["views"]
+    aug = Augmenter(from_dict(AugmentConfig, v["augment"]))  # type: ignore[arg-type]
+    ds = load_dataset(from_dict(DataConfig, store.attrs["data_config"]))  # type: ignore[arg-type]
+    split = ds.splits["train"]
+    rows = np.sort(np.random.default_rng(seed).choice(len(split), size=min(samples, len(split)), replace=False))
+    model = model if model is not None else load_store_teacher(store)
+    stored = np.stack([store.read_views("train", int(r), int(r) + 1)[0] for r in rows])  # (S, V, C)
+    ids = split.ids[torch.from_numpy(rows)]
+    rel, abs_ = TOLERANCE[kind]
+    worst = 0.0
+    for view in range(store.views):
+        x = aug.replay(split.x[torch.from_numpy(rows)], ids, torch.full_like(ids, view),
+                       int(v["seed"]) if replay_seed is None else replay_seed)
+        fresh = torch.cat(list(predict(model, x, torch.device("cpu")))).numpy()  # (S, C)
+        err = np.abs(fresh - stored[:, view]) - rel * np.abs(stored[:, view])  # (S, C)
+        worst = max(worst, float(np.abs(fresh - stored[:, view]).max()))
+        bad = np.nonzero((err > abs_).any(axis=1))[0]
+        if len(bad):
+            i = int(bad[0])
+            raise StoreError("views", f"view {view} of sample id {int(ids[i])} does not reproduce the stored logits "
+                             f"(max |diff| {float(np.abs(fresh[i] - stored[i, view]).max()):.4g}; "
+                             f"{len(bad)}/{len(rows)} samples differ)",
+                             "the replayed transform is not the one the teacher scored; do not train on this store")
+    return {"samples": len(rows), "views": store.views, "max_abs_diff": worst}

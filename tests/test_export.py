@@ -1,0 +1,146 @@
+"""pipeline.export: a trained student leaves a report as TorchScript or ONNX that computes what it computes."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import warnings
+
+import pytest
+import torch
+
+from pipeline import export as ex
+from pipeline.data import load_dataset
+from pipeline.errors import UserError
+from tests.conftest import DIGITS
+
+RUN = "kl-T4-a0.9-s0"
+
+
+def refused(field: str, *args, **kwargs) -> UserError:
+    with pytest.raises(UserError) as e:
+        ex.export(*args, **kwargs)
+    assert e.value.field == field and "\n" not in str(e.value)
+    return e.value
+
+
+def test_torchscript_round_trips_and_matches_the_student(trained_report, tmp_path):
+    out = str(tmp_path / "student.pt")
+    result = ex.export(trained_report, RUN, "torchscript", out)
+    assert result.path == out and os.path.getsize(out) > 0 and result.max_abs_diff <= 1e-5
+    # Independently of export's own check: the file, loaded back, on real test images of another batch size.
+    student, row = ex.load_student(trained_report, RUN)
+    assert row["arch"] == "cnn" and row["width"] == 4
+    x = load_dataset(DIGITS).splits["test"].x[:17]  # (17, 1, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch marks TorchScript deprecated
+        loaded = torch.jit.load(out, map_location="cpu")
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(x), student(x), atol=1e-5, rtol=0)
+    # And the student is the trained one: its test accuracy is the leaderboard's.
+    test = load_dataset(DIGITS).splits["test"]
+    with torch.inference_mode():
+        acc = float((loaded(test.x).argmax(1) == test.y).float().mean())
+    assert acc == pytest.approx(row["test_acc"])
+
+
+def test_default_output_goes_under_the_report_folder(trained_report, tmp_path):
+    copy = tmp_path / "moved"  # a report folder moved elsewhere still finds its students/
+    shutil.copytree(trained_report, copy)
+    result = ex.export(str(copy), "baseline-s0")
+    assert result.path == os.path.join(str(copy), "export", "baseline-s0.pt") and os.path.isfile(result.path)
+
+
+def test_checkpoint_is_loaded_weights_only(trained_report, monkeypatch):
+    seen = []
+    real = torch.load
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("weights_only"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ex.torch, "load", spy)
+    ex.load_student(trained_report, RUN)
+    assert seen == [True]
+
+
+def test_unknown_run_missing_dir_and_unexportable_runs_are_one_line_errors(trained_report, tmp_path):
+    err = refused("run_id", trained_report, "kl-T5-a0.9-s0")
+    assert "baseline-s0" in err.fix and RUN in err.fix
+    assert "failed" in str(refused("run_id", trained_report, "kl-T8-a0.9-s0"))
+    refused("run_id", trained_report, "teacher")
+    refused("run_dir", str(tmp_path / "nope"), RUN)
+    refused("run_dir", str(tmp_path), RUN)  # a folder without leaderboard.json
+    refused("format", trained_report, RUN, "tflite")
+    (tmp_path / "dir.pt").mkdir()
+    refused("out", trained_report, RUN, "torchscript", str(tmp_path / "dir.pt"))
+
+
+def test_old_report_without_rebuild_fields_is_refused(trained_report, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(trained_report, old)
+    data = json.loads((old / "leaderboard.json").read_text())
+    for r in data["runs"]:
+        r.pop("input_shape", None)
+    (old / "leaderboard.json").write_text(json.dumps(data))
+    assert "input_shape" in str(refused("run_id", str(old), RUN))
+
+
+def test_a_missing_or_wrong_checkpoint_is_refused(trained_report, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(trained_report, bad)
+    data = json.loads((bad / "leaderboard.json").read_text())
+    for r in data["runs"]:
+        r["width"] = 8 if r.get("run_id") == RUN else r.get("width")
+        r["checkpoint"] = "nowhere.pt"
+    (bad / "leaderboard.json").write_text(json.dumps(data))
+    assert "width 8" in str(refused("checkpoint", str(bad), RUN))  # the weights do not fit the network
+    os.remove(bad / "students" / "baseline-s0.pt")
+    refused("checkpoint", str(bad), "baseline-s0")
+
+
+def test_an_export_that_does_not_match_fails_and_keeps_nothing(trained_report, tmp_path, monkeypatch):
+    def off_by_a_bit(model, example, check, out):
+        with open(out, "wb") as f:
+            f.write(b"not a model")
+        with torch.inference_mode():
+            return model(check) + 1e-3
+
+    out = tmp_path / "student.pt"
+    good = ex.export(trained_report, RUN, "torchscript", str(out))
+    before = out.read_bytes()
+    monkeypatch.setitem(ex.EXPORTERS, "torchscript", off_by_a_bit)
+    with pytest.raises(ex.ExportMismatch, match="differs"):
+        ex.export(trained_report, RUN, "torchscript", str(out))
+    assert out.read_bytes() == before and good.path == str(out)  # the earlier good export is untouched
+    assert sorted(os.listdir(tmp_path)) == ["student.pt"]  # and nothing half-written is left beside it
+
+    def crashes(model, example, check, out):
+        with open(out, "wb") as f:
+            f.write(b"half")
+        raise RuntimeError("unsupported operator aten::foo\nlong traceback text")
+
+    monkeypatch.setitem(ex.EXPORTERS, "torchscript", crashes)
+    with pytest.raises(ex.ExportError) as e:
+        ex.export(trained_report, RUN, "torchscript", str(tmp_path / "other.pt"))
+    assert str(e.value).endswith("RuntimeError: unsupported operator aten::foo")
+    assert sorted(os.listdir(tmp_path)) == ["student.pt"]
+
+
+def test_onnx_without_the_package_says_how_to_get_it(trained_report, tmp_path, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(ex.importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else real(name, *a))
+    err = refused("format", trained_report, RUN, "onnx", str(tmp_path / "s.onnx"))
+    assert "pip install onnx" in err.fix
+    assert not (tmp_path / "s.onnx").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnx") is None, reason="the onnx package is not installed")
+def test_onnx_round_trips_and_matches_the_student(trained_report, tmp_path):
+    out = str(tmp_path / "student.onnx")
+    result = ex.export(trained_report, RUN, "onnx", out)
+    assert result.path == out and result.max_abs_diff <= 1e-5
+    import onnx
+
+    onnx.checker.check_model(out)
