@@ -18,6 +18,7 @@ from pipeline.config import (AUGMENT_OPS, DEVICES, ENCODINGS, EXPORT_FORMATS, MO
                              SOFT_LOSSES, AugmentConfig, DataConfig, DistillConfig, ModelConfig, OptimConfig,
                              TeacherConfig)
 from pipeline.errors import UserError
+from pipeline.presets import PRESETS
 
 EXIT_USER_ERROR = 2
 EXIT_RUN_FAILED = 1
@@ -446,8 +447,11 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument(*flags, **kwargs)
     g.add_argument("--generations", type=int, default=1,
                    help="sequential (born-again) KD: the best student of each generation teaches the next")
+    p.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                   help="a named recipe (pipeline/presets.py); explicit options still win")
     _runner_options(p)
     p.set_defaults(func=cmd_run)
+    parser.set_defaults(_run_parser=p)
 
     p = sub.add_parser("inspect", help="a store's metadata, size and compression", formatter_class=fmt)
     p.add_argument("path")
@@ -476,7 +480,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "preset", None):
+        # A preset changes the run parser's defaults, so explicit options parsed again still override it.
+        args._run_parser.set_defaults(**PRESETS[args.preset])
+        args = parser.parse_args(argv)
     try:
         args.func(args)
     except UserError as exc:

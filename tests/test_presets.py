@@ -1,0 +1,66 @@
+"""The ResNet-teacher -> MobileNet-student preset: its configs, and one real (tiny) run of it."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from flows.cli import build_parser, distill_config, student_namespace, teacher_config
+from pipeline import distill, teacher
+from pipeline.presets import PRESETS
+
+
+def _args(*argv):
+    parser = build_parser()
+    a = parser.parse_args(["run", *argv])
+    if a.preset:
+        a._run_parser.set_defaults(**PRESETS[a.preset])
+        a = parser.parse_args(["run", *argv])
+    return a
+
+
+def test_preset_sets_the_classic_recipe():
+    a = _args("--preset", "resnet-mobilenet-cifar10")
+    t = teacher_config(a)
+    d = distill_config(student_namespace(a), "x.zarr")
+    assert (t.data.name, t.model.arch, d.model.arch) == ("cifar10", "resnet18", "mobilenet_v3_small")
+    assert t.optim.name == "sgd" and t.optim.nesterov and t.optim.warmup_epochs == 1
+    assert d.optim.name == "sgd" and d.optim.lr == 0.05 and d.seeds == (0, 1, 2)
+
+
+def test_explicit_options_beat_the_preset():
+    a = _args("--preset", "resnet-mobilenet-cifar10", "--epochs", "2", "--student-arch", "cnn")
+    assert teacher_config(a).optim.epochs == 2
+    assert distill_config(student_namespace(a), "x.zarr").model.arch == "cnn"
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for k, colour in enumerate(((200, 30, 30), (30, 30, 200))):
+        d = tmp_path / "imgs" / f"class{k}"
+        d.mkdir(parents=True)
+        for i in range(16):
+            img = np.clip(rng.normal(colour, 40, size=(32, 32, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(d / f"{i}.png")
+    return str(tmp_path / "imgs")
+
+
+@pytest.mark.slow
+def test_preset_architectures_run_end_to_end(image_folder, tmp_path):
+    """resnet18 teacher -> store -> mobilenet_v3_small students, on 32x32 RGB images like CIFAR-10's."""
+    torch.set_num_threads(1)  # two threads make these small convolutions much slower on 2 cores
+    a = _args("--preset", "resnet-mobilenet-cifar10", "--dataset", f"imagefolder:{image_folder}", "--epochs", "1",
+              "--warmup-epochs", "0",
+              "--student-epochs", "1", "--batch-size", "16", "--seeds", "0", "--store-root", str(tmp_path / "s"),
+              "--checkpoint-root", str(tmp_path / "c"), "--report-root", str(tmp_path / "r"), "--device", "cpu")
+    p = teacher.plan(teacher_config(a))
+    store = teacher.publish(p, teacher.train(p))
+    cfg = distill_config(student_namespace(a), store)
+    rows = distill.train_students(cfg, cfg.students(), str(tmp_path / "run"))
+    assert [r["status"] for r in rows] == ["ok"] * 3 and all(r["arch"] == "mobilenet_v3_small" for r in rows)
+    assert os.path.exists(rows[0]["checkpoint"])
