@@ -132,9 +132,16 @@ def release(cfg: DistillConfig) -> None:
 
 
 def groups(cfg: DistillConfig) -> list[list[StudentSpec]]:
-    """The student grid cut into groups that each train in one shared pass."""
-    specs = cfg.students()
-    return [specs[i:i + cfg.group_size] for i in range(0, len(specs), cfg.group_size)]
+    """The student grid cut into groups that each train in one shared pass.
+
+    A group shares its data order and augmentation stream, both seeded by its
+    seed, so a group never mixes seeds: runs with different seeds must differ
+    in data order too, or their spread would understate the noise.
+    """
+    by_seed: dict[int, list[StudentSpec]] = {}
+    for spec in cfg.students():
+        by_seed.setdefault(spec.seed, []).append(spec)
+    return [specs[i:i + cfg.group_size] for specs in by_seed.values() for i in range(0, len(specs), cfg.group_size)]
 
 
 def train_students(cfg: DistillConfig, specs: list[StudentSpec], run_dir: str,

@@ -105,6 +105,9 @@ def test_groups_cut_the_grid(digits_store, tmp_path):
     cfg = _cfg(digits_store, tmp_path, temperatures=(1.0, 2.0, 4.0, 8.0), group_size=2)
     assert [len(g) for g in distill.groups(cfg)] == [2, 2, 1]
     assert sum(distill.groups(cfg), []) == cfg.students()
+    # Seeds never share a group (a group shares its data order): 3 seeds x 2 runs in groups of 6.
+    multi = _cfg(digits_store, tmp_path, temperatures=(4.0,), seeds=(0, 1, 2), group_size=6)
+    assert [{s.seed for s in g} for g in distill.groups(multi)] == [{0}, {1}, {2}]
 
 
 def test_run_dir_rejects_paths(digits_store, tmp_path):
