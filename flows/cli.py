@@ -139,7 +139,7 @@ def _teacher_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--encoding", default=_default(TeacherConfig, "encoding"),
                    help=f"how logits are stored: {' | '.join(ENCODINGS)}")
     g.add_argument("--chunk-rows", type=int, default=_default(TeacherConfig, "chunk_rows"),
-                   help="samples per compressed chunk")
+                   help="samples per compressed chunk (None: a power of two holding about 1 MB of logits)")
     g.add_argument("--shard-chunks", type=int, default=_default(TeacherConfig, "shard_chunks"),
                    help="chunks per shard file (the unit of resumable and concurrent writes)")
     g.add_argument("--views", type=int, default=_default(TeacherConfig, "views"),

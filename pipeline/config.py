@@ -183,7 +183,7 @@ class TeacherConfig:
     encoding: str = "float16"
     device: str = "auto"
     storage_options: dict | None = None  # passed to fsspec for URL store roots (s3://, gs://, ...)
-    chunk_rows: int = 256  # samples per compressed chunk
+    chunk_rows: int | None = None  # samples per compressed chunk; None: about 1 MB of decoded logits
     shard_chunks: int = 16  # chunks per shard (one file/object; the unit of concurrent and resumable writes)
     writers: int = 1  # tasks (processes, machines) that split the teacher pass, each writing whole shards
     views: int = 1  # teacher views stored per sample: view 0 is the clean image, 1..K-1 replayable augmentations
@@ -194,7 +194,8 @@ class TeacherConfig:
 
         parse_encoding(self.encoding)
         _check_choice(self.device, DEVICES, "device")
-        _check(self.chunk_rows > 0, "chunk_rows", f"must be positive, got {self.chunk_rows}", "use e.g. 256")
+        _check(self.chunk_rows is None or self.chunk_rows > 0, "chunk_rows", f"must be positive, got {self.chunk_rows}",
+               "use e.g. 2048, or omit it for about 1 MB per chunk")
         _check(self.shard_chunks > 0, "shard_chunks", f"must be positive, got {self.shard_chunks}", "use e.g. 16")
         _check(self.writers > 0, "writers", f"must be positive, got {self.writers}", "use 1, or one per worker")
         _check(self.views >= 1, "views", f"must be >= 1, got {self.views}", "use 1 (clean only) or e.g. 4")

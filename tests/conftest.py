@@ -14,7 +14,7 @@ def small_teacher_config(root, **overrides) -> TeacherConfig:
     """A 3-epoch digits teacher writing under ``root``: seconds on a CPU."""
     kwargs = dict(model=ModelConfig(arch="cnn", width=8), optim=OptimConfig(epochs=3, batch_size=64),
                   store_root=os.path.join(root, "stores"), checkpoint_root=os.path.join(root, "checkpoints"),
-                  device="cpu")
+                  device="cpu", chunk_rows=256)  # several chunks per split, so chunk logic is exercised
     kwargs.update(overrides)
     return TeacherConfig(**kwargs)
 

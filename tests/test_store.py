@@ -42,7 +42,7 @@ def test_round_trip_float32_is_exact(tmp_path):
         np.testing.assert_array_equal(s.read_logits(split), logits)
         np.testing.assert_array_equal(s.labels(split), np.arange(len(logits)) % C)
     assert s.attrs["format_version"] == FORMAT_VERSION and s.attrs["complete"] is True
-    assert s.group["train"]["written"][:].tolist() == [1] * 4  # 1000 rows / 256-row shards
+    assert s.group["train"]["written"][:].tolist() == [1] * 4  # 1000 rows / 256-row shards (64 x 4)
     assert s.verify() == {"train": 1000, "val": 130, "test": 70}
 
 
@@ -57,7 +57,7 @@ def test_float16_rounds_to_half_precision(tmp_path):
 def test_layout_is_chunked_and_sharded(tmp_path):
     lay = layout_for(10_000, C, chunk_rows=256, shard_chunks=16)
     assert (lay.chunk_rows, lay.shard_rows, lay.num_shards) == (256, 4096, 3)
-    path = _write(tmp_path / "s.zarr", {"train": _logits(10_000)})
+    path = _write(tmp_path / "s.zarr", {"train": _logits(10_000)}, chunk_rows=256)
     arr = SoftTargetStore(path).group["train"]["logits"]
     assert arr.chunks == (256, 1, C) and arr.shards == (4096, 1, C)  # (rows, views, classes)
     assert len(os.listdir(os.path.join(path, "train", "logits", "c"))) == 3  # one file per shard
@@ -169,7 +169,7 @@ def test_topk_must_drop_some_classes(tmp_path):
 
 def test_file_count_grows_with_shards_not_chunks(tmp_path):
     # 40 000 rows at 256-row chunks would be 157 chunk files per array; 16-chunk shards make it 10.
-    path = _write(tmp_path / "s.zarr", {"train": np.zeros((40_000, C), np.float32)})
+    path = _write(tmp_path / "s.zarr", {"train": np.zeros((40_000, C), np.float32)}, chunk_rows=256)
     s = SoftTargetStore(path)
     assert len(os.listdir(os.path.join(path, "train", "logits", "c"))) == 10
     # 10 shards + 10 one-byte `written` flags + labels, ids and metadata.
@@ -198,3 +198,13 @@ def test_resume_writes_only_missing_shards(tmp_path):
                         chunk_rows=100, shard_chunks=2)
     assert not other.resumed and other.pending("train") == [0, 1, 2, 3, 4]
     other.abort()
+
+
+def test_chunks_default_to_about_a_megabyte():
+    from pipeline.store import auto_chunk_rows
+
+    assert layout_for(10**6, 1000).chunk_rows == 256  # 256 x 1000 x 4 B = 1 MB
+    assert layout_for(10**6, 100).chunk_rows == 2048
+    assert layout_for(10**6, 10).chunk_rows == 32768 and layout_for(500, 10).chunk_rows == 500
+    assert layout_for(10**6, 1000, views=4).chunk_rows == 64
+    assert auto_chunk_rows(10**9) == 64 and auto_chunk_rows(1) == 65536

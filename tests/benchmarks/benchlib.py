@@ -282,13 +282,14 @@ def _jsonable(o: object) -> object:
 
 
 def fmt(v: float) -> str:
+    """Enough digits that a value next to its goal (1.051 vs ≤ 1.05) reads the way it was judged."""
     if v >= 1000:
         return f"{v:,.0f}"
     if v >= 100:
         return f"{v:.0f}"
     if v >= 10:
         return f"{v:.1f}"
-    return f"{v:.3g}" if v < 1 else f"{v:.2f}"
+    return f"{v:.3f}" if v >= 1 else f"{v:.3g}"
 
 
 def markdown_table(results: list[dict]) -> str:

@@ -54,15 +54,20 @@ def train(specs, loader, val, augment=AugmentConfig(), teacher=None, epochs: int
     return results
 
 
-def teacher_pass(model: torch.nn.Module, split: Split, classes: int, path: str | None) -> None:
+def teacher_pass(model: torch.nn.Module, split: Split, classes: int, path: str | None,
+                 phases: dict[str, list[float]] | None = None) -> None:
     """What ``pipeline.teacher.publish`` does for one split: predict shard by shard, ``put`` each to the writer.
 
-    ``path=None`` runs the same inference, shard by shard, without a store.
+    ``path=None`` runs the same inference, shard by shard, without a store. ``phases`` collects the
+    seconds spent creating the store (``StoreWriter(...)``) and in ``finish()`` (draining the queue,
+    checking the flags, marking it complete).
     """
     writer = None
+    t = time.perf_counter()
     if path is not None:
         writer = StoreWriter(path, {"dataset": {"num_classes": classes}},
                              {"train": (split.y.numpy(), split.ids.numpy())}, classes, "float16")
+    created = time.perf_counter()
     lay = writer.layouts["train"] if writer else layout_for(len(split), classes)
     try:
         for shard in range(lay.num_shards):
@@ -70,8 +75,12 @@ def teacher_pass(model: torch.nn.Module, split: Split, classes: int, path: str |
             logits = torch.cat(list(predict(model, split.x[a:b], DEV))).numpy()  # (rows, C)
             if writer is not None:
                 writer.put("train", shard, logits)
+        inferred = time.perf_counter()
         if writer is not None:
             writer.finish()
+        if phases is not None:
+            phases.setdefault("create", []).append(created - t)
+            phases.setdefault("finish", []).append(time.perf_counter() - inferred)
     finally:
         if writer is not None:
             writer.abort()
@@ -299,6 +308,10 @@ def test_store_io(tmp):
         got = sum(len(arr[a:a + lay.chunk_rows]) for a in range(0, n, lay.chunk_rows))
         assert got == n
 
+    def lookups() -> None:  # store.group[split][name] once per chunk: two metadata reads through zarr
+        for _ in range(0, n, lay.chunk_rows):
+            store.group["train"]["logits"]
+
     codec = Blosc(cname="zstd", clevel=3, shuffle=Blosc.SHUFFLE)
     half = logits.astype(np.float16)
     encoded_chunks = [codec.encode(half[a:a + lay.chunk_rows]) for a in range(0, n, lay.chunk_rows)]
@@ -309,7 +322,8 @@ def test_store_io(tmp):
         assert got == n * classes
 
     times = B.interleaved({"seq_chunks": seq_chunks, "seq_shards": seq_shards, "streaming": streaming,
-                           "naive_300": naive, "zarr_chunks": zarr_chunks, "codec_only": codec_only},
+                           "naive_300": naive, "zarr_chunks": zarr_chunks, "codec_only": codec_only,
+                           "lookups": lookups},
                           min_reps=5, max_reps=15, budget_s=50)
     def per_s(amount: float, side: str) -> list[float]:
         return [amount / t for t in times[side]]
@@ -324,17 +338,23 @@ def test_store_io(tmp):
     wrapper = B.ratio(times["seq_chunks"], times["zarr_chunks"])
 
     # (3) teacher inference with the store written from the background thread vs the same inference alone
-    tn = 12_288
+    tn = 16_384
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         teacher_cfg = ModelConfig(arch="cnn", width=8)  # a fast "teacher": writing costs show more
         teacher = build_model(teacher_cfg, B.SHAPE, classes).to(DEV).eval()
     x = B.synthetic_split(tn, seed=2, classes=classes)
     paths = iter(range(10_000))
-    wtimes = B.interleaved({"infer+write": lambda: teacher_pass(teacher, x, classes, str(tmp / f"w{next(paths)}")),
+    phases: dict[str, list[float]] = {}
+    wtimes = B.interleaved({"infer+write": lambda: teacher_pass(teacher, x, classes, str(tmp / f"w{next(paths)}"),
+                                                                phases),
                             "infer": lambda: teacher_pass(teacher, x, classes, None)},
-                           min_reps=7, max_reps=21, budget_s=50)
+                           min_reps=7, max_reps=21, budget_s=55)
     write_ratio = B.ratio(wtimes["infer+write"], wtimes["infer"])
+    phases = {k: v[-len(wtimes["infer"]):] for k, v in phases.items()}  # drop the warm-up round
+    # the same ratio without the per-store fixed costs (create + finish), i.e. what the shards themselves cost
+    steady = [(w - c - f) / i for w, c, f, i in zip(wtimes["infer+write"], phases["create"], phases["finish"],
+                                                    wtimes["infer"])]
 
     B.record("store_io", [
         B.figure("sequential read (256-row chunks)", gbps, "≥ 1 GB/s", gbps >= 1.0, " GB/s",
@@ -345,10 +365,15 @@ def test_store_io(tmp):
                  per_round=B.rounds(times["streaming"], times["seq_chunks"])),
         B.figure("inference+store write / inference", write_ratio, "≤ 1.05", write_ratio <= 1.05,
                  per_round=B.rounds(wtimes["infer+write"], wtimes["infer"])),
+        B.figure("the same without the store's create + finish, contrast", B.med(steady), "—", None,
+                 per_round=steady),
         B.figure("codec alone (Blosc/zstd decode + float32 cast), contrast", gbps_codec, "—", None, " GB/s",
                  per_round=per_s(decoded / 1e9, "codec_only")),
         B.figure("read_logits per chunk / raw zarr chunk read, contrast", wrapper, "—", None, "×",
                  per_round=B.rounds(times["seq_chunks"], times["zarr_chunks"])),
+        B.figure("a group[split][name] lookup per chunk / read_logits per chunk, contrast",
+                 B.ratio(times["lookups"], times["seq_chunks"]), "—", None,
+                 per_round=B.rounds(times["lookups"], times["seq_chunks"])),
         B.figure("naive per-sample random read", naive_rate, "contrast", None, " samples/s",
                  per_round=per_s(len(idx), "naive_300")),
         B.figure("naive slowdown vs streaming loader, per sample", naive_slowdown, "contrast", None, "×",
@@ -363,10 +388,12 @@ def test_store_io(tmp):
                    "teacher_samples": tn, "teacher_shards": layout_for(tn, classes).num_shards,
                    "teacher_reps": len(wtimes["infer"])},
         "times_s": {**times, **wtimes},
+        "writer_phases_s": phases,
+        "writer_phases_median_s": {k: B.med(v) for k, v in phases.items()},
         "median_s": {k: B.med(v) for k, v in {**times, **wtimes}.items()},
         "spread": {k: B.spread(v) for k, v in {**times, **wtimes}.items()},
         "per_chunk_ms": {k: 1e3 * B.med(times[k]) / -(-n // lay.chunk_rows)
-                         for k in ("seq_chunks", "zarr_chunks", "codec_only")},
+                         for k in ("seq_chunks", "zarr_chunks", "codec_only", "lookups")},
         "loader_samples_per_s": loader_rate,
         "ratio_of_medians": {"streaming/seq_chunks": B.ratio_of_medians(times["streaming"], times["seq_chunks"]),
                              "infer+write/infer": B.ratio_of_medians(wtimes["infer+write"], wtimes["infer"])},
