@@ -406,6 +406,7 @@ class SoftTargetStore:
             raise StoreError("store", f"cannot open {path!r} as a Zarr v3 group ({exc})",
                              "pass a store written by `kd teacher`") from None
         self.attrs = dict(self.group.attrs)
+        self._arrays: dict[tuple[str, str], object] = {}
         version = self.attrs.get("format_version")
         if version not in SUPPORTED_VERSIONS:
             raise StoreError("format_version", f"store has version {version!r}, this pipeline reads "
@@ -413,6 +414,13 @@ class SoftTargetStore:
         if require_complete and self.attrs.get("complete") is not True:
             raise StoreError("complete", f"store {path!r} is incomplete (the teacher run did not finish)",
                              "rerun the same `kd teacher` command to finish it")
+
+    def _array(self, split: str, name: str):
+        """An array handle, opened once: opening reads its metadata from storage (~a quarter of a chunk read)."""
+        key = (split, name)
+        if key not in self._arrays:
+            self._arrays[key] = self.group[split][name]
+        return self._arrays[key]
 
     # --- metadata -------------------------------------------------------
     @property
@@ -427,10 +435,10 @@ class SoftTargetStore:
         return [s for s in SPLITS if s in self.group]
 
     def size(self, split: str) -> int:
-        return int(self.group[split]["labels"].shape[0])
+        return int(self._array(split, "labels").shape[0])
 
     def chunk_rows(self, split: str) -> int:
-        return int(self.group[split][logits_arrays(self.encoding)[0]].chunks[0])
+        return int(self._array(split, logits_arrays(self.encoding)[0]).chunks[0])
 
     def labels(self, split: str) -> np.ndarray:
         return self._read(split, "labels", slice(None))
@@ -440,7 +448,7 @@ class SoftTargetStore:
 
     # --- data -----------------------------------------------------------
     def _read(self, split: str, name: str, rows: slice) -> np.ndarray:
-        arr = self.group[split][name]
+        arr = self._array(split, name)
         try:
             values = arr[rows]
         except Exception as exc:  # checksum mismatch or undecodable chunk
@@ -527,7 +535,7 @@ class SoftTargetStore:
         total = 0
         for split in self.splits():
             for name in names:
-                arr = self.group[split][name]
+                arr = self._array(split, name)
                 total += int(arr.nbytes_stored() if stored else arr.nbytes)
         return total
 
