@@ -10,6 +10,10 @@ benchlib.configure_threads()
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
+    try:
+        benchlib.TMP_DIR.rmdir()  # every case removes its own folder in it
+    except OSError:
+        pass
     if not benchlib.RESULTS:
         return
     wall = time.perf_counter() - _START
