@@ -214,6 +214,9 @@ def distill_config(a: argparse.Namespace, store: str) -> DistillConfig:
         # Without --dataset the data is rebuilt from the store, noise included: a rate given here would be ignored.
         raise UserError("label_noise", "only applies together with --dataset",
                         "pass --dataset too, or omit it: the store's data already records its label noise")
+    if data is None and (a.train_limit is not None or a.download or a.split_seed != _default(DataConfig, "split_seed")):
+        raise UserError("dataset", "--train-limit, --split-seed and --download only apply together with --dataset",
+                        "pass --dataset too, or omit them: the store records how its data was split")
     return DistillConfig(store=store, data=data, temperatures=tuple(a.temperatures), alphas=tuple(a.alphas),
                          losses=tuple(a.losses), beta=a.beta, seeds=tuple(a.seeds), report_root=a.report_root,
                          run_name=a.run_name, group_size=a.group_size, cache_mb=a.cache_mb,

@@ -55,9 +55,10 @@ class SoftTargetLoader:
         self.buffer_chunks = buffer_chunks
         if store is not None:
             # Streaming holds the prefetch queue plus about two buffers of decoded chunks: size the queue
-            # from the memory budget (the buffer size fixes the sample order, so it is never changed).
+            # from the memory budget (the buffer size fixes the sample order, so it is never changed);
+            # at least two, so decoding the next chunk overlaps consuming this one.
             chunk_mb = self.chunk_rows * store.views * store.num_classes * 4 / 1e6
-            prefetch_chunks = int(min(prefetch_chunks, max(1, cache_mb / 2 / max(chunk_mb, 1e-9)
+            prefetch_chunks = int(min(prefetch_chunks, max(2, cache_mb / 2 / max(chunk_mb, 1e-9)
                                                            - 2 * buffer_chunks)))
         self.prefetch_chunks = prefetch_chunks
         self.n = len(split)

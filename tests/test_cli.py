@@ -187,3 +187,8 @@ def test_every_subcommand_has_help_with_defaults(capsys):
         assert e.value.code == 0
     out = capsys.readouterr().out
     assert "(default: [1.0, 2.0, 4.0, 8.0])" in out and "(default: digits)" in out
+
+
+def test_data_options_without_dataset_are_refused_not_ignored(capsys, digits_store):
+    err = _fails(capsys, "distill", "--store", digits_store, "--train-limit", "100")
+    assert err.startswith("error: dataset:")
