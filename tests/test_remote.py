@@ -95,7 +95,8 @@ def test_teacher_writes_to_s3_and_distill_trains_from_it(s3, tmp_path):
     store, name = m.groups()
     keys = _keys(s3, f"stores/{name}/")
     assert f"stores/{name}/zarr.json" in keys
-    assert {f"stores/{name}/{s}/logits/c/0/0" for s in ("train", "val", "test")} <= set(keys)
+    # shard 0 of each split's logits: chunk key c/<row shard>/<view>/<class>
+    assert {f"stores/{name}/{s}/logits/c/0/0/0" for s in ("train", "val", "test")} <= set(keys)
     assert not os.path.exists("s3:")  # not mistaken for a local folder named "s3:"
 
     out = _kd("distill", "--store", store, "--storage-options", opts, "--epochs", "2", "--width", "4",
