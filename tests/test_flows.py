@@ -28,11 +28,16 @@ def _kd(*argv: str) -> list[str]:
 def test_make_distill_path_end_to_end(tmp_path):
     """`kd run`: teacher flow → store → distill flow over 4 temperatures → leaderboard and report."""
     root = str(tmp_path)
-    out = _kd("run", "--epochs", "3", "--width", "8", "--store-root", f"{root}/stores",
-              "--checkpoint-root", f"{root}/ckpt", "--student-width", "4", "--student-epochs", "3",
-              "--temperatures", "1", "2", "4", "8", "--report-root", f"{root}/reports", "--run-name", "e2e",
-              "--device", "cpu")
+    argv = ("run", "--epochs", "3", "--width", "8", "--store-root", f"{root}/stores",
+            "--checkpoint-root", f"{root}/ckpt", "--student-width", "4", "--student-epochs", "3",
+            "--temperatures", "1", "2", "4", "8", "--report-root", f"{root}/reports", "--run-name", "e2e",
+            "--device", "cpu")
+    out = _kd(*argv)
     assert out[-1] == f"report: {root}/reports/e2e"
+    # The scheduled-pipeline case: same teacher, same grid -> nothing is retrained, the report is reused.
+    written = os.path.getmtime(f"{root}/reports/e2e/leaderboard.json")
+    again = _kd(*argv)
+    assert again[-1] == out[-1] and os.path.getmtime(f"{root}/reports/e2e/leaderboard.json") == written
     board = json.load(open(f"{root}/reports/e2e/leaderboard.json"))["leaderboard"]
     assert [e["config_id"] for e in board][:2] == ["teacher", "baseline"]
     assert {e["temperature"] for e in board if e["kind"] == "student"} == {1.0, 2.0, 4.0, 8.0}
