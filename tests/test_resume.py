@@ -48,7 +48,8 @@ def _shard_files(store):
         if os.path.isdir(d):
             for name in os.listdir(d):
                 f = shard_file(store, split, int(name))
-                out[f] = os.stat(f).st_mtime_ns
+                if os.path.exists(f):  # a kill can leave a shard's folder created but its file not yet written
+                    out[f] = os.stat(f).st_mtime_ns
     return out
 
 
