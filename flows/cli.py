@@ -267,10 +267,9 @@ def _finish(state) -> object:
 
 
 def _print_leaderboard(run_dir: str) -> None:
-    from pipeline.report import markdown
+    from pipeline.report import markdown, read_report
 
-    with open(os.path.join(run_dir, "leaderboard.json")) as f:
-        print(markdown(json.load(f)["leaderboard"]))
+    print(markdown(read_report(run_dir)["leaderboard"]))
 
 
 def runner_config(a: argparse.Namespace):

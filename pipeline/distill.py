@@ -109,7 +109,9 @@ def stable_run_name(cfg: DistillConfig) -> str:
 def completed_run(cfg: DistillConfig) -> str | None:
     """The report folder of an identical finished run, if there is one."""
     path = run_dir(cfg)
-    return path if os.path.isfile(os.path.join(path, "leaderboard.json")) else None
+    from pipeline.report import LEADERBOARD
+
+    return path if os.path.isfile(os.path.join(path, LEADERBOARD)) else None
 
 
 _PLANS: dict[str, DistillPlan] = {}

@@ -20,6 +20,7 @@ from torch import nn
 from pipeline.config import EXPORT_FORMATS, ModelConfig
 from pipeline.errors import UserError
 from pipeline.models import build_model
+from pipeline.report import LEADERBOARD, read_report
 
 FORMATS = EXPORT_FORMATS
 SUFFIXES = {"torchscript": ".pt", "onnx": ".onnx"}
@@ -47,13 +48,12 @@ def find_run(run_dir: str, run_id: str) -> dict:
     """The student's row in ``run_dir/leaderboard.json``, refusing anything that cannot be exported."""
     if not os.path.isdir(run_dir):
         raise UserError("run_dir", f"{run_dir!r} does not exist", "pass a report folder printed by `kd distill`")
-    path = os.path.join(run_dir, "leaderboard.json")
+    path = os.path.join(run_dir, LEADERBOARD)
     if not os.path.isfile(path):
         raise UserError("run_dir", f"{run_dir!r} has no leaderboard.json",
                         "pass the folder `kd distill` printed as `report: DIR`")
     try:
-        with open(path) as f:
-            runs = json.load(f)["runs"]
+        runs = read_report(run_dir)["runs"]
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise UserError("run_dir", f"{path} is not a leaderboard written by `kd distill` ({exc})",
                         "rerun `kd distill`") from None

@@ -126,11 +126,20 @@ def plot(board: list[dict], path: str) -> None:
     plt.close(fig)
 
 
+LEADERBOARD = "leaderboard.json"
+
+
+def read_report(run_dir: str) -> dict:
+    """What :func:`write_report` saved in ``run_dir``: ``meta``, ``leaderboard`` (aggregated) and ``runs``."""
+    with open(os.path.join(run_dir, LEADERBOARD)) as f:
+        return json.load(f)
+
+
 def write_report(run_dir: str, rows: list[dict], meta: dict) -> dict[str, str]:
     """Write leaderboard.json, report.md and accuracy_vs_temperature.png; return their paths."""
     os.makedirs(run_dir, exist_ok=True)
     board = leaderboard(rows)
-    paths = {"json": os.path.join(run_dir, "leaderboard.json"), "md": os.path.join(run_dir, "report.md"),
+    paths = {"json": os.path.join(run_dir, LEADERBOARD), "md": os.path.join(run_dir, "report.md"),
              "plot": os.path.join(run_dir, "accuracy_vs_temperature.png")}
     with open(paths["json"], "w") as f:
         json.dump({"meta": meta, "leaderboard": board, "runs": rows}, f, indent=2, default=str)

@@ -13,13 +13,12 @@ import os
 
 from pipeline.config import DistillConfig, TeacherConfig
 from pipeline.errors import UserError
-from pipeline.report import _pm
+from pipeline.report import _pm, read_report
 
 
 def best_student(run_dir: str) -> dict:
     """The distilled (non-baseline) run with the highest *validation* accuracy; test is never looked at."""
-    with open(os.path.join(run_dir, "leaderboard.json")) as f:
-        runs = json.load(f)["runs"]
+    runs = read_report(run_dir)["runs"]
     ok = [r for r in runs if r["kind"] == "student" and r["status"] == "ok"]
     if not ok:
         raise UserError("generations", f"no student of {run_dir} finished, so none can teach the next generation",
@@ -34,8 +33,7 @@ def next_teacher(prev: TeacherConfig, students: DistillConfig, best: dict, paren
 
 
 def generation_row(generation: int, store: str, run_dir: str) -> dict:
-    with open(os.path.join(run_dir, "leaderboard.json")) as f:
-        board = json.load(f)["leaderboard"]
+    board = read_report(run_dir)["leaderboard"]
     teacher = next(e for e in board if e["kind"] == "teacher")
     students = [e for e in board if e["kind"] == "student" and not math.isnan(e["test_acc_mean"])]
     best = max(students, key=lambda e: e["test_acc_mean"]) if students else None

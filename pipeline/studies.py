@@ -11,7 +11,7 @@ import json
 import os
 
 from pipeline.config import DataConfig, DistillConfig, ModelConfig, OptimConfig, TeacherConfig
-from pipeline.report import _pm
+from pipeline.report import _pm, read_report
 
 SEEDS = (0, 1, 2)
 TEMPERATURES = (1.0, 2.0, 4.0, 8.0, 20.0)
@@ -29,8 +29,7 @@ def students(report_root: str, run_name: str, losses=("kl",), temperatures=TEMPE
 
 
 def _board(run_dir: str) -> list[dict]:
-    with open(os.path.join(run_dir, "leaderboard.json")) as f:
-        return json.load(f)["leaderboard"]
+    return read_report(run_dir)["leaderboard"]
 
 
 def table(sweep: str, mse: str, generations: list[dict], noisy: str) -> list[dict]:

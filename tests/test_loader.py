@@ -1,7 +1,6 @@
 """The chunk-aware loader: alignment, coverage, reproducible two-level shuffle, streaming = caching."""
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest

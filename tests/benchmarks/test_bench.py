@@ -93,6 +93,13 @@ def tmp():
     shutil.rmtree(path, ignore_errors=True)
 
 
+def cached_loader(path, n: int):
+    """Synthetic train/val splits, a store of random logits for the train split, and a cached loader over it."""
+    train_split, val = B.synthetic_split(n, seed=0), B.synthetic_split(VAL, seed=1)
+    store = B.write_store(path, random_logits(n, B.CLASSES, 0), train_split.y.numpy())
+    return train_split, val, SoftTargetLoader(train_split, BATCH, seed=0, store=store, cache_mb=1024)
+
+
 # ---------------------------------------------------------------- a) store overhead
 
 
@@ -100,9 +107,7 @@ def test_store_overhead(tmp):
     """Epoch with the KD loss from the store ÷ the same epoch on labels only, same loader (cache on)."""
     begun = B.begin()
     n = 1024
-    train_split, val = B.synthetic_split(n, seed=0), B.synthetic_split(VAL, seed=1)
-    store = B.write_store(tmp / "a.zarr", random_logits(n, B.CLASSES, 0), train_split.y.numpy())
-    loader = SoftTargetLoader(train_split, BATCH, seed=0, store=store, cache_mb=1024)
+    train_split, val, loader = cached_loader(tmp / "a.zarr", n)
     assert fits_cache(n, B.CLASSES, 1024), "the store should be cached in memory"
     kd = StudentSpec(loss="kl", temperature=4.0, alpha=0.9, beta=None, seed=0)
     hard = StudentSpec(loss="hard", temperature=1.0, alpha=0.0, beta=None, seed=0)
@@ -226,9 +231,7 @@ def test_shared_pass(tmp):
     """4 students in one group (one data pass) ÷ 4 single-student runs, augmentation on."""
     begun = B.begin()
     n = 512
-    train_split, val = B.synthetic_split(n, seed=0), B.synthetic_split(VAL, seed=1)
-    store = B.write_store(tmp / "c.zarr", random_logits(n, B.CLASSES, 0), train_split.y.numpy())
-    loader = SoftTargetLoader(train_split, BATCH, seed=0, store=store, cache_mb=1024)
+    train_split, val, loader = cached_loader(tmp / "c.zarr", n)
     augment = AugmentConfig(ops=("translate", "flip"))
     specs = kd_specs()
     augmenter = Augmenter(augment)
