@@ -35,6 +35,16 @@ def _check_choice(value: str, choices: tuple[str, ...], field_name: str) -> None
     _check(value in choices, field_name, f"unknown value {value!r}", f"choose one of: {', '.join(choices)}")
 
 
+def parse_encoding(encoding: str) -> tuple[str, int | None]:
+    """``float16`` | ``float32`` | ``topk:K`` -> (kind, K)."""
+    if encoding in ("float16", "float32"):
+        return encoding, None
+    kind, _, k = encoding.partition(":")
+    if kind == "topk" and k.isdigit() and int(k) > 0:
+        return "topk", int(k)
+    raise UserError("encoding", f"unknown encoding {encoding!r}", "use float16, float32 or topk:K (e.g. topk:20)")
+
+
 def _num(v: float) -> str:
     """Short form of a number for ids (``2.0`` -> ``2``), exact whenever ``:g`` would round it."""
     short = f"{v:g}"
@@ -190,8 +200,6 @@ class TeacherConfig:
     view_augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(ops=("translate", "rotate")))
 
     def __post_init__(self) -> None:
-        from pipeline.store import parse_encoding
-
         parse_encoding(self.encoding)
         _check_choice(self.device, DEVICES, "device")
         _check(self.chunk_rows is None or self.chunk_rows > 0, "chunk_rows", f"must be positive, got {self.chunk_rows}",

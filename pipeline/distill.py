@@ -21,8 +21,8 @@ from pipeline.errors import StoreError, UserError
 from pipeline.loader import SoftTargetLoader, fits_cache
 from pipeline.models import count_parameters, measure_latency_ms, model_size_mb, resolve_device
 from pipeline.store import SoftTargetStore
-from pipeline.teacher import transform_hash
 from pipeline.train import Progress, build_seeded, evaluate, train_group
+from pipeline.transforms import transform_hash
 
 log = logging.getLogger(__name__)
 

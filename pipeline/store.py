@@ -31,6 +31,7 @@ from typing import Iterator
 
 import numpy as np
 
+from pipeline.config import parse_encoding  # noqa: F401  (re-exported: the codec's names)
 from pipeline.errors import StoreError, UserError
 
 FORMAT_VERSION = 2  # 2: a views axis (N, V, C) on every logits array
@@ -113,16 +114,6 @@ def now_iso() -> str:
 
 
 # ---------------------------------------------------------------- writing
-
-
-def parse_encoding(encoding: str) -> tuple[str, int | None]:
-    """``float16`` | ``float32`` | ``topk:K`` -> (kind, K)."""
-    if encoding in ENCODING_DTYPES:
-        return encoding, None
-    kind, _, k = encoding.partition(":")
-    if kind == "topk" and k.isdigit() and int(k) > 0:
-        return "topk", int(k)
-    raise UserError("encoding", f"unknown encoding {encoding!r}", "use float16, float32 or topk:K (e.g. topk:20)")
 
 
 def logits_arrays(encoding: str) -> tuple[str, ...]:

@@ -6,7 +6,6 @@ The flow in ``flows/teacher_flow.py`` calls these steps in order:
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -19,6 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pipeline.augment import Augmenter
+from pipeline.checksums import sha256_file
 from pipeline.config import StudentSpec, TeacherConfig, config_hash, to_dict
 from pipeline.data import Dataset, load_dataset
 from pipeline.errors import UserError
@@ -26,17 +26,9 @@ from pipeline.loader import SoftTargetLoader
 from pipeline.models import build_model, count_parameters, resolve_device
 from pipeline.store import SPLITS, SoftTargetStore, StoreWriter, _exists, join, now_iso, software_versions
 from pipeline.train import Progress, evaluate, predict, train_group
+from pipeline.transforms import TRANSFORM, transform_hash
 
 log = logging.getLogger(__name__)
-
-# What stage 2 must reproduce to feed the student the pixels the teacher saw.
-# Bump when data.py's preprocessing changes.
-TRANSFORM = {"pixels": "float32 in [0, 1], no normalisation", "resize": "imagefolder only, 32x32", "version": 1}
-
-
-def transform_hash() -> str:
-    return config_hash(TRANSFORM)[:16]
-
 
 def view_record(cfg: TeacherConfig) -> dict:
     """How the stored views were drawn: enough for anyone to replay them (pipeline.augment.Augmenter.replay)."""
@@ -59,14 +51,6 @@ def public_config(cfg: TeacherConfig) -> dict:
     d = to_dict(cfg)
     d.pop("storage_options", None)  # type: ignore[union-attr]
     return d  # type: ignore[return-value]
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass

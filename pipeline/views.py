@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from pipeline.augment import Augmenter
+from pipeline.checksums import sha256_file
 from pipeline.config import AugmentConfig, DataConfig, ModelConfig, from_dict
 from pipeline.data import load_dataset
 from pipeline.errors import StoreError, UserError
@@ -27,8 +28,6 @@ TOLERANCE = {"float16": (2.0**-10, 1e-3), "float32": (1e-5, 1e-4)}
 def load_store_teacher(store: SoftTargetStore, field: str = "checkpoint",
                        fix: str = "restore it to check views") -> torch.nn.Module:
     """The teacher recorded in a store, from its checkpoint (weights only, sha256 checked)."""
-    from pipeline.teacher import sha256_file
-
     t = store.attrs["teacher"]
     path = t["checkpoint"]
     try:

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from pipeline import teacher
+from pipeline.checksums import sha256_file
 from pipeline.config import DataConfig, ModelConfig
 from pipeline.errors import UserError
 from pipeline.store import SoftTargetStore
@@ -30,7 +31,7 @@ def test_store_records_provenance(digits_store):
     a = SoftTargetStore(digits_store).attrs
     t = a["teacher"]
     assert t["arch"] == "cnn" and t["trained_here"] is True and len(t["checkpoint_sha256"]) == 64
-    assert t["checkpoint_sha256"] == teacher.sha256_file(t["checkpoint"])
+    assert t["checkpoint_sha256"] == sha256_file(t["checkpoint"])
     assert a["dataset"]["class_names"] == [str(i) for i in range(10)]
     assert set(a["dataset"]["splits"]) == {"train", "val", "test"}
     assert {"torch", "zarr", "numcodecs", "python"} <= set(a["software"])
