@@ -21,7 +21,7 @@ from pipeline.errors import StoreError, UserError
 from pipeline.loader import SoftTargetLoader, fits_cache
 from pipeline.models import count_parameters, measure_latency_ms, model_size_mb, resolve_device
 from pipeline.store import SoftTargetStore
-from pipeline.train import Progress, build_seeded, evaluate, train_group
+from pipeline.train import Progress, build_seeded, evaluate, fit_group
 from pipeline.transforms import transform_hash
 
 log = logging.getLogger(__name__)
@@ -158,9 +158,9 @@ def train_students(cfg: DistillConfig, specs: list[StudentSpec], run_dir: str,
                               chunk_rows=p.store.chunk_rows("train"), workers=cfg.workers,
                               view_policy=cfg.view_policy)
     label = ",".join(s.run_id for s in specs)
-    results = train_group(specs, cfg.model, cfg.optim, cfg.augment, loader, ds.splits["val"], ds.input_shape,
-                          ds.num_classes, device, select=cfg.optim.select, label=label, progress=progress,
-                          teacher=load_teacher(p) if online else None)
+    results = fit_group(specs, model_cfg=cfg.model, optim=cfg.optim, augment=cfg.augment, loader=loader,
+                        val=ds.splits["val"], input_shape=ds.input_shape, num_classes=ds.num_classes, device=device,
+                        label=label, progress=progress, teacher=load_teacher(p) if online else None)
     os.makedirs(os.path.join(run_dir, "students"), exist_ok=True)
     rows = []
     for r in results:

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from pipeline.checkpoints import load_model
 from pipeline.config import EXPORT_FORMATS, ModelConfig
 from pipeline.errors import UserError
-from pipeline.models import build_model
 from pipeline.report import LEADERBOARD, read_report
 
 FORMATS = EXPORT_FORMATS
@@ -83,14 +83,10 @@ def load_student(run_dir: str, run_id: str) -> tuple[nn.Module, dict]:
     ckpt = local if os.path.isfile(local) else row.get("checkpoint")
     if not ckpt or not os.path.isfile(ckpt):
         raise UserError("checkpoint", f"{local!r} does not exist", "the report folder lost its students/ folder")
-    model = build_model(ModelConfig(arch=row["arch"], width=int(row["width"])), tuple(row["input_shape"]),
-                        int(row["num_classes"]))
-    try:
-        model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
-    except Exception as exc:  # a truncated file, or a state dict from another architecture
-        raise UserError("checkpoint", f"cannot load {ckpt!r} into {row['arch']} width {row['width']} "
-                        f"({str(exc).splitlines()[0][:160]})", "rerun `kd distill`") from None
-    return model.eval(), row
+    model = load_model(ckpt, model=ModelConfig(arch=row["arch"], width=int(row["width"])),
+                       input_shape=tuple(row["input_shape"]), num_classes=int(row["num_classes"]),
+                       fix="rerun `kd distill`")
+    return model, row
 
 
 def _sample(shape: tuple[int, ...], batch: int, seed: int) -> torch.Tensor:

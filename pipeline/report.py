@@ -58,7 +58,8 @@ def leaderboard(rows: list[dict]) -> list[dict]:
     return board
 
 
-def _pm(mean: float, std: float, scale: float = 1.0, digits: int = 2) -> str:
+def mean_pm(mean: float, std: float, scale: float = 1.0, digits: int = 2) -> str:
+    """``mean ± std`` (both times ``scale``) to ``digits`` decimals; a dash when there is no mean."""
     if math.isnan(mean):
         return "—"
     return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
@@ -68,21 +69,27 @@ def _fmt(v, spec: str = "g") -> str:
     return "—" if v is None else format(v, spec)
 
 
+def markdown_table(head: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table: the header, its rule, one line per row (no trailing newline)."""
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
 def markdown(board: list[dict]) -> str:
     """The leaderboard as a Markdown table (also what the CLI prints)."""
     head = ["config", "loss", "T", "α", "β", "test acc %", "test NLL", "agree %", "Δ vs base", "seeds", "params",
             "size MB", "latency ms"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for e in board:
         gain = e.get("gain_vs_baseline")
         delta = "—" if gain is None else f"{gain * 100:+.2f}" + (" (noise)" if e.get("within_noise") else "")
         status = f"{e['seeds']}" + (f" ({e['failed']} failed)" if e["failed"] else "")
-        lines.append("| " + " | ".join([
+        rows.append([
             e["config_id"], e["loss"] or "—", _fmt(e["temperature"]), _fmt(e["alpha"]), _fmt(e["beta"]),
-            _pm(e["test_acc_mean"], e["test_acc_std"], 100), _pm(e["test_nll_mean"], e["test_nll_std"], 1, 3),
-            _pm(e["agreement_mean"], e["agreement_std"], 100), delta, status, _fmt(e["params"], ","),
-            _size(e), _fmt(e.get("latency_ms"), ".3g")]) + " |")
-    return "\n".join(lines)
+            mean_pm(e["test_acc_mean"], e["test_acc_std"], 100), mean_pm(e["test_nll_mean"], e["test_nll_std"], 1, 3),
+            mean_pm(e["agreement_mean"], e["agreement_std"], 100), delta, status, _fmt(e["params"], ","),
+            _size(e), _fmt(e.get("latency_ms"), ".3g")])
+    return markdown_table(head, rows)
 
 
 def _size(e: dict) -> str:

@@ -13,7 +13,7 @@ import os
 
 from pipeline.config import DistillConfig, TeacherConfig
 from pipeline.errors import UserError
-from pipeline.report import _pm, read_report
+from pipeline.report import markdown_table, mean_pm, read_report
 
 
 def best_student(run_dir: str) -> dict:
@@ -51,14 +51,13 @@ def write_generations(path: str, rows: list[dict]) -> str:
     os.makedirs(path, exist_ok=True)
     with open(os.path.join(path, "generations.json"), "w") as f:
         json.dump(rows, f, indent=2)
-    lines = ["| generation | teacher test acc % | best student | student test acc % | baseline test acc % |",
-             "|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['generation']} | {100 * r['teacher_test_acc']:.2f} | {r['best_config']} | "
-                     f"{_pm(r['best_test_acc_mean'], r['best_test_acc_std'], 100)} | "
-                     f"{_pm(r['baseline_test_acc_mean'], r['baseline_test_acc_std'], 100)} |")
+    table = markdown_table(
+        ["generation", "teacher test acc %", "best student", "student test acc %", "baseline test acc %"],
+        [[str(r["generation"]), f"{100 * r['teacher_test_acc']:.2f}", str(r["best_config"]),
+          mean_pm(r["best_test_acc_mean"], r["best_test_acc_std"], 100),
+          mean_pm(r["baseline_test_acc_mean"], r["baseline_test_acc_std"], 100)] for r in rows])
     md = os.path.join(path, "generations.md")
     with open(md, "w") as f:
         f.write("# Sequential distillation\n\nGeneration g + 1 is taught by the best student of generation g "
-                "(chosen on validation accuracy).\n\n" + "\n".join(lines) + "\n")
+                "(chosen on validation accuracy).\n\n" + table + "\n")
     return md

@@ -18,14 +18,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pipeline.augment import Augmenter
+from pipeline.checkpoints import load_model
 from pipeline.checksums import sha256_file
-from pipeline.config import StudentSpec, TeacherConfig, config_hash, to_dict
+from pipeline.config import TeacherConfig, config_hash, to_dict
 from pipeline.data import Dataset, load_dataset
 from pipeline.errors import UserError
-from pipeline.loader import SoftTargetLoader
-from pipeline.models import build_model, count_parameters, resolve_device
+from pipeline.models import count_parameters, resolve_device
 from pipeline.store import SPLITS, SoftTargetStore, StoreWriter, _exists, join, now_iso, software_versions
-from pipeline.train import Progress, evaluate, predict, train_group
+from pipeline.train import Progress, evaluate, fit_teacher, predict
 from pipeline.transforms import TRANSFORM, transform_hash
 
 log = logging.getLogger(__name__)
@@ -107,11 +107,9 @@ def progress_bar() -> bool:
 def train(p: TeacherPlan, progress: Progress | None = None) -> nn.Module:
     """Train the teacher on hard labels, select on val, save the checkpoint."""
     cfg, ds = p.cfg, p.dataset
-    device = resolve_device(cfg.device)
-    loader = SoftTargetLoader(ds.splits["train"], cfg.optim.batch_size, seed=cfg.seed)
-    spec = StudentSpec(loss="hard", temperature=1.0, alpha=0.0, beta=None, seed=cfg.seed)
-    (result,) = train_group([spec], cfg.model, cfg.optim, cfg.augment, loader, ds.splits["val"], ds.input_shape,
-                            ds.num_classes, device, select=cfg.optim.select, label="teacher", progress=progress)
+    result = fit_teacher(model_cfg=cfg.model, optim=cfg.optim, augment=cfg.augment, train=ds.splits["train"],
+                         val=ds.splits["val"], input_shape=ds.input_shape, num_classes=ds.num_classes,
+                         device=resolve_device(cfg.device), seed=cfg.seed, progress=progress)
     if result.model is None:
         raise UserError("teacher", f"training failed: {result.failed}", "lower --lr or change the optimizer")
     os.makedirs(os.path.dirname(p.checkpoint_path) or ".", exist_ok=True)
@@ -124,13 +122,8 @@ def train(p: TeacherPlan, progress: Progress | None = None) -> nn.Module:
 def load(p: TeacherPlan) -> nn.Module:
     """Load ``cfg.checkpoint`` (weights only: a checkpoint can never run code)."""
     cfg, ds = p.cfg, p.dataset
-    model = build_model(cfg.model, ds.input_shape, ds.num_classes)
-    try:
-        state = torch.load(p.checkpoint_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
-    except Exception as exc:
-        raise UserError("checkpoint", f"cannot load {p.checkpoint_path!r} into {cfg.model.arch} "
-                        f"({str(exc).splitlines()[0][:160]})", "pass the matching --teacher-arch/--teacher-width") from None
+    model = load_model(p.checkpoint_path, model=cfg.model, input_shape=ds.input_shape, num_classes=ds.num_classes,
+                       fix="pass the matching --arch/--width")
     return model.to(resolve_device(cfg.device))
 
 

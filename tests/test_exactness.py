@@ -23,14 +23,15 @@ def _steps(cfg, tmp_path):
     assert rows[0]["status"] == "ok"
     from pipeline.distill import plan
     from pipeline.loader import SoftTargetLoader
-    from pipeline.train import train_group
+    from pipeline.train import fit_group
 
     p = plan(cfg)
     loader = SoftTargetLoader(p.dataset.splits["train"], cfg.optim.batch_size, seed=0,
                               store=None if cfg.mode == "online" else p.store, chunk_rows=p.store.chunk_rows("train"))
-    (r,) = train_group(cfg.students()[1:], cfg.model, cfg.optim, cfg.augment, loader, p.dataset.splits["val"],
-                       p.dataset.input_shape, p.dataset.num_classes, distill.resolve_device("cpu"),
-                       teacher=distill.load_teacher(p) if cfg.mode == "online" else None)
+    (r,) = fit_group(cfg.students()[1:], model_cfg=cfg.model, optim=cfg.optim, augment=cfg.augment, loader=loader,
+                     val=p.dataset.splits["val"], input_shape=p.dataset.input_shape,
+                     num_classes=p.dataset.num_classes, device=distill.resolve_device("cpu"),
+                     teacher=distill.load_teacher(p) if cfg.mode == "online" else None)
     return r
 
 

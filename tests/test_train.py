@@ -11,7 +11,8 @@ from pipeline.config import AugmentConfig, ModelConfig, OptimConfig, StudentSpec
 from pipeline.data import load_dataset
 from pipeline.loader import SoftTargetLoader
 from pipeline.store import SoftTargetStore
-from pipeline.train import build_seeded, evaluate, make_optimizer, make_schedule, train_group
+from pipeline.optim import make_optimizer, make_schedule
+from pipeline.train import build_seeded, evaluate, fit_group
 from tests.conftest import DIGITS
 
 CPU = torch.device("cpu")
@@ -26,8 +27,9 @@ def ds():
 
 def _run(ds, store, specs, optim=FAST, select="best", augment=AugmentConfig()):
     loader = SoftTargetLoader(ds.splits["train"], optim.batch_size, seed=0, store=store)
-    return train_group(specs, TINY, optim, augment, loader, ds.splits["val"], ds.input_shape, ds.num_classes, CPU,
-                       select=select)
+    return fit_group(specs, model_cfg=TINY, optim=dataclasses.replace(optim, select=select), augment=augment,
+                     loader=loader, val=ds.splits["val"], input_shape=ds.input_shape, num_classes=ds.num_classes,
+                     device=CPU)
 
 
 def spec(loss="kl", t=4.0, seed=0):
@@ -78,7 +80,7 @@ def test_augmentation_is_applied_and_seeded(digits_store, ds):
 
 
 def _lrs(cfg: OptimConfig, steps_per_epoch: int, lr: float | None = None) -> list[float]:
-    """The lr each optimizer step of a whole run uses, with the schedule stepped as train_group does."""
+    """The lr each optimizer step of a whole run uses, with the schedule stepped as train_one_epoch does."""
     params = [torch.nn.Parameter(torch.zeros(1))]
     opt = make_optimizer(params, cfg if lr is None else dataclasses.replace(cfg, lr=lr))
     sched = make_schedule(opt, cfg, steps_per_epoch)
@@ -157,7 +159,7 @@ def test_gradient_clipping_bounds_every_step(ds):
     # clipping, so after n steps they are within n * lr * clip of their initialisation.
     store = None  # label-only: no stored logits needed
     sgd = OptimConfig(name="sgd", momentum=0.0, lr=0.5, epochs=1, schedule="none", select="last")
-    init = build_seeded(TINY, ds.input_shape, ds.num_classes, 0).state_dict()
+    init = build_seeded(TINY, ds.input_shape, ds.num_classes, seed=0).state_dict()
     steps = -(-len(ds.splits["train"]) // sgd.batch_size)
 
     def moved(optim):

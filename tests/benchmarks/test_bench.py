@@ -26,12 +26,13 @@ from pipeline.loader import SoftTargetLoader, fits_cache
 from pipeline.losses import distillation_loss
 from pipeline.models import build_model, count_parameters
 from pipeline.store import SoftTargetStore, StoreWriter, layout_for
-from pipeline.train import build_seeded, make_optimizer, predict, train_group
+from pipeline.optim import make_optimizer
+from pipeline.train import build_seeded, fit_group, predict
 
 DEV = B.device()
 STUDENT = ModelConfig(arch="cnn", width=16)  # small on purpose: any per-step overhead shows
 BATCH = 128
-VAL = 128  # validation samples: train_group evaluates every student on them after each epoch
+VAL = 128  # validation samples: fit_group evaluates every student on them after each epoch
 TEMPERATURES = (1.0, 2.0, 4.0, 8.0)
 
 
@@ -48,8 +49,8 @@ def random_logits(n: int, classes: int, seed: int) -> np.ndarray:
 
 
 def train(specs, loader, val, augment=AugmentConfig(), teacher=None, epochs: int = 1):
-    results = train_group(specs, STUDENT, optim(epochs), augment, loader, val, B.SHAPE, B.CLASSES, DEV,
-                          select="last", teacher=teacher)
+    results = fit_group(specs, model_cfg=STUDENT, optim=optim(epochs), augment=augment, loader=loader, val=val,
+                        input_shape=B.SHAPE, num_classes=B.CLASSES, device=DEV, teacher=teacher)
     assert all(r.failed is None for r in results), [r.failed for r in results]
     return results
 
@@ -120,7 +121,7 @@ def test_store_overhead(tmp):
             build_model(STUDENT, B.SHAPE, B.CLASSES)), "train": n, "val": VAL, "batch": BATCH,
             "steps_per_epoch": len(loader), "reps": len(times["kd"]), "kd": kd.run_id,
             "loader": "store, cache on (float16)",
-            "timed": "one train_group call of 1 epoch (build, epoch, val evaluation, checkpoint copy)"},
+            "timed": "one fit_group call of 1 epoch (build, epoch, val evaluation, checkpoint copy)"},
         "ratio_of_medians": B.ratio_of_medians(times["kd"], times["hard"]),
         "times_s": times, "median_s": {k: B.med(v) for k, v in times.items()},
         "spread": {k: B.spread(v) for k, v in times.items()},
@@ -156,7 +157,7 @@ def test_sweep_vs_online(tmp):
 
     # The ideal, over the same batches (the whole epoch): 4 student steps vs the same plus one teacher forward.
     batches = [b.to(DEV) for b in labels_only.epoch(0)]
-    students = [build_seeded(STUDENT, B.SHAPE, B.CLASSES, 0).to(DEV).train() for _ in specs]
+    students = [build_seeded(STUDENT, B.SHAPE, B.CLASSES, seed=0).to(DEV).train() for _ in specs]
     opts = [make_optimizer(m.parameters(), optim()) for m in students]
     stored = torch.from_numpy(random_logits(BATCH, B.CLASSES, 1)).to(DEV)  # stands in for stored logits
 
@@ -172,7 +173,7 @@ def test_sweep_vs_online(tmp):
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                float(loss.detach())  # train_group reads every loss too
+                float(loss.detach())  # fit_group reads every loss too
 
     # warm the ideal's loop once, then time: teacher pass (+ store), offline, online, steps, steps+teacher
     steps(True)
@@ -186,7 +187,7 @@ def test_sweep_vs_online(tmp):
     speedup_rounds = B.rounds(times["online"], times["offline"])
     ideal_rounds = B.rounds(times["student_steps+teacher"], times["student_steps"])
     relative = speedup / ideal  # the two medians; the per-round quotients below give its spread
-    # What the two train_group calls spend outside the ideal's per-batch work (store open and cache, model
+    # What the two fit_group calls spend outside the ideal's per-batch work (store open and cache, model
     # builds, the val evaluation, checkpoint copies, batch assembly): the gap between speed-up and ideal.
     steps_per_epoch = len(labels_only)
     per_batch = {k: B.med(times[k]) / len(batches) for k in ("student_steps", "student_steps+teacher")}
@@ -206,8 +207,8 @@ def test_sweep_vs_online(tmp):
                    "teacher": "resnet18 (random init, CIFAR stem)", "teacher_params": count_parameters(teacher),
                    "train": n, "val": VAL, "batch": BATCH, "epochs": 1, "steps": steps_per_epoch,
                    "reps": len(times["online"]),
-                   "offline": "open store + cache + train_group(4 specs)",
-                   "online": "train_group(4 specs, teacher=resnet18), label-only loader",
+                   "offline": "open store + cache + fit_group(4 specs)",
+                   "online": "fit_group(4 specs, teacher=resnet18), label-only loader",
                    "teacher_pass": "predict + StoreWriter.put per shard + finish (train split, float16)"},
         "ratio_of_medians": {"speed-up": B.ratio_of_medians(times["online"], times["offline"]),
                              "ideal": B.ratio_of_medians(times["student_steps+teacher"], times["student_steps"])},

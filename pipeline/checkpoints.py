@@ -1,0 +1,38 @@
+"""Rebuilding a model from a checkpoint: the one place a state dict is read back.
+
+Checkpoints are plain state dicts read with ``weights_only=True``, so loading
+one can never run code. Every failure is a one-line :class:`UserError` naming
+the field the caller passes, so the CLI shows the user what to fix.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pipeline.checksums import sha256_file
+from pipeline.config import ModelConfig
+from pipeline.errors import UserError
+from pipeline.models import build_model
+
+
+def load_model(path: str, *, model: ModelConfig, input_shape: tuple[int, int, int], num_classes: int,
+               sha256: str | None = None, field: str = "checkpoint", fix: str = "") -> nn.Module:
+    """Build ``model`` and load the weights at ``path``; in eval mode, on the CPU.
+
+    With ``sha256``, the file must have that checksum (the one a store recorded), else nothing is loaded.
+    """
+    if sha256 is not None:
+        try:
+            same = sha256_file(path) == sha256
+        except OSError:
+            same = False
+        if not same:
+            raise UserError(field, f"the checkpoint {path!r} is missing or changed (its sha256 is not the "
+                            "recorded one)", fix)
+    net = build_model(model, input_shape, num_classes)
+    try:
+        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except Exception as exc:  # a missing or truncated file, a pickle, a state dict of another architecture
+        raise UserError(field, f"cannot load {path!r} into {model.arch} width {model.width} "
+                        f"({(str(exc).splitlines() or [type(exc).__name__])[0][:160]})", fix) from None
+    return net.eval()
