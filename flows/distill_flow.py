@@ -20,9 +20,9 @@ from pipeline.errors import UserError
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
 def open_store(cfg: DistillConfig) -> dict:
     p = distill.plan(cfg)
+    teacher = p.store.meta.teacher
     return {"teacher_row": p.teacher_row(), "meta": {
-        "store": cfg.store, "teacher": f"{p.store.attrs['teacher']['arch']} (test acc "
-                                       f"{100 * p.store.attrs['teacher']['test_acc']:.2f}%)",
+        "store": cfg.store, "teacher": f"{teacher.arch} (test acc {100 * teacher.test_acc:.2f}%)",
         "student": f"{cfg.model.arch} width {cfg.model.width}", "dataset": p.dataset.name,
         "encoding": p.store.encoding}}
 

@@ -22,7 +22,7 @@ from pipeline.store import SoftTargetStore
 def views_study(report_root: str = "data/reports/views-study", views: int = 4) -> str:
     runs = os.path.join(report_root, "runs")
     clean = teacher_flow(studies.teacher())
-    checkpoint = SoftTargetStore(clean).attrs["teacher"]["checkpoint"]
+    checkpoint = SoftTargetStore(clean).meta.teacher.checkpoint
     viewed = teacher_flow(dataclasses.replace(studies.teacher(), checkpoint=checkpoint, views=views,
                                               view_augment=AugmentConfig(ops=studies.VIEW_AUGMENT)))
     stale = distill_flow(studies.views_students(runs, "stale", clean, augment=True))

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from pipeline.config import DataConfig, DistillConfig, StudentSpec, config_hash, from_dict, to_dict
+from pipeline.config import DataConfig, DistillConfig, StudentSpec, config_hash, to_dict
 from pipeline.data import Dataset, load_dataset
 from pipeline.errors import StoreError, UserError
 from pipeline.loader import SoftTargetLoader, fits_cache
@@ -29,22 +29,22 @@ log = logging.getLogger(__name__)
 
 def check_compatible(store: SoftTargetStore, ds: Dataset) -> None:
     """Refuse a store written from other data, naming the first field that differs."""
-    a = store.attrs
+    meta = store.meta
     fix = "distill with the dataset the teacher saw, or rerun `kd teacher` on this data"
-    if a.get("transform_hash") != transform_hash():
-        raise StoreError("transform_hash", f"store preprocessing {a.get('transform_hash')} differs from this "
+    if meta.transform_hash != transform_hash():
+        raise StoreError("transform_hash", f"store preprocessing {meta.transform_hash} differs from this "
                          f"pipeline's {transform_hash()}", "rerun `kd teacher` with this version")
-    if a["dataset"]["name"] != ds.name:
-        raise StoreError("dataset", f"store was written from {a['dataset']['name']!r}, not {ds.name!r}", fix)
+    if meta.dataset.name != ds.name:
+        raise StoreError("dataset", f"store was written from {meta.dataset.name!r}, not {ds.name!r}", fix)
     if store.num_classes != ds.num_classes:
         raise StoreError("num_classes", f"store has {store.num_classes} classes, dataset has {ds.num_classes}", fix)
-    for split, info in a["dataset"]["splits"].items():
+    for split, info in meta.dataset.splits.items():
         if split not in ds.splits:
             continue
-        if info["size"] != len(ds.splits[split]) or store.size(split) != len(ds.splits[split]):
+        if info.size != len(ds.splits[split]) or store.size(split) != len(ds.splits[split]):
             raise StoreError(f"splits.{split}.size", f"store has {store.size(split)} {split} samples, dataset has "
                              f"{len(ds.splits[split])}", fix)
-        if info["fingerprint"] != ds.splits[split].fingerprint():
+        if info.fingerprint != ds.splits[split].fingerprint():
             raise StoreError(f"splits.{split}.fingerprint", f"{split} samples or labels differ from the store's", fix)
 
 
@@ -55,7 +55,7 @@ class DistillPlan:
         resolve_device(cfg.device)
         self.cfg = cfg
         self.store = SoftTargetStore(cfg.store, storage_options=cfg.storage_options)
-        self.data_cfg: DataConfig = cfg.data or from_dict(DataConfig, self.store.attrs["data_config"])  # type: ignore
+        self.data_cfg: DataConfig = cfg.data or self.store.meta.data_cfg()
         self.dataset = load_dataset(self.data_cfg)
         check_compatible(self.store, self.dataset)
         # CPU latency depends on the architecture, not on the trained weights, so it is measured once,
@@ -79,14 +79,14 @@ class DistillPlan:
             self.train_logits = (self.store.read_views("train") if views > 1 else self.store.read_logits("train"))
 
     def teacher_row(self) -> dict:
-        t = self.store.attrs["teacher"]
-        return {"run_id": "teacher", "config_id": "teacher", "kind": "teacher", "arch": t["arch"], "loss": "-",
-                "temperature": None, "alpha": None, "beta": None, "seed": t["config"]["seed"],
-                "test_acc": t["test_acc"], "test_nll": t["test_nll"], "agreement": 1.0, "val_acc": t["val_acc"],
-                "params": t["params"], "status": "ok", "width": t.get("width"),
+        t = self.store.meta.teacher
+        return {"run_id": "teacher", "config_id": "teacher", "kind": "teacher", "arch": t.arch, "loss": "-",
+                "temperature": None, "alpha": None, "beta": None, "seed": t.seed,
+                "test_acc": t.test_acc, "test_nll": t.test_nll, "agreement": 1.0, "val_acc": t.val_acc,
+                "params": t.params, "status": "ok", "width": t.width,
                 # The teacher is never built in stage 2: its size is estimated from its parameter count
                 # (float32, buffers not counted) and its latency is not measured.
-                "size_mb": t["params"] * 4 / 1e6, "size_mb_estimated": True, "latency_ms": None}
+                "size_mb": t.params * 4 / 1e6, "size_mb_estimated": True, "latency_ms": None}
 
 
 def run_dir(cfg: DistillConfig) -> str:

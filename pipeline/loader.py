@@ -73,10 +73,9 @@ class SoftTargetLoader:
         self._replay = None
         if self.views > 1:
             from pipeline.augment import Augmenter
-            from pipeline.config import AugmentConfig, from_dict
 
-            v = store.attrs["views"]
-            self._replay = (Augmenter(from_dict(AugmentConfig, v["augment"])), int(v["seed"]))  # type: ignore[arg-type]
+            augment, view_seed = store.meta.views.replay()
+            self._replay = (Augmenter(augment), view_seed)
         self._epoch_views: tuple[int, np.ndarray] | None = None
         self._cache = cached  # (N, C) or (N, V, C) decoded logits already in memory, e.g. from the run's plan
         if store is not None and cached is None and fits_cache(self.n * self.views, store.num_classes, cache_mb):

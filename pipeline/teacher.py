@@ -10,7 +10,7 @@ import logging
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -24,33 +24,32 @@ from pipeline.config import TeacherConfig, config_hash, to_dict
 from pipeline.data import Dataset, load_dataset
 from pipeline.errors import UserError
 from pipeline.models import count_parameters, resolve_device
-from pipeline.store import SPLITS, SoftTargetStore, StoreWriter, _exists, join, now_iso, software_versions
+from pipeline.store import (SPLITS, DatasetMeta, LineageEntry, Provenance, SoftTargetStore, StoreWriter, TeacherMeta,
+                            ViewsMeta, exists, join, now_iso, software_versions)
 from pipeline.train import Progress, evaluate, fit_teacher, predict
 from pipeline.transforms import TRANSFORM, transform_hash
 
 log = logging.getLogger(__name__)
 
-def view_record(cfg: TeacherConfig) -> dict:
+def view_record(cfg: TeacherConfig) -> ViewsMeta:
     """How the stored views were drawn: enough for anyone to replay them (pipeline.augment.Augmenter.replay)."""
     if cfg.views == 1:
-        return {"count": 1}
-    return {"count": cfg.views, "seed": cfg.seed, "augment": to_dict(cfg.view_augment),
-            "params": list(Augmenter.PARAM_NAMES)}
+        return ViewsMeta(count=1)
+    return ViewsMeta(count=cfg.views, seed=cfg.seed, augment=asdict(cfg.view_augment),
+                     params=tuple(Augmenter.PARAM_NAMES))
 
 
-def lineage_of(store_path: str, storage_options: dict | None = None) -> list[dict]:
+def lineage_of(store_path: str, storage_options: dict | None = None) -> tuple[LineageEntry, ...]:
     """The chain of stores a born-again teacher descends from, nearest first."""
-    store = SoftTargetStore(store_path, storage_options=storage_options)
-    entry = {"store": store_path, "provenance_key": store.attrs["provenance_key"],
-             "teacher": store.attrs["teacher"]["arch"], "test_acc": store.attrs["teacher"]["test_acc"]}
-    return [entry] + list(store.attrs.get("lineage", []))
+    meta = SoftTargetStore(store_path, storage_options=storage_options).meta
+    entry = LineageEntry(store=store_path, provenance_key=meta.provenance_key, teacher=meta.teacher.arch,
+                         test_acc=meta.teacher.test_acc)
+    return (entry,) + meta.lineage
 
 
 def public_config(cfg: TeacherConfig) -> dict:
     """The config as recorded in a store: storage options can hold credentials, so they never go in."""
-    d = to_dict(cfg)
-    d.pop("storage_options", None)  # type: ignore[union-attr]
-    return d  # type: ignore[return-value]
+    return {k: v for k, v in asdict(cfg).items() if k != "storage_options"}
 
 
 @dataclass
@@ -71,13 +70,13 @@ class TeacherPlan:
     def reusable(self) -> bool:
         """A complete store with this provenance key already exists."""
         opts = self.cfg.storage_options
-        if not _exists(self.store_path, opts):
+        if not exists(self.store_path, opts):
             return False
         try:
             store = SoftTargetStore(self.store_path, storage_options=opts)
         except UserError:
             return False
-        return store.attrs.get("provenance_key") == self.provenance_key
+        return store.meta.provenance_key == self.provenance_key
 
 
 def plan(cfg: TeacherConfig) -> TeacherPlan:
@@ -87,10 +86,10 @@ def plan(cfg: TeacherConfig) -> TeacherPlan:
     resolve_device(cfg.device)
     ds = load_dataset(cfg.data)
     ckpt_sha = sha256_file(cfg.checkpoint) if cfg.checkpoint else None
-    parent = lineage_of(cfg.parent_store, cfg.storage_options) if cfg.parent_store else []
-    teacher_part = {"parent": parent[0]["provenance_key"] if parent else None,
+    parent = lineage_of(cfg.parent_store, cfg.storage_options) if cfg.parent_store else ()
+    teacher_part = {"parent": parent[0].provenance_key if parent else None,
                     "model": to_dict(cfg.model), "optim": to_dict(cfg.optim), "augment": to_dict(cfg.augment),
-                    "seed": cfg.seed, "checkpoint_sha256": ckpt_sha, "views": view_record(cfg)}
+                    "seed": cfg.seed, "checkpoint_sha256": ckpt_sha, "views": view_record(cfg).to_attrs()}
     key = config_hash({"teacher": teacher_part, "data": to_dict(cfg.data), "fingerprints": ds.fingerprints(),
                        "transform": transform_hash(), "encoding": cfg.encoding})
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", ds.name).strip("_")
@@ -132,27 +131,27 @@ def create_store(p: TeacherPlan, model: nn.Module) -> StoreWriter:
     cfg, ds = p.cfg, p.dataset
     device = resolve_device(cfg.device)
     metrics = {s: evaluate(model, ds.splits[s], device) for s in ("val", "test")}
-    attrs = {
-        "created_at": now_iso(),
-        "provenance_key": p.provenance_key,
-        "teacher": {
-            "arch": cfg.model.arch, "width": cfg.model.width, "params": count_parameters(model),
-            "checkpoint": p.checkpoint_path, "checkpoint_sha256": sha256_file(p.checkpoint_path),
-            "trained_here": cfg.checkpoint is None, "config": public_config(cfg),
-            "val_acc": metrics["val"]["acc"], "test_acc": metrics["test"]["acc"],
-            "val_nll": metrics["val"]["nll"], "test_nll": metrics["test"]["nll"],
-        },
-        "dataset": ds.describe(),
-        "data_config": to_dict(cfg.data),
-        "transform": TRANSFORM,
-        "transform_hash": transform_hash(),
-        "software": software_versions(),
-        "views": view_record(cfg),
-        "lineage": lineage_of(cfg.parent_store, cfg.storage_options) if cfg.parent_store else [],
-    }
+    provenance = Provenance(
+        created_at=now_iso(),
+        provenance_key=p.provenance_key,
+        teacher=TeacherMeta(
+            arch=cfg.model.arch, width=cfg.model.width, params=count_parameters(model),
+            checkpoint=p.checkpoint_path, checkpoint_sha256=sha256_file(p.checkpoint_path),
+            trained_here=cfg.checkpoint is None, config=public_config(cfg),
+            val_acc=metrics["val"]["acc"], test_acc=metrics["test"]["acc"],
+            val_nll=metrics["val"]["nll"], test_nll=metrics["test"]["nll"],
+        ),
+        dataset=DatasetMeta.from_attrs(ds.describe(), at="dataset"),
+        data_config=asdict(cfg.data),
+        transform=TRANSFORM,
+        transform_hash=transform_hash(),
+        software=software_versions(),
+        views=view_record(cfg),
+        lineage=lineage_of(cfg.parent_store, cfg.storage_options) if cfg.parent_store else (),
+    )
     splits = {s: (ds.splits[s].y.numpy(), ds.splits[s].ids.numpy()) for s in SPLITS}
-    writer = StoreWriter(p.store_path, attrs, splits, ds.num_classes, cfg.encoding, chunk_rows=cfg.chunk_rows,
-                         shard_chunks=cfg.shard_chunks, storage_options=cfg.storage_options, views=cfg.views)
+    writer = StoreWriter(p.store_path, provenance, splits, encoding=cfg.encoding, chunk_rows=cfg.chunk_rows,
+                         shard_chunks=cfg.shard_chunks, storage_options=cfg.storage_options)
     if writer.resumed:
         log.info("resuming incomplete store %s: %s shards left", p.store_path,
                  {s: len(writer.pending(s)) for s in splits})

@@ -12,11 +12,9 @@ import numpy as np
 import torch
 
 from pipeline.augment import Augmenter
-from pipeline.checksums import sha256_file
-from pipeline.config import AugmentConfig, DataConfig, ModelConfig, from_dict
+from pipeline.checkpoints import load_model
 from pipeline.data import load_dataset
-from pipeline.errors import StoreError, UserError
-from pipeline.models import build_model
+from pipeline.errors import StoreError
 from pipeline.store import SoftTargetStore, parse_encoding
 from pipeline.train import predict
 
@@ -28,18 +26,9 @@ TOLERANCE = {"float16": (2.0**-10, 1e-3), "float32": (1e-5, 1e-4)}
 def load_store_teacher(store: SoftTargetStore, field: str = "checkpoint",
                        fix: str = "restore it to check views") -> torch.nn.Module:
     """The teacher recorded in a store, from its checkpoint (weights only, sha256 checked)."""
-    t = store.attrs["teacher"]
-    path = t["checkpoint"]
-    try:
-        same = sha256_file(path) == t["checkpoint_sha256"]
-    except OSError:
-        same = False
-    if not same:
-        raise UserError(field, f"the teacher checkpoint {path!r} recorded in the store is missing or changed", fix)
-    model = build_model(from_dict(ModelConfig, t["config"]["model"]),  # type: ignore[arg-type]
-                        tuple(store.attrs["dataset"]["input_shape"]), store.num_classes)
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return model.eval()
+    t = store.meta.teacher
+    return load_model(t.checkpoint, model=t.model_cfg(), input_shape=store.meta.dataset.input_shape,
+                      num_classes=store.num_classes, sha256=t.checkpoint_sha256, field=field, fix=fix)
 
 
 def verify_views(store: SoftTargetStore, samples: int = 32, seed: int = 0, model: torch.nn.Module | None = None,
@@ -55,9 +44,9 @@ def verify_views(store: SoftTargetStore, samples: int = 32, seed: int = 0, model
     if kind == "topk":
         raise StoreError("encoding", "views of a topk store are approximations and cannot be compared exactly",
                          "check views on a float16/float32 store")
-    v = store.attrs["views"]
-    aug = Augmenter(from_dict(AugmentConfig, v["augment"]))  # type: ignore[arg-type]
-    ds = load_dataset(from_dict(DataConfig, store.attrs["data_config"]))  # type: ignore[arg-type]
+    augment, view_seed = store.meta.views.replay()
+    aug = Augmenter(augment)
+    ds = load_dataset(store.meta.data_cfg())
     split = ds.splits["train"]
     rows = np.sort(np.random.default_rng(seed).choice(len(split), size=min(samples, len(split)), replace=False))
     model = model if model is not None else load_store_teacher(store)
@@ -67,7 +56,7 @@ def verify_views(store: SoftTargetStore, samples: int = 32, seed: int = 0, model
     worst = 0.0
     for view in range(store.views):
         x = aug.replay(split.x[torch.from_numpy(rows)], ids, torch.full_like(ids, view),
-                       int(v["seed"]) if replay_seed is None else replay_seed)
+                       view_seed if replay_seed is None else replay_seed)
         fresh = torch.cat(list(predict(model, x, torch.device("cpu")))).numpy()  # (S, C)
         err = np.abs(fresh - stored[:, view]) - rel * np.abs(stored[:, view])  # (S, C)
         worst = max(worst, float(np.abs(fresh - stored[:, view]).max()))

@@ -7,7 +7,10 @@ import pytest
 
 import flows  # noqa: F401  (Prefect's environment defaults, before Prefect is imported)
 from pipeline import teacher
+from pipeline.augment import Augmenter
 from pipeline.config import DataConfig, ModelConfig, OptimConfig, TeacherConfig
+from pipeline.store import DatasetMeta, Provenance, TeacherMeta, ViewsMeta, now_iso, software_versions
+from pipeline.transforms import TRANSFORM, transform_hash
 
 
 def small_teacher_config(root, **overrides) -> TeacherConfig:
@@ -84,3 +87,19 @@ def flip_byte(path: str, at: float = 0.5, mask: int = 0xFF) -> None:
     raw = bytearray(open(path, "rb").read())
     raw[int(len(raw) * at)] ^= mask
     open(path, "wb").write(bytes(raw))
+
+
+def synthetic_provenance(num_classes: int, *, views: int = 1, key: str = "synthetic",
+                         checkpoint_sha256: str = "0" * 64) -> Provenance:
+    """Store metadata for synthetic logits written straight through StoreWriter (no teacher behind them)."""
+    view_meta = ViewsMeta(count=1) if views == 1 else ViewsMeta(
+        count=views, seed=0, augment={"ops": ["translate"], "translate": 1, "rotate_degrees": 10.0},
+        params=tuple(Augmenter.PARAM_NAMES))
+    return Provenance(
+        created_at=now_iso(), provenance_key=key,
+        teacher=TeacherMeta(arch="synthetic", width=1, params=0, checkpoint="", checkpoint_sha256=checkpoint_sha256,
+                            trained_here=False, config={}, val_acc=0.0, test_acc=0.0, val_nll=0.0, test_nll=0.0),
+        dataset=DatasetMeta(name="synthetic", num_classes=num_classes,
+                            class_names=tuple(str(c) for c in range(num_classes)), input_shape=(1, 1, 1), splits={}),
+        data_config={}, transform=TRANSFORM, transform_hash=transform_hash(), software=software_versions(),
+        views=view_meta, lineage=())

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from pipeline.store import StoreWriter
+from tests.conftest import synthetic_provenance
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N, C = 100_000, 1000  # 400 MB of decoded float32 logits
@@ -44,8 +45,8 @@ print(json.dumps({"before": before, "peak": peak, "seen": seen, "cached": loader
 @pytest.fixture(scope="module")
 def big_store(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("big") / "big.zarr")
-    w = StoreWriter(path, {"dataset": {"num_classes": C}}, {"train": (np.zeros(N, np.int64), np.arange(N))}, C,
-                    "float16")
+    w = StoreWriter(path, synthetic_provenance(C), {"train": (np.zeros(N, np.int64), np.arange(N))},
+                    encoding="float16")
     block = np.random.default_rng(0).normal(0, 3, size=(w.layouts["train"].shard_rows, C)).astype(np.float32)
     for shard in w.pending("train"):
         a, b = w.layouts["train"].shard_range(shard)

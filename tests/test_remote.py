@@ -21,7 +21,7 @@ from pipeline import distill, teacher
 from pipeline.config import DistillConfig, ModelConfig, OptimConfig
 from pipeline.errors import StoreError, UserError
 from pipeline.store import SoftTargetStore, StoreWriter, find_stores
-from tests.conftest import small_teacher_config
+from tests.conftest import small_teacher_config, synthetic_provenance
 
 BUCKET = "kd-remote-test"
 KEY, SECRET = "kd-test-access-key", "kd-test-secret-key"  # dummies: moto accepts any
@@ -135,8 +135,8 @@ C = 5
 def _write(path: str, n: int, opts: dict | None, finish: bool = True) -> tuple[str, np.ndarray]:
     """A small synthetic store (train split only, several shards) written through StoreWriter."""
     logits = np.random.default_rng(0).normal(0, 3, size=(n, C)).astype(np.float32)
-    w = StoreWriter(path, {"dataset": {"num_classes": C}}, {"train": (np.arange(n) % C, np.arange(n))}, C,
-                    "float32", chunk_rows=32, shard_chunks=2, storage_options=opts)
+    w = StoreWriter(path, synthetic_provenance(C), {"train": (np.arange(n) % C, np.arange(n))},
+                    encoding="float32", chunk_rows=32, shard_chunks=2, storage_options=opts)
     try:
         lay = w.layouts["train"]
         for shard in range(lay.num_shards):

@@ -1,6 +1,7 @@
 """The soft-target store: round trip, metadata, and every refusal provoked for real."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -10,7 +11,7 @@ import zarr
 
 from pipeline.errors import StoreError, UserError
 from pipeline.store import (FORMAT_VERSION, SoftTargetStore, StoreWriter, find_stores, join, layout_for)
-from tests.conftest import flip_byte, shard_file
+from tests.conftest import flip_byte, shard_file, synthetic_provenance
 
 C = 7
 
@@ -18,7 +19,7 @@ C = 7
 def _write(path, logits_by_split, encoding="float32", finish=True, **kw):
     splits = {s: (np.arange(len(l)) % C, np.arange(len(l)) + 1000 * i)
               for i, (s, l) in enumerate(logits_by_split.items())}
-    w = StoreWriter(str(path), {"dataset": {"num_classes": C}}, splits, C, encoding, **kw)
+    w = StoreWriter(str(path), synthetic_provenance(C), splits, encoding=encoding, **kw)
     for s, logits in logits_by_split.items():
         lay = w.layouts[s]
         for shard in range(lay.num_shards):
@@ -179,13 +180,13 @@ def test_file_count_grows_with_shards_not_chunks(tmp_path):
 def test_resume_writes_only_missing_shards(tmp_path):
     data = _logits(1000)
     splits = {"train": (np.arange(1000) % C, np.arange(1000))}
-    attrs = {"dataset": {"num_classes": C}, "provenance_key": "k1", "teacher": {"checkpoint_sha256": "abc"}}
-    w = StoreWriter(str(tmp_path / "s.zarr"), attrs, splits, C, "float16", chunk_rows=100, shard_chunks=2)
+    prov = synthetic_provenance(C, key="k1", checkpoint_sha256="abc")
+    w = StoreWriter(str(tmp_path / "s.zarr"), prov, splits, encoding="float16", chunk_rows=100, shard_chunks=2)
     for shard in (0, 2, 3):
         a, b = w.layouts["train"].shard_range(shard)
         w.put("train", shard, data[a:b])
     w.abort()  # "crash": complete never set
-    again = StoreWriter(str(tmp_path / "s.zarr"), attrs, splits, C, "float16", chunk_rows=100, shard_chunks=2)
+    again = StoreWriter(str(tmp_path / "s.zarr"), prov, splits, encoding="float16", chunk_rows=100, shard_chunks=2)
     assert again.resumed and again.pending("train") == [1, 4]
     for shard in again.pending("train"):
         a, b = again.layouts["train"].shard_range(shard)
@@ -194,8 +195,8 @@ def test_resume_writes_only_missing_shards(tmp_path):
     np.testing.assert_array_equal(SoftTargetStore(again.path).read_logits("train"),
                                   data.astype(np.float16).astype(np.float32))
     # Another provenance (or checkpoint) never resumes: it starts afresh.
-    other = StoreWriter(str(tmp_path / "s.zarr"), {**attrs, "provenance_key": "k2"}, splits, C, "float16",
-                        chunk_rows=100, shard_chunks=2)
+    other = StoreWriter(str(tmp_path / "s.zarr"), synthetic_provenance(C, key="k2", checkpoint_sha256="abc"), splits,
+                        encoding="float16", chunk_rows=100, shard_chunks=2)
     assert not other.resumed and other.pending("train") == [0, 1, 2, 3, 4]
     other.abort()
 
@@ -208,3 +209,24 @@ def test_chunks_default_to_about_a_megabyte():
     assert layout_for(10**6, 10).chunk_rows == 32768 and layout_for(500, 10).chunk_rows == 500
     assert layout_for(10**6, 1000, views=4).chunk_rows == 64
     assert auto_chunk_rows(10**9) == 64 and auto_chunk_rows(1) == 65536
+
+
+def test_resume_keeps_the_first_created_at_and_resumes_views_stores(tmp_path):
+    splits = {"train": (np.arange(300) % C, np.arange(300))}
+    logits = np.repeat(_logits(300)[:, None, :], 2, axis=1)  # (N, 2, C)
+    params = np.zeros((300, 2, 4), np.float32)
+    first = StoreWriter(str(tmp_path / "s.zarr"), synthetic_provenance(C, views=2), splits, encoding="float32",
+                        chunk_rows=50, shard_chunks=2)
+    first.put("train", 0, logits[:100], params[:100])
+    first.abort()
+    created = SoftTargetStore(first.path, require_complete=False).meta.created_at
+    again = StoreWriter(first.path, dataclasses.replace(synthetic_provenance(C, views=2), created_at="later"), splits,
+                        encoding="float32", chunk_rows=50, shard_chunks=2)
+    assert again.resumed and again.pending("train") == [1, 2]
+    for shard in again.pending("train"):
+        a, b = again.layouts["train"].shard_range(shard)
+        again.put("train", shard, logits[a:b], params[a:b])
+    again.finish()
+    s = SoftTargetStore(first.path)
+    assert s.meta.created_at == created and s.meta.completed_at is not None
+    np.testing.assert_array_equal(s.read_views("train"), logits)

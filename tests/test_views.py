@@ -69,7 +69,7 @@ def _expected(split, rows, views, store):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_loader_trains_on_the_view_the_teacher_scored(views_store, workers):
     s = SoftTargetStore(views_store)
-    split = distill.load_dataset(distill.from_dict(distill.DataConfig, s.attrs["data_config"])).splits["train"]
+    split = distill.load_dataset(s.meta.data_cfg()).splits["train"]
     every = s.read_views("train")  # (N, V, C)
     loader = SoftTargetLoader(split, 64, seed=1, store=s, workers=workers, cache_mb=0 if workers else 1000)
     seen_views = set()
@@ -84,7 +84,7 @@ def test_loader_trains_on_the_view_the_teacher_scored(views_store, workers):
 
 def test_cycle_policy_visits_every_view(views_store):
     s = SoftTargetStore(views_store)
-    split = distill.load_dataset(distill.from_dict(distill.DataConfig, s.attrs["data_config"])).splits["train"]
+    split = distill.load_dataset(s.meta.data_cfg()).splits["train"]
     loader = SoftTargetLoader(split, 64, seed=1, store=s, view_policy="cycle")
     rows = np.arange(10)
     assert {tuple(loader.views_for(rows, e)) for e in range(3)} == {tuple((rows + e) % 3) for e in range(3)}

@@ -29,6 +29,7 @@ import torch
 from pipeline.data import Split
 from pipeline.models import resolve_device
 from pipeline.store import SoftTargetStore, StoreWriter
+from tests.conftest import synthetic_provenance
 
 REPO = Path(__file__).resolve().parents[2]
 BENCH_DIR = REPO / "data" / "bench"
@@ -213,7 +214,7 @@ def write_store(path: str | os.PathLike, logits: np.ndarray, labels: np.ndarray,
                 **layout) -> SoftTargetStore:
     """A complete one-split (``train``) store of the given logits, written shard by shard through StoreWriter."""
     n, c = logits.shape
-    w = StoreWriter(str(path), {"dataset": {"num_classes": c}}, {"train": (labels, np.arange(n))}, c, encoding,
+    w = StoreWriter(str(path), synthetic_provenance(c), {"train": (labels, np.arange(n))}, encoding=encoding,
                     **layout)
     lay = w.layouts["train"]
     for shard in range(lay.num_shards):

@@ -28,6 +28,7 @@ from pipeline.models import build_model, count_parameters
 from pipeline.store import SoftTargetStore, StoreWriter, layout_for
 from pipeline.optim import make_optimizer
 from pipeline.train import build_seeded, fit_group, predict
+from tests.conftest import synthetic_provenance
 
 DEV = B.device()
 STUDENT = ModelConfig(arch="cnn", width=16)  # small on purpose: any per-step overhead shows
@@ -66,8 +67,8 @@ def teacher_pass(model: torch.nn.Module, split: Split, classes: int, path: str |
     writer = None
     t = time.perf_counter()
     if path is not None:
-        writer = StoreWriter(path, {"dataset": {"num_classes": classes}},
-                             {"train": (split.y.numpy(), split.ids.numpy())}, classes, "float16")
+        writer = StoreWriter(path, synthetic_provenance(classes),
+                             {"train": (split.y.numpy(), split.ids.numpy())}, encoding="float16")
     created = time.perf_counter()
     lay = writer.layouts["train"] if writer else layout_for(len(split), classes)
     try:
@@ -432,8 +433,7 @@ def test_file_count(tmp):
     path = str(tmp / "imagenet.zarr")
     labels = np.zeros(n, dtype=np.int64)
     start = time.perf_counter()
-    w = StoreWriter(path, {"dataset": {"num_classes": classes}}, {"train": (labels, np.arange(n))}, classes,
-                    "float16")
+    w = StoreWriter(path, synthetic_provenance(classes), {"train": (labels, np.arange(n))}, encoding="float16")
     try:
         for shard in range(lay.num_shards):
             a, b = lay.shard_range(shard)

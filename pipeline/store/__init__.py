@@ -1,0 +1,43 @@
+"""The soft-target store: a self-describing Zarr v3 group of raw teacher logits.
+
+Layout (``FORMAT_VERSION`` 2; the README's "Store format" tables are the contract)::
+
+    <name>.zarr/                 group; attributes: pipeline.store.meta.StoreMeta
+      train/logits   (N, V, C)   float16 | float32, fill NaN (V teacher views per sample; view 0 is clean)
+      train/view_params (N, V, 4) float32 [dx, dy, flip, angle] of each view (only when V > 1)
+      train/labels   (N,)        int64, fill -1
+      train/ids      (N,)        int64, fill -1 (stable sample ids, aligned with logits)
+      train/written  (S,)        uint8, one flag per shard: the completion bitmap
+      val/...  test/...          same arrays
+
+Rows are chunked by sample and grouped into shards (one file per shard), each
+chunk compressed with Blosc/lz4 and followed by a CRC32C, so a flipped byte
+fails loudly on read. Missing data cannot pass as zeros either: logits are
+filled with NaN, the teacher never publishes NaN, so a NaN read back from a
+complete store means a chunk is gone, and the reader says which.
+
+The group attribute ``complete`` is written last; readers refuse a store
+without it. Stores are opened read-only for reading. Nothing here pickles.
+
+Modules: ``paths`` (locations), ``codec`` (encodings), ``layout`` (chunks and
+shards), ``meta`` (the attributes as types), ``writer``, ``reader`` and
+``catalog`` (listing stores).
+"""
+from pipeline.config import parse_encoding
+from pipeline.store.catalog import find_stores
+from pipeline.store.codec import ENCODING_DTYPES, decode_topk, encode_topk, logits_arrays
+from pipeline.store.layout import (DEFAULT_CHUNK_ROWS, DEFAULT_SHARD_CHUNKS, SPLITS, SplitLayout, auto_chunk_rows,
+                                   layout_for)
+from pipeline.store.meta import (FORMAT_VERSION, SUPPORTED_VERSIONS, DatasetMeta, LayoutMeta, LineageEntry, Provenance,
+                                 SplitMeta, StoreMeta, TeacherMeta, ViewsMeta, now_iso, software_versions)
+from pipeline.store.paths import exists, is_url, join
+from pipeline.store.reader import SoftTargetStore
+from pipeline.store.writer import StoreWriter
+
+__all__ = [
+    "DEFAULT_CHUNK_ROWS", "DEFAULT_SHARD_CHUNKS", "ENCODING_DTYPES", "FORMAT_VERSION", "SPLITS", "SUPPORTED_VERSIONS",
+    "DatasetMeta", "LayoutMeta", "LineageEntry", "Provenance", "SoftTargetStore", "SplitLayout", "SplitMeta",
+    "StoreMeta", "StoreWriter", "TeacherMeta", "ViewsMeta", "auto_chunk_rows", "decode_topk", "encode_topk",
+    "exists", "find_stores", "is_url", "join", "layout_for", "logits_arrays", "now_iso", "parse_encoding",
+    "software_versions",
+]

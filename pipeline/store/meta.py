@@ -1,0 +1,257 @@
+"""The store's group attributes as types: :class:`StoreMeta` and its nested records.
+
+The attributes are plain JSON (the README's "Store format" table documents
+every field). Nothing else reads or writes them as dicts: the writer builds
+them with :meth:`StoreMeta.to_attrs` and every reader gets a
+:meth:`StoreMeta.from_attrs`, which checks each field's presence and type and
+names the first bad one as a dotted path (``teacher.test_acc``) in a one-line
+:class:`~pipeline.errors.StoreError`.
+
+A field that is ``None`` is absent from the attributes (``completed_at`` before
+the store is complete, ``views.seed`` for a clean-view store). Snapshots of
+configs (``data_config``, ``teacher.config``, ``views.augment``) stay JSON
+objects, since a store outlives the config classes that wrote it; the
+``*_cfg()`` methods rebuild the typed config on demand.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+import types
+import typing
+from dataclasses import dataclass, fields, is_dataclass
+from typing import Any, cast
+
+from pipeline.config import AugmentConfig, DataConfig, ModelConfig, from_dict
+from pipeline.errors import StoreError
+
+FORMAT_VERSION = 2  # 2: a views axis (N, V, C) on every logits array
+SUPPORTED_VERSIONS = (2,)
+REWRITE = "the store's attributes are damaged or from another version; rewrite it with `kd teacher`"
+_ABSENT = object()
+
+
+def _problem(path: str, problem: str) -> StoreError:
+    return StoreError(path, problem, REWRITE)
+
+
+def _parse(tp: Any, value: Any, path: str) -> Any:
+    """``value`` (decoded JSON) checked against the annotation ``tp`` and converted to it."""
+    if value is _ABSENT:
+        raise _problem(path, "missing from the store's attributes")
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (types.UnionType, typing.Union):  # X | None: the only unions in these records
+        inner = next(a for a in args if a is not type(None))
+        return None if value is None else _parse(inner, value, path)
+    if is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise _problem(path, f"expected a JSON object, got {_shown(value)}")
+        hints = typing.get_type_hints(tp)
+        return tp(**{f.name: _parse(hints[f.name], value.get(f.name, None if _optional(hints[f.name]) else _ABSENT),
+                                    f"{path}.{f.name}" if path else f.name)
+                     for f in fields(tp)})
+    if origin is tuple:  # tuple[X, ...]
+        if not isinstance(value, list):
+            raise _problem(path, f"expected a JSON list, got {_shown(value)}")
+        return tuple(_parse(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
+    if origin is dict:  # dict[str, X]: keyed by split name or package name
+        if not isinstance(value, dict):
+            raise _problem(path, f"expected a JSON object, got {_shown(value)}")
+        return {k: _parse(args[1], v, f"{path}.{k}") for k, v in value.items()}
+    if tp is dict:  # a config snapshot: any JSON object
+        if not isinstance(value, dict):
+            raise _problem(path, f"expected a JSON object, got {_shown(value)}")
+        return _json(value)
+    # bool is an int in Python, never in JSON: a flag is not a count, nor a count a flag.
+    ok = {bool: lambda v: isinstance(v, bool), int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+          str: lambda v: isinstance(v, str)}[tp]
+    if not ok(value):
+        raise _problem(path, f"expected {tp.__name__}, got {_shown(value)}")
+    return value
+
+
+def _optional(tp: Any) -> bool:
+    return type(None) in typing.get_args(tp)
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
+def _json(value: dict) -> dict:
+    """A private, JSON-normal copy (tuples become lists), so records compare equal to what they were read from."""
+    return json.loads(json.dumps(value))
+
+
+def _dump(value: Any) -> Any:
+    if is_dataclass(value):
+        return {f.name: _dump(v) for f in fields(value) if (v := getattr(value, f.name)) is not None}
+    if isinstance(value, (tuple, list)):
+        return [_dump(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _dump(v) for k, v in value.items()}
+    return value
+
+
+class _Record:
+    """JSON conversion shared by every record below (field order is attribute order on disk)."""
+
+    def to_attrs(self) -> dict:
+        return _dump(self)
+
+    @classmethod
+    def from_attrs(cls, attrs: dict, at: str = ""):
+        """Parse ``attrs``; ``at`` is this record's dotted path inside the group attributes, for errors."""
+        return _parse(cls, attrs, at)
+
+
+@dataclass(frozen=True)
+class TeacherMeta(_Record):
+    arch: str
+    width: int
+    params: int
+    checkpoint: str
+    checkpoint_sha256: str
+    trained_here: bool
+    config: dict  # the TeacherConfig as JSON, storage options removed
+    val_acc: float
+    test_acc: float
+    val_nll: float
+    test_nll: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "config", _json(self.config))
+
+    def model_cfg(self) -> ModelConfig:
+        """The teacher's architecture, rebuilt from its recorded config."""
+        model = _parse(dict, self.config.get("model", _ABSENT), "teacher.config.model")
+        return cast(ModelConfig, from_dict(ModelConfig, model))
+
+    @property
+    def seed(self) -> int:
+        """The seed the teacher was trained with."""
+        return _parse(int, self.config.get("seed", _ABSENT), "teacher.config.seed")
+
+
+@dataclass(frozen=True)
+class SplitMeta(_Record):
+    size: int
+    fingerprint: str  # sha256 of the split's ids, labels and pixels
+
+
+@dataclass(frozen=True)
+class DatasetMeta(_Record):
+    name: str
+    num_classes: int
+    class_names: tuple[str, ...]
+    input_shape: tuple[int, ...]
+    splits: dict[str, SplitMeta]
+
+
+@dataclass(frozen=True)
+class ViewsMeta(_Record):
+    """How many teacher views each sample has; when more than one, everything needed to replay them."""
+
+    count: int
+    seed: int | None = None
+    augment: dict | None = None  # the AugmentConfig as JSON
+    params: tuple[str, ...] | None = None  # the names of view_params' columns
+
+    def __post_init__(self) -> None:
+        if self.augment is not None:
+            object.__setattr__(self, "augment", _json(self.augment))
+        for name in ("seed", "augment", "params"):
+            if (getattr(self, name) is None) != (self.count == 1):
+                raise _problem(f"views.{name}", f"must be present exactly when views.count > 1 "
+                                                f"(count is {self.count})")
+
+    def replay(self) -> tuple[AugmentConfig, int]:
+        """The augmentation and seed that redraw the stored views."""
+        if self.seed is None or self.augment is None:
+            raise StoreError("views", "this store holds the clean view only", "write it with --views K")
+        return cast(AugmentConfig, from_dict(AugmentConfig, self.augment)), self.seed
+
+
+@dataclass(frozen=True)
+class LineageEntry(_Record):
+    """One ancestor of a born-again teacher: the store its teacher was taught from."""
+
+    store: str
+    provenance_key: str
+    teacher: str  # the ancestor teacher's architecture
+    test_acc: float
+
+
+@dataclass(frozen=True)
+class LayoutMeta(_Record):
+    chunk_rows: int
+    shard_rows: int
+
+
+@dataclass(frozen=True)
+class Provenance(_Record):
+    """What the producer of the logits records; :class:`StoreWriter` adds the rest of :class:`StoreMeta`."""
+
+    created_at: str
+    provenance_key: str
+    teacher: TeacherMeta
+    dataset: DatasetMeta
+    data_config: dict  # the DataConfig as JSON: stage 2 rebuilds the same splits from it
+    transform: dict
+    transform_hash: str
+    software: dict[str, str]
+    views: ViewsMeta
+    lineage: tuple[LineageEntry, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data_config", _json(self.data_config))
+        object.__setattr__(self, "transform", _json(self.transform))
+
+    def data_cfg(self) -> DataConfig:
+        """The data config the store was written from."""
+        return cast(DataConfig, from_dict(DataConfig, self.data_config))
+
+
+@dataclass(frozen=True)
+class StoreMeta(Provenance):
+    """Every group attribute of a store, typed; see the README's "Store format" table."""
+
+    format_version: int
+    encoding: str
+    complete: bool
+    layout: dict[str, LayoutMeta]
+    completed_at: str | None = None
+
+    @classmethod
+    def from_attrs(cls, attrs: dict, at: str = "") -> StoreMeta:
+        """Parse a store's group attributes; refuses an unknown ``format_version`` before anything else."""
+        version = attrs.get("format_version")
+        if version not in SUPPORTED_VERSIONS:
+            raise StoreError("format_version", f"store has version {version!r}, this pipeline reads "
+                             f"{', '.join(map(str, SUPPORTED_VERSIONS))}", "upgrade the pipeline or rewrite the store")
+        return _parse(cls, attrs, at)
+
+
+def software_versions() -> dict[str, str]:
+    import numcodecs
+    import numpy as np
+    import torch
+    import zarr
+
+    import pipeline
+
+    return {
+        "pipeline": pipeline.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "zarr": zarr.__version__,
+        "numcodecs": numcodecs.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

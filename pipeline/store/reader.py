@@ -1,0 +1,191 @@
+"""Reading a store: opened read-only, metadata parsed once, every chunk verified as it is decoded."""
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import numpy as np
+
+from pipeline.config import parse_encoding
+from pipeline.errors import StoreError
+from pipeline.store.codec import decode_topk, logits_arrays
+from pipeline.store.layout import SPLITS
+from pipeline.store.meta import StoreMeta
+from pipeline.store.paths import exists, local_path, zarr_store
+
+
+class SoftTargetStore:
+    """A complete store, opened read-only. Construction parses and validates the metadata into :attr:`meta`."""
+
+    def __init__(self, path: str, storage_options: dict | None = None, require_complete: bool = True) -> None:
+        import zarr
+
+        self.path, self.storage_options = path, storage_options
+        if not exists(path, storage_options):
+            raise StoreError("store", f"no soft-target store at {path!r}",
+                             "pass the path printed by `kd teacher` (see `kd stores`)")
+        try:
+            self.group = zarr.open_group(zarr_store(path, read_only=True, storage_options=storage_options), mode="r",
+                                         zarr_format=3)
+        except Exception as exc:  # unreadable metadata is a user-visible store problem
+            raise StoreError("store", f"cannot open {path!r} as a Zarr v3 group ({exc})",
+                             "pass a store written by `kd teacher`") from None
+        self.meta = StoreMeta.from_attrs(dict(self.group.attrs))
+        self._arrays: dict[tuple[str, str], object] = {}
+        if require_complete and not self.meta.complete:
+            raise StoreError("complete", f"store {path!r} is incomplete (the teacher run did not finish)",
+                             "rerun the same `kd teacher` command to finish it")
+
+    def _array(self, split: str, name: str):
+        """An array handle, opened once: opening reads its metadata from storage (~a quarter of a chunk read)."""
+        key = (split, name)
+        if key not in self._arrays:
+            self._arrays[key] = self.group[split][name]
+        return self._arrays[key]
+
+    # --- metadata -------------------------------------------------------
+    @property
+    def attrs(self) -> dict:
+        """The group attributes as JSON (what ``kd inspect`` prints); code reads the typed :attr:`meta`."""
+        return self.meta.to_attrs()
+
+    @property
+    def num_classes(self) -> int:
+        return self.meta.dataset.num_classes
+
+    @property
+    def encoding(self) -> str:
+        return self.meta.encoding
+
+    def splits(self) -> list[str]:
+        return [s for s in SPLITS if s in self.group]
+
+    def size(self, split: str) -> int:
+        return int(self._array(split, "labels").shape[0])
+
+    def chunk_rows(self, split: str) -> int:
+        return int(self._array(split, logits_arrays(self.encoding)[0]).chunks[0])
+
+    def labels(self, split: str) -> np.ndarray:
+        return self._read(split, "labels", slice(None))
+
+    def ids(self, split: str) -> np.ndarray:
+        return self._read(split, "ids", slice(None))
+
+    # --- data -----------------------------------------------------------
+    def _read(self, split: str, name: str, rows: slice) -> np.ndarray:
+        arr = self._array(split, name)
+        try:
+            values = arr[rows]
+        except Exception as exc:  # checksum mismatch or undecodable chunk
+            raise StoreError(f"{split}/{name}", f"chunk {self._chunk_of(arr, rows)} is corrupt ({type(exc).__name__}: "
+                             f"{str(exc)[:120]})", "the store was damaged after writing; re-run `kd teacher`") from None
+        if values.dtype.kind == "f":
+            # NaN is the fill value: one float32 sum per row finds it (published logits are finite, and
+            # float16 rows cannot overflow a float32 sum), far cheaper than an elementwise test.
+            bad = ~np.isfinite(values.reshape(len(values), -1).sum(axis=1, dtype=np.float32)) if values.ndim > 1 \
+                else ~np.isfinite(values)
+        else:
+            bad = values < 0 if values.ndim == 1 else (values < 0).reshape(len(values), -1).any(axis=1)
+        if np.any(bad):
+            row = (rows.start or 0) + int(np.nonzero(bad)[0][0])
+            chunk = row // arr.chunks[0]
+            raise StoreError(f"{split}/{name}", f"chunk {chunk} (row {row}) is missing from the store",
+                             "the store was damaged after writing; re-run `kd teacher`")
+        return values
+
+    @staticmethod
+    def _chunk_of(arr, rows: slice) -> str:
+        start = rows.start or 0
+        stop = rows.stop if rows.stop is not None else arr.shape[0]
+        first, last = start // arr.chunks[0], max(start, stop - 1) // arr.chunks[0]
+        return str(first) if first == last else f"{first}..{last}"
+
+    @property
+    def views(self) -> int:
+        """Teacher views per sample (1: the clean image only)."""
+        return self.meta.views.count
+
+    def read_views(self, split: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Decoded logits of every view, (rows, V, C) float32, verified (checksums, no missing chunk).
+
+        Under ``topk:K`` these are the dense logits of :func:`decode_topk`.
+        """
+        stop = self.size(split) if stop is None else stop
+        rows = slice(start, stop)
+        if parse_encoding(self.encoding)[0] == "topk":
+            return decode_topk(self._read(split, "topk_values", rows), self._read(split, "topk_indices", rows),
+                               self._read(split, "lse", rows), self.num_classes)
+        return self._read(split, "logits", rows).astype(np.float32, copy=False)
+
+    def read_logits(self, split: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Logits of the clean view (view 0), (rows, C) float32, verified."""
+        return np.ascontiguousarray(self.read_views(split, start, stop)[:, 0, :])
+
+    def view_params(self, split: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """(rows, V, 4) [dx, dy, flip, angle] of each stored view (only for stores with V > 1)."""
+        stop = self.size(split) if stop is None else stop
+        return self._read_params(split, slice(start, stop))
+
+    def _read_params(self, split: str, rows: slice) -> np.ndarray:
+        if self.views == 1:
+            raise StoreError("views", "this store holds the clean view only", "write it with --views K")
+        return self._read(split, "view_params", rows)
+
+    def iter_chunks(self, split: str) -> Iterator[tuple[int, np.ndarray]]:
+        """(start row, logits) per chunk, in order: each chunk is decoded exactly once."""
+        rows = self.chunk_rows(split)
+        for start in range(0, self.size(split), rows):
+            yield start, self.read_logits(split, start, start + rows)
+
+    def file_count(self) -> int | None:
+        """Objects the store occupies on a local disk (None for URL stores)."""
+        local = local_path(self.path)
+        return None if local is None else sum(len(files) for _, _, files in os.walk(local))
+
+    def verify(self) -> dict[str, int]:
+        """Decode every chunk of every array: checksums, missing chunks, NaN. Returns rows checked."""
+        checked = {}
+        for split in self.splits():
+            for _ in self.iter_chunks(split):
+                pass
+            self.labels(split)
+            self.ids(split)
+            checked[split] = self.size(split)
+        return checked
+
+    # --- size -----------------------------------------------------------
+    def _nbytes(self, names: tuple[str, ...], stored: bool = True) -> int:
+        total = 0
+        for split in self.splits():
+            for name in names:
+                arr = self._array(split, name)
+                total += int(arr.nbytes_stored() if stored else arr.nbytes)
+        return total
+
+    def nbytes_stored(self) -> int:
+        extra = ("view_params",) if self.views > 1 else ()
+        return self._nbytes(logits_arrays(self.encoding) + extra + ("labels", "ids", "written"))
+
+    def summary(self) -> dict:
+        """What ``kd inspect`` prints: metadata plus size, bytes per sample and compression ratio.
+
+        The compression ratio compares the stored logits with dense float32
+        logits (N x C x 4 bytes), i.e. what the encoding plus compression saves.
+        """
+        stored = self.nbytes_stored()
+        logits_stored = self._nbytes(logits_arrays(self.encoding))
+        n = sum(self.size(s) for s in self.splits())
+        logits_raw = n * self.views * self.num_classes * 4
+        return {
+            "path": self.path,
+            **self.attrs,
+            "samples": {s: self.size(s) for s in self.splits()},
+            "bytes_stored": stored,
+            "bytes_per_sample": stored / max(n, 1),
+            "logits_bytes_per_sample": logits_stored / max(n, 1),
+            "views": self.views,
+            "logits_bytes_per_view": logits_stored / max(n * self.views, 1),
+            "compression_ratio": logits_raw / max(logits_stored, 1),
+            "files": self.file_count(),
+        }

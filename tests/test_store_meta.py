@@ -1,0 +1,99 @@
+"""The store's attributes as a type: documented exactly by the README, round-tripped, and refused field by field."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import re
+import types
+import typing
+
+import pytest
+import zarr
+
+from pipeline.errors import StoreError
+from pipeline.store import SoftTargetStore, StoreMeta
+
+README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+
+
+def field_paths(cls: type, prefix: str = "") -> set[str]:
+    """Every leaf field of a record as the README names it: ``teacher.arch``, ``layout.<split>.chunk_rows``,
+    ``lineage[].store``. Config snapshots (plain JSON objects) are leaves."""
+    paths = set()
+    for name, tp in typing.get_type_hints(cls).items():
+        path = f"{prefix}{name}"
+        optional = isinstance(tp, types.UnionType)  # X | None
+        inner = next(a for a in typing.get_args(tp) if a is not type(None)) if optional else tp
+        origin, args = typing.get_origin(inner), typing.get_args(inner)
+        if dataclasses.is_dataclass(inner):
+            paths |= field_paths(inner, f"{path}.")
+        elif origin is dict and dataclasses.is_dataclass(args[1]):
+            paths |= field_paths(args[1], f"{path}.<split>.")
+        elif origin is tuple and dataclasses.is_dataclass(args[0]):
+            paths |= field_paths(args[0], f"{path}[].")
+        else:
+            paths.add(path)
+    return paths
+
+
+def readme_attributes() -> set[str]:
+    """The names in the first column of the README's group-attribute table."""
+    text = open(README, encoding="utf-8").read()
+    table = text[text.index("Group attributes"):].split("\n\n")[1]
+    rows = [line for line in table.splitlines() if line.startswith("|")][2:]  # after the header and its rule
+    assert rows, "the README's group-attribute table is empty"
+    return {name for row in rows for name in re.findall(r"`([^`]+)`", row.split("|")[1])}
+
+
+def test_readme_documents_every_attribute_and_no_other():
+    fields, documented = field_paths(StoreMeta), readme_attributes()
+    assert fields - documented == set(), "fields of StoreMeta missing from the README's attribute table"
+    assert documented - fields == set(), "the README's attribute table names fields that StoreMeta does not have"
+
+
+def test_round_trip_on_a_real_store(digits_store):
+    attrs = dict(zarr.open_group(digits_store, mode="r").attrs)
+    meta = StoreMeta.from_attrs(attrs)
+    assert StoreMeta.from_attrs(meta.to_attrs()) == meta
+    assert meta.to_attrs() == attrs  # the typed record writes back exactly what is on disk
+    assert SoftTargetStore(digits_store).meta == meta
+    assert meta.complete and meta.completed_at is not None and meta.views.count == 1 and meta.lineage == ()
+    assert set(meta.dataset.splits) == set(meta.layout) == {"train", "val", "test"}
+
+
+def _damage(store: str, edit) -> StoreError:
+    """The error opening ``store`` with its attributes changed by ``edit``; the attributes are restored after."""
+    g = zarr.open_group(store, mode="r+")
+    original = dict(g.attrs)
+    damaged = copy.deepcopy(original)
+    edit(damaged)
+    g.attrs.put(damaged)
+    try:
+        with pytest.raises(StoreError) as e:
+            SoftTargetStore(store)
+    finally:
+        g.attrs.put(original)
+    assert "\n" not in str(e.value)  # one line, never a KeyError/TypeError traceback
+    return e.value
+
+
+def test_removed_attribute_is_named(store_copy):
+    err = _damage(store_copy, lambda a: a["teacher"].pop("test_acc"))
+    assert err.field == "teacher.test_acc" and "missing" in err.problem
+
+
+def test_mistyped_attributes_are_named(store_copy):
+    err = _damage(store_copy, lambda a: a["dataset"]["splits"]["val"].update(size="270"))
+    assert err.field == "dataset.splits.val.size" and "expected int" in err.problem
+    err = _damage(store_copy, lambda a: a.update(complete="yes"))
+    assert err.field == "complete" and "expected bool" in err.problem
+    err = _damage(store_copy, lambda a: a.update(lineage=[{"store": "x", "provenance_key": "k", "teacher": "cnn"}]))
+    assert err.field == "lineage[0].test_acc"
+    err = _damage(store_copy, lambda a: a.update(views={"count": 2}))
+    assert err.field.startswith("views.") and "count" in err.problem
+
+
+def test_unknown_format_version_is_refused_before_the_fields(store_copy):
+    err = _damage(store_copy, lambda a: (a.pop("teacher"), a.update(format_version=1)))
+    assert err.field == "format_version"
