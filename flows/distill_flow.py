@@ -18,32 +18,27 @@ from pipeline.errors import UserError
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
-def open_store(cfg: DistillConfig) -> dict:
-    p = distill.plan(cfg)
-    teacher = p.store.meta.teacher
-    return {"teacher_row": p.teacher_row(), "meta": {
-        "store": cfg.store, "teacher": f"{teacher.arch} (test acc {100 * teacher.test_acc:.2f}%)",
-        "student": f"{cfg.model.arch} width {cfg.model.width}", "dataset": p.dataset.name,
-        "encoding": p.store.encoding}}
+def plan_run(cfg: DistillConfig) -> distill.DistillPlan:
+    return distill.plan(cfg)
 
 
 @task(cache_policy=NO_CACHE)
-def verify_views(cfg: DistillConfig) -> dict:
+def verify_views(p: distill.DistillPlan) -> dict:
     """The optional fidelity check: the teacher reruns on replayed views of a few samples."""
     from pipeline.views import verify_views as check
 
-    result = check(distill.plan(cfg).store, samples=cfg.verify_views)
+    result = check(p.store, samples=p.cfg.verify_views)
     get_run_logger().info("views verified: %s", result)
     return result
 
 
 @task(cache_policy=NO_CACHE, task_run_name="students[{specs[0].run_id}+{n}]")
-def train_students(cfg: DistillConfig, specs: list[StudentSpec], run_dir: str, n: int) -> list[dict]:
+def train_students(p: distill.DistillPlan, specs: list[StudentSpec], n: int) -> list[dict]:
     try:
-        return distill.train_students(cfg, specs, run_dir, progress=reporter(specs[0].run_id))
+        return distill.train_students(p, specs, progress=reporter(specs[0].run_id))
     except UserError as exc:  # e.g. a chunk found corrupt mid-run: fail these rows, keep the others
         get_run_logger().error(exc.one_line())
-        return [distill.failed_row(cfg, s, exc.one_line()) for s in specs]
+        return [distill.failed_row(p.cfg, s, exc.one_line()) for s in specs]
 
 
 @task(cache_policy=NO_CACHE)
@@ -55,20 +50,19 @@ def write_report(run_dir: str, rows: list[dict], meta: dict) -> dict:
 def distill_flow(config: DistillConfig):
     """Train every student of the grid from the store and report a leaderboard."""
     logger = get_run_logger()
-    opened = open_store(config)
+    p = plan_run(config)
     if config.verify_views:
-        verify_views(config)
-    run_dir = distill.run_dir(config)
-    futures = [train_students.submit(config, g, run_dir, len(g)) for g in distill.groups(config)]
-    rows = [opened["teacher_row"]] + [row for f in futures for row in f.result()]
-    paths = write_report(run_dir, rows, opened["meta"])
+        verify_views(p)
+    run_dir = p.run_dir
+    futures = [train_students.submit(p, g, len(g)) for g in distill.groups(config)]
+    rows = [p.teacher_row()] + [row for f in futures for row in f.result()]
+    paths = write_report(run_dir, rows, p.report_meta())
     board = report.leaderboard(rows)
     create_table_artifact(key="leaderboard", table=board, description=f"Leaderboard of {run_dir}")
     plot_url = "file://" + os.path.abspath(paths["plot"])
     markdown = open(paths["md"]).read().replace("(accuracy_vs_temperature.png)", f"({plot_url})")
     create_markdown_artifact(key="distill-report", markdown=markdown, description=f"report: {run_dir}")
     create_link_artifact(key="distill-plot", link=plot_url, link_text="accuracy vs temperature (PNG)")
-    distill.release(config)
     students = [r for r in rows if r["kind"] != "teacher"]
     if all(r["status"] != "ok" for r in students):
         return Failed(message=f"every student failed; see {paths['md']}")

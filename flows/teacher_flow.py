@@ -17,62 +17,59 @@ IO_RETRIES = {"retries": 2, "retry_delay_seconds": [2, 10]}
 
 
 @task(cache_policy=NO_CACHE)
-def plan_teacher(cfg: TeacherConfig) -> dict:
+def plan_teacher(cfg: TeacherConfig) -> tuple[teacher.TeacherPlan, bool, bool]:
+    """The run's plan, whether a complete store for it exists, and whether its checkpoint does."""
     p = teacher.plan(cfg)
-    return {"store": p.store_path, "checkpoint": p.checkpoint_path, "reusable": p.reusable,
-            "checkpoint_ready": p.checkpoint_ready}
+    return p, p.reusable, p.checkpoint_ready
 
 
 @task(cache_policy=NO_CACHE)
-def train_teacher(cfg: TeacherConfig) -> str:
-    p = teacher.plan(cfg)
+def train_teacher(p: teacher.TeacherPlan) -> str:
     teacher.train(p, progress=reporter("teacher"))
     return p.checkpoint_path
 
 
 @task(cache_policy=NO_CACHE, **IO_RETRIES)
-def publish_logits(cfg: TeacherConfig) -> str:
-    p = teacher.plan(cfg)
+def publish_logits(p: teacher.TeacherPlan) -> str:
     return teacher.publish(p, teacher.load(p))
 
 
 @task(cache_policy=NO_CACHE, **IO_RETRIES)
-def create_store(cfg: TeacherConfig) -> list[dict[str, list[int]]]:
-    p = teacher.plan(cfg)
+def create_store(p: teacher.TeacherPlan) -> list[dict[str, list[int]]]:
     writer = teacher.create_store(p, teacher.load(p))
     writer.close()
-    return teacher.pending_work(writer, cfg.writers)
+    return teacher.pending_work(writer, p.cfg.writers)
 
 
 @task(cache_policy=NO_CACHE, task_run_name="write-logits[{n}]", **IO_RETRIES)
-def write_part(cfg: TeacherConfig, work: dict[str, list[int]], n: int) -> int:
-    teacher.write_part(teacher.plan(cfg), work)
+def write_part(p: teacher.TeacherPlan, work: dict[str, list[int]], n: int) -> int:
+    teacher.write_part(p, work)
     return sum(len(v) for v in work.values())
 
 
 @task(cache_policy=NO_CACHE, **IO_RETRIES)
-def finalize_store(cfg: TeacherConfig) -> str:
-    return teacher.finalize(teacher.plan(cfg))
+def finalize_store(p: teacher.TeacherPlan) -> str:
+    return teacher.finalize(p)
 
 
 @flow(name="teacher", log_prints=True)
 def teacher_flow(config: TeacherConfig) -> str:
     """Train (or load) the teacher once and write its raw logits to a soft-target store."""
     logger = get_run_logger()
-    planned = plan_teacher(config)
-    if planned["reusable"]:
-        logger.info("a complete store with this provenance already exists; not retraining: %s", planned["store"])
-        return planned["store"]
-    if planned["checkpoint_ready"]:  # given, or saved by an earlier run that was cut off: resume from it
-        logger.info("using teacher checkpoint %s", planned["checkpoint"])
+    p, reusable, checkpoint_ready = plan_teacher(config)
+    if reusable:
+        logger.info("a complete store with this provenance already exists; not retraining: %s", p.store_path)
+        return p.store_path
+    if checkpoint_ready:  # given, or saved by an earlier run that was cut off: resume from it
+        logger.info("using teacher checkpoint %s", p.checkpoint_path)
     else:
-        train_teacher(config)
+        train_teacher(p)
     if config.writers == 1:
-        store = publish_logits(config)
+        store = publish_logits(p)
     else:
-        parts = create_store(config)
-        written = [f.result() for f in [write_part.submit(config, w, i) for i, w in enumerate(parts)]]
+        parts = create_store(p)
+        written = [f.result() for f in [write_part.submit(p, w, i) for i, w in enumerate(parts)]]
         logger.info("%d writers wrote %d shards", len(parts), sum(written))
-        store = finalize_store(config)
+        store = finalize_store(p)
     logger.info("store: %s", store)
     return store

@@ -13,6 +13,7 @@ from pipeline.checksums import sha256_file
 from pipeline.config import ModelConfig
 from pipeline.errors import UserError
 from pipeline.models import build_model
+from pipeline.store import SoftTargetStore
 
 
 def load_model(path: str, *, model: ModelConfig, input_shape: tuple[int, int, int], num_classes: int,
@@ -36,3 +37,11 @@ def load_model(path: str, *, model: ModelConfig, input_shape: tuple[int, int, in
         raise UserError(field, f"cannot load {path!r} into {model.arch} width {model.width} "
                         f"({(str(exc).splitlines() or [type(exc).__name__])[0][:160]})", fix) from None
     return net.eval()
+
+
+def load_store_teacher(store: SoftTargetStore, *, field: str = "checkpoint",
+                       fix: str = "restore it to check views") -> nn.Module:
+    """The teacher a store records, from its checkpoint (weights only, sha256 checked against the store)."""
+    t = store.meta.teacher
+    return load_model(t.checkpoint, model=t.model_cfg(), input_shape=store.meta.dataset.input_shape,
+                      num_classes=store.num_classes, sha256=t.checkpoint_sha256, field=field, fix=fix)

@@ -8,6 +8,7 @@ samples in the same order; the fingerprint proves it.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from dataclasses import dataclass
@@ -198,7 +199,17 @@ def add_label_noise(split: Split, rate: float, num_classes: int, seed: int) -> S
     return Split(split.x, torch.from_numpy(noisy.astype(np.int64)), split.ids)
 
 
+@functools.lru_cache(maxsize=4)
+def open_dataset(cfg: DataConfig) -> Dataset:
+    """The dataset of ``cfg``, loaded once per process (every task of a run, Dask workers included, shares it).
+
+    Callers must treat it as read-only.
+    """
+    return load_dataset(cfg)
+
+
 def load_dataset(cfg: DataConfig) -> Dataset:
+    """Load ``cfg``'s dataset afresh; prefer :func:`open_dataset`."""
     check_dataset_name(cfg.name)
     ds = load_imagefolder(cfg) if cfg.name.startswith("imagefolder:") else DATASETS[cfg.name](cfg)
     # Noise only ever touches train labels (what the teacher and the hard-label term see); val and

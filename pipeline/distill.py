@@ -3,20 +3,24 @@
 The teacher is never built or run here: its logits come from the store, and
 its leaderboard row from the store's attributes. The flow in
 ``flows/distill_flow.py`` calls :func:`plan` once (all validation, before any
-training), then :func:`train_students` per group of students, then the
-report functions.
+training) and hands the frozen :class:`DistillPlan` to :func:`train_students`
+for each group of students, then to the report functions.
 """
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import os
-import threading
 import time
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from pipeline.config import DataConfig, DistillConfig, StudentSpec, config_hash, to_dict
-from pipeline.data import Dataset, load_dataset
+from pipeline.checkpoints import load_store_teacher
+from pipeline.data import Dataset, open_dataset
 from pipeline.errors import StoreError, UserError
 from pipeline.loader import SoftTargetLoader, fits_cache
 from pipeline.models import count_parameters, measure_latency_ms, model_size_mb, resolve_device
@@ -48,35 +52,61 @@ def check_compatible(store: SoftTargetStore, ds: Dataset) -> None:
             raise StoreError(f"splits.{split}.fingerprint", f"{split} samples or labels differ from the store's", fix)
 
 
-class DistillPlan:
-    """An opened, validated store and the dataset it is aligned with."""
+@functools.lru_cache(maxsize=4)
+def _open_store(path: str, options_json: str) -> SoftTargetStore:
+    return SoftTargetStore(path, storage_options=json.loads(options_json) or None)
 
-    def __init__(self, cfg: DistillConfig) -> None:
-        resolve_device(cfg.device)
-        self.cfg = cfg
-        self.store = SoftTargetStore(cfg.store, storage_options=cfg.storage_options)
-        self.data_cfg: DataConfig = cfg.data or self.store.meta.data_cfg()
-        self.dataset = load_dataset(self.data_cfg)
-        check_compatible(self.store, self.dataset)
-        # CPU latency depends on the architecture, not on the trained weights, so it is measured once,
-        # here, before any student trains: timed between training threads (which hold the GIL and the
-        # cores) the same network measured anywhere from 1x to 100x its real time.
-        self.student_latency_ms = measure_latency_ms(
-            build_seeded(cfg.model, self.dataset.input_shape, self.dataset.num_classes, seed=0),
-            self.dataset.input_shape)
-        self.teacher_test_logits = torch.from_numpy(self.store.read_logits("test"))  # (N_test, C)
-        # Decoding the train logits here, when they fit the cache, also verifies every chunk
-        # before any training starts; larger stores are streamed and verified as they are read.
-        if cfg.mode == "online":
-            load_teacher(self)  # fail now, not in a task, if the checkpoint is gone or changed
-        n_train = self.store.size("train")
-        if self.store.views > 1 and cfg.augment.ops:
-            raise UserError("augment", "this store's teacher views define the augmentation (each view is replayed "
-                            "exactly)", "drop --augment, or distill from a clean-view store")
-        views = self.store.views
-        self.train_logits = None  # (N, C), or (N, V, C) with views
-        if cfg.mode == "offline" and fits_cache(n_train * views, self.store.num_classes, cfg.cache_mb):
-            self.train_logits = (self.store.read_views("train") if views > 1 else self.store.read_logits("train"))
+
+def open_store(path: str, storage_options: dict | None = None) -> SoftTargetStore:
+    """A complete store, opened read-only once per process (complete stores never change)."""
+    return _open_store(path, json.dumps(storage_options or {}, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=4)
+def decoded_logits(store: SoftTargetStore, split: str, all_views: bool) -> np.ndarray:
+    """A split's logits decoded (and so verified) once per process: (N, C), or (N, V, C) with ``all_views``."""
+    return store.read_views(split) if all_views else store.read_logits(split)
+
+
+@dataclass(frozen=True)
+class DistillPlan:
+    """What every task of one distill run shares: small, frozen and serialisable (it travels to Dask workers).
+
+    The store and the dataset are not carried: each process opens them once, through caches keyed by
+    their path and config (:func:`open_store`, :func:`pipeline.data.open_dataset`).
+    """
+
+    cfg: DistillConfig
+    data_cfg: DataConfig
+    run_dir: str
+    student_latency_ms: float
+
+    @property
+    def store(self) -> SoftTargetStore:
+        return open_store(self.cfg.store, self.cfg.storage_options)
+
+    @property
+    def dataset(self) -> Dataset:
+        return open_dataset(self.data_cfg)
+
+    @property
+    def teacher_test_logits(self) -> torch.Tensor:
+        return torch.from_numpy(decoded_logits(self.store, "test", False))  # (N_test, C)
+
+    def train_logits(self) -> np.ndarray | None:
+        """The decoded train logits when they fit ``cache_mb``, else None (the loader streams them)."""
+        store, cfg = self.store, self.cfg
+        if cfg.mode != "offline" or not fits_cache(store.size("train") * store.views, store.num_classes,
+                                                       cfg.cache_mb):
+            return None
+        return decoded_logits(store, "train", store.views > 1)
+
+    def report_meta(self) -> dict:
+        """The run's header in the report: store, teacher, student, dataset, encoding."""
+        t, cfg = self.store.meta.teacher, self.cfg
+        return {"store": cfg.store, "teacher": f"{t.arch} (test acc {100 * t.test_acc:.2f}%)",
+                "student": f"{cfg.model.arch} width {cfg.model.width}", "dataset": self.dataset.name,
+                "encoding": self.store.encoding}
 
     def teacher_row(self) -> dict:
         t = self.store.meta.teacher
@@ -87,6 +117,30 @@ class DistillPlan:
                 # The teacher is never built in stage 2: its size is estimated from its parameter count
                 # (float32, buffers not counted) and its latency is not measured.
                 "size_mb": t.params * 4 / 1e6, "size_mb_estimated": True, "latency_ms": None}
+
+
+def plan(cfg: DistillConfig) -> DistillPlan:
+    """Validate everything a run needs (store, data, device, online teacher) before any training."""
+    resolve_device(cfg.device)
+    store = open_store(cfg.store, cfg.storage_options)
+    data_cfg = cfg.data or store.meta.data_cfg()
+    ds = open_dataset(data_cfg)
+    check_compatible(store, ds)
+    if store.views > 1 and cfg.augment.ops:
+        raise UserError("augment", "this store's teacher views define the augmentation (each view is replayed "
+                        "exactly)", "drop --augment, or distill from a clean-view store")
+    if cfg.mode == "online":
+        load_teacher(store)  # fail now, not in a task, if the checkpoint is gone or changed
+    # CPU latency depends on the architecture, not on the trained weights, so it is measured once,
+    # here, before any student trains: timed between training threads (which hold the GIL and the
+    # cores) the same network measured anywhere from 1x to 100x its real time.
+    latency = measure_latency_ms(build_seeded(cfg.model, ds.input_shape, ds.num_classes, seed=0), ds.input_shape)
+    p = DistillPlan(cfg=cfg, data_cfg=data_cfg, run_dir=run_dir(cfg), student_latency_ms=latency)
+    # Decoding the train logits now, when they fit the cache, verifies every chunk before any
+    # training starts; larger stores are streamed and verified as they are read.
+    p.train_logits()
+    decoded_logits(store, "test", False)
+    return p
 
 
 def run_dir(cfg: DistillConfig) -> str:
@@ -114,25 +168,6 @@ def completed_run(cfg: DistillConfig) -> str | None:
     return path if os.path.isfile(os.path.join(path, LEADERBOARD)) else None
 
 
-_PLANS: dict[str, DistillPlan] = {}
-_PLANS_LOCK = threading.Lock()
-
-
-def plan(cfg: DistillConfig) -> DistillPlan:
-    """Validate everything and open the store; cached so every task of a run in this process shares one."""
-    key = config_hash(cfg)
-    with _PLANS_LOCK:
-        if key not in _PLANS:
-            _PLANS[key] = DistillPlan(cfg)
-        return _PLANS[key]
-
-
-def release(cfg: DistillConfig) -> None:
-    """Drop the cached plan (dataset and open store) once a run is over."""
-    with _PLANS_LOCK:
-        _PLANS.pop(config_hash(cfg), None)
-
-
 def groups(cfg: DistillConfig) -> list[list[StudentSpec]]:
     """The student grid cut into groups that each train in one shared pass.
 
@@ -146,21 +181,19 @@ def groups(cfg: DistillConfig) -> list[list[StudentSpec]]:
     return [specs[i:i + cfg.group_size] for specs in by_seed.values() for i in range(0, len(specs), cfg.group_size)]
 
 
-def train_students(cfg: DistillConfig, specs: list[StudentSpec], run_dir: str,
-                   progress: Progress | None = None) -> list[dict]:
+def train_students(p: DistillPlan, specs: list[StudentSpec], *, progress: Progress | None = None) -> list[dict]:
     """Train one group from the store, evaluate on test at T = 1, save each chosen checkpoint."""
-    p = plan(cfg)
-    ds = p.dataset
+    cfg, ds, run_dir = p.cfg, p.dataset, p.run_dir
     device = resolve_device(cfg.device)
     online = cfg.mode == "online"
     loader = SoftTargetLoader(ds.splits["train"], cfg.optim.batch_size, seed=specs[0].seed,
-                              store=None if online else p.store, cache_mb=cfg.cache_mb, cached=p.train_logits,
+                              store=None if online else p.store, cache_mb=cfg.cache_mb, cached=p.train_logits(),
                               chunk_rows=p.store.chunk_rows("train"), workers=cfg.workers,
                               view_policy=cfg.view_policy)
     label = ",".join(s.run_id for s in specs)
     results = fit_group(specs, model_cfg=cfg.model, optim=cfg.optim, augment=cfg.augment, loader=loader,
                         val=ds.splits["val"], input_shape=ds.input_shape, num_classes=ds.num_classes, device=device,
-                        label=label, progress=progress, teacher=load_teacher(p) if online else None)
+                        label=label, progress=progress, teacher=load_teacher(p.store) if online else None)
     os.makedirs(os.path.join(run_dir, "students"), exist_ok=True)
     rows = []
     for r in results:
@@ -180,11 +213,9 @@ def train_students(cfg: DistillConfig, specs: list[StudentSpec], run_dir: str,
     return rows
 
 
-def load_teacher(p: DistillPlan) -> torch.nn.Module:
+def load_teacher(store: SoftTargetStore) -> torch.nn.Module:
     """Online mode only: the store's teacher, from its recorded checkpoint (weights only)."""
-    from pipeline.views import load_store_teacher
-
-    return load_store_teacher(p.store, field="mode", fix="use --mode offline, or restore the checkpoint")
+    return load_store_teacher(store, field="mode", fix="use --mode offline, or restore the checkpoint")
 
 
 def _row(cfg: DistillConfig, s: StudentSpec) -> dict:

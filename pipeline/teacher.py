@@ -21,7 +21,7 @@ from pipeline.augment import Augmenter
 from pipeline.checkpoints import load_model
 from pipeline.checksums import sha256_file
 from pipeline.config import TeacherConfig, config_hash, to_dict
-from pipeline.data import Dataset, load_dataset
+from pipeline.data import Dataset, open_dataset
 from pipeline.errors import UserError
 from pipeline.models import count_parameters, resolve_device
 from pipeline.store import (SPLITS, DatasetMeta, LineageEntry, Provenance, SoftTargetStore, StoreWriter, TeacherMeta,
@@ -52,14 +52,22 @@ def public_config(cfg: TeacherConfig) -> dict:
     return {k: v for k, v in asdict(cfg).items() if k != "storage_options"}
 
 
-@dataclass
+@dataclass(frozen=True)
 class TeacherPlan:
+    """What every task of one teacher run shares: small, frozen and serialisable (it travels to Dask workers).
+
+    The dataset is not carried: each process opens it once, through :func:`pipeline.data.open_dataset`.
+    """
+
     cfg: TeacherConfig
-    dataset: Dataset
     provenance_key: str
     store_path: str
     checkpoint_path: str
     checkpoint_sha256: str | None  # known up front only when loading a given checkpoint
+
+    @property
+    def dataset(self) -> Dataset:
+        return open_dataset(self.cfg.data)
 
     @property
     def checkpoint_ready(self) -> bool:
@@ -84,7 +92,7 @@ def plan(cfg: TeacherConfig) -> TeacherPlan:
     if cfg.checkpoint is not None and not os.path.isfile(cfg.checkpoint):
         raise UserError("checkpoint", f"{cfg.checkpoint!r} does not exist", "pass a file written by `kd teacher`")
     resolve_device(cfg.device)
-    ds = load_dataset(cfg.data)
+    ds = open_dataset(cfg.data)
     ckpt_sha = sha256_file(cfg.checkpoint) if cfg.checkpoint else None
     parent = lineage_of(cfg.parent_store, cfg.storage_options) if cfg.parent_store else ()
     teacher_part = {"parent": parent[0].provenance_key if parent else None,
@@ -95,7 +103,8 @@ def plan(cfg: TeacherConfig) -> TeacherPlan:
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", ds.name).strip("_")
     name = f"{slug}-{cfg.model.arch}-{key[:10]}"
     ckpt = cfg.checkpoint or os.path.join(cfg.checkpoint_root, f"{name}.pt")
-    return TeacherPlan(cfg, ds, key, join(cfg.store_root, f"{name}.zarr"), ckpt, ckpt_sha)
+    return TeacherPlan(cfg=cfg, provenance_key=key, store_path=join(cfg.store_root, f"{name}.zarr"),
+                       checkpoint_path=ckpt, checkpoint_sha256=ckpt_sha)
 
 
 def progress_bar() -> bool:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from pipeline.augment import Augmenter
-from pipeline.checkpoints import load_model
+from pipeline.checkpoints import load_store_teacher
 from pipeline.data import load_dataset
 from pipeline.errors import StoreError
 from pipeline.store import SoftTargetStore, parse_encoding
@@ -21,14 +21,6 @@ from pipeline.train import predict
 # float16 keeps 11 significant bits: a relative error up to 2^-11, plus slack for a different
 # convolution algorithm on another machine. float32 only differs by summation order.
 TOLERANCE = {"float16": (2.0**-10, 1e-3), "float32": (1e-5, 1e-4)}
-
-
-def load_store_teacher(store: SoftTargetStore, field: str = "checkpoint",
-                       fix: str = "restore it to check views") -> torch.nn.Module:
-    """The teacher recorded in a store, from its checkpoint (weights only, sha256 checked)."""
-    t = store.meta.teacher
-    return load_model(t.checkpoint, model=t.model_cfg(), input_shape=store.meta.dataset.input_shape,
-                      num_classes=store.num_classes, sha256=t.checkpoint_sha256, field=field, fix=fix)
 
 
 def verify_views(store: SoftTargetStore, samples: int = 32, seed: int = 0, model: torch.nn.Module | None = None,

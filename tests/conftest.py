@@ -68,9 +68,9 @@ def trained_report(digits_store, tmp_path_factory) -> str:
     root = tmp_path_factory.mktemp("report")
     cfg = DistillConfig(store=digits_store, model=ModelConfig(arch="cnn", width=4), optim=OptimConfig(epochs=1),
                         temperatures=(4.0,), report_root=str(root), run_name="run", device="cpu")
-    run_dir = distill.run_dir(cfg)
-    rows = [distill.plan(cfg).teacher_row()] + distill.train_students(cfg, cfg.students(), run_dir)
-    distill.release(cfg)
+    p = distill.plan(cfg)
+    run_dir = p.run_dir
+    rows = [p.teacher_row()] + distill.train_students(p, cfg.students())
     failed = cfg.students()[0].__class__(loss="kl", temperature=8.0, alpha=0.9, beta=None, seed=0)
     rows.append(distill.failed_row(cfg, failed, "loss became nan at epoch 0 step 3"))
     report.write_report(run_dir, rows, {"store": digits_store})

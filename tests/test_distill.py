@@ -26,7 +26,7 @@ def _cfg(store, tmp_path, **kw):
 ])
 def test_store_from_other_data_is_refused(digits_store, tmp_path, data, field):
     with pytest.raises(StoreError) as e:
-        distill.DistillPlan(_cfg(digits_store, tmp_path, data=data))
+        distill.plan(_cfg(digits_store, tmp_path, data=data))
     assert e.value.field == field
 
 
@@ -38,7 +38,7 @@ def test_wrong_class_count_is_refused(store_copy, tmp_path):
     d["num_classes"] = 11
     g.attrs["dataset"] = d
     with pytest.raises(StoreError) as e:
-        distill.DistillPlan(_cfg(store_copy, tmp_path))
+        distill.plan(_cfg(store_copy, tmp_path))
     assert e.value.field == "num_classes"
 
 
@@ -51,14 +51,14 @@ def test_wrong_dataset_name_is_refused(tmp_path, digits_store):
     d["name"] = "mnist"
     g.attrs["dataset"] = d
     with pytest.raises(StoreError) as e:
-        distill.DistillPlan(_cfg(other, tmp_path, data=DataConfig(train_limit=400)))
+        distill.plan(_cfg(other, tmp_path, data=DataConfig(train_limit=400)))
     assert e.value.field == "dataset"
 
 
 def test_corrupt_store_is_refused_before_training(store_copy, tmp_path):
     flip_byte(shard_file(store_copy), at=0.2, mask=0x10)
     with pytest.raises(StoreError, match="train/logits"):
-        distill.DistillPlan(_cfg(store_copy, tmp_path))
+        distill.plan(_cfg(store_copy, tmp_path))
 
 
 def test_students_train_without_the_teacher(tmp_path, monkeypatch):
@@ -78,7 +78,8 @@ def test_students_train_without_the_teacher(tmp_path, monkeypatch):
 
     monkeypatch.setattr("pipeline.train.build_model", spy)
     cfg = _cfg(store, tmp_path)
-    rows = distill.train_students(cfg, cfg.students(), str(tmp_path / "run"))
+    p = distill.plan(cfg)
+    rows = distill.train_students(p, cfg.students())
     # One to time the architecture when the plan opens the store, then baseline + 2 temperatures;
     # never the mlp teacher.
     assert built == ["cnn", "cnn", "cnn", "cnn"]
@@ -89,16 +90,15 @@ def test_students_train_without_the_teacher(tmp_path, monkeypatch):
         # Leaderboard columns, and what `kd export` needs to rebuild the student.
         assert r["params"] == models.count_parameters(real(ModelConfig(arch="cnn", width=4), (1, 8, 8), 10))
         assert r["size_mb"] > r["params"] * 4 / 1e6  # parameters plus BatchNorm buffers
-        assert 0 < r["latency_ms"] < 1000 and r["latency_ms"] == distill.plan(cfg).student_latency_ms
+        assert 0 < r["latency_ms"] < 1000 and r["latency_ms"] == p.student_latency_ms
         assert (r["arch"], r["width"], r["input_shape"], r["num_classes"]) == ("cnn", 4, [1, 8, 8], 10)
         assert r["epochs_trained"] == 2 and r["stopped_epoch"] is None
-    row = distill.plan(cfg).teacher_row()
+    row = p.teacher_row()
     assert row["test_acc"] == SoftTargetStore(store).attrs["teacher"]["test_acc"]
     # The teacher is never built here: size estimated from its parameter count, latency not measured.
     assert row["params"] == (64 * 64 + 64) + (64 * 64 + 64) + (64 * 10 + 10)  # the mlp-64 teacher, by hand
     assert row["size_mb"] == pytest.approx(row["params"] * 4 / 1e6) and row["size_mb_estimated"] is True
     assert row["latency_ms"] is None and row["width"] == 64
-    distill.release(cfg)
 
 
 def test_groups_cut_the_grid(digits_store, tmp_path):
@@ -135,9 +135,9 @@ def test_a_store_with_label_noise_refuses_clean_data(tmp_path):
     for split in ("val", "test"):
         assert (s.labels(split) == clean.splits[split].y.numpy()).all()
     with pytest.raises(StoreError) as e:
-        distill.DistillPlan(_cfg(store, tmp_path, data=DataConfig()))
+        distill.plan(_cfg(store, tmp_path, data=DataConfig()))
     assert e.value.field == "splits.train.fingerprint"
     # Without --dataset the data is rebuilt from the store's data_config, noise included: accepted.
-    plan = distill.DistillPlan(_cfg(store, tmp_path))
+    plan = distill.plan(_cfg(store, tmp_path))
     assert plan.data_cfg == noisy
     assert (plan.dataset.splits["train"].y.numpy() == s.labels("train")).all()

@@ -13,25 +13,24 @@ from pipeline.errors import UserError
 
 def _cfg(store, tmp_path, mode, **kw):
     base = dict(store=store, model=ModelConfig(arch="cnn", width=4), optim=OptimConfig(epochs=3, lr=1e-2),
-                temperatures=(4.0,), report_root=str(tmp_path), device="cpu", mode=mode)
+                temperatures=(4.0,), report_root=str(tmp_path), device="cpu", mode=mode, run_name=mode)
     base.update(kw)
     return DistillConfig(**base)
 
 
 def _steps(cfg, tmp_path):
-    rows = distill.train_students(cfg, cfg.students()[1:], str(tmp_path / cfg.mode))
+    p = distill.plan(cfg)
+    rows = distill.train_students(p, cfg.students()[1:])
     assert rows[0]["status"] == "ok"
-    from pipeline.distill import plan
     from pipeline.loader import SoftTargetLoader
     from pipeline.train import fit_group
 
-    p = plan(cfg)
     loader = SoftTargetLoader(p.dataset.splits["train"], cfg.optim.batch_size, seed=0,
                               store=None if cfg.mode == "online" else p.store, chunk_rows=p.store.chunk_rows("train"))
     (r,) = fit_group(cfg.students()[1:], model_cfg=cfg.model, optim=cfg.optim, augment=cfg.augment, loader=loader,
                      val=p.dataset.splits["val"], input_shape=p.dataset.input_shape,
                      num_classes=p.dataset.num_classes, device=distill.resolve_device("cpu"),
-                     teacher=distill.load_teacher(p) if cfg.mode == "online" else None)
+                     teacher=distill.load_teacher(p.store) if cfg.mode == "online" else None)
     return r
 
 
@@ -50,7 +49,7 @@ def test_float16_accuracy_within_float32_seed_spread(tmp_path):
     for enc in ("float32", "float16"):
         store = build_store(str(tmp_path / enc), encoding=enc)
         cfg = _cfg(store, tmp_path, "offline", seeds=(0, 1, 2), run_name=enc)
-        rows = distill.train_students(cfg, [s for s in cfg.students() if not s.is_baseline], str(tmp_path / enc))
+        rows = distill.train_students(distill.plan(cfg), [s for s in cfg.students() if not s.is_baseline])
         accs[enc] = [r["test_acc"] for r in rows]
     mean32, sd32 = statistics.fmean(accs["float32"]), statistics.stdev(accs["float32"])
     # Same teacher weights, logits rounded to half precision: the mean lands inside float32's seed spread.
@@ -65,5 +64,5 @@ def test_online_mode_needs_the_recorded_checkpoint(store_copy, tmp_path):
     t["checkpoint"] = str(tmp_path / "gone.pt")
     g.attrs["teacher"] = t
     with pytest.raises(UserError) as e:
-        distill.DistillPlan(_cfg(store_copy, tmp_path, "online"))
+        distill.plan(_cfg(store_copy, tmp_path, "online"))
     assert e.value.field == "mode"

@@ -61,6 +61,6 @@ def test_preset_architectures_run_end_to_end(image_folder, tmp_path):
     p = teacher.plan(teacher_config(a))
     store = teacher.publish(p, teacher.train(p))
     cfg = distill_config(student_namespace(a), store)
-    rows = distill.train_students(cfg, cfg.students(), str(tmp_path / "run"))
+    rows = distill.train_students(distill.plan(cfg), cfg.students())
     assert [r["status"] for r in rows] == ["ok"] * 3 and all(r["arch"] == "mobilenet_v3_small" for r in rows)
     assert os.path.exists(rows[0]["checkpoint"])

@@ -204,9 +204,6 @@ def test_file_urls_for_store_root_and_store(tmp_path):
     dcfg = DistillConfig(store=path, model=ModelConfig(arch="mlp", width=16), optim=OptimConfig(epochs=1),
                          temperatures=(4.0,), report_root=f"{root}/reports", run_name="file", device="cpu",
                          group_size=2)
-    try:
-        (group,) = distill.groups(dcfg)
-        rows = distill.train_students(dcfg, group, distill.run_dir(dcfg))
-    finally:
-        distill.release(dcfg)
+    (group,) = distill.groups(dcfg)
+    rows = distill.train_students(distill.plan(dcfg), group)
     assert [(r["run_id"], r["status"]) for r in rows] == [("baseline-s0", "ok"), ("kl-T4-a0.9-s0", "ok")]

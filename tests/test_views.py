@@ -13,6 +13,7 @@ import torch
 from pipeline import distill, teacher
 from pipeline.augment import Augmenter
 from pipeline.config import AugmentConfig, DistillConfig, ModelConfig, OptimConfig
+from pipeline.data import load_dataset
 from pipeline.errors import StoreError, UserError
 from pipeline.loader import SoftTargetLoader
 from pipeline.store import SoftTargetStore
@@ -69,7 +70,7 @@ def _expected(split, rows, views, store):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_loader_trains_on_the_view_the_teacher_scored(views_store, workers):
     s = SoftTargetStore(views_store)
-    split = distill.load_dataset(s.meta.data_cfg()).splits["train"]
+    split = load_dataset(s.meta.data_cfg()).splits["train"]
     every = s.read_views("train")  # (N, V, C)
     loader = SoftTargetLoader(split, 64, seed=1, store=s, workers=workers, cache_mb=0 if workers else 1000)
     seen_views = set()
@@ -84,7 +85,7 @@ def test_loader_trains_on_the_view_the_teacher_scored(views_store, workers):
 
 def test_cycle_policy_visits_every_view(views_store):
     s = SoftTargetStore(views_store)
-    split = distill.load_dataset(s.meta.data_cfg()).splits["train"]
+    split = load_dataset(s.meta.data_cfg()).splits["train"]
     loader = SoftTargetLoader(split, 64, seed=1, store=s, view_policy="cycle")
     rows = np.arange(10)
     assert {tuple(loader.views_for(rows, e)) for e in range(3)} == {tuple((rows + e) % 3) for e in range(3)}
@@ -102,10 +103,10 @@ def test_fidelity_check_passes_and_catches_a_wrong_replay(views_store):
 def test_distilling_from_views(views_store, tmp_path):
     cfg = DistillConfig(store=views_store, model=ModelConfig("cnn", 4), optim=OptimConfig(epochs=2, lr=1e-2),
                         temperatures=(4.0,), report_root=str(tmp_path), device="cpu")
-    rows = distill.train_students(cfg, cfg.students(), str(tmp_path / "run"))
+    rows = distill.train_students(distill.plan(cfg), cfg.students())
     assert all(r["status"] == "ok" for r in rows)
     with pytest.raises(UserError) as e:
-        distill.DistillPlan(DistillConfig(store=views_store, augment=AugmentConfig(ops=("flip",))))
+        distill.plan(DistillConfig(store=views_store, augment=AugmentConfig(ops=("flip",))))
     assert e.value.field == "augment"
 
 
