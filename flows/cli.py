@@ -75,7 +75,8 @@ def distill_config(a: argparse.Namespace, store: str) -> DistillConfig:
                             "pass --dataset too, or omit it: the store's data already records its label noise")
         others = [o.flag for o in DISTILL if o.path[0] == "data" and o.path[-1] in data and o.path[-1] != "name"]
         if others:
-            raise UserError("dataset", f"{', '.join(others)} only apply together with --dataset",
+            verb = "apply" if len(others) > 1 else "applies"
+            raise UserError("dataset", f"{', '.join(others)} only {verb} together with --dataset",
                             "pass --dataset too, or omit them: the store records how its data was split")
         given["data"] = None
     return from_dict(DistillConfig, given)

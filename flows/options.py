@@ -45,7 +45,7 @@ class Option:
         return self.flag[2:].replace("-", "_")
 
 
-def number_or_off(cast: type) -> Any:
+def _number_or_off(cast: type) -> Any:
     def parse(text: str) -> Any:
         if text.lower() in (OFF, "none"):
             return None
@@ -95,12 +95,12 @@ def defaults(cls: type) -> dict[str, Any]:
             for f in dataclasses.fields(cls)}
 
 
-def _walk(cls: type, values: dict[str, Any], *, group: str, path: tuple[str, ...], prefix: str,
+def _walk(cls: type, current: dict[str, Any], *, group: str, path: tuple[str, ...], prefix: str,
           prefixes: dict[str, str], skip: set[str], optional: bool, optional_text: str | None = None):
     types = typing.get_type_hints(cls)
     first = True
     for f in dataclasses.fields(cls):
-        meta, default = f.metadata, values[f.name]
+        meta, default = f.metadata, current[f.name]
         if f.name in skip or not meta["cli"]:
             continue
         sub = config_class(types[f.name])
@@ -138,7 +138,7 @@ def _parsing(annotation: Any, meta: Any) -> dict:
             return {"kwargs": {**kwargs, "type": _joined(item, meta["separator"])}}
         return {"kwargs": {**kwargs, "type": item, "nargs": "+", "choices": meta["choices"]}}
     if nullable and base in (int, float):
-        return {"kwargs": {**kwargs, "type": number_or_off(base)}, "off": True}
+        return {"kwargs": {**kwargs, "type": _number_or_off(base)}, "off": True}
     return {"kwargs": {**kwargs, "type": base, "choices": meta["choices"]}}
 
 
@@ -154,7 +154,7 @@ def _shown(opt: Option) -> str | None:
     return None if value is dataclasses.MISSING else str(value)
 
 
-def help_text(opt: Option) -> str:
+def _help_text(opt: Option) -> str:
     """The option's help with its default, shown once (escaped for argparse's %-formatting)."""
     text = opt.help
     if opt.separator and opt.choices:
@@ -169,13 +169,14 @@ def add_options(parser: argparse.ArgumentParser, options: Iterable[Option]) -> N
     """Add ``options`` to ``parser``, one argument group per group title (in order of appearance)."""
     groups: dict[str, Any] = {}
     for opt in options:
-        g = groups.get(opt.group) or groups.setdefault(opt.group, parser.add_argument_group(opt.group))
+        if opt.group not in groups:
+            groups[opt.group] = parser.add_argument_group(opt.group)
         default = argparse.SUPPRESS if opt.suppress else opt.default
         required = opt.default is dataclasses.MISSING
         kwargs = {k: v for k, v in opt.kwargs.items() if v is not None}
-        action = g.add_argument(opt.flag, dest=opt.dest, required=required,
+        action = groups[opt.group].add_argument(opt.flag, dest=opt.dest, required=required,
                                 **({} if required else {"default": default}), **kwargs)
-        action.help = help_text(opt)  # set after: BooleanOptionalAction would append its own default
+        action.help = _help_text(opt)  # set after: BooleanOptionalAction would append its own default
 
 
 def values(namespace: argparse.Namespace, options: Iterable[Option]) -> dict:
@@ -197,12 +198,12 @@ def dests(settings: dict, options: Iterable[Option]) -> dict[str, Any]:
 
     def walk(node: dict, path: tuple[str, ...]) -> None:
         for name, value in node.items():
-            if isinstance(value, dict):
-                walk(value, (*path, name))
-            elif (*path, name) not in by_path:
-                raise KeyError(f"no option for {'.'.join((*path, name))}")
-            else:
+            if (*path, name) in by_path:
                 flat[by_path[(*path, name)]] = value
+            elif isinstance(value, dict):
+                walk(value, (*path, name))
+            else:
+                raise KeyError(f"no option for {'.'.join((*path, name))}")
 
     walk(settings, ())
     return flat

@@ -269,7 +269,8 @@ class TeacherConfig:
     model: ModelConfig = option(factory=teacher_model, help="model")
     optim: OptimConfig = option(factory=teacher_optim, help="optimisation")
     augment: AugmentConfig = option(factory=AugmentConfig, help="augmentation")
-    seed: int = option(0, help="seed of the teacher's initialisation, batch order and augmentation")
+    seed: int = option(0, help="seed of the teacher's training (initialisation, batch order, augmentation) and "
+                              "of its stored views")
     checkpoint: str | None = option(None, metavar="FILE", help="load this teacher instead of training one")
     parent_store: str | None = option(None, cli=False,  # set by born-again KD, one generation to the next
                                       help="the store whose student this teacher is (its lineage)")

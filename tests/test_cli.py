@@ -248,7 +248,9 @@ def test_distill_data_options_need_dataset(capsys, digits_store):
 
     for option in ("--val-fraction", "--test-fraction"):
         err = _fails(capsys, "distill", "--store", digits_store, option, "0.2")
-        assert err.startswith(f"error: dataset: {option} only apply")
+        assert err.startswith(f"error: dataset: {option} only applies together with --dataset")
+    err = _fails(capsys, "distill", "--store", digits_store, "--data-root", "elsewhere", "--split-seed", "0")
+    assert err.startswith("error: dataset: --data-root, --split-seed only apply together with --dataset")
     a = build_parser().parse_args(["distill", "--store", "s.zarr", "--dataset", "digits", "--train-limit", "9"])
     assert distill_config(a, a.store).data == DataConfig(train_limit=9)
 
