@@ -6,8 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prefect.task_runners import ThreadPoolTaskRunner
-
+from pipeline.config import option
 from pipeline.errors import UserError
 
 RUNNERS = ("thread", "dask")
@@ -17,9 +16,11 @@ RUNNERS = ("thread", "dask")
 class RunnerConfig:
     """``thread``: a thread pool here. ``dask``: a Dask cluster at ``address``, or a LocalCluster of ``workers``."""
 
-    name: str = "thread"
-    address: str | None = None
-    workers: int = 2
+    name: str = option("thread", flag="runner", choices=RUNNERS,
+                       help="where Prefect tasks run: threads here, or a Dask cluster (prefect-dask)")
+    address: str | None = option(None, flag="dask-address", help="scheduler address (tcp://…)",
+                                 default_text="a LocalCluster")
+    workers: int = option(2, flag="dask-workers", help="worker processes of the LocalCluster")
 
     def __post_init__(self) -> None:
         if self.name not in RUNNERS:
@@ -31,6 +32,10 @@ class RunnerConfig:
 
 
 def task_runner(cfg: RunnerConfig):
+    # Prefect is imported here, not at the top: `kd` builds its options from RunnerConfig, and
+    # `kd --help` or a refused option should not wait for Prefect to import.
+    from prefect.task_runners import ThreadPoolTaskRunner
+
     if cfg.name == "thread":
         return ThreadPoolTaskRunner()
     from prefect_dask import DaskTaskRunner

@@ -1,16 +1,26 @@
-"""Typed configuration for both stages.
+"""Typed configuration for both stages: the one schema of every option.
 
 Every run is described by frozen dataclasses that validate themselves on
 construction, so a bad value is refused before any data is loaded or any model
 is built. The CLI and the Prefect flows both build these; the library only ever
 takes configs, never loose keyword arguments.
+
+Each field is declared with :func:`option`, which carries its help text, its
+choices and how it reads on a command line; ``flows/options.py`` generates the
+``kd`` options from these fields, so an option is added here and nowhere else.
+The defaults of the two stages are the named constructors :func:`teacher_model`,
+:func:`teacher_optim`, :func:`student_model` and :func:`student_optim`.
 """
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+import typing
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Callable, TypeVar
 
 from pipeline.errors import UserError
 
@@ -24,6 +34,36 @@ DEVICES = ("auto", "cpu", "cuda")
 MODES = ("offline", "online")
 VIEW_POLICIES = ("uniform", "cycle")
 EXPORT_FORMATS = ("torchscript", "onnx")
+BUILTIN_ARCHS = ("mlp", "cnn")  # the keys of pipeline.models.MODELS (a test keeps the two equal)
+
+C = TypeVar("C")
+
+STORAGE_OPTIONS_HELP = 'JSON object passed to fsspec for URL stores, e.g. \'{"anon": false}\''
+
+
+def option(default: Any = dataclasses.MISSING, *, factory: Callable[[], Any] | None = None, help: str,
+           choices: tuple[str, ...] | None = None, flag: str | None = None, metavar: str | None = None,
+           default_text: str | None = None, separator: str | None = None, prefix: str = "", inherit: bool = True,
+           cli: bool = True) -> Any:
+    """A config field with what the command line needs to know about it (kept in ``field.metadata``).
+
+    ``help``: the option's help text; for a nested config, the title of its option group.
+    ``choices``: the values allowed (the same tuple the field is validated against).
+    ``flag``: the option's name when it is not the field's (``name`` -> ``dataset``), without ``--``.
+    ``metavar``: the placeholder shown in ``--help``. ``default_text``: how the default reads in ``--help``
+    where the value alone would not say it (e.g. ``None`` meaning "the split seed").
+    ``separator``: a tuple given as one argument joined by it (``--augment translate,flip``); otherwise
+    tuples take several arguments (``--temperatures 1 2 4``).
+    ``prefix``: for a nested config, put in front of each of its flags (``view-`` -> ``--view-augment``).
+    ``inherit=False``: in ``kd run`` the students keep their own default for this field instead of
+    following the teacher's value (model size, lr, epochs).
+    ``cli=False``: not a command-line option (set by the flows themselves).
+    """
+    metadata = {"help": help, "choices": choices, "flag": flag, "metavar": metavar, "default_text": default_text,
+                "separator": separator, "prefix": prefix, "inherit": inherit, "cli": cli}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 def _check(cond: bool, field_name: str, problem: str, fix: str) -> None:
@@ -33,6 +73,23 @@ def _check(cond: bool, field_name: str, problem: str, fix: str) -> None:
 
 def _check_choice(value: str, choices: tuple[str, ...], field_name: str) -> None:
     _check(value in choices, field_name, f"unknown value {value!r}", f"choose one of: {', '.join(choices)}")
+
+
+def _torchvision_archs() -> list[str]:
+    # Imported here, not at the top: torchvision takes seconds to import, and `kd --help` or
+    # `kd inspect` never build a model.
+    import torchvision
+
+    return torchvision.models.list_models(module=torchvision.models)
+
+
+def check_arch(name: str) -> None:
+    """Refuse an architecture that is neither built in nor a torchvision classifier, suggesting near misses."""
+    if name in BUILTIN_ARCHS or name in _torchvision_archs():
+        return
+    close = difflib.get_close_matches(name, list(BUILTIN_ARCHS) + _torchvision_archs(), n=3)
+    hint = f"did you mean {', '.join(close)}?" if close else f"use {', '.join(BUILTIN_ARCHS)} or a torchvision model name"
+    raise UserError("arch", f"unknown architecture {name!r}", hint)
 
 
 def parse_encoding(encoding: str) -> tuple[str, int | None]:
@@ -59,18 +116,22 @@ class DataConfig:
     split; it exists for quick runs and tests, and is part of the fingerprint.
     """
 
-    name: str = "digits"
-    root: str = "data/datasets"
-    download: bool = False
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    split_seed: int = 0
-    train_limit: int | None = None
+    name: str = option("digits", flag="dataset",
+                       help="digits | mnist | fashion-mnist | cifar10 | cifar100 | imagefolder:PATH")
+    root: str = option("data/datasets", flag="data-root", help="where torchvision datasets live")
+    download: bool = option(False, help="allow downloading the dataset (network)")
+    val_fraction: float = option(0.15, help="share of the (training) samples held out for validation")
+    test_fraction: float = option(0.15, help="share of the samples held out for testing, where the dataset has "
+                                             "no test split of its own")
+    split_seed: int = option(0, help="seed of the stratified split")
+    train_limit: int | None = option(None, metavar="N", help="keep only the first N training samples",
+                                     default_text="all of them")
     # Symmetric label noise on the train split only (val and test stay clean, so accuracy is always
     # measured against true labels): each train label becomes a uniformly drawn *other* class with
     # this probability. Seeded by ``noise_seed``, or by ``split_seed`` when that is None.
-    label_noise: float = 0.0
-    noise_seed: int | None = None
+    label_noise: float = option(0.0, metavar="RATE", help="flip each train label to a random other class with this "
+                                                          "probability (val/test stay clean)")
+    noise_seed: int | None = option(None, help="seed of the label noise", default_text="the split seed")
 
     def __post_init__(self) -> None:
         _check(bool(self.name), "dataset", "is empty", "pass e.g. --dataset digits")
@@ -97,15 +158,13 @@ class DataConfig:
 class ModelConfig:
     """An architecture from the model registry. ``width`` sizes the built-ins."""
 
-    arch: str = "cnn"
-    width: int = 32
+    arch: str = option("cnn", inherit=False,
+                       help="mlp | cnn | any torchvision classifier (resnet18, mobilenet_v3_small…)")
+    width: int = option(32, inherit=False, help="width of the built-in mlp/cnn")
 
     def __post_init__(self) -> None:
         _check(self.width > 0, "width", f"must be positive, got {self.width}", "use e.g. 32")
-        # Names are checked against the registry here so a typo fails before any work.
-        from pipeline.models import check_arch
-
-        check_arch(self.arch)
+        check_arch(self.arch)  # here, so that a typo fails before any work
 
 
 @dataclass(frozen=True)
@@ -118,20 +177,23 @@ class OptimConfig:
     every ``step_size`` epochs, counted from the start of training.
     """
 
-    name: str = "adam"
-    lr: float = 3e-3
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    epochs: int = 30
-    batch_size: int = 64
-    schedule: str = "cosine"
-    select: str = "best"  # checkpoint kept: best on the validation split, or the last epoch
-    nesterov: bool = False  # sgd only
-    step_size: int = 10  # epochs between decays of the "step" schedule
-    gamma: float = 0.1  # lr factor at each decay of the "step" schedule
-    warmup_epochs: int = 0
-    clip_grad_norm: float | None = None  # max global L2 norm of the gradients; None: no clipping
-    patience: int | None = None  # stop after this many epochs without a better val accuracy; None: never
+    name: str = option("adam", flag="optimizer", choices=OPTIMIZERS, help="optimizer")
+    lr: float = option(3e-3, inherit=False, help="learning rate")
+    momentum: float = option(0.9, help="momentum (sgd, rmsprop)")
+    weight_decay: float = option(0.0, help="weight decay")
+    epochs: int = option(30, inherit=False, help="epochs of training")
+    batch_size: int = option(64, help="samples per batch")
+    schedule: str = option("cosine", choices=SCHEDULES, help="lr schedule, stepped every optimizer step")
+    select: str = option("best", choices=SELECTIONS,
+                         help="checkpoint kept: best on the validation split, or the last epoch")
+    nesterov: bool = option(False, help="Nesterov momentum (sgd only)")
+    step_size: int = option(10, help="step schedule: epochs between decays")
+    gamma: float = option(0.1, help="step schedule: lr factor at each decay")
+    warmup_epochs: int = option(0, help="linear lr warm-up (onecycle: length of its rising phase; 0: 30%)")
+    clip_grad_norm: float | None = option(None, metavar="NORM",
+                                          help="clip the gradients' global L2 norm to this ('off': no clipping)")
+    patience: int | None = option(None, metavar="EPOCHS", help="early stopping: epochs without a better val "
+                                                               "accuracy ('off': never stop)")
 
     def __post_init__(self) -> None:
         _check_choice(self.name, OPTIMIZERS, "optimizer")
@@ -167,9 +229,10 @@ class OptimConfig:
 class AugmentConfig:
     """Training-time augmentation. Empty ``ops`` means none."""
 
-    ops: tuple[str, ...] = ()
-    translate: int = 1
-    rotate_degrees: float = 10.0
+    ops: tuple[str, ...] = option((), flag="augment", separator=",", choices=AUGMENT_OPS, metavar="OPS",
+                                  help="augmentation ops")
+    translate: int = option(1, help="translate: largest shift, in pixels")
+    rotate_degrees: float = option(10.0, help="rotate: largest angle, in degrees")
 
     def __post_init__(self) -> None:
         for op in self.ops:
@@ -177,27 +240,54 @@ class AugmentConfig:
         _check(self.translate >= 0, "translate", f"must be >= 0, got {self.translate}", "use e.g. 1")
 
 
+def teacher_model() -> ModelConfig:
+    """The teacher's default architecture (`kd teacher`, `kd run`, `make serve`, prefect.yaml)."""
+    return ModelConfig(arch="cnn", width=32)
+
+
+def teacher_optim() -> OptimConfig:
+    """The teacher's default optimisation."""
+    return OptimConfig(epochs=20)
+
+
+def student_model() -> ModelConfig:
+    """The students' default architecture (`kd distill`, `kd run`, `make serve`, prefect.yaml)."""
+    return ModelConfig(arch="cnn", width=8)
+
+
+def student_optim() -> OptimConfig:
+    """The students' default optimisation. In `kd run` only the fields marked ``inherit=False`` keep these
+    values; the others follow the teacher's options, so they must equal the teacher's defaults (a test checks)."""
+    return OptimConfig(epochs=30)
+
+
 @dataclass(frozen=True)
 class TeacherConfig:
     """Stage 1: train (or load) the teacher and write its logits to a store."""
 
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=lambda: ModelConfig(arch="cnn", width=32))
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    seed: int = 0
-    checkpoint: str | None = None
-    parent_store: str | None = None  # born-again KD: the store whose student this teacher is (its lineage)
-    store_root: str = "data/stores"
-    checkpoint_root: str = "data/checkpoints"
-    encoding: str = "float16"
-    device: str = "auto"
-    storage_options: dict | None = None  # passed to fsspec for URL store roots (s3://, gs://, ...)
-    chunk_rows: int | None = None  # samples per compressed chunk; None: about 1 MB of decoded logits
-    shard_chunks: int = 16  # chunks per shard (one file/object; the unit of concurrent and resumable writes)
-    writers: int = 1  # tasks (processes, machines) that split the teacher pass, each writing whole shards
-    views: int = 1  # teacher views stored per sample: view 0 is the clean image, 1..K-1 replayable augmentations
-    view_augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(ops=("translate", "rotate")))
+    data: DataConfig = option(factory=DataConfig, help="data")
+    model: ModelConfig = option(factory=teacher_model, help="model")
+    optim: OptimConfig = option(factory=teacher_optim, help="optimisation")
+    augment: AugmentConfig = option(factory=AugmentConfig, help="augmentation")
+    seed: int = option(0, help="seed of the teacher's training (initialisation, batch order, augmentation) and "
+                              "of its stored views")
+    checkpoint: str | None = option(None, metavar="FILE", help="load this teacher instead of training one")
+    parent_store: str | None = option(None, cli=False,  # set by born-again KD, one generation to the next
+                                      help="the store whose student this teacher is (its lineage)")
+    store_root: str = option("data/stores", help="where stores are written: a path or any fsspec URL")
+    checkpoint_root: str = option("data/checkpoints", help="where teacher checkpoints are written")
+    encoding: str = option("float16", help=f"how logits are stored: {' | '.join(ENCODINGS)}")
+    device: str = option("auto", choices=DEVICES, help="where models train")
+    storage_options: dict | None = option(None, metavar="JSON", help=STORAGE_OPTIONS_HELP)
+    chunk_rows: int | None = option(None, help="samples per compressed chunk",
+                                    default_text="a power of two holding about 1 MB of logits")
+    shard_chunks: int = option(16, help="chunks per shard file (the unit of resumable and concurrent writes)")
+    writers: int = option(1, help="tasks that split the teacher pass into shard-aligned parts, each writing "
+                                  "whole shards (with --runner dask: processes)")
+    views: int = option(1, help="teacher views stored per sample: view 0 clean, the others replayable "
+                                "augmentations")
+    view_augment: AugmentConfig = option(factory=lambda: AugmentConfig(ops=("translate", "rotate")), prefix="view-",
+                                         help="teacher views (--views > 1): the augmentation they draw from")
 
     def __post_init__(self) -> None:
         parse_encoding(self.encoding)
@@ -262,27 +352,33 @@ class DistillConfig:
     store's fingerprints are checked against it either way.
     """
 
-    store: str
-    data: DataConfig | None = None
-    model: ModelConfig = field(default_factory=lambda: ModelConfig(arch="cnn", width=4))
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    temperatures: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
-    alphas: tuple[float, ...] = (0.9,)
-    losses: tuple[str, ...] = ("kl",)
-    beta: float | None = None
-    seeds: tuple[int, ...] = (0,)
-    lrs: tuple[float, ...] = ()  # empty: every student uses optim.lr
-    report_root: str = "data/reports"
-    run_name: str | None = None
-    device: str = "auto"
-    group_size: int = 1
-    cache_mb: float = 1024.0
-    storage_options: dict | None = None
-    mode: str = "offline"  # "online" reruns the teacher every step: the reference for exactness and benchmarks
-    workers: int = 0  # DataLoader worker processes decoding chunks (0: a background thread in-process)
-    view_policy: str = "uniform"  # stores with teacher views: the view each sample trains on per epoch
-    verify_views: int = 0  # rerun the teacher on this many replayed samples before training (0: skip)
+    store: str = option(help="store path or URL printed by `kd teacher`")
+    data: DataConfig | None = option(None, help="data", default_text="the dataset the store was written from")
+    model: ModelConfig = option(factory=student_model, help="model")
+    optim: OptimConfig = option(factory=student_optim, help="optimisation")
+    augment: AugmentConfig = option(factory=AugmentConfig, help="augmentation")
+    temperatures: tuple[float, ...] = option((1.0, 2.0, 4.0, 8.0), help="temperatures of the soft term")
+    alphas: tuple[float, ...] = option((0.9,), help="weight of the soft term; the hard term gets 1 - alpha unless "
+                                                    "--beta is given")
+    losses: tuple[str, ...] = option(("kl",), choices=SOFT_LOSSES,
+                                     help="soft losses (the label-only baseline is always trained)")
+    beta: float | None = option(None, help="independent weight of the hard-label term", default_text="1 - alpha")
+    seeds: tuple[int, ...] = option((0,), help="student seeds: every configuration is trained once per seed")
+    lrs: tuple[float, ...] = option((), help="an lr sweep: every configuration is trained once per lr",
+                                    default_text="the optimisation lr alone")
+    report_root: str = option("data/reports", help="where report folders are written")
+    run_name: str | None = option(None, help="report folder name", default_text="from the store and the students")
+    device: str = option("auto", choices=DEVICES, help="where models train")
+    group_size: int = option(1, help="students per Prefect task; a group shares one pass over the data")
+    cache_mb: float = option(1024.0, help="hold decoded logits in memory up to this size (MB); stream beyond it")
+    storage_options: dict | None = option(None, metavar="JSON", help=STORAGE_OPTIONS_HELP)
+    mode: str = option("offline", choices=MODES, help="offline: soft targets from the store; online: rerun the "
+                                                      "teacher every step (the reference offline KD is measured "
+                                                      "against)")
+    workers: int = option(0, help="DataLoader worker processes decoding store chunks (0: one background thread)")
+    view_policy: str = option("uniform", choices=VIEW_POLICIES,
+                              help="stores with teacher views: which view each sample trains on per epoch")
+    verify_views: int = option(0, help="rerun the teacher on this many replayed samples first (0: skip)")
 
     def __post_init__(self) -> None:
         _check(bool(self.store), "store", "is empty", "pass --store PATH_OR_URL")
@@ -334,18 +430,30 @@ def to_dict(obj: object) -> object:
     return obj
 
 
-def from_dict(cls: type, data: dict) -> object:
-    """Rebuild a (nested) config dataclass from :func:`to_dict` output, e.g. store attributes."""
+def from_dict(cls: type[C], data: dict) -> C:
+    """Rebuild a (nested) config dataclass from :func:`to_dict` output, e.g. store attributes.
+
+    Keys that are not fields are ignored and missing fields take their defaults, so partial dicts
+    (prefect.yaml's parameters, presets, stores written before a field existed) read back too.
+    """
+    types = typing.get_type_hints(cls)
     kwargs = {}
     for f in fields(cls):
         if f.name not in data:
             continue
         value = data[f.name]
-        sub = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "augment": AugmentConfig,
-               "view_augment": AugmentConfig}.get(f.name)
+        sub = config_class(types[f.name])
         if sub is not None and isinstance(value, dict):
             value = from_dict(sub, value)
         elif isinstance(value, list):
             value = tuple(value)
         kwargs[f.name] = value
-    return cls(**kwargs)
+    return cls(**kwargs)  # type: ignore[call-arg]
+
+
+def config_class(annotation: Any) -> type | None:
+    """The config dataclass a field holds (``DataConfig | None`` -> ``DataConfig``), or None for a plain value."""
+    for t in typing.get_args(annotation) or (annotation,):
+        if dataclasses.is_dataclass(t):
+            return t  # type: ignore[return-value]
+    return None

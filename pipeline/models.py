@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from pipeline.config import ModelConfig
+from pipeline.config import ModelConfig, check_arch
 from pipeline.errors import UserError
 
 InputShape = tuple[int, int, int]  # (C, H, W)
@@ -51,22 +51,6 @@ MODELS: dict[str, Callable[[ModelConfig, InputShape, int], nn.Module]] = {
     "mlp": mlp,
     "cnn": cnn,
 }
-
-
-def _torchvision_names() -> list[str]:
-    import torchvision
-
-    return torchvision.models.list_models(module=torchvision.models)
-
-
-def check_arch(name: str) -> None:
-    if name in MODELS or name in _torchvision_names():
-        return
-    import difflib
-
-    close = difflib.get_close_matches(name, list(MODELS) + _torchvision_names(), n=3)
-    hint = f"did you mean {', '.join(close)}?" if close else f"use {', '.join(MODELS)} or a torchvision model name"
-    raise UserError("arch", f"unknown architecture {name!r}", hint)
 
 
 def _first_conv(model: nn.Module) -> tuple[nn.Module, str, nn.Conv2d]:

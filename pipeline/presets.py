@@ -1,8 +1,11 @@
-"""Named recipes: plain dicts of `kd run` option values (argparse destinations) that a preset sets.
+"""Named recipes for `kd run --preset`: partial configs, in the shape of prefect.yaml's parameters.
 
-Anything given explicitly on the command line still wins. Keys prefixed
-``student_`` set the students' side; the rest set the teacher's side, which the
-students inherit unless their own option is set.
+``teacher`` holds :class:`~pipeline.config.TeacherConfig` fields and ``distill``
+:class:`~pipeline.config.DistillConfig` fields; `kd run` turns them into its
+options' defaults, so anything given explicitly on the command line still wins.
+As with the options, the students' model and optimisation fields that a preset
+leaves out follow the teacher's, except those with their own default (the
+model, ``lr`` and ``epochs``).
 """
 from __future__ import annotations
 
@@ -10,13 +13,17 @@ PRESETS: dict[str, dict] = {
     # The common ResNet-teacher -> MobileNet-student recipe on CIFAR-10 (read from --data-root;
     # --download fetches it once). SGD + Nesterov, cosine with warm-up, crop-like shifts and flips.
     "resnet-mobilenet-cifar10": {
-        "dataset": "cifar10",
-        "arch": "resnet18",
-        "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4,
-        "epochs": 30, "batch_size": 128, "schedule": "cosine", "warmup_epochs": 1,
-        "augment": "translate,flip",
-        "student_arch": "mobilenet_v3_small",
-        "student_lr": 0.05, "student_epochs": 30,
-        "temperatures": [1.0, 4.0], "alphas": [0.9], "seeds": [0, 1, 2], "group_size": 3,
+        "teacher": {
+            "data": {"name": "cifar10"},
+            "model": {"arch": "resnet18"},
+            "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4,
+                      "epochs": 30, "batch_size": 128, "schedule": "cosine", "warmup_epochs": 1},
+            "augment": {"ops": ("translate", "flip")},
+        },
+        "distill": {
+            "model": {"arch": "mobilenet_v3_small"},
+            "optim": {"lr": 0.05, "epochs": 30},
+            "temperatures": (1.0, 4.0), "alphas": (0.9,), "seeds": (0, 1, 2), "group_size": 3,
+        },
     },
 }

@@ -1,14 +1,17 @@
 """The `kd` CLI: every user error is one line on stderr and exit 2, before any expensive work."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 
 from flows.cli import main
+from pipeline.config import DataConfig, DistillConfig, TeacherConfig, from_dict
 from tests.conftest import flip_byte, shard_file
 
 
@@ -186,9 +189,121 @@ def test_every_subcommand_has_help_with_defaults(capsys):
             main([cmd, "--help"])
         assert e.value.code == 0
     out = capsys.readouterr().out
-    assert "(default: [1.0, 2.0, 4.0, 8.0])" in out and "(default: digits)" in out
+    flat = " ".join(out.split())  # argparse wraps help text at the terminal's width
+    assert "(default: [1.0, 2.0, 4.0, 8.0])" in flat and "(default: digits)" in flat
+    # Each option's default is shown once, and never as a bare None.
+    entries = re.split(r"\n  (?=-)", out)
+    assert len(entries) > 150
+    for entry in entries:
+        assert entry.count("(default:") <= 1, entry
+    assert "(default: None)" not in flat
+
+
+def test_distill_help_says_where_the_data_comes_from(capsys):
+    with pytest.raises(SystemExit):
+        main(["distill", "--help"])
+    flat = " ".join(capsys.readouterr().out.split())
+    assert "--dataset DATASET digits | mnist | fashion-mnist | cifar10 | cifar100 | imagefolder:PATH " \
+           "(default: the dataset the store was written from)" in flat
+
+
+@pytest.mark.parametrize("argv, message, prog", [
+    (["distill", "--store", "x.zarr", "--losses", "kld"], "argument --losses: invalid choice: 'kld'", "kd distill"),
+    (["teacher", "--epochs", "ten"], "argument --epochs: invalid int value: 'ten'", "kd teacher"),
+    (["distill"], "the following arguments are required: --store", "kd distill"),
+    (["run", "--nonsense"], "unrecognized arguments: --nonsense", "kd"),  # found by the top-level parser
+    (["distil"], "argument command: invalid choice: 'distil'", "kd"),
+])
+def test_argparse_errors_are_one_line_with_a_pointer_to_help(capsys, argv, message, prog):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {message}") and "usage:" not in err
+    assert err.rstrip().endswith(f"(see `{prog} --help`)")
 
 
 def test_data_options_without_dataset_are_refused_not_ignored(capsys, digits_store):
     err = _fails(capsys, "distill", "--store", digits_store, "--train-limit", "100")
     assert err.startswith("error: dataset:")
+
+
+def test_fields_without_a_flag_before_get_one():
+    from flows.cli import build_parser, distill_config, student_namespace, teacher_config
+
+    a = build_parser().parse_args(["run", "--val-fraction", "0.2", "--test-fraction", "0.1", "--translate", "2",
+                                   "--rotate-degrees", "5", "--view-translate", "3", "--view-rotate-degrees", "7",
+                                   "--lrs", "0.01", "0.03", "--views", "2", "--augment", "translate,flip"])
+    t = teacher_config(a)
+    d = distill_config(student_namespace(a), "s.zarr")
+    assert (t.data.val_fraction, t.data.test_fraction) == (0.2, 0.1) and d.data == t.data
+    assert t.augment == d.augment and (t.augment.ops, t.augment.translate, t.augment.rotate_degrees) == \
+        (("translate", "flip"), 2, 5.0)
+    assert (t.view_augment.ops, t.view_augment.translate, t.view_augment.rotate_degrees) == (("translate", "rotate"), 3, 7.0)
+    assert d.lrs == (0.01, 0.03)
+
+
+def test_distill_data_options_need_dataset(capsys, digits_store):
+    from flows.cli import build_parser, distill_config
+
+    for option in ("--val-fraction", "--test-fraction"):
+        err = _fails(capsys, "distill", "--store", digits_store, option, "0.2")
+        assert err.startswith(f"error: dataset: {option} only applies together with --dataset")
+    err = _fails(capsys, "distill", "--store", digits_store, "--data-root", "elsewhere", "--split-seed", "0")
+    assert err.startswith("error: dataset: --data-root, --split-seed only apply together with --dataset")
+    a = build_parser().parse_args(["distill", "--store", "s.zarr", "--dataset", "digits", "--train-limit", "9"])
+    assert distill_config(a, a.store).data == DataConfig(train_limit=9)
+
+
+def test_every_config_field_has_one_option():
+    """Generated options: each command-line field of the configs is one flag, and no flag is used twice."""
+    from flows.cli import DISTILL, RUNNER, STUDENT, TEACHER
+
+    for options in (TEACHER + RUNNER, DISTILL + RUNNER, TEACHER + STUDENT + RUNNER):
+        flags = [o.flag for o in options]
+        assert len(flags) == len(set(flags))
+    teacher_paths = {o.path for o in TEACHER}
+    assert ("parent_store",) not in teacher_paths  # set by born-again KD, not an option
+    assert {("optim", "lr"), ("data", "val_fraction"), ("view_augment", "translate")} <= teacher_paths
+    # kd run: the students' model and optimisation options, and the grid; data and augmentation are the teacher's.
+    assert {o.path for o in STUDENT} == {o.path for o in DISTILL} - {("store",)} - {
+        o.path for o in DISTILL if o.path[0] in ("data", "augment", "device", "storage_options")}
+
+
+def test_kd_run_make_serve_and_prefect_yaml_agree_on_defaults():
+    """One set of defaults: `kd run` (as `make distill` runs it), `make serve`'s deployments and prefect.yaml's
+    parameters (merged over the configs' defaults, as Prefect does) build the same configs."""
+    import yaml
+
+    from flows.cli import build_parser, distill_config, student_namespace, teacher_config
+    from flows.serve import FROM_TEACHER, deployment_parameters
+
+    a = build_parser().parse_args(["run"])
+    kd_teacher = teacher_config(a)
+    kd_students = distill_config(student_namespace(a), FROM_TEACHER)
+    assert kd_teacher == TeacherConfig() and kd_students == DistillConfig(store=FROM_TEACHER, data=DataConfig())
+    a = build_parser().parse_args(["run", "--seeds", "0", "1", "2"])  # the recipe of `make distill`
+    # The deployments' students read their data from the store the teacher wrote (data=None), where `kd run`
+    # names it (--dataset digits): the same data.
+    nightly = (teacher_config(a), dataclasses.replace(distill_config(student_namespace(a), FROM_TEACHER), data=None))
+
+    served = deployment_parameters()
+    assert served["nightly-teacher-refresh"] == {"config": kd_teacher}
+    assert (served["nightly-pipeline"]["teacher"], served["nightly-pipeline"]["distill"]) == nightly
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    deployments = {d["name"]: d["parameters"] for d in yaml.safe_load(open(os.path.join(root, "prefect.yaml")))
+                   ["deployments"]}
+    assert from_dict(TeacherConfig, deployments["nightly-teacher-refresh"]["config"]) == kd_teacher
+    p = deployments["nightly-pipeline"]
+    assert (from_dict(TeacherConfig, p["teacher"]), from_dict(DistillConfig, p["distill"])) == nightly
+    store = deployments["distill"]["config"]["store"]
+    a = build_parser().parse_args(["distill", "--store", store, "--seeds", "0", "1", "2"])
+    assert from_dict(DistillConfig, deployments["distill"]["config"]) == distill_config(a, store)
+    assert _make_distill_args() == ["--seeds", "0", "1", "2"]
+
+
+def _make_distill_args() -> list[str]:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    recipe = re.search(r"^distill:.*\n\t\$\(BIN\)/kd run(.*)$", open(os.path.join(root, "Makefile")).read(), re.M)
+    return recipe.group(1).split()

@@ -1,6 +1,7 @@
 """pipeline.config: every validation names its field; the student grid; dict round trips."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -388,3 +389,55 @@ def test_configs_are_frozen():
     with pytest.raises(Exception):
         cfg.split_seed = 1  # type: ignore[misc]
     assert math.isclose(cfg.val_fraction, 0.15)
+
+
+# --- the schema ----------------------------------------------------------------------------------
+
+
+def test_config_is_a_leaf():
+    """pipeline.config imports nothing from the pipeline but its errors, anywhere in the file."""
+    import ast
+    import subprocess
+    import sys
+
+    import pipeline.config
+
+    tree = ast.parse(open(pipeline.config.__file__).read())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
+        a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert {m for m in imported if m.split(".")[0] == "pipeline"} == {"pipeline.errors"}
+    code = "import sys, pipeline.config as c; c.ModelConfig(); c.TeacherConfig(); c.DistillConfig(store='s'); " \
+           "print(sorted(m for m in sys.modules if m.startswith('pipeline')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['pipeline', 'pipeline.config', 'pipeline.errors']"
+
+
+def test_builtin_archs_are_the_model_registry():
+    from pipeline.config import BUILTIN_ARCHS
+    from pipeline.models import MODELS
+
+    assert tuple(MODELS) == BUILTIN_ARCHS
+
+
+def test_stage_defaults_are_the_named_constructors():
+    from pipeline.config import student_model, student_optim, teacher_model, teacher_optim
+
+    assert (TeacherConfig().model, TeacherConfig().optim) == (teacher_model(), teacher_optim())
+    assert (distill().model, distill().optim) == (student_model(), student_optim())
+    assert (teacher_model(), teacher_optim().epochs) == (ModelConfig(arch="cnn", width=32), 20)
+    assert (student_model(), student_optim().epochs) == (ModelConfig(arch="cnn", width=8), 30)
+    # In `kd run` a student option left out follows the teacher's value unless its field says inherit=False;
+    # so the defaults of the inherited fields must be the same on both sides.
+    for cls, teacher_default, student_default in ((OptimConfig, teacher_optim(), student_optim()),
+                                                  (ModelConfig, teacher_model(), student_model())):
+        for f in dataclasses.fields(cls):
+            if f.metadata["inherit"]:
+                assert getattr(teacher_default, f.name) == getattr(student_default, f.name), f.name
+
+
+@pytest.mark.parametrize("cls", [DataConfig, ModelConfig, OptimConfig, AugmentConfig, TeacherConfig, DistillConfig])
+def test_every_field_is_an_option_with_help(cls):
+    for f in dataclasses.fields(cls):
+        assert f.metadata.get("help"), f"{cls.__name__}.{f.name} is not declared with option(help=...)"
+        choices = f.metadata["choices"]
+        assert choices is None or (isinstance(choices, tuple) and all(isinstance(c, str) for c in choices))

@@ -1,0 +1,105 @@
+"""`kd inspect` and `kd stores`: what a store holds, and which stores a root holds, as text or JSON."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from flows.options import defaults, json_object
+from pipeline.config import STORAGE_OPTIONS_HELP, TeacherConfig
+from pipeline.errors import UserError
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return str(n)
+
+
+def cmd_inspect(a: argparse.Namespace) -> None:
+    from pipeline.store import SoftTargetStore
+
+    store = SoftTargetStore(a.path, storage_options=a.storage_options, require_complete=False)
+    info = store.summary()
+    if a.verify:
+        info["verified_rows"] = store.verify()
+    if a.verify_views:
+        from pipeline.views import verify_views
+
+        info["verified_views"] = verify_views(store, samples=a.verify_views)
+    if a.json:
+        print(json.dumps(info, indent=2, default=str))
+        return
+    t, d = info["teacher"], info["dataset"]
+    print(f"store:            {info['path']}")
+    print(f"format_version:   {info['format_version']}   complete: {info['complete']}   created: {info['created_at']}")
+    print(f"teacher:          {t['arch']} ({t['params']:,} params)  val acc {100 * t['val_acc']:.2f}%  "
+          f"test acc {100 * t['test_acc']:.2f}%")
+    print(f"checkpoint:       {t['checkpoint']}  sha256 {t['checkpoint_sha256'][:16]}…")
+    print(f"dataset:          {d['name']}  {d['num_classes']} classes  input {tuple(d['input_shape'])}")
+    for split, n in info["samples"].items():
+        print(f"  {split:<5} {n:>7} samples  fingerprint {d['splits'][split]['fingerprint'][:16]}…")
+    print(f"encoding:         {info['encoding']}   views per sample: {info['views']}"
+          + (f" ({info['logits_bytes_per_view']:.1f} B of logits per view)" if info["views"] > 1 else ""))
+    print(f"size:             {_human_bytes(info['bytes_stored'])}  ({info['bytes_per_sample']:.1f} B/sample, "
+          f"logits {info['logits_bytes_per_sample']:.1f} B/sample, compression {info['compression_ratio']:.2f}x)")
+    print(f"provenance_key:   {info['provenance_key']}")
+    for depth, parent in enumerate(info.get("lineage", []), 1):
+        print(f"{'lineage:' if depth == 1 else '':<17} {'  ' * (depth - 1)}↳ taught by the student of {parent['store']}"
+              f" ({parent['teacher']}, test acc {100 * parent['test_acc']:.2f}%)")
+    if a.verify:
+        print(f"verified:         every chunk decoded, checksums ok ({info['verified_rows']})")
+    if a.verify_views:
+        print(f"views verified:   {info['verified_views']}")
+    if not info["complete"]:
+        print("warning: this store is INCOMPLETE; stage 2 will refuse it", file=sys.stderr)
+
+
+def cmd_stores(a: argparse.Namespace) -> None:
+    from pipeline.store import SoftTargetStore, find_stores
+
+    rows = []
+    for path in find_stores(a.root, a.storage_options):
+        try:
+            s = SoftTargetStore(path, storage_options=a.storage_options, require_complete=False).summary()
+        except UserError as exc:
+            rows.append({"name": os.path.basename(path), "error": exc.one_line()})
+            continue
+        rows.append({"name": os.path.basename(path), "path": path, "dataset": s["dataset"]["name"],
+                     "teacher": s["teacher"]["arch"], "test_acc": s["teacher"]["test_acc"],
+                     "encoding": s["encoding"], "bytes": s["bytes_stored"], "created": s["created_at"],
+                     "complete": s["complete"]})
+    if a.json:
+        print(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        print(f"no stores under {a.root}")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['name']:<40} unreadable: {r['error']}")
+            continue
+        print(f"{r['name']:<40} {r['dataset']:<10} {r['teacher']:<12} acc {100 * r['test_acc']:6.2f}%  "
+              f"{r['encoding']:<8} {_human_bytes(r['bytes']):>9}  {r['created']}  "
+              f"{'complete' if r['complete'] else 'INCOMPLETE'}")
+
+
+def add_store_commands(sub) -> None:
+    """Add `kd inspect` and `kd stores` to the `kd` subcommands ``sub``."""
+    p = sub.add_parser("inspect", help="a store's metadata, size and compression")
+    p.add_argument("path")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--verify", action="store_true", help="decode every chunk and check every checksum")
+    p.add_argument("--verify-views", type=int, default=0, metavar="N",
+                   help="rerun the recorded teacher on N replayed samples and compare every view (default: 0)")
+    p.add_argument("--storage-options", type=json_object, metavar="JSON", help=STORAGE_OPTIONS_HELP)
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("stores", help="list the stores under a root")
+    p.add_argument("root", nargs="?", default=defaults(TeacherConfig)["store_root"],
+                   help="a path or any fsspec URL (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--storage-options", type=json_object, metavar="JSON", help=STORAGE_OPTIONS_HELP)
+    p.set_defaults(func=cmd_stores)
