@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 
-from pipeline.config import DataConfig, DistillConfig, ModelConfig, OptimConfig, TeacherConfig
+from pipeline.config import AugmentConfig, DataConfig, DistillConfig, TeacherConfig
 from pipeline.report import markdown_table, mean_pm, read_report
 
 SEEDS = (0, 1, 2)
@@ -18,13 +18,11 @@ TEMPERATURES = (1.0, 2.0, 4.0, 8.0, 20.0)
 
 
 def teacher(label_noise: float = 0.0, store_root: str = "data/stores") -> TeacherConfig:
-    return TeacherConfig(data=DataConfig(name="digits", label_noise=label_noise), model=ModelConfig("cnn", 32),
-                         optim=OptimConfig(epochs=20), store_root=store_root)
+    return TeacherConfig(data=DataConfig(name="digits", label_noise=label_noise), store_root=store_root)
 
 
 def students(report_root: str, run_name: str, losses=("kl",), temperatures=TEMPERATURES) -> DistillConfig:
-    return DistillConfig(store="from-teacher", model=ModelConfig("cnn", 8), optim=OptimConfig(epochs=30),
-                         losses=tuple(losses), temperatures=tuple(temperatures), seeds=SEEDS,
+    return DistillConfig(store="from-teacher", losses=tuple(losses), temperatures=tuple(temperatures), seeds=SEEDS,
                          report_root=report_root, run_name=run_name, group_size=6)
 
 
@@ -83,10 +81,7 @@ VIEW_AUGMENT = ("translate", "rotate")
 
 def views_students(report_root: str, run_name: str, store: str, augment: bool, mode: str = "offline",
                    seeds=SEEDS) -> DistillConfig:
-    from pipeline.config import AugmentConfig
-
-    return DistillConfig(store=store, model=ModelConfig("cnn", 8), optim=OptimConfig(epochs=30),
-                         temperatures=(4.0,), seeds=tuple(seeds), report_root=report_root, run_name=run_name,
+    return DistillConfig(store=store, temperatures=(4.0,), seeds=tuple(seeds), report_root=report_root, run_name=run_name,
                          augment=AugmentConfig(ops=VIEW_AUGMENT if augment else ()), mode=mode, group_size=2)
 
 
