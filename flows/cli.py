@@ -134,7 +134,8 @@ def cmd_distill(a: argparse.Namespace) -> None:
     from pipeline import distill
 
     cfg = distill_config(a, a.store)
-    distill.plan(cfg)  # opens, validates and decodes the store before Prefect starts
+    p = distill.plan(cfg)  # opens, validates and decodes the store before Prefect starts
+    distill.preflight(cfg, data_cfg=p.data_cfg, provenance_key=p.store.meta.provenance_key, path=p.run_dir)
     from flows.distill_flow import distill_flow
 
     flow = distill_flow.with_options(task_runner=task_runner(runner_config(a)))
@@ -144,14 +145,26 @@ def cmd_distill(a: argparse.Namespace) -> None:
 
 
 def cmd_run(a: argparse.Namespace) -> None:
-    from pipeline import teacher
-
-    t_cfg = teacher_config(a)
-    d_cfg = distill_config(student_namespace(a), teacher.plan(t_cfg).store_path)
-    from flows.pipeline_flow import kd_pipeline
+    from pipeline import distill, teacher
 
     if a.generations < 1:
         raise UserError("generations", f"must be >= 1, got {a.generations}", "use 1, or e.g. 3 for born-again KD")
+    t_cfg = teacher_config(a)
+    d_cfg = distill_config(student_namespace(a), "(the teacher's store)")  # every option checked, even run_name
+    t_plan = teacher.plan(t_cfg)  # checkpoint, store and checkpoint roots, dataset, encoding
+    d_cfg = dataclasses.replace(d_cfg, store=t_plan.store_path)
+    distill.check_views_augment(t_cfg.views, d_cfg.augment)
+    if d_cfg.mode == "online" and t_plan.reusable:  # the teacher that online KD reruns is the store's
+        distill.load_teacher(distill.open_store(t_plan.store_path, t_cfg.storage_options))
+    from flows.pipeline_flow import generation_config, kd_pipeline
+
+    # The report folders, before the teacher trains. The first generation's store is known by its
+    # provenance key already; a later one's is not, so only its config is compared, and only under a
+    # given --run-name (the default name of a later generation comes from a store not written yet).
+    for g in range(1, (a.generations if d_cfg.run_name else 1) + 1):
+        cfg = generation_config(t_plan.store_path, d_cfg, g if a.generations > 1 else None)
+        distill.preflight(cfg, data_cfg=d_cfg.data or t_cfg.data,
+                          provenance_key=t_plan.provenance_key if g == 1 else None)
     run_dir = _finish(kd_pipeline(t_cfg, d_cfg, runner_config(a), a.generations, return_state=True))
     _print_leaderboard(run_dir)
     print(f"report: {run_dir}")

@@ -12,12 +12,13 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed
 
 from flows.progress import reporter
+from flows.retries import IO_RETRIES
 from pipeline import distill, report
 from pipeline.config import DistillConfig, StudentSpec
 from pipeline.errors import UserError
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
+@task(cache_policy=NO_CACHE, **IO_RETRIES)
 def plan_run(cfg: DistillConfig) -> distill.DistillPlan:
     return distill.plan(cfg)
 
@@ -51,12 +52,18 @@ def distill_flow(config: DistillConfig):
     """Train every student of the grid from the store and report a leaderboard."""
     logger = get_run_logger()
     p = plan_run(config)
-    if config.verify_views:
-        verify_views(p)
     run_dir = p.run_dir
-    futures = [train_students.submit(p, g, len(g)) for g in distill.groups(config)]
-    rows = [p.teacher_row()] + [row for f in futures for row in f.result()]
-    paths = write_report(run_dir, rows, p.report_meta())
+    # Held until the report is written: a second run on this folder is refused, not merged into it.
+    with distill.run_lock(run_dir):
+        done = distill.finished_run(run_dir, p.identity())  # a differing finished run is refused
+        if done is not None:
+            logger.info("an identical run has finished in %s; not retraining", done)
+            return done
+        if config.verify_views:
+            verify_views(p)
+        futures = [train_students.submit(p, g, len(g)) for g in distill.groups(config)]
+        rows = [p.teacher_row()] + [row for f in futures for row in f.result()]
+        paths = write_report(run_dir, rows, p.report_meta())
     board = report.leaderboard(rows)
     create_table_artifact(key="leaderboard", table=board, description=f"Leaderboard of {run_dir}")
     plot_url = "file://" + os.path.abspath(paths["plot"])

@@ -41,13 +41,19 @@ def kd_pipeline(teacher: TeacherConfig, distill: DistillConfig, runner: RunnerCo
     return run_dir
 
 
-def distill_generation(store: str, distill: DistillConfig, runner: RunnerConfig, generation: int | None) -> str:
+def generation_config(store: str, distill: DistillConfig, generation: int | None) -> DistillConfig:
+    """The students' config of one generation (None: the only one), with its report folder's name."""
     cfg = dataclasses.replace(distill, store=store)
     name = cfg.run_name or distill_lib.stable_run_name(cfg)
-    cfg = dataclasses.replace(cfg, run_name=name if generation is None else f"{name}-gen{generation}")
-    done = distill_lib.completed_run(cfg)
+    return dataclasses.replace(cfg, run_name=name if generation is None else f"{name}-gen{generation}")
+
+
+def distill_generation(store: str, distill: DistillConfig, runner: RunnerConfig, generation: int | None) -> str:
+    cfg = generation_config(store, distill, generation)
+    done = distill_lib.completed_run(cfg)  # a finished run with another config or store is refused
     if done is not None:
-        get_run_logger().info("store and student grid unchanged; not retraining. report: %s", done)
+        get_run_logger().info("an identical run (same store and config) has finished; not retraining. "
+                              "report: %s", done)
         return done
     return distill_flow.with_options(task_runner=task_runner(runner))(cfg)
 

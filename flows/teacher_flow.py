@@ -10,10 +10,9 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.progress import reporter
+from flows.retries import IO_RETRIES
 from pipeline import teacher
 from pipeline.config import TeacherConfig
-
-IO_RETRIES = {"retries": 2, "retry_delay_seconds": [2, 10]}
 
 
 @task(cache_policy=NO_CACHE)

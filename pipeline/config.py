@@ -30,6 +30,10 @@ SELECTIONS = ("best", "last")
 AUGMENT_OPS = ("translate", "flip", "rotate")
 ENCODINGS = ("float16", "float32", "topk:K")  # K: classes kept per sample
 SOFT_LOSSES = ("kl", "soft_ce", "mse")
+# Soft losses that ignore the temperature (pipeline.losses.mse_loss matches raw logits): trained once per
+# (alpha, seed), not once per temperature, and their config_id carries no T (a test keeps this in step with
+# pipeline/losses.py).
+TEMPERATURE_FREE_LOSSES = ("mse",)
 DEVICES = ("auto", "cpu", "cuda")
 MODES = ("offline", "online")
 VIEW_POLICIES = ("uniform", "cycle")
@@ -139,6 +143,7 @@ class DataConfig:
                "use e.g. 0.15")
         _check(0.0 < self.test_fraction < 0.5, "test_fraction", f"must be in (0, 0.5), got {self.test_fraction}",
                "use e.g. 0.15")
+        _check(self.split_seed >= 0, "split_seed", f"must be >= 0, got {self.split_seed}", "use e.g. 0")
         _check(self.train_limit is None or self.train_limit > 0, "train_limit",
                f"must be positive, got {self.train_limit}", "omit it to use the whole split")
         _check(math.isfinite(self.label_noise) and 0.0 <= self.label_noise < 1.0, "label_noise",
@@ -292,6 +297,9 @@ class TeacherConfig:
     def __post_init__(self) -> None:
         parse_encoding(self.encoding)
         _check_choice(self.device, DEVICES, "device")
+        _check(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}", "use e.g. 0")
+        _check(bool(self.store_root), "store_root", "is empty", "pass a folder or URL, e.g. data/stores")
+        _check(bool(self.checkpoint_root), "checkpoint_root", "is empty", "pass a folder, e.g. data/checkpoints")
         _check(self.chunk_rows is None or self.chunk_rows > 0, "chunk_rows", f"must be positive, got {self.chunk_rows}",
                "use e.g. 2048, or omit it for about 1 MB per chunk")
         _check(self.shard_chunks > 0, "shard_chunks", f"must be positive, got {self.shard_chunks}", "use e.g. 16")
@@ -331,13 +339,19 @@ class StudentSpec:
         return self.loss == "hard"
 
     @property
+    def uses_temperature(self) -> bool:
+        """Whether T shapes this student's targets (not for the baseline, nor for logit matching)."""
+        return not self.is_baseline and self.loss not in TEMPERATURE_FREE_LOSSES
+
+    @property
     def config_id(self) -> str:
         """Identifies the configuration across seeds; every hyperparameter is in it."""
         lr = "" if self.lr is None else f"-lr{_num(self.lr)}"
         if self.is_baseline:
             return f"baseline{lr}"
         beta = "" if self.beta is None else f"-b{_num(self.beta)}"
-        return f"{self.loss}-T{_num(self.temperature)}-a{_num(self.alpha)}{beta}{lr}"
+        temperature = f"-T{_num(self.temperature)}" if self.uses_temperature else ""
+        return f"{self.loss}{temperature}-a{_num(self.alpha)}{beta}{lr}"
 
     @property
     def run_id(self) -> str:
@@ -393,6 +407,14 @@ class DistillConfig:
         _check(len(self.alphas) > 0, "alphas", "is empty", "pass e.g. --alphas 0.9")
         _check(len(self.losses) > 0, "losses", "is empty", "pass e.g. --losses kl")
         _check(len(self.seeds) > 0, "seeds", "is empty", "pass e.g. --seeds 0 1 2")
+        # Checked here too, not only per student: a loss that ignores T never builds a student with it.
+        bad_t = next((t for t in self.temperatures if not (math.isfinite(t) and t > 0)), None)
+        _check(bad_t is None, "temperature", f"must be > 0, got {bad_t}", "use e.g. 4")
+        bad_seed = next((s for s in self.seeds if s < 0), None)
+        _check(bad_seed is None, "seeds", f"must be >= 0, got {bad_seed}", "use e.g. --seeds 0 1 2")
+        _check(bool(self.report_root), "report_root", "is empty", "pass a folder, e.g. data/reports")
+        _check(self.run_name is None or is_plain_name(self.run_name), "run_name",
+               f"{self.run_name!r} is not a plain folder name", "pass a name without slashes, e.g. --run-name sweep1")
         # Duplicates would give two runs the same run_id (same checkpoint file, merged leaderboard rows).
         for name in ("seeds", "temperatures", "alphas", "losses", "lrs"):
             values = getattr(self, name)
@@ -411,11 +433,17 @@ class DistillConfig:
             for seed in self.seeds:
                 specs.append(StudentSpec(loss="hard", temperature=1.0, alpha=0.0, beta=None, seed=seed, lr=lr))
                 for loss in self.losses:
-                    for t in self.temperatures:
+                    # A loss that ignores T is trained once: one student per T would be the same run repeated.
+                    for t in (1.0,) if loss in TEMPERATURE_FREE_LOSSES else self.temperatures:
                         for a in self.alphas:
                             specs.append(StudentSpec(loss=loss, temperature=float(t), alpha=float(a),
                                                      beta=self.beta, seed=seed, lr=lr))
         return specs
+
+
+def is_plain_name(name: str) -> bool:
+    """A single folder name: no separator, not empty, not ``.`` or ``..``, no NUL, not hidden."""
+    return bool(name) and not any(c in name for c in "/\\\0") and not name.startswith(".")
 
 
 def config_hash(*parts: object) -> str:

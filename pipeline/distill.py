@@ -8,18 +8,24 @@ for each group of students, then to the report functions.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import os
+import socket
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from pipeline.config import DataConfig, DistillConfig, StudentSpec, config_hash, to_dict
+from pipeline.config import (AugmentConfig, DataConfig, DistillConfig, StudentSpec, config_hash, is_plain_name,
+                             to_dict)
 from pipeline.checkpoints import load_store_teacher
+from pipeline.checks import check_output_folder
 from pipeline.data import Dataset, open_dataset
 from pipeline.errors import StoreError, UserError
 from pipeline.loader import SoftTargetLoader, fits_cache
@@ -45,9 +51,13 @@ def check_compatible(store: SoftTargetStore, ds: Dataset) -> None:
     for split, info in meta.dataset.splits.items():
         if split not in ds.splits:
             continue
-        if info.size != len(ds.splits[split]) or store.size(split) != len(ds.splits[split]):
-            raise StoreError(f"splits.{split}.size", f"store has {store.size(split)} {split} samples, dataset has "
-                             f"{len(ds.splits[split])}", fix)
+        n = len(ds.splits[split])
+        if info.size != store.size(split):  # the store contradicts itself: say which number is which
+            raise StoreError(f"splits.{split}.size", f"the store records {info.size} {split} samples but its "
+                             f"arrays hold {store.size(split)} (the dataset has {n})",
+                             "the store is damaged: rerun `kd teacher`")
+        if info.size != n:
+            raise StoreError(f"splits.{split}.size", f"store has {info.size} {split} samples, dataset has {n}", fix)
         if info.fingerprint != ds.splits[split].fingerprint():
             raise StoreError(f"splits.{split}.fingerprint", f"{split} samples or labels differ from the store's", fix)
 
@@ -101,12 +111,16 @@ class DistillPlan:
             return None
         return decoded_logits(store, "train", store.views > 1)
 
+    def identity(self) -> dict:
+        """What a finished report must record to be reused for this run (see :func:`run_identity`)."""
+        return run_identity(self.cfg, data_cfg=self.data_cfg, provenance_key=self.store.meta.provenance_key)
+
     def report_meta(self) -> dict:
-        """The run's header in the report: store, teacher, student, dataset, encoding."""
+        """The run's header in the report: store, teacher, student, dataset, encoding, and its identity."""
         t, cfg = self.store.meta.teacher, self.cfg
         return {"store": cfg.store, "teacher": f"{t.arch} (test acc {100 * t.test_acc:.2f}%)",
                 "student": f"{cfg.model.arch} width {cfg.model.width}", "dataset": self.dataset.name,
-                "encoding": self.store.encoding}
+                "encoding": self.store.encoding, **self.identity()}
 
     def teacher_row(self) -> dict:
         t = self.store.meta.teacher
@@ -119,16 +133,22 @@ class DistillPlan:
                 "size_mb": t.params * 4 / 1e6, "size_mb_estimated": True, "latency_ms": None}
 
 
+def check_views_augment(views: int, augment: AugmentConfig) -> None:
+    """A store with teacher views fixes the augmentation: a student's own would never match the stored views."""
+    if views > 1 and augment.ops:
+        raise UserError("augment", "this store's teacher views define the augmentation (each view is replayed "
+                        "exactly)", "drop --augment, or distill from a clean-view store")
+
+
 def plan(cfg: DistillConfig) -> DistillPlan:
-    """Validate everything a run needs (store, data, device, online teacher) before any training."""
+    """Validate everything a run needs (report folder, store, data, device, online teacher) before any training."""
+    check_output_folder(cfg.report_root, field="report_root", fix="pass a folder for reports, e.g. data/reports")
     resolve_device(cfg.device)
     store = open_store(cfg.store, cfg.storage_options)
     data_cfg = cfg.data or store.meta.data_cfg()
     ds = open_dataset(data_cfg)
     check_compatible(store, ds)
-    if store.views > 1 and cfg.augment.ops:
-        raise UserError("augment", "this store's teacher views define the augmentation (each view is replayed "
-                        "exactly)", "drop --augment, or distill from a clean-view store")
+    check_views_augment(store.views, cfg.augment)
     if cfg.mode == "online":
         load_teacher(store)  # fail now, not in a task, if the checkpoint is gone or changed
     # CPU latency depends on the architecture, not on the trained weights, so it is measured once,
@@ -147,25 +167,185 @@ def run_dir(cfg: DistillConfig) -> str:
     """Where this run's report goes; call once per run (the default name carries the start time)."""
     stem = os.path.basename(cfg.store.rstrip("/")).removesuffix(".zarr")
     name = cfg.run_name or f"{stem}-{cfg.model.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if os.sep in name or name in ("", ".", ".."):
+    if not is_plain_name(name):
         raise UserError("run_name", f"{name!r} is not a plain folder name", "pass a name without slashes")
     return os.path.join(cfg.report_root, name)
+
+
+# Fields that change where a run reads or writes, or how fast it goes, never what it trains: they are
+# left out of a run's identity (and of its stable name), so changing them never refuses a finished run.
+EXECUTION_FIELDS = ("store", "report_root", "run_name", "device", "storage_options", "workers", "cache_mb")
+
+
+def run_identity(cfg: DistillConfig, *, data_cfg: DataConfig, provenance_key: str | None) -> dict:
+    """What decides a run's results: its config without :data:`EXECUTION_FIELDS`, with the data it
+    really trains on (the store's when ``cfg.data`` is None), and the store's provenance key (None when
+    not known yet, e.g. a later generation's). Recorded in leaderboard.json's ``meta``."""
+    shaping = {k: v for k, v in to_dict(cfg).items()  # type: ignore[union-attr]
+               if k not in EXECUTION_FIELDS}
+    shaping["data"] = to_dict(data_cfg)
+    # Through JSON, so tuples compare equal to the lists a finished report reads back.
+    return {"config": json.loads(json.dumps(shaping, default=str)), "store_provenance_key": provenance_key}
 
 
 def stable_run_name(cfg: DistillConfig) -> str:
     """A run name fixed by the store and everything that shapes the students (for scheduled pipelines)."""
     stem = os.path.basename(cfg.store.rstrip("/")).removesuffix(".zarr")
     shaping = {k: v for k, v in to_dict(cfg).items()  # type: ignore[union-attr]
-               if k not in ("store", "report_root", "run_name", "device", "storage_options", "workers", "cache_mb")}
+               if k not in EXECUTION_FIELDS}
     return f"{stem}-{cfg.model.arch}-{config_hash(shaping)[:8]}"
 
 
-def completed_run(cfg: DistillConfig) -> str | None:
-    """The report folder of an identical finished run, if there is one."""
-    path = run_dir(cfg)
-    from pipeline.report import LEADERBOARD
+def _first_difference(recorded: object, wanted: object, path: str = "") -> tuple[str, object, object] | None:
+    """The first field (dotted path, in config order) whose value differs, with both values."""
+    if isinstance(recorded, dict) and isinstance(wanted, dict):
+        for key in list(wanted) + [k for k in recorded if k not in wanted]:
+            diff = _first_difference(recorded.get(key), wanted.get(key), f"{path}.{key}" if path else key)
+            if diff is not None:
+                return diff
+        return None
+    return None if recorded == wanted else (path, recorded, wanted)
 
-    return path if os.path.isfile(os.path.join(path, LEADERBOARD)) else None
+
+def finished_run(path: str, identity: dict) -> str | None:
+    """``path`` when it holds a finished run with this identity (reuse it); None when it holds no finished run.
+
+    A finished run is one with a valid leaderboard.json, which is written last and atomically; without one
+    (a run cut off, or a file damaged outside the pipeline) the folder is an unfinished run, to be
+    overwritten. A finished run that differs (grid, model, optimisation, data or store) is refused, naming
+    the first differing field: reusing it would print another run's results, and overwriting it would lose them.
+    """
+    from pipeline.report import LEADERBOARD, read_report
+
+    if not os.path.isfile(os.path.join(path, LEADERBOARD)):
+        return None
+    try:
+        meta = read_report(path)["meta"]
+    except UserError as exc:
+        log.warning("%s; treating %s as an unfinished run", exc.one_line(), path)
+        return None
+    fix = "pass another --run-name, or delete the folder to train this grid there"
+    if "config" not in meta:
+        raise UserError("run_name", f"{path} holds a finished run that does not record its config (an older "
+                        "report), so it cannot be reused safely", fix)
+    recorded = {"config": meta.get("config"), "store_provenance_key": meta.get("store_provenance_key")}
+    if identity.get("store_provenance_key") is None:  # not known yet: compare the config alone
+        recorded["store_provenance_key"] = None
+    diff = _first_difference(recorded, identity)
+    if diff is None:
+        return path
+    field, old, new = diff
+    field = field.removeprefix("config.")
+    if field == "store_provenance_key":
+        raise UserError("run_name", f"{path} holds a finished run distilled from another store (provenance "
+                        f"{str(old)[:10]}…, this run's is {str(new)[:10]}…)", fix)
+    raise UserError(field, f"{path} holds a finished run with {field} {old!r}, this run asks for {new!r}", fix)
+
+
+def completed_run(cfg: DistillConfig) -> str | None:
+    """The report folder of an identical finished run, if there is one (a differing one is refused).
+
+    For an existing store: its provenance key, and the data it was written from when ``cfg.data`` is None.
+    """
+    store = open_store(cfg.store, cfg.storage_options)
+    identity = run_identity(cfg, data_cfg=cfg.data or store.meta.data_cfg(),
+                            provenance_key=store.meta.provenance_key)
+    return finished_run(run_dir(cfg), identity)
+
+
+def preflight(cfg: DistillConfig, *, data_cfg: DataConfig, provenance_key: str | None, path: str | None = None) -> None:
+    """The report-folder checks a run makes before anything starts: ``report_root`` can be written, no live
+    run holds the folder, and a finished run there is identical (it is then reused) or refused."""
+    check_output_folder(cfg.report_root, field="report_root", fix="pass a folder for reports, e.g. data/reports")
+    path = path or run_dir(cfg)
+    check_not_running(path)
+    finished_run(path, run_identity(cfg, data_cfg=data_cfg, provenance_key=provenance_key))
+
+
+LOCK = ".lock"
+
+
+def check_not_running(path: str) -> None:
+    """Refuse a report folder that a live run holds (see :func:`run_lock`)."""
+    holder = _lock_holder(os.path.join(path, LOCK))
+    if holder is not None and not _stale(holder):
+        raise _busy(path, holder)
+
+
+@contextlib.contextmanager
+def run_lock(path: str) -> Iterator[None]:
+    """Hold ``path/.lock`` while a run writes into its report folder; a second run is refused in one line.
+
+    The lock is created with O_EXCL semantics (a fully written temporary file hard-linked into place, so
+    it is never seen half written). A lock left by a process that is gone (same host, pid not alive) is
+    stale and taken over; one held from another host is respected, since its owner cannot be checked.
+    """
+    os.makedirs(path, exist_ok=True)
+    lock = os.path.join(path, LOCK)
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    tmp = f"{lock}.{os.getpid()}.{threading.get_ident()}"
+    with open(tmp, "w") as f:
+        json.dump(me, f)
+    try:
+        for _ in range(3):
+            try:
+                os.link(tmp, lock)  # atomic; fails if the lock exists
+                break
+            except FileExistsError:
+                holder = _lock_holder(lock)
+                if holder is not None and not _stale(holder):
+                    raise _busy(path, holder) from None
+                # Stale (or vanished meanwhile): move it aside under a name of our own, so two takers
+                # never both remove a lock the other has just created.
+                aside = f"{lock}.stale.{os.getpid()}"
+                try:
+                    os.replace(lock, aside)
+                    os.remove(aside)
+                except FileNotFoundError:
+                    pass
+                log.warning("took over the stale lock of %s (%s)", path, holder)
+        else:
+            raise UserError("run_name", f"{path} could not be locked", "retry, or pass another --run-name")
+    finally:
+        os.remove(tmp)
+    try:
+        yield
+    finally:
+        if _lock_holder(lock) == me:
+            os.remove(lock)
+
+
+def _lock_holder(lock: str) -> dict | None:
+    try:
+        with open(lock) as f:
+            holder = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}  # unreadable: not written by run_lock, so nobody can be holding it
+    return holder if isinstance(holder, dict) else {}
+
+
+def _stale(holder: dict) -> bool:
+    """Whether nobody can be holding this lock: unreadable, or its process (on this host) is gone."""
+    pid = holder.get("pid")
+    if not isinstance(pid, int):
+        return True
+    if holder.get("host") != socket.gethostname():
+        return False  # another machine's process cannot be checked from here
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def _busy(path: str, holder: dict) -> UserError:
+    return UserError("run_name", f"{path} is in use by another run (pid {holder.get('pid')} on "
+                     f"{holder.get('host')}, since {holder.get('started')})",
+                     f"wait for it, or pass another --run-name; if no run is using it, delete {LOCK} there")
 
 
 def groups(cfg: DistillConfig) -> list[list[StudentSpec]]:
@@ -202,7 +382,8 @@ def train_students(p: DistillPlan, specs: list[StudentSpec], *, progress: Progre
             continue
         m = evaluate(r.model, ds.splits["test"], device, teacher_logits=p.teacher_test_logits)
         path = os.path.join(run_dir, "students", f"{r.spec.run_id}.pt")
-        torch.save(r.model.state_dict(), path)
+        torch.save(r.model.state_dict(), path + ".tmp")
+        os.replace(path + ".tmp", path)  # never a half-written checkpoint under the student's name
         rows.append({**_row(cfg, r.spec), "status": "ok", "seconds": r.seconds, "test_acc": m["acc"],
                      "test_nll": m["nll"], "agreement": m["agreement"], "val_acc": r.val_acc,
                      "best_epoch": r.best_epoch, "params": count_parameters(r.model),
@@ -222,7 +403,7 @@ def _row(cfg: DistillConfig, s: StudentSpec) -> dict:
     """The hyperparameters that identify a leaderboard row."""
     return {"run_id": s.run_id, "config_id": s.config_id, "kind": "baseline" if s.is_baseline else "student",
             "arch": cfg.model.arch, "width": cfg.model.width, "loss": s.loss,
-            "temperature": None if s.is_baseline else s.temperature,
+            "temperature": s.temperature if s.uses_temperature else None,  # shown as "—": T never entered
             "alpha": None if s.is_baseline else s.alpha, "beta": s.beta, "seed": s.seed}
 
 

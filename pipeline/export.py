@@ -9,7 +9,6 @@ to ``ATOL`` on a batch of a size it was not traced with; a file that does not ma
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 
 from pipeline.checkpoints import load_model
+from pipeline.checks import check_output_folder
 from pipeline.config import EXPORT_FORMATS, ModelConfig
 from pipeline.errors import UserError
 from pipeline.report import LEADERBOARD, read_report
@@ -52,11 +52,7 @@ def find_run(run_dir: str, run_id: str) -> dict:
     if not os.path.isfile(path):
         raise UserError("run_dir", f"{run_dir!r} has no leaderboard.json",
                         "pass the folder `kd distill` printed as `report: DIR`")
-    try:
-        runs = read_report(run_dir)["runs"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise UserError("run_dir", f"{path} is not a leaderboard written by `kd distill` ({exc})",
-                        "rerun `kd distill`") from None
+    runs = read_report(run_dir)["runs"]  # a damaged leaderboard.json is a one-line UserError
     if run_id == "teacher":
         raise UserError("run_id", "the teacher's weights are not part of a report",
                         "export a student, or use the teacher checkpoint named in the store (`kd inspect`)")
@@ -154,6 +150,8 @@ def export(run_dir: str, run_id: str, fmt: str = "torchscript", out: str | None 
     out = out or os.path.join(run_dir, "export", f"{run_id}{SUFFIXES[fmt]}")
     if os.path.isdir(out):
         raise UserError("out", f"{out!r} is a directory", f"pass a file name, e.g. {run_id}{SUFFIXES[fmt]}")
+    check_output_folder(os.path.dirname(os.path.abspath(out)), field="out",
+                        fix=f"pass a file in a folder, e.g. export/{run_id}{SUFFIXES[fmt]}")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     shape = tuple(row["input_shape"])
     example, check = _sample(shape, TRACE_BATCH, 0), _sample(shape, CHECK_BATCH, 1)

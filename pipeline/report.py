@@ -14,6 +14,9 @@ import math
 import os
 import statistics
 from collections import defaultdict
+from collections.abc import Callable
+
+from pipeline.errors import UserError
 
 METRICS = ("test_acc", "test_nll", "agreement")
 KIND_ORDER = {"teacher": 0, "baseline": 1, "student": 2}
@@ -109,14 +112,18 @@ def plot(board: list[dict], path: str) -> None:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     lines: dict[tuple, list[dict]] = defaultdict(list)
+    flat = []  # students whose loss ignores T (logit matching): one level, drawn across every T
     for e in board:
         if e["kind"] == "student" and not math.isnan(e["test_acc_mean"]):
-            lines[(e["loss"], e["alpha"], e["beta"])].append(e)
+            (flat if e["temperature"] is None else lines[(e["loss"], e["alpha"], e["beta"])]).append(e)
     for (loss, alpha, beta), pts in sorted(lines.items(), key=lambda kv: str(kv[0])):
         pts.sort(key=lambda e: e["temperature"])
         label = f"{loss} α={alpha:g}" + ("" if beta is None else f" β={beta:g}")
         ax.errorbar([e["temperature"] for e in pts], [100 * e["test_acc_mean"] for e in pts],
                     yerr=[100 * e["test_acc_std"] for e in pts], marker="o", capsize=3, label=label)
+    for e in flat:
+        ax.axhline(100 * e["test_acc_mean"], linestyle="-.", color="tab:purple", alpha=0.7,
+                   label=f"{e['config_id']}, T not used ({100 * e['test_acc_mean']:.1f}%)")
     for e in board:
         if e["kind"] in ("teacher", "baseline") and not math.isnan(e["test_acc_mean"]):
             style = "--" if e["kind"] == "teacher" else ":"
@@ -129,37 +136,83 @@ def plot(board: list[dict], path: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
 
 
 LEADERBOARD = "leaderboard.json"
 
 
+def write_atomic(path: str, write: Callable[[str], object]) -> None:
+    """Call ``write(tmp)`` to write a temporary file beside ``path``, then rename it into place.
+
+    A reader sees the old file or the whole new one, never a truncated one: a failed write (a full
+    disk) leaves ``path`` as it was and removes the temporary file.
+    """
+    tmp = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())  # on disk before the rename makes it visible
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """:func:`write_atomic` for a text file."""
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            f.write(text)
+
+    write_atomic(path, write)
+
+
 def read_report(run_dir: str) -> dict:
-    """What :func:`write_report` saved in ``run_dir``: ``meta``, ``leaderboard`` (aggregated) and ``runs``."""
-    with open(os.path.join(run_dir, LEADERBOARD)) as f:
-        return json.load(f)
+    """What :func:`write_report` saved in ``run_dir``: ``meta``, ``leaderboard`` (aggregated) and ``runs``.
+
+    A file that is not such a report (damaged outside the pipeline, which writes it atomically) is a
+    one-line :class:`UserError`, never a traceback.
+    """
+    path = os.path.join(run_dir, LEADERBOARD)
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        raise UserError("leaderboard", f"{path} is damaged ({type(exc).__name__}: {str(exc)[:120]})",
+                        "delete the report folder and rerun") from None
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), t) for k, t in REPORT_KEYS.items()):
+        raise UserError("leaderboard", f"{path} is not a report written by `kd distill` (it needs "
+                        f"{', '.join(REPORT_KEYS)})", "delete the report folder and rerun")
+    return data
+
+
+REPORT_KEYS = {"meta": dict, "leaderboard": list, "runs": list}
 
 
 def write_report(run_dir: str, rows: list[dict], meta: dict) -> dict[str, str]:
-    """Write leaderboard.json, report.md and accuracy_vs_temperature.png; return their paths."""
+    """Write accuracy_vs_temperature.png, report.md, then leaderboard.json; return their paths.
+
+    Every file is written atomically, and leaderboard.json last: a folder with a valid one holds a
+    finished run, with all its files.
+    """
     os.makedirs(run_dir, exist_ok=True)
     board = leaderboard(rows)
     paths = {"json": os.path.join(run_dir, LEADERBOARD), "md": os.path.join(run_dir, "report.md"),
              "plot": os.path.join(run_dir, "accuracy_vs_temperature.png")}
-    with open(paths["json"], "w") as f:
-        json.dump({"meta": meta, "leaderboard": board, "runs": rows}, f, indent=2, default=str)
     plot(board, paths["plot"])
     failed = [r for r in rows if r["status"] != "ok"]
-    with open(paths["md"], "w") as f:
-        f.write(f"# Distillation report: {os.path.basename(run_dir)}\n\n")
-        f.write(f"- store: `{meta.get('store')}`\n- teacher: {meta.get('teacher')}\n- student: {meta.get('student')}\n")
-        f.write(f"- dataset: {meta.get('dataset')}; checkpoints chosen on **val**, accuracy on **test**, at T = 1\n")
-        f.write("- size: float32 parameters and buffers (≈: estimated from the parameter count, the teacher is not "
-                "built here); latency: one image on the CPU, median of 30 forward passes, timed before training\n\n")
-        f.write(markdown(board) + "\n\n")
-        f.write("![accuracy vs temperature](accuracy_vs_temperature.png)\n")
-        if failed:
-            f.write("\n## Failed runs\n\n" + "\n".join(f"- `{r['run_id']}`: {r.get('error')}" for r in failed) + "\n")
+    md = [f"# Distillation report: {os.path.basename(run_dir)}\n\n",
+          f"- store: `{meta.get('store')}`\n- teacher: {meta.get('teacher')}\n- student: {meta.get('student')}\n",
+          f"- dataset: {meta.get('dataset')}; checkpoints chosen on **val**, accuracy on **test**, at T = 1\n",
+          "- size: float32 parameters and buffers (≈: estimated from the parameter count, the teacher is not "
+          "built here); latency: one image on the CPU, median of 30 forward passes, timed before training\n\n",
+          markdown(board) + "\n\n",
+          "![accuracy vs temperature](accuracy_vs_temperature.png)\n"]
+    if failed:
+        md.append("\n## Failed runs\n\n" + "\n".join(f"- `{r['run_id']}`: {r.get('error')}" for r in failed) + "\n")
+    write_text_atomic(paths["md"], "".join(md))
+    write_text_atomic(paths["json"], json.dumps({"meta": meta, "leaderboard": board, "runs": rows}, indent=2,
+                                                default=str))
     return paths

@@ -13,7 +13,7 @@ import os
 
 from pipeline.config import DistillConfig, TeacherConfig
 from pipeline.errors import UserError
-from pipeline.report import markdown_table, mean_pm, read_report
+from pipeline.report import markdown_table, mean_pm, read_report, write_text_atomic
 
 
 def best_student(run_dir: str) -> dict:
@@ -49,15 +49,13 @@ def generation_row(generation: int, store: str, run_dir: str) -> dict:
 def write_generations(path: str, rows: list[dict]) -> str:
     """One row per generation: its teacher, the best student grid point (mean ± std over seeds), the baseline."""
     os.makedirs(path, exist_ok=True)
-    with open(os.path.join(path, "generations.json"), "w") as f:
-        json.dump(rows, f, indent=2)
+    write_text_atomic(os.path.join(path, "generations.json"), json.dumps(rows, indent=2))
     table = markdown_table(
         ["generation", "teacher test acc %", "best student", "student test acc %", "baseline test acc %"],
         [[str(r["generation"]), f"{100 * r['teacher_test_acc']:.2f}", str(r["best_config"]),
           mean_pm(r["best_test_acc_mean"], r["best_test_acc_std"], 100),
           mean_pm(r["baseline_test_acc_mean"], r["baseline_test_acc_std"], 100)] for r in rows])
     md = os.path.join(path, "generations.md")
-    with open(md, "w") as f:
-        f.write("# Sequential distillation\n\nGeneration g + 1 is taught by the best student of generation g "
-                "(chosen on validation accuracy).\n\n" + table + "\n")
+    write_text_atomic(md, "# Sequential distillation\n\nGeneration g + 1 is taught by the best student of "
+                      "generation g (chosen on validation accuracy).\n\n" + table + "\n")
     return md

@@ -11,7 +11,7 @@ import json
 import os
 
 from pipeline.config import AugmentConfig, DataConfig, DistillConfig, TeacherConfig
-from pipeline.report import markdown_table, mean_pm, read_report
+from pipeline.report import markdown_table, mean_pm, read_report, write_text_atomic
 
 SEEDS = (0, 1, 2)
 TEMPERATURES = (1.0, 2.0, 4.0, 8.0, 20.0)
@@ -56,15 +56,13 @@ def write(path: str, rows: list[dict], name: str = "reproduce",
           title: str = "Reproduction on digits") -> str:
     """``<name>.json`` and ``<name>.md`` (the table the README quotes) under ``path``."""
     os.makedirs(path, exist_ok=True)
-    with open(os.path.join(path, f"{name}.json"), "w") as f:
-        json.dump(rows, f, indent=2)
+    write_text_atomic(os.path.join(path, f"{name}.json"), json.dumps(rows, indent=2))
     table = markdown_table(["study", "configuration", "test acc % (mean ± std)", "seeds"],
                            [[str(r["study"]), str(r["config"]), mean_pm(r["test_acc_mean"], r["test_acc_std"], 100),
                              str(r["seeds"])] for r in rows])
     md = os.path.join(path, f"{name}.md")
-    with open(md, "w") as f:
-        f.write(f"# {title}\n\nTeacher: cnn width 32; students: cnn width 8; α = 0.9; checkpoints "
-                "chosen on validation, accuracy on the (clean) test split.\n\n" + table + "\n")
+    write_text_atomic(md, f"# {title}\n\nTeacher: cnn width 32; students: cnn width 8; α = 0.9; checkpoints "
+                      "chosen on validation, accuracy on the (clean) test split.\n\n" + table + "\n")
     return md
 
 

@@ -19,8 +19,9 @@ from tqdm.auto import tqdm
 
 from pipeline.augment import Augmenter
 from pipeline.checkpoints import load_model
+from pipeline.checks import check_output_folder, check_store_root
 from pipeline.checksums import sha256_file
-from pipeline.config import TeacherConfig, config_hash, to_dict
+from pipeline.config import TeacherConfig, config_hash, parse_encoding, to_dict
 from pipeline.data import Dataset, open_dataset
 from pipeline.errors import UserError
 from pipeline.models import count_parameters, resolve_device
@@ -88,11 +89,21 @@ class TeacherPlan:
 
 
 def plan(cfg: TeacherConfig) -> TeacherPlan:
-    """Everything that can fail on user input, checked before any training."""
+    """Everything that can fail on user input, checked before any training: the checkpoint (loaded once),
+    the output locations, the device, the dataset and what the encoding asks of it."""
+    if cfg.checkpoint is not None and os.path.isdir(cfg.checkpoint):
+        raise UserError("checkpoint", f"{cfg.checkpoint!r} is a directory", "pass a .pt file written by `kd teacher`")
     if cfg.checkpoint is not None and not os.path.isfile(cfg.checkpoint):
         raise UserError("checkpoint", f"{cfg.checkpoint!r} does not exist", "pass a file written by `kd teacher`")
+    check_store_root(cfg.store_root, cfg.storage_options)
+    check_output_folder(cfg.checkpoint_root, field="checkpoint_root",
+                        fix="pass a folder for teacher checkpoints, e.g. data/checkpoints")
     resolve_device(cfg.device)
     ds = open_dataset(cfg.data)
+    _, k = parse_encoding(cfg.encoding)
+    if k is not None and k >= ds.num_classes:
+        raise UserError("encoding", f"topk:{k} keeps every one of {ds.name}'s {ds.num_classes} classes",
+                        f"use topk:K with K < {ds.num_classes}, or float32 to keep all logits")
     ckpt_sha = sha256_file(cfg.checkpoint) if cfg.checkpoint else None
     parent = lineage_of(cfg.parent_store, cfg.storage_options) if cfg.parent_store else ()
     teacher_part = {"parent": parent[0].provenance_key if parent else None,
@@ -103,8 +114,15 @@ def plan(cfg: TeacherConfig) -> TeacherPlan:
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", ds.name).strip("_")
     name = f"{slug}-{cfg.model.arch}-{key[:10]}"
     ckpt = cfg.checkpoint or os.path.join(cfg.checkpoint_root, f"{name}.pt")
-    return TeacherPlan(cfg=cfg, provenance_key=key, store_path=join(cfg.store_root, f"{name}.zarr"),
-                       checkpoint_path=ckpt, checkpoint_sha256=ckpt_sha)
+    p = TeacherPlan(cfg=cfg, provenance_key=key, store_path=join(cfg.store_root, f"{name}.zarr"),
+                    checkpoint_path=ckpt, checkpoint_sha256=ckpt_sha)
+    if cfg.checkpoint is not None or (p.checkpoint_ready and not p.reusable):
+        # Loaded once here, so a checkpoint that does not fit the architecture fails now, as a user
+        # error (never retried), not in the publishing task after a teacher was trained.
+        fix = ("pass the --arch/--width it was trained with" if cfg.checkpoint is not None
+               else "delete it to train the teacher again")
+        load_model(ckpt, model=cfg.model, input_shape=ds.input_shape, num_classes=ds.num_classes, fix=fix)
+    return p
 
 
 def progress_bar() -> bool:
@@ -131,7 +149,7 @@ def load(p: TeacherPlan) -> nn.Module:
     """Load ``cfg.checkpoint`` (weights only: a checkpoint can never run code)."""
     cfg, ds = p.cfg, p.dataset
     model = load_model(p.checkpoint_path, model=cfg.model, input_shape=ds.input_shape, num_classes=ds.num_classes,
-                       fix="pass the matching --arch/--width")
+                       fix="pass the --arch/--width it was trained with")
     return model.to(resolve_device(cfg.device))
 
 

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from flows.cli import main
-from pipeline.config import DataConfig, DistillConfig, TeacherConfig, from_dict
+from pipeline.config import DataConfig, DistillConfig, OptimConfig, TeacherConfig, from_dict
 from tests.conftest import flip_byte, shard_file
 
 
@@ -307,3 +307,53 @@ def _make_distill_args() -> list[str]:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     recipe = re.search(r"^distill:.*\n\t\$\(BIN\)/kd run(.*)$", open(os.path.join(root, "Makefile")).read(), re.M)
     return recipe.group(1).split()
+
+
+@pytest.mark.parametrize("argv, field", [
+    (["teacher", "--encoding", "topk:10"], "encoding"),  # digits has 10 classes: K must be fewer
+    (["teacher", "--store-root", "{file}"], "store_root"),
+    (["teacher", "--checkpoint-root", "{file}/sub"], "checkpoint_root"),
+    (["run", "--report-root", "{file}"], "report_root"),
+    (["teacher", "--store-root", "http://127.0.0.1:9/stores"], "store_root"),  # nothing listens on port 9
+    (["run", "--seeds", "-1"], "seeds"),
+    (["run", "--run-name", "a/b"], "run_name"),
+    (["run", "--run-name", ".."], "run_name"),
+    (["teacher", "--checkpoint", "{junk}"], "checkpoint"),
+    (["run", "--checkpoint", "{junk}"], "checkpoint"),
+    (["teacher", "--checkpoint", "{dir}"], "checkpoint"),
+    (["teacher", "--split-seed", "-1"], "split_seed"),
+])
+def test_user_errors_are_refused_before_any_work(capsys, tmp_path, argv, field):
+    """Each is one line and exit 2 before Prefect starts: no store, checkpoint or report is written."""
+    (tmp_path / "file").write_text("a file")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    (tmp_path / "dir").mkdir()
+    places = {"file": tmp_path / "file", "junk": tmp_path / "junk.pt", "dir": tmp_path / "dir"}
+    out = tmp_path / "out"
+    common = ["--epochs", "1", "--train-limit", "300", "--device", "cpu", "--store-root", f"{out}/stores",
+              "--checkpoint-root", f"{out}/ckpt"] + (["--report-root", f"{out}/reports"] if argv[0] == "run" else [])
+    err = _fails(capsys, argv[0], *common, *[a.format(**places) for a in argv[1:]])
+    assert err.startswith(f"error: {field}: "), err
+    assert not out.exists()
+    if argv[1] == "--checkpoint":
+        assert ("is a directory" if "dir" in argv[2] else "--arch/--width") in err
+
+
+def test_online_mode_with_a_bad_recorded_checkpoint_is_refused_up_front(capsys, tmp_path):
+    """kd distill, and kd run reusing the store: the store's teacher is loaded before any work."""
+    from pipeline.store import SoftTargetStore
+    from tests.conftest import build_store
+
+    store = build_store(str(tmp_path), data=DataConfig(train_limit=300), optim=OptimConfig(epochs=1))
+    with open(SoftTargetStore(store).meta.teacher.checkpoint, "ab") as f:
+        f.write(b"tampered")
+    reports = tmp_path / "reports"
+    err = _fails(capsys, "distill", "--store", store, "--mode", "online", "--report-root", str(reports))
+    assert err.startswith("error: mode: ") and "sha256" in err
+    before = sorted(os.listdir(tmp_path / "stores")) + sorted(os.listdir(tmp_path / "checkpoints"))
+    err = _fails(capsys, "run", "--mode", "online", "--epochs", "1", "--train-limit", "300", "--width", "8",
+                 "--chunk-rows", "256", "--device", "cpu", "--store-root", str(tmp_path / "stores"),
+                 "--checkpoint-root", str(tmp_path / "checkpoints"), "--report-root", str(reports))
+    assert err.startswith("error: mode: ")
+    assert sorted(os.listdir(tmp_path / "stores")) + sorted(os.listdir(tmp_path / "checkpoints")) == before
+    assert not reports.exists()

@@ -188,6 +188,12 @@ def test_bad_encoding():
     refused("encoding", lambda: TeacherConfig(encoding="bfloat16"))
 
 
+def test_bad_teacher_seed_and_roots():
+    refused("seed", lambda: TeacherConfig(seed=-1))
+    refused("store_root", lambda: TeacherConfig(store_root=""))
+    refused("checkpoint_root", lambda: TeacherConfig(checkpoint_root=""))
+
+
 @pytest.mark.parametrize("device", ["tpu", "gpu", "cuda:0", ""])
 def test_bad_device(device):
     refused("device", lambda: TeacherConfig(device=device))
@@ -212,6 +218,7 @@ def test_bad_translate():
     ("test_fraction", {"test_fraction": 0.6}),
     ("train_limit", {"train_limit": 0}),
     ("train_limit", {"train_limit": -5}),
+    ("split_seed", {"split_seed": -1}),
 ])
 def test_bad_data(field, kw):
     refused(field, lambda: DataConfig(**kw))
@@ -234,6 +241,11 @@ def test_bad_width():
     ("losses", {"losses": ()}),
     ("seeds", {"seeds": ()}),
     ("seeds", {"seeds": (0, 1, 0)}),
+    ("seeds", {"seeds": (0, -1)}),
+    ("run_name", {"run_name": "a/b"}),
+    ("run_name", {"run_name": ".."}),
+    ("run_name", {"run_name": ""}),
+    ("report_root", {"report_root": ""}),
 ])
 def test_bad_distill(field, kw):
     kw = {"store": "s.zarr", **kw}
@@ -243,23 +255,43 @@ def test_bad_distill(field, kw):
 def test_students_grid():
     cfg = distill(temperatures=(1.0, 2.0, 4.0), alphas=(0.5, 0.9), losses=("kl", "mse"), seeds=(0, 1, 2))
     students = cfg.students()
-    assert len(students) == 3 * (1 + 2 * 3 * 2) == 39
+    # Per seed: the baseline, kl at every (T, alpha), and mse once per alpha (it ignores T).
+    assert len(students) == 3 * (1 + 3 * 2 + 2) == 27
     for seed in (0, 1, 2):
         mine = [s for s in students if s.seed == seed]
-        assert len(mine) == 13
+        assert len(mine) == 9
         baselines = [s for s in mine if s.is_baseline]
         assert len(baselines) == 1 and baselines[0].config_id == "baseline"
-        grid = {(s.loss, s.temperature, s.alpha) for s in mine if not s.is_baseline}
-        assert grid == set(itertools.product(("kl", "mse"), (1.0, 2.0, 4.0), (0.5, 0.9)))
+        grid = {(s.loss, s.temperature, s.alpha) for s in mine if s.loss == "kl"}
+        assert grid == set(itertools.product(("kl",), (1.0, 2.0, 4.0), (0.5, 0.9)))
+        mse = [s for s in mine if s.loss == "mse"]
+        assert [(s.alpha, s.uses_temperature, s.config_id) for s in mse] == \
+            [(0.5, False, "mse-a0.5"), (0.9, False, "mse-a0.9")]
         assert all(s.beta is None for s in mine)
     run_ids = [s.run_id for s in students]
     assert len(set(run_ids)) == len(run_ids)
-    # A config_id names one configuration across seeds: 13 of them, each with every seed once.
+    # A config_id names one configuration across seeds: 9 of them, each with every seed once.
     by_config: dict[str, list[int]] = {}
     for s in students:
         by_config.setdefault(s.config_id, []).append(s.seed)
-    assert len(by_config) == 13
+    assert len(by_config) == 9
     assert all(sorted(seeds) == [0, 1, 2] for seeds in by_config.values())
+
+
+def test_temperature_free_losses_ignore_t():
+    """The losses trained once per alpha really do not depend on T, and the others do."""
+    import torch
+
+    from pipeline.config import TEMPERATURE_FREE_LOSSES
+    from pipeline.losses import SOFT_LOSSES as LOSSES
+
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(8, 10, generator=g), torch.randn(8, 10, generator=g)
+    for name, loss in LOSSES.items():
+        same = torch.equal(loss(s, t, 1.0), loss(s, t, 4.0))
+        assert same == (name in TEMPERATURE_FREE_LOSSES), name
+    # Every temperature is still validated, even when only a T-free loss is trained.
+    refused("temperature", lambda: distill(losses=("mse",), temperatures=(0.0,)))
 
 
 def test_default_grid():

@@ -141,3 +141,30 @@ def test_a_store_with_label_noise_refuses_clean_data(tmp_path):
     plan = distill.plan(_cfg(store, tmp_path))
     assert plan.data_cfg == noisy
     assert (plan.dataset.splits["train"].y.numpy() == s.labels("train")).all()
+
+
+def test_a_store_contradicting_its_own_size_says_which_number_is_which(store_copy, tmp_path):
+    import zarr
+
+    g = zarr.open_group(store_copy, mode="r+")
+    d = dict(g.attrs["dataset"])
+    d["splits"] = {**d["splits"], "train": {**d["splits"]["train"], "size": 1256}}
+    g.attrs["dataset"] = d
+    with pytest.raises(StoreError) as e:
+        distill.plan(_cfg(store_copy, tmp_path))
+    assert e.value.field == "splits.train.size"
+    assert "records 1256 train samples but its arrays hold 1257" in e.value.problem
+
+
+def test_mse_is_trained_once_per_alpha_and_seed(digits_store, tmp_path):
+    """`--losses kl mse --temperatures 1 4`: MSE ignores T, so one MSE student, shown with T as "—"."""
+    from pipeline.report import leaderboard, markdown
+
+    cfg = _cfg(digits_store, tmp_path, losses=("kl", "mse"), optim=OptimConfig(epochs=1))
+    p = distill.plan(cfg)
+    rows = [p.teacher_row()] + distill.train_students(p, cfg.students())
+    assert [r["run_id"] for r in rows[1:]] == ["baseline-s0", "kl-T1-a0.9-s0", "kl-T4-a0.9-s0", "mse-a0.9-s0"]
+    mse = rows[-1]
+    assert (mse["loss"], mse["temperature"], mse["alpha"], mse["status"]) == ("mse", None, 0.9, "ok")
+    line = next(ln for ln in markdown(leaderboard(rows)).splitlines() if ln.startswith("| mse-a0.9 |"))
+    assert line.startswith("| mse-a0.9 | mse | — | 0.9 |")

@@ -144,3 +144,23 @@ def test_onnx_round_trips_and_matches_the_student(trained_report, tmp_path):
     import onnx
 
     onnx.checker.check_model(out)
+
+
+def test_out_under_a_file_and_a_damaged_leaderboard_are_one_line_errors(trained_report, tmp_path, capsys):
+    """Through the CLI: `--out FILE/x.pt` (its folder cannot be made) and a truncated leaderboard.json."""
+    from flows.cli import main
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    damaged = tmp_path / "damaged"
+    shutil.copytree(trained_report, damaged)
+    text = (damaged / "leaderboard.json").read_text()
+    (damaged / "leaderboard.json").write_text(text[: len(text) // 2])  # what a full disk used to leave
+    for argv, field in (([trained_report, RUN, "--out", str(blocker / "x.pt")], "out"),
+                        ([str(damaged), RUN], "leaderboard")):
+        with pytest.raises(SystemExit) as e:
+            main(["export", *argv])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith(f"error: {field}: ") and err.count("\n") == 1, err
+        assert "Traceback" not in err
+    assert not os.path.exists(blocker / "x.pt") and blocker.read_text() == "not a folder"

@@ -86,3 +86,35 @@ def test_teacher_flow_publishes_a_store(tmp_path):
 
     store = teacher_flow(small_teacher_config(str(tmp_path)))
     assert SoftTargetStore(store).attrs["complete"] is True
+
+
+def test_a_user_error_is_never_retried_and_ends_as_one_line(tmp_path):
+    """The tasks' retry policy retries a transient failure, never a UserError; a flow that fails on one
+    gives the CLI's one-line exit-2 error, not 'run failed'."""
+    from prefect import flow, task
+
+    from flows.cli import _finish
+    from flows.retries import IO_RETRIES
+    from flows.teacher_flow import teacher_flow
+    from pipeline.errors import UserError
+
+    calls: list[str] = []
+
+    @task(**{**IO_RETRIES, "retry_delay_seconds": 0})
+    def fails_with(kind: str) -> None:
+        calls.append(kind)
+        raise UserError("checkpoint", "cannot load it") if kind == "user" else OSError("connection reset")
+
+    @flow
+    def once(kind: str) -> None:
+        fails_with(kind)
+
+    assert once("user", return_state=True).is_failed() and calls == ["user"]
+    assert once("io", return_state=True).is_failed() and calls == ["user"] + ["io"] * 3
+
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    state = teacher_flow(small_teacher_config(str(tmp_path), checkpoint=str(junk)), return_state=True)
+    with pytest.raises(UserError) as e:
+        _finish(state)
+    assert e.value.field == "checkpoint"

@@ -265,3 +265,47 @@ def test_write_report_without_failures_has_no_failed_section(tmp_path):
     md = open(paths["md"]).read()
     assert "Failed runs" not in md
     assert os.path.getsize(paths["plot"]) > 0
+
+
+# --- losses that ignore T, atomic writes -------------------------------------------------------------
+
+
+def test_a_loss_that_ignores_t_shows_a_dash_and_is_plotted(tmp_path):
+    rows = [teacher_row(), *baseline_rows(), row("kl-T2-a0.9", "student", 0, 0.95),
+            row("mse-a0.9", "student", 0, 0.94, loss="mse", temperature=None)]
+    paths = write_report(str(tmp_path / "r"), rows, {})
+    line = next(ln for ln in markdown(leaderboard(rows)).splitlines() if ln.startswith("| mse-a0.9 |"))
+    assert line.startswith("| mse-a0.9 | mse | — | 0.9 | — | 94.00 ± 0.00 |")
+    assert open(paths["plot"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+FULL_DISK = """
+import json, resource, signal, sys
+from pipeline.report import write_report
+run_dir, limit = sys.argv[1], int(sys.argv[2])
+rows = json.load(open(run_dir + "/leaderboard.json"))["runs"]
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, like ENOSPC
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+write_report(run_dir, rows, {"store": "x" * 4 * limit})  # leaderboard.json grows past the limit
+"""
+
+
+@pytest.mark.slow
+def test_a_write_cut_off_by_a_full_disk_leaves_the_previous_report(tmp_path):
+    """A real write failure (a file-size limit in a child process, no mocking): every report file is the
+    previous one or the whole new one, and no temporary file is left behind."""
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "run"
+    rows = [teacher_row(), *baseline_rows(), row("kl-T2-a0.9", "student", 0, 0.95)]
+    write_report(str(run_dir), rows, {"store": "first"})
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    limit = 200_000  # above the plot and report.md, below the new leaderboard.json
+    proc = subprocess.run([sys.executable, "-c", FULL_DISK, str(run_dir), str(limit)], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": root})
+    assert proc.returncode != 0 and "File too large" in proc.stderr, proc.stderr[-2000:]
+    assert sorted(p.name for p in run_dir.iterdir()) == sorted(before)  # no temporary file left
+    assert (run_dir / "leaderboard.json").read_bytes() == before["leaderboard.json"]
+    assert json.loads((run_dir / "leaderboard.json").read_text())["meta"] == {"store": "first"}

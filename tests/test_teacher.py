@@ -57,9 +57,10 @@ def test_missing_checkpoint_is_refused(tmp_path):
 
 def test_checkpoint_for_another_architecture_is_refused(digits_store, tmp_path):
     ckpt = SoftTargetStore(digits_store).attrs["teacher"]["checkpoint"]
-    p = teacher.plan(small_teacher_config(str(tmp_path), checkpoint=ckpt, model=ModelConfig(arch="mlp")))
-    with pytest.raises(UserError, match="cannot load"):
-        teacher.load(p)
+    # Refused by the plan, before any work (and so never retried in a task), naming the options to fix.
+    with pytest.raises(UserError, match="cannot load") as e:
+        teacher.plan(small_teacher_config(str(tmp_path), checkpoint=ckpt, model=ModelConfig(arch="mlp")))
+    assert e.value.field == "checkpoint" and "--arch/--width" in e.value.fix
 
 
 def test_a_pickled_checkpoint_is_never_executed(tmp_path):
@@ -69,9 +70,8 @@ def test_a_pickled_checkpoint_is_never_executed(tmp_path):
 
     bad = tmp_path / "evil.pt"
     torch.save({"x": Evil()}, bad)
-    p = teacher.plan(small_teacher_config(str(tmp_path), checkpoint=str(bad)))
     with pytest.raises(UserError):
-        teacher.load(p)
+        teacher.plan(small_teacher_config(str(tmp_path), checkpoint=str(bad)))
     assert not (tmp_path / "pwned").exists()
 
 

@@ -1,0 +1,208 @@
+"""Report folders: a finished run is reused only when identical, a live run holds its folder, and a
+folder without a valid leaderboard.json is an unfinished run."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from flows.cli import main
+from pipeline import distill
+from pipeline.config import DataConfig, DistillConfig, ModelConfig
+from pipeline.errors import UserError
+from pipeline.report import write_report
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEACHER_ROW = {"run_id": "teacher", "config_id": "teacher", "kind": "teacher", "arch": "cnn", "loss": "-",
+               "temperature": None, "alpha": None, "beta": None, "seed": 0, "status": "ok", "test_acc": 0.9,
+               "test_nll": 0.3, "agreement": 1.0, "params": 10}
+
+
+def _cfg(tmp_path, **kw) -> DistillConfig:
+    return DistillConfig(store="s.zarr", report_root=str(tmp_path), run_name="fixed", temperatures=(4.0,), **kw)
+
+
+def _finish(cfg: DistillConfig, key: str = "key-1") -> str:
+    """A finished run of ``cfg`` on the store with provenance ``key``, as the distill flow records it."""
+    path = distill.run_dir(cfg)
+    write_report(path, [TEACHER_ROW], distill.run_identity(cfg, data_cfg=DataConfig(), provenance_key=key))
+    return path
+
+
+def _identity(cfg: DistillConfig, key: str | None = "key-1") -> dict:
+    return distill.run_identity(cfg, data_cfg=DataConfig(), provenance_key=key)
+
+
+# ---------------------------------------------------------------- library level
+
+
+def test_a_finished_run_is_reused_only_when_config_and_store_match(tmp_path):
+    cfg = _cfg(tmp_path)
+    path = _finish(cfg)
+    assert distill.finished_run(path, _identity(cfg)) == path
+    # Where and how fast it runs is not what it trains.
+    fast = _cfg(tmp_path, device="cpu", workers=2, cache_mb=1.0, storage_options={"anon": True})
+    assert distill.finished_run(path, _identity(fast)) == path
+    assert distill.finished_run(path, _identity(cfg, key=None)) == path  # store not known yet: config alone
+
+    for other, field in ((_cfg(tmp_path, model=ModelConfig(arch="cnn", width=16)), "model.width"),
+                         (DistillConfig(store="s.zarr", report_root=str(tmp_path), run_name="fixed",
+                                        temperatures=(2.0,)), "temperatures"),
+                         (_cfg(tmp_path, seeds=(0, 1)), "seeds")):
+        with pytest.raises(UserError) as e:
+            distill.finished_run(path, _identity(other))
+        assert e.value.field == field and path in e.value.problem and "--run-name" in e.value.fix
+    with pytest.raises(UserError) as e:
+        distill.finished_run(path, _identity(cfg, key="key-2"))
+    assert e.value.field == "run_name" and "another store" in e.value.problem
+    with pytest.raises(UserError) as e:  # the data really trained on, even when given explicitly
+        distill.finished_run(path, distill.run_identity(cfg, data_cfg=DataConfig(train_limit=300),
+                                                        provenance_key="key-1"))
+    assert e.value.field == "data.train_limit"
+
+
+def test_a_folder_without_a_valid_leaderboard_is_an_unfinished_run(tmp_path):
+    cfg = _cfg(tmp_path)
+    path = _finish(cfg)
+    board = os.path.join(path, "leaderboard.json")
+    text = open(board).read()
+    open(board, "w").write(text[: len(text) // 2])  # truncated, as a full disk used to leave it
+    assert distill.finished_run(path, _identity(cfg)) is None
+    os.remove(board)
+    assert distill.finished_run(path, _identity(cfg)) is None
+    # A report from before runs recorded their config cannot be proven identical: refused, not reused.
+    write_report(path, [TEACHER_ROW], {"store": "s.zarr"})
+    with pytest.raises(UserError, match="does not record its config"):
+        distill.finished_run(path, _identity(cfg))
+
+
+def test_the_run_lock_refuses_a_live_holder_and_takes_over_a_dead_ones(tmp_path):
+    path = str(tmp_path / "run")
+    lock = os.path.join(path, distill.LOCK)
+    with distill.run_lock(path):
+        assert json.load(open(lock))["pid"] == os.getpid()
+        for check in (lambda: distill.check_not_running(path), lambda: distill.run_lock(path).__enter__()):
+            with pytest.raises(UserError) as e:
+                check()
+            assert e.value.field == "run_name" and f"pid {os.getpid()}" in e.value.problem
+    assert not os.path.exists(lock)  # released
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a process that held the lock and died (SIGKILL, power cut)
+    with open(lock, "w") as f:
+        json.dump({"pid": gone.pid, "host": socket.gethostname(), "started": "then"}, f)
+    distill.check_not_running(path)
+    with distill.run_lock(path):
+        assert json.load(open(lock))["pid"] == os.getpid()
+    # Another machine's lock cannot be checked from here: respected, with the way out in the fix.
+    with open(lock, "w") as f:
+        json.dump({"pid": gone.pid, "host": "elsewhere", "started": "then"}, f)
+    with pytest.raises(UserError) as e:
+        distill.check_not_running(path)
+    assert "elsewhere" in e.value.problem and distill.LOCK in e.value.fix
+
+
+# ---------------------------------------------------------------- through the CLI
+
+
+def _kd(*argv: str) -> list[str]:
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        main(list(argv))
+    return buf.getvalue().strip().splitlines()
+
+
+def _kd_fails(*argv: str) -> str:
+    """The one stderr line of a `kd` refusal (exit 2). (Not capsys: see tests/test_flows.py.)"""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as e:
+        main(list(argv))
+    text = err.getvalue()
+    assert e.value.code == 2 and text.count("\n") == 1 and text.startswith("error: "), text
+    assert "Traceback" not in text
+    return text.strip()
+
+
+def _snapshot(*folders: str) -> dict:
+    return {os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns
+            for folder in folders for d, _, files in os.walk(folder) for f in files}
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_harness")
+def test_kd_run_refuses_a_finished_run_with_another_grid_before_any_work(tmp_path):
+    root = str(tmp_path)
+    common = ("run", "--epochs", "1", "--train-limit", "300", "--student-epochs", "1", "--width", "8",
+              "--device", "cpu", "--store-root", f"{root}/stores", "--checkpoint-root", f"{root}/ckpt",
+              "--report-root", f"{root}/reports", "--run-name", "fixed")
+    first = _kd(*common, "--temperatures", "4")
+    assert first[-1] == f"report: {root}/reports/fixed"
+    before = _snapshot(root)
+    err = _kd_fails(*common, "--temperatures", "2", "--student-width", "16")
+    assert err.startswith(f"error: model.width: {root}/reports/fixed holds a finished run with model.width 8, "
+                          "this run asks for 16")
+    assert _kd_fails(*common, "--temperatures", "2").startswith("error: temperatures: ")
+    # Another teacher (so another store) for the same folder: refused before that teacher trains.
+    assert "another store" in _kd_fails(*common, "--temperatures", "4", "--seed", "1")
+    assert _snapshot(root) == before  # nothing trained, written or replaced
+    assert _kd(*common, "--temperatures", "4") == first  # the identical run is reused, not retrained
+    assert _snapshot(root) == before
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_truncated_leaderboard_is_rerun_not_a_crash(digits_store, tmp_path):
+    argv = ("distill", "--store", digits_store, "--epochs", "1", "--width", "4", "--temperatures", "4",
+            "--report-root", str(tmp_path), "--run-name", "cut", "--device", "cpu")
+    os.makedirs(tmp_path / "cut")
+    (tmp_path / "cut" / "leaderboard.json").write_text('{"meta": {"store": "')  # a write cut off by a full disk
+    assert _kd(*argv)[-1] == f"report: {tmp_path}/cut"
+    data = json.loads((tmp_path / "cut" / "leaderboard.json").read_text())
+    assert [r["run_id"] for r in data["runs"]] == ["teacher", "baseline-s0", "kl-T4-a0.9-s0"]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_harness")
+def test_two_processes_with_one_run_name_the_second_is_refused(digits_store, tmp_path):
+    """Two real `kd distill` processes on one --run-name: the second is refused in one line while the first
+    holds the folder (stopped with SIGSTOP, so the overlap does not depend on timing); the first finishes."""
+    import prefect.settings
+
+    kd = os.path.join(os.path.dirname(sys.executable), "kd")
+    argv = [kd, "distill", "--store", digits_store, "--epochs", "1", "--width", "4", "--temperatures", "4",
+            "--report-root", str(tmp_path), "--run-name", "same", "--device", "cpu"]
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    api = prefect.settings.PREFECT_API_URL.value()
+    if api:  # the test harness's server: the first process need not start its own
+        env["PREFECT_API_URL"] = api
+    lock = tmp_path / "same" / distill.LOCK
+    first = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.time() + 300
+        while not lock.exists() and first.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert lock.exists(), first.communicate()[1][-3000:]
+        os.kill(first.pid, signal.SIGSTOP)
+        try:
+            second = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+        finally:
+            os.kill(first.pid, signal.SIGCONT)
+        out, err = first.communicate(timeout=300)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert second.returncode == 2 and second.stderr.count("\n") == 1, second.stderr[-3000:]
+    assert second.stderr.startswith(f"error: run_name: {tmp_path}/same is in use by another run (pid {first.pid} ")
+    assert first.returncode == 0, err[-3000:]
+    assert out.strip().splitlines()[-1] == f"report: {tmp_path}/same"
+    data = json.loads((tmp_path / "same" / "leaderboard.json").read_text())
+    assert [r["status"] for r in data["runs"]] == ["ok", "ok", "ok"]
+    assert not lock.exists()
