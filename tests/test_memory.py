@@ -28,7 +28,7 @@ def rss_mb():  # current resident set, not the lifetime high-water mark that imp
 
 store = SoftTargetStore(sys.argv[1])
 n = store.size("train")
-split = Split(torch.zeros(n, 1, 1, 1), torch.from_numpy(store.labels("train")), torch.arange(n))
+split = Split.from_tensors(torch.zeros(n, 1, 1, 1), torch.from_numpy(store.labels("train")), torch.arange(n))
 model = torch.nn.Linear(1000, 10)
 model(torch.zeros(256, 1000)).sum().backward()  # the model's own memory is outside the budget
 before = rss_mb()
