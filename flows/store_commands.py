@@ -30,6 +30,10 @@ def cmd_inspect(a: argparse.Namespace) -> None:
         from pipeline.views import verify_views
 
         info["verified_views"] = verify_views(store, samples=a.verify_views)
+    if a.verify_data:
+        from pipeline.data.verify import verify_data
+
+        info["verified_data"] = verify_data(store)
     if a.json:
         print(json.dumps(info, indent=2, default=str))
         return
@@ -54,6 +58,8 @@ def cmd_inspect(a: argparse.Namespace) -> None:
         print(f"verified:         every chunk decoded, checksums ok ({info['verified_rows']})")
     if a.verify_views:
         print(f"views verified:   {info['verified_views']}")
+    if a.verify_data:
+        print(f"data verified:    every sample read again, content of {', '.join(info['verified_data'])} matches")
     if not info["complete"]:
         print("warning: this store is INCOMPLETE; stage 2 will refuse it", file=sys.stderr)
 
@@ -94,6 +100,8 @@ def add_store_commands(sub) -> None:
     p.add_argument("--verify", action="store_true", help="decode every chunk and check every checksum")
     p.add_argument("--verify-views", type=int, default=0, metavar="N",
                    help="rerun the recorded teacher on N replayed samples and compare every view (default: 0)")
+    p.add_argument("--verify-data", action="store_true",
+                   help="read every sample of the recorded dataset again and compare its full content hash")
     p.add_argument("--storage-options", type=json_object, metavar="JSON", help=STORAGE_OPTIONS_HELP)
     p.set_defaults(func=cmd_inspect)
 

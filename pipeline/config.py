@@ -37,6 +37,7 @@ TEMPERATURE_FREE_LOSSES = ("mse",)
 DEVICES = ("auto", "cpu", "cuda")
 MODES = ("offline", "online")
 VIEW_POLICIES = ("uniform", "cycle")
+TRAIN_TRANSFORMS = ("random-resized-crop", "hflip")  # the keys of pipeline.transforms.TRAIN_OPS (a test keeps them equal)
 EXPORT_FORMATS = ("torchscript", "onnx")
 BUILTIN_ARCHS = ("mlp", "cnn")  # the keys of pipeline.models.MODELS (a test keeps the two equal)
 
@@ -122,7 +123,9 @@ class DataConfig:
 
     name: str = option("digits", flag="dataset",
                        help="digits | mnist | fashion-mnist | cifar10 | cifar100 | imagefolder:PATH")
-    root: str = option("data/datasets", flag="data-root", help="where torchvision datasets live")
+    root: str = option("data/datasets", flag="data-root",
+                       help="the folder holding torchvision's dataset folders (MNIST/, FashionMNIST/, "
+                            "cifar-10-batches-py/, cifar-100-python/); ROOT/<dataset>/ works too")
     download: bool = option(False, help="allow downloading the dataset (network)")
     val_fraction: float = option(0.15, help="share of the (training) samples held out for validation")
     test_fraction: float = option(0.15, help="share of the samples held out for testing, where the dataset has "
@@ -136,9 +139,19 @@ class DataConfig:
     label_noise: float = option(0.0, metavar="RATE", help="flip each train label to a random other class with this "
                                                           "probability (val/test stay clean)")
     noise_seed: int | None = option(None, help="seed of the label noise", default_text="the split seed")
+    image_size: int | None = option(None, metavar="S", help="resize (shorter side) and center-crop every image to "
+                                                          "S x S for evaluation and the teacher",
+                                    default_text="native resolution")
+    train_transform: tuple[str, ...] = option((), separator=",", choices=TRAIN_TRANSFORMS, metavar="OPS",
+                                              help="per-sample training augmentation, drawn in the data loader's "
+                                                   "workers")
 
     def __post_init__(self) -> None:
         _check(bool(self.name), "dataset", "is empty", "pass e.g. --dataset digits")
+        _check(self.image_size is None or self.image_size > 0, "image_size",
+               f"must be positive, got {self.image_size}", "use e.g. 224, or omit it for native resolution")
+        for op in self.train_transform:
+            _check_choice(op, TRAIN_TRANSFORMS, "train_transform")
         _check(0.0 < self.val_fraction < 0.5, "val_fraction", f"must be in (0, 0.5), got {self.val_fraction}",
                "use e.g. 0.15")
         _check(0.0 < self.test_fraction < 0.5, "test_fraction", f"must be in (0, 0.5), got {self.test_fraction}",
@@ -157,6 +170,12 @@ class DataConfig:
     @property
     def effective_noise_seed(self) -> int:
         return self.split_seed if self.noise_seed is None else self.noise_seed
+
+    def key(self) -> dict:
+        """The config as a provenance key hashes it. Fields added after the key was first defined are left
+        out while at their defaults, so the stores of an unchanged dataset keep their keys (and names)."""
+        later = {"image_size": None, "train_transform": ()}
+        return {k: v for k, v in asdict(self).items() if k not in later or v != later[k]}
 
 
 @dataclass(frozen=True)
@@ -281,6 +300,8 @@ class TeacherConfig:
                                       help="the store whose student this teacher is (its lineage)")
     store_root: str = option("data/stores", help="where stores are written: a path or any fsspec URL")
     checkpoint_root: str = option("data/checkpoints", help="where teacher checkpoints are written")
+    workers: int = option(0, help="DataLoader worker processes reading and decoding images for the teacher's "
+                                  "training, evaluation and logits pass (0: in this process)")
     encoding: str = option("float16", help=f"how logits are stored: {' | '.join(ENCODINGS)}")
     device: str = option("auto", choices=DEVICES, help="where models train")
     storage_options: dict | None = option(None, metavar="JSON", help=STORAGE_OPTIONS_HELP)
@@ -303,6 +324,7 @@ class TeacherConfig:
         _check(self.chunk_rows is None or self.chunk_rows > 0, "chunk_rows", f"must be positive, got {self.chunk_rows}",
                "use e.g. 2048, or omit it for about 1 MB per chunk")
         _check(self.shard_chunks > 0, "shard_chunks", f"must be positive, got {self.shard_chunks}", "use e.g. 16")
+        _check(self.workers >= 0, "workers", f"must be >= 0, got {self.workers}", "use 0 or e.g. 4")
         _check(self.writers > 0, "writers", f"must be positive, got {self.writers}", "use 1, or one per worker")
         _check(self.views >= 1, "views", f"must be >= 1, got {self.views}", "use 1 (clean only) or e.g. 4")
         _check(self.views == 1 or bool(self.view_augment.ops), "view_augment", "is empty, so every view is clean",
@@ -389,7 +411,8 @@ class DistillConfig:
     mode: str = option("offline", choices=MODES, help="offline: soft targets from the store; online: rerun the "
                                                       "teacher every step (the reference offline KD is measured "
                                                       "against)")
-    workers: int = option(0, help="DataLoader worker processes decoding store chunks (0: one background thread)")
+    workers: int = option(0, help="DataLoader worker processes decoding store chunks and images (0: a background "
+                                  "thread for the chunks, images in this process)")
     view_policy: str = option("uniform", choices=VIEW_POLICIES,
                               help="stores with teacher views: which view each sample trains on per epoch")
     verify_views: int = option(0, help="rerun the teacher on this many replayed samples first (0: skip)")

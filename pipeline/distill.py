@@ -32,22 +32,29 @@ from pipeline.loader import SoftTargetLoader, fits_cache
 from pipeline.models import count_parameters, measure_latency_ms, model_size_mb, resolve_device
 from pipeline.store import SoftTargetStore
 from pipeline.train import Progress, build_seeded, evaluate, fit_group
-from pipeline.transforms import transform_hash
 
 log = logging.getLogger(__name__)
 
 
 def check_compatible(store: SoftTargetStore, ds: Dataset) -> None:
-    """Refuse a store written from other data, naming the first field that differs."""
+    """Refuse a store written from other data, naming the first field that differs (for an image folder
+    changed since, the first file added, removed or resized)."""
     meta = store.meta
     fix = "distill with the dataset the teacher saw, or rerun `kd teacher` on this data"
-    if meta.transform_hash != transform_hash():
-        raise StoreError("transform_hash", f"store preprocessing {meta.transform_hash} differs from this "
-                         f"pipeline's {transform_hash()}", "rerun `kd teacher` with this version")
+    if meta.transform_hash != ds.transform_hash:
+        raise StoreError("transform_hash", f"store preprocessing {meta.transform_hash} ({_shown(meta.transform)}) "
+                         f"differs from this data's {ds.transform_hash} ({_shown(ds.transform)})",
+                         "pass the --image-size the store was written with, or rerun `kd teacher`")
     if meta.dataset.name != ds.name:
         raise StoreError("dataset", f"store was written from {meta.dataset.name!r}, not {ds.name!r}", fix)
     if store.num_classes != ds.num_classes:
         raise StoreError("num_classes", f"store has {store.num_classes} classes, dataset has {ds.num_classes}", fix)
+    if meta.dataset.files is not None and ds.manifest is not None and meta.dataset.files != ds.manifest:
+        from pipeline.data.folder import first_difference, read_manifest
+
+        changed = first_difference(read_manifest(meta.dataset.files), read_manifest(ds.manifest))
+        raise StoreError("dataset.files", f"the image folder changed since the store was written: {changed}",
+                         "restore the folder, or rerun `kd teacher` on it")
     for split, info in meta.dataset.splits.items():
         if split not in ds.splits:
             continue
@@ -60,6 +67,13 @@ def check_compatible(store: SoftTargetStore, ds: Dataset) -> None:
             raise StoreError(f"splits.{split}.size", f"store has {info.size} {split} samples, dataset has {n}", fix)
         if info.fingerprint != ds.splits[split].fingerprint():
             raise StoreError(f"splits.{split}.fingerprint", f"{split} samples or labels differ from the store's", fix)
+    if store.views > 1 and ds.preprocess.train_ops:
+        raise UserError("train_transform", "this store's teacher views define the augmentation (each view is "
+                        "replayed exactly)", "drop --train-transform, or distill from a clean-view store")
+
+
+def _shown(record: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(record.items()) if k != "pixels")
 
 
 @functools.lru_cache(maxsize=4)
@@ -193,6 +207,8 @@ def stable_run_name(cfg: DistillConfig) -> str:
     stem = os.path.basename(cfg.store.rstrip("/")).removesuffix(".zarr")
     shaping = {k: v for k, v in to_dict(cfg).items()  # type: ignore[union-attr]
                if k not in EXECUTION_FIELDS}
+    if cfg.data is not None:
+        shaping["data"] = cfg.data.key()  # data options added later keep earlier run names at their defaults
     return f"{stem}-{cfg.model.arch}-{config_hash(shaping)[:8]}"
 
 

@@ -9,6 +9,12 @@ the same whether logits come from memory or from the store, and across runs.
 When the decoded logits fit in ``cache_mb`` they are read once and kept;
 otherwise a background thread decodes upcoming chunks while the model trains,
 and memory stays bounded by the buffer plus the prefetch queue.
+
+Images are read per batch from the lazy split (:meth:`pipeline.data.Split.batch`),
+where the batch is assembled: in the DataLoader workers when there are any, so
+decoding and per-sample augmentation run there. Batches are pinned when CUDA is
+available, so :meth:`Batch.to` copies them without blocking. :func:`ordered_batches`
+reads a split in order the same way (evaluation and the teacher pass).
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ import numpy as np
 import torch
 
 from pipeline.data import Split
+from pipeline.errors import UserError
 from pipeline.store import SoftTargetStore
 
 
@@ -41,6 +48,34 @@ class Batch:
         return Batch(self.x.to(device, non_blocking=nb), self.y.to(device, non_blocking=nb),
                      None if self.logits is None else self.logits.to(device, non_blocking=nb), self.rows)
 
+    def pin_memory(self) -> "Batch":
+        """Page-locked copies (DataLoader's pin thread calls this), so copies to the GPU need not block."""
+        return Batch(self.x.pin_memory(), self.y.pin_memory(),
+                     None if self.logits is None else self.logits.pin_memory(), self.rows)
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A user error raised where a batch was read (a DataLoader worker), carried back to be raised here:
+    DataLoader would otherwise re-raise it as a RuntimeError holding the worker's traceback."""
+
+    field: str
+    problem: str
+    fix: str
+
+    def raise_(self) -> None:
+        raise UserError(self.field, self.problem, self.fix)
+
+
+def _checked(item):
+    if isinstance(item, Failed):
+        item.raise_()
+    return item
+
+
+def default_pin_memory() -> bool:
+    return torch.cuda.is_available()
+
 
 class SoftTargetLoader:
     """One epoch of batches at a time; see the module docstring for the order."""
@@ -48,8 +83,10 @@ class SoftTargetLoader:
     def __init__(self, split: Split, batch_size: int, seed: int, store: SoftTargetStore | None = None,
                  split_name: str = "train", chunk_rows: int = 256, buffer_chunks: int = 8,
                  cache_mb: float = 1024.0, prefetch_chunks: int = 8, shuffle: bool = True,
-                 cached: np.ndarray | None = None, workers: int = 0, view_policy: str = "uniform") -> None:
+                 cached: np.ndarray | None = None, workers: int = 0, view_policy: str = "uniform",
+                 pin_memory: bool | None = None) -> None:
         self.split, self.batch_size, self.seed, self.shuffle = split, batch_size, seed, shuffle
+        self.pin_memory = default_pin_memory() if pin_memory is None else pin_memory
         self.store, self.split_name = store, split_name
         self.chunk_rows = store.chunk_rows(split_name) if store is not None else chunk_rows
         self.buffer_chunks = buffer_chunks
@@ -131,7 +168,8 @@ class SoftTargetLoader:
     def epoch(self, epoch: int) -> Iterator[Batch]:
         """The batches of one epoch; with ``workers`` > 0 they come from DataLoader worker processes."""
         if not self.workers:
-            yield from self._iterate(epoch, 0, 1)
+            for b in self._iterate(epoch, 0, 1):
+                yield b.pin_memory() if self.pin_memory else b
             return
         if epoch != self._next_epoch:  # worker processes count epochs themselves
             raise ValueError(f"with workers, epochs must be read in order: expected {self._next_epoch}, got {epoch}")
@@ -141,8 +179,9 @@ class SoftTargetLoader:
             # Persistent workers pay the spawn (and each opens the store once) for the whole run.
             self._dataloader = torch.utils.data.DataLoader(
                 _WorkerStream(self), batch_size=None, num_workers=self.workers, persistent_workers=True,
-                multiprocessing_context="spawn", prefetch_factor=4)
-        yield from self._dataloader
+                multiprocessing_context="spawn", prefetch_factor=4, pin_memory=self.pin_memory)
+        for item in self._dataloader:
+            yield _checked(item)
 
     def _read(self, start: int, stop: int) -> np.ndarray:
         """Decoded logits of rows [start, stop): (R, C), or (R, V, C) for a store with views."""
@@ -215,7 +254,7 @@ class SoftTargetLoader:
 
     def _batch(self, epoch: int, rows: np.ndarray, logits: np.ndarray | None) -> Batch:
         idx = torch.from_numpy(rows)
-        x = self.split.x[idx]  # (B, C, H, W)
+        x = self.split.batch(rows, train_seed=(self.seed, epoch))  # (B, C, H, W), decoded here
         if self._replay is not None and logits is not None:
             views = self.views_for(rows, epoch)  # (B,)
             logits = logits[np.arange(len(rows)), views]  # (B, V, K) -> (B, K)
@@ -236,4 +275,51 @@ class _WorkerStream(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
         epoch, self.epoch = self.epoch, self.epoch + 1
-        yield from self.loader._iterate(epoch, worker, num_workers)
+        try:
+            yield from self.loader._iterate(epoch, worker, num_workers)
+        except UserError as exc:  # an unreadable image: raised again, in one line, by the consumer
+            yield Failed(exc.field, exc.problem, exc.fix)
+
+
+class _RowBatches(torch.utils.data.Dataset):
+    """Map-style: a batch of row indices -> (images (B, C, H, W), file digests (B, 32) or None)."""
+
+    def __init__(self, split: Split, digests: bool) -> None:
+        self.split, self.digests = split, digests
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, rows: np.ndarray):
+        try:
+            if self.digests:
+                return self.split.batch_with_digests(rows)
+            return self.split.batch(rows), None
+        except UserError as exc:
+            return Failed(exc.field, exc.problem, exc.fix)
+
+
+def row_batches(rows: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """``rows`` cut into consecutive batches of ``batch_size`` (the last one shorter)."""
+    return [rows[s:s + batch_size] for s in range(0, len(rows), batch_size)]
+
+
+def ordered_batches(split: Split, batches: list[np.ndarray], *, workers: int = 0, pin_memory: bool = False,
+                    digests: bool = False) -> Iterator[tuple[torch.Tensor, np.ndarray | None]]:
+    """The given batches of rows of ``split``, in order: (images (B, C, H, W), file digests (B, 32) or None).
+
+    With ``workers`` > 0 they are read and decoded by that many DataLoader worker processes
+    (spawned: a forked child would inherit the parent's threads' locks), which keep the order.
+    """
+    data = _RowBatches(split, digests)
+    if not workers:
+        for rows in batches:
+            x, d = _checked(data[rows])
+            yield (x.pin_memory() if pin_memory else x), d
+        return
+    loader = torch.utils.data.DataLoader(data, sampler=batches, batch_size=None, num_workers=workers,
+                                         multiprocessing_context="spawn", pin_memory=pin_memory,
+                                         prefetch_factor=4)
+    for item in loader:
+        x, d = _checked(item)
+        yield x, None if d is None else np.asarray(d)

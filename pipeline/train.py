@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,10 +33,11 @@ from torch import nn
 from pipeline.augment import Augmenter
 from pipeline.config import AugmentConfig, ModelConfig, OptimConfig, StudentSpec
 from pipeline.data import Split
-from pipeline.loader import Batch, SoftTargetLoader
+from pipeline.loader import Batch, SoftTargetLoader, ordered_batches, row_batches
 from pipeline.losses import distillation_loss, hard_loss
 from pipeline.models import build_model
 from pipeline.optim import make_optimizer, make_schedule
+from pipeline.precision import inference, prepare, to_input
 
 log = logging.getLogger(__name__)
 
@@ -113,24 +115,33 @@ class StudentResult(TrainResult):
     spec: StudentSpec = field(kw_only=True)
 
 
-@torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, device: torch.device, *,
-            batch_size: int = 512) -> Iterator[torch.Tensor]:
-    """Raw logits (T = 1) in order, one (b, C) CPU tensor per batch."""
-    model.eval()
+def predict(model: nn.Module, data: Split | torch.Tensor, device: torch.device, *, batch_size: int = 512,
+            workers: int = 0, fast: bool = False) -> Iterator[torch.Tensor]:
+    """Raw logits (T = 1) in order, one (b, C) float32 CPU tensor per batch.
+
+    ``data`` is a lazy split, read in order through a DataLoader (``workers`` processes decode its
+    images, pinned on CUDA), or a tensor (B, C, H, W) already in memory. ``fast``: the teacher pass's
+    mixed precision and channels_last on CUDA (:mod:`pipeline.precision`); logits leave as float32.
+    """
+    model = prepare(model, device, fast=fast)
     pin = device.type == "cuda"
-    for s in range(0, x.shape[0], batch_size):
-        xb = x[s:s + batch_size]
-        if pin:
+    if isinstance(data, Split):
+        batches = (x for x, _ in ordered_batches(data, row_batches(np.arange(len(data)), batch_size),
+                                                 workers=workers, pin_memory=pin))
+    else:
+        batches = (data[s:s + batch_size] for s in range(0, data.shape[0], batch_size))
+    for xb in batches:
+        if pin and not xb.is_pinned():
             xb = xb.pin_memory()
-        yield model(xb.to(device, non_blocking=pin)).float().cpu()
+        with inference(device, fast=fast):
+            out = model(to_input(xb, device, fast=fast))
+        yield out.float().cpu()
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, split: Split, device: torch.device, *,
-             teacher_logits: torch.Tensor | None = None) -> dict:
-    """Accuracy, NLL and (if teacher logits are given) top-1 agreement, all at T = 1."""
-    logits = torch.cat(list(predict(model, split.x, device)))  # (N, C)
+def evaluate(model: nn.Module, split: Split, device: torch.device, *, teacher_logits: torch.Tensor | None = None,
+             workers: int = 0, fast: bool = False) -> dict:
+    """Accuracy, NLL and (if teacher logits are given) top-1 agreement, all at T = 1, over a DataLoader."""
+    logits = torch.cat(list(predict(model, split, device, workers=workers, fast=fast)))  # (N, C)
     pred = logits.argmax(1)
     out = {"acc": float((pred == split.y).float().mean()), "nll": float(F.cross_entropy(logits, split.y))}
     if teacher_logits is not None:
@@ -295,12 +306,12 @@ def fit_group(specs: list[StudentSpec], *, model_cfg: ModelConfig, optim: OptimC
 
 def fit_teacher(*, model_cfg: ModelConfig, optim: OptimConfig, augment: AugmentConfig, train: Split, val: Split,
                 input_shape: tuple[int, int, int], num_classes: int, device: torch.device, seed: int,
-                progress: Progress | None = None) -> TrainResult:
+                progress: Progress | None = None, workers: int = 0) -> TrainResult:
     """Train the teacher on hard labels alone; ``seed`` fixes its init, data order and augmentation.
 
     Its loss going non-finite is reported in the result (``failed``), as for a student.
     """
-    loader = SoftTargetLoader(train, optim.batch_size, seed=seed)  # labels only: no store
+    loader = SoftTargetLoader(train, optim.batch_size, seed=seed, workers=workers)  # labels only: no store
     start = time.perf_counter()
     trainee = build_trainee(name="teacher", objective=label_objective, seed=seed, model_cfg=model_cfg, optim=optim,
                             input_shape=input_shape, num_classes=num_classes, device=device,

@@ -1,15 +1,117 @@
-"""The preprocessing both stages must agree on, and its hash.
+"""The per-sample preprocessing both stages must agree on: named torchvision.transforms.v2 pipelines, and their hash.
 
-Stage 1 records it in the store; stage 2 refuses a store whose hash differs
-from its own, since the student would otherwise see other pixels than the
-teacher scored. Bump ``version`` when ``pipeline/data.py``'s preprocessing changes.
+A sample leaves its source as a raw image tensor (C, H, W) (uint8 for image
+files and torchvision's arrays, float32 in [0, 1] for ``digits``) and goes
+through one of two pipelines, built from the data config:
+
+- **eval** (evaluation, and the teacher's clean view): with ``--image-size S``,
+  ``Resize(S)`` (shorter side) then ``CenterCrop(S)``; without it the native
+  resolution; then ``ToDtype(float32, scale=True)``: float32 in [0, 1], no
+  normalisation.
+- **train** (``--train-transform``): the ops named there, in the order of
+  :data:`TRAIN_OPS` (``random-resized-crop`` replaces the eval resize and crop),
+  drawn per sample from a generator seeded by (seed, epoch, sample id), so any
+  DataLoader worker draws the same crop for the same sample.
+
+Stage 1 records the eval pipeline in the store (``transform``) with its hash;
+stage 2 refuses a store whose hash differs from its own, since the student
+would otherwise see other pixels than the teacher scored. Train-time
+augmentation is the trainer's choice and is recorded in the data config.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torchvision.transforms import v2
+
 from pipeline.config import config_hash
 
+# The record of version 1 (every dataset as float32 in [0, 1], image folders squashed to 32x32).
+# digits without --image-size still gets exactly this preprocessing (its float pixels pass through
+# unchanged), so it keeps this record byte for byte: its stores keep their transform hash and
+# provenance key. (torchvision's uint8 sets now scale by a product, 1 ulp off v1's division: v2.)
 TRANSFORM = {"pixels": "float32 in [0, 1], no normalisation", "resize": "imagefolder only, 32x32", "version": 1}
+PIXELS = "float32 in [0, 1], no normalisation"
+VERSION = 2
+
+# Training augmentation ops by name: (size (H, W)) -> a v2 transform. Applied in this order.
+TRAIN_OPS: dict[str, Callable[[tuple[int, int]], v2.Transform]] = {
+    "random-resized-crop": lambda size: v2.RandomResizedCrop(size, antialias=True),
+    "hflip": lambda size: v2.RandomHorizontalFlip(p=0.5),
+}
 
 
-def transform_hash() -> str:
-    return config_hash(TRANSFORM)[:16]
+def transform_hash(record: dict = TRANSFORM) -> str:
+    """The short hash of a transform record (the store's ``transform_hash``)."""
+    return config_hash(record)[:16]
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """The eval and train pipelines of one dataset, and what a store records about them.
+
+    ``native``: the raw images' (H, W) when every sample shares one size, else None
+    (then ``image_size`` is required). ``legacy``: the dataset's preprocessing is unchanged since
+    version 1 (see :data:`TRANSFORM`).
+    """
+
+    image_size: int | None
+    train_ops: tuple[str, ...]
+    native: tuple[int, int] | None
+    legacy: bool = False
+
+    @property
+    def out_size(self) -> tuple[int, int]:
+        """(H, W) of every preprocessed image."""
+        if self.image_size is not None:
+            return self.image_size, self.image_size
+        assert self.native is not None, "a dataset of mixed sizes needs --image-size"
+        return self.native
+
+    def record(self) -> dict:
+        """The eval pipeline as the store records it; its hash is the store's ``transform_hash``."""
+        if self.legacy and self.image_size is None:
+            return dict(TRANSFORM)
+        steps = ["ToImage"]
+        if self.image_size is not None:
+            steps += [f"Resize({self.image_size}, antialias=True)", f"CenterCrop({self.image_size})"]
+        steps.append("ToDtype(float32, scale=True)")
+        return {"pixels": PIXELS, "eval": steps, "size": list(self.out_size), "version": VERSION}
+
+    @property
+    def hash(self) -> str:
+        return transform_hash(self.record())
+
+    def eval(self) -> v2.Compose:
+        """Deterministic: applies to one image (C, H, W) or a batch (B, C, H, W) alike."""
+        steps: list[v2.Transform] = []
+        if self.image_size is not None:
+            steps += [v2.Resize(self.image_size, antialias=True), v2.CenterCrop(self.image_size)]
+        return v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True)])
+
+    def train(self) -> v2.Compose | None:
+        """Random, per sample; None when no train op is named (the eval pipeline is used)."""
+        if not self.train_ops:
+            return None
+        steps: list[v2.Transform] = []
+        if "random-resized-crop" not in self.train_ops and self.image_size is not None:
+            steps += [v2.Resize(self.image_size, antialias=True), v2.CenterCrop(self.image_size)]
+        steps += [TRAIN_OPS[op](self.out_size) for op in TRAIN_OPS if op in self.train_ops]
+        return v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True)])
+
+
+def sample_seed(seed: int, epoch: int, sample_id: int) -> int:
+    """The seed of one sample's train-time draw: a pure function of (seed, epoch, id), like a teacher view's."""
+    key = np.random.SeedSequence([seed, epoch, sample_id, 3]).generate_state(2, dtype=np.uint64)[0]
+    return int(key) & (2**63 - 1)
+
+
+def apply_seeded(tf: Callable[[torch.Tensor], torch.Tensor], img: torch.Tensor, seed: int) -> torch.Tensor:
+    """``tf(img)`` with torch's global generator seeded by ``seed`` (v2's random transforms draw from it),
+    restored afterwards so the caller's stream is untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return tf(img)

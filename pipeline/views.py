@@ -13,7 +13,7 @@ import torch
 
 from pipeline.augment import Augmenter
 from pipeline.checkpoints import load_store_teacher
-from pipeline.data import load_dataset
+from pipeline.data import open_dataset
 from pipeline.errors import StoreError
 from pipeline.store import SoftTargetStore, parse_encoding
 from pipeline.train import predict
@@ -38,7 +38,7 @@ def verify_views(store: SoftTargetStore, samples: int = 32, seed: int = 0, model
                          "check views on a float16/float32 store")
     augment, view_seed = store.meta.views.replay()
     aug = Augmenter(augment)
-    ds = load_dataset(store.meta.data_cfg())
+    ds = open_dataset(store.meta.data_cfg())
     split = ds.splits["train"]
     rows = np.sort(np.random.default_rng(seed).choice(len(split), size=min(samples, len(split)), replace=False))
     model = model if model is not None else load_store_teacher(store)
@@ -46,8 +46,9 @@ def verify_views(store: SoftTargetStore, samples: int = 32, seed: int = 0, model
     ids = split.ids[torch.from_numpy(rows)]
     rel, abs_ = TOLERANCE[kind]
     worst = 0.0
+    clean = split.batch(rows)  # (S, C, H, W): only the sampled rows are read
     for view in range(store.views):
-        x = aug.replay(split.x[torch.from_numpy(rows)], ids, torch.full_like(ids, view),
+        x = aug.replay(clean, ids, torch.full_like(ids, view),
                        view_seed if replay_seed is None else replay_seed)
         fresh = torch.cat(list(predict(model, x, torch.device("cpu")))).numpy()  # (S, C)
         err = np.abs(fresh - stored[:, view]) - rel * np.abs(stored[:, view])  # (S, C)

@@ -139,7 +139,12 @@ class TeacherMeta(_Record):
 @dataclass(frozen=True)
 class SplitMeta(_Record):
     size: int
-    fingerprint: str  # sha256 of the split's ids, labels and pixels
+    # sha256 of the split's ids, labels and sample identities: pixels for in-memory and torchvision
+    # datasets, relative paths and byte sizes for image folders (cheap: checked at every stage-2 start).
+    fingerprint: str
+    # Image folders only: sha256 over every file's sha256, in row order (hashed during the teacher pass;
+    # `kd inspect --verify-data` checks it).
+    content: str | None = None
 
 
 @dataclass(frozen=True)
@@ -149,6 +154,9 @@ class DatasetMeta(_Record):
     class_names: tuple[str, ...]
     input_shape: tuple[int, ...]
     splits: dict[str, SplitMeta]
+    # Image folders only: the listing (relative path, byte size), zlib + base64: names the first file that
+    # changed when a fingerprint differs (pipeline.data.folder.read_manifest).
+    files: str | None = None
 
 
 @dataclass(frozen=True)

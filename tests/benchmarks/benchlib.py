@@ -206,8 +206,8 @@ def spread(ts: list[float]) -> float:
 def synthetic_split(n: int, seed: int, shape: tuple[int, ...] = SHAPE, classes: int = CLASSES) -> Split:
     """``n`` random CIFAR-shaped samples in [0, 1] with random labels (accuracy is irrelevant here)."""
     g = torch.Generator().manual_seed(seed)
-    return Split(x=torch.rand((n, *shape), generator=g), y=torch.randint(0, classes, (n,), generator=g),
-                 ids=torch.arange(n, dtype=torch.int64))
+    return Split.from_tensors(x=torch.rand((n, *shape), generator=g), y=torch.randint(0, classes, (n,), generator=g),
+                              ids=torch.arange(n, dtype=torch.int64))
 
 
 def write_store(path: str | os.PathLike, logits: np.ndarray, labels: np.ndarray, encoding: str = "float16",

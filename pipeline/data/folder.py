@@ -1,0 +1,192 @@
+"""``imagefolder:PATH``: one sub-folder of images per class, read file by file at native resolution.
+
+The folder is scanned once (names and sizes, no pixels) and checked before any
+work: no class folders, a single class, an empty class folder or a file that is
+not an image are each refused in one line naming the folder or file; hidden
+files (``.DS_Store``…) and files beside the class folders are ignored. Images
+are decoded where they are read (in DataLoader workers) and converted to RGB
+whatever their mode (L, P, RGBA, CMYK, 16-bit…); a file that cannot be decoded
+is refused naming it.
+
+The listing (relative paths and byte sizes) is the folder's cheap identity:
+stage 2 checks it at every start and, when it differs from the store's, names
+the first file added, removed or changed. The full content (every file's bytes)
+is hashed once, while the teacher pass reads them anyway.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import os
+import zlib
+
+import numpy as np
+import torch
+
+from pipeline.data.sources import Source
+from pipeline.errors import UserError
+
+# torchvision's IMG_EXTENSIONS: what ImageFolder would read.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+FIX_FILE = "remove or replace the file"
+
+
+def _walk(root: str) -> tuple[list[str], list[str], list[int], list[int]]:
+    """Class names, and every image's relative path, byte size and label, in a fixed (sorted) order."""
+    if not os.path.isdir(root):
+        raise UserError("dataset", f"image folder {root!r} does not exist", "pass imagefolder:PATH to a directory")
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    if not classes:
+        raise UserError("dataset", f"image folder {root!r} has no class folders",
+                        "use one sub-folder of images per class")
+    if len(classes) == 1:
+        raise UserError("dataset", f"image folder {root!r} has a single class folder ({classes[0]!r})",
+                        "a classifier needs at least 2 classes: add a sub-folder per class")
+    paths, sizes, labels = [], [], []
+    for label, cls in enumerate(classes):
+        before = len(paths)
+        for dirpath, dirnames, filenames in os.walk(os.path.join(root, cls), followlinks=True):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in sorted(filenames):
+                if name.startswith("."):
+                    continue
+                rel = os.path.relpath(os.path.join(dirpath, name), root)
+                if not name.lower().endswith(IMAGE_EXTENSIONS):
+                    raise UserError("dataset", f"{rel} in image folder {root!r} is not an image "
+                                    f"(expected {', '.join(IMAGE_EXTENSIONS)})", "move it out of the class folders")
+                paths.append(rel)
+                sizes.append(os.path.getsize(os.path.join(dirpath, name)))
+                labels.append(label)
+        if len(paths) == before:
+            raise UserError("dataset", f"class folder {cls!r} of image folder {root!r} holds no images",
+                            "add images to it or remove it")
+    return classes, paths, sizes, labels
+
+
+def to_rgb(img) -> np.ndarray:
+    """Any PIL image as (H, W, 3) uint8: 16- and 32-bit greys keep their top 8 bits, alpha is dropped."""
+    from PIL import Image
+
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit PNGs open as I;16 or I (values up to 65535): scale, do not clip at 255 as convert("L") would.
+        grey = (np.asarray(img).astype(np.uint32) >> 8).clip(0, 255).astype(np.uint8)
+        img = Image.fromarray(grey, mode="L")
+    elif img.mode == "F":
+        img = Image.fromarray(np.asarray(img).clip(0, 255).astype(np.uint8), mode="L")
+    elif img.mode in ("P", "PA") and "transparency" in img.info:
+        img = img.convert("RGBA")
+    return np.asarray(img.convert("RGB"))
+
+
+def decode(data: bytes, rel: str) -> torch.Tensor:
+    """One image file's bytes as a (3, H, W) uint8 tensor; a file that does not decode is a one-line error."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()  # decode now: a truncated file fails here, not later
+            arr = to_rgb(img)
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError… for broken files
+        raise UserError("dataset", f"cannot decode image {rel} ({type(exc).__name__}: {exc})", FIX_FILE) from None
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)  # (3, H, W)
+
+
+def header_size(path: str, rel: str) -> tuple[int, int]:
+    """(width, height) from the file's header alone."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except Exception as exc:
+        raise UserError("dataset", f"cannot read image {rel} ({type(exc).__name__}: {exc})", FIX_FILE) from None
+
+
+class FolderSource(Source):
+    """The images of one folder. Paths are kept as one joined byte string plus offsets (compact, and
+    cheap to send to workers); labels and sizes as int arrays."""
+
+    has_content = True
+
+    def __init__(self, root: str, *, native_size: bool) -> None:
+        """``native_size``: read every header and require one size (no --image-size was given)."""
+        self.root = os.path.abspath(root)
+        self.classes, paths, sizes, labels = _walk(self.root)
+        encoded = [p.encode() for p in paths]
+        self._names = b"".join(encoded)
+        self._offsets = np.concatenate([[0], np.cumsum([len(e) for e in encoded])]).astype(np.int64)
+        self.sizes = np.asarray(sizes, dtype=np.int64)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.shape = self._common_shape() if native_size else None
+
+    def path(self, i: int) -> str:
+        return self._names[self._offsets[i]:self._offsets[i + 1]].decode()
+
+    def _common_shape(self) -> tuple[int, int, int]:
+        first = None
+        for i in range(len(self)):
+            rel = self.path(i)
+            size = header_size(os.path.join(self.root, rel), rel)
+            if first is None:
+                first = (size, rel)
+            elif size != first[0]:
+                (w0, h0), rel0 = first
+                raise UserError("image_size", f"images differ in size ({rel0} is {w0}x{h0}, {rel} is "
+                                f"{size[0]}x{size[1]}); native resolution needs one size",
+                                "pass --image-size S to resize and center-crop every image to S x S")
+        (w, h), _ = first  # type: ignore[misc]
+        return 3, h, w
+
+    def read_bytes(self, i: int) -> bytes:
+        rel = self.path(i)
+        try:
+            with open(os.path.join(self.root, rel), "rb") as f:
+                return f.read()
+        except OSError as exc:
+            raise UserError("dataset", f"cannot read {rel} in image folder {self.root!r} ({exc.strerror})",
+                            "the folder changed while it was read; restore it") from None
+
+    def read(self, i: int) -> torch.Tensor:
+        return decode(self.read_bytes(i), self.path(i))
+
+    def read_with_digest(self, i: int) -> tuple[torch.Tensor, bytes]:
+        """The image and the sha256 of its file's bytes, from a single read."""
+        data = self.read_bytes(i)
+        return decode(data, self.path(i)), hashlib.sha256(data).digest()
+
+    def digest(self, i: int) -> bytes:
+        return hashlib.sha256(self.read_bytes(i)).digest()
+
+    def hash_rows(self, h, idx: np.ndarray) -> None:
+        h.update(self.sizes[idx].tobytes())
+        for s in range(0, len(idx), 4096):
+            h.update(b"\n".join(self.path(int(i)).encode() for i in idx[s:s + 4096]) + b"\n")
+
+    def listing(self) -> list[tuple[str, int]]:
+        return [(self.path(i), int(self.sizes[i])) for i in range(len(self))]
+
+    def manifest(self) -> str:
+        """The listing as the store records it: ``path\\tsize`` lines, zlib-compressed, base64."""
+        text = "".join(f"{p}\t{s}\n" for p, s in self.listing()).encode()
+        return base64.b64encode(zlib.compress(text, 6)).decode()
+
+
+def read_manifest(manifest: str) -> list[tuple[str, int]]:
+    lines = zlib.decompress(base64.b64decode(manifest)).decode().splitlines()
+    return [(p, int(s)) for p, _, s in (line.rpartition("\t") for line in lines)]
+
+
+def first_difference(old: list[tuple[str, int]], new: list[tuple[str, int]]) -> str | None:
+    """The first file (in path order) added, removed or resized between two listings, described; None if equal."""
+    before, after = dict(old), dict(new)
+    for path in sorted(before.keys() | after.keys()):
+        a, b = before.get(path), after.get(path)
+        if a == b:
+            continue
+        if a is None:
+            return f"{path} was added"
+        if b is None:
+            return f"{path} was removed"
+        return f"{path} changed ({a} bytes when the store was written, {b} now)"
+    return None
