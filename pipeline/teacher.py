@@ -25,7 +25,7 @@ from pipeline.data import Dataset, open_dataset
 from pipeline.errors import UserError
 from pipeline.models import count_parameters, resolve_device
 from pipeline.store import (SPLITS, DatasetMeta, LineageEntry, Provenance, SoftTargetStore, StoreWriter, TeacherMeta,
-                            ViewsMeta, exists, join, now_iso, software_versions)
+                            ViewsMeta, exists, join, now_iso, published_meta, software_versions)
 from pipeline.train import Progress, evaluate, fit_teacher, predict
 from pipeline.transforms import TRANSFORM, transform_hash
 
@@ -161,7 +161,9 @@ def create_store(p: TeacherPlan, model: nn.Module) -> StoreWriter:
     splits = {s: (ds.splits[s].y.numpy(), ds.splits[s].ids.numpy()) for s in SPLITS}
     writer = StoreWriter(p.store_path, provenance, splits, encoding=cfg.encoding, chunk_rows=cfg.chunk_rows,
                          shard_chunks=cfg.shard_chunks, storage_options=cfg.storage_options)
-    if writer.resumed:
+    if writer.reused:
+        log.info("%s was published by a concurrent run meanwhile; reusing it", p.store_path)
+    elif writer.resumed:
         log.info("resuming incomplete store %s: %s shards left", p.store_path,
                  {s: len(writer.pending(s)) for s in splits})
     return writer
@@ -216,7 +218,13 @@ def write_part(p: TeacherPlan, work: dict[str, list[int]]) -> None:
 
 
 def finalize(p: TeacherPlan) -> str:
-    """After every part is written: check the bitmap and mark the store complete."""
+    """After every part is written: check the bitmap, mark the store complete and publish it.
+
+    If it is published already (a concurrent run finished it first), it is returned as it is.
+    """
+    there = published_meta(p.store_path, p.cfg.storage_options)
+    if there is not None and there.provenance_key == p.provenance_key:
+        return p.store_path
     return StoreWriter.attach(p.store_path, p.cfg.storage_options).finish()
 
 
