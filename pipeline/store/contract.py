@@ -94,11 +94,6 @@ def check_layout(meta: StoreMeta) -> None:
         raise StoreError("encoding", f"unknown encoding {meta.encoding[:40]!r}", REWRITE) from None
     if k is not None and not 0 < k < meta.dataset.num_classes:
         raise StoreError("encoding", f"{meta.encoding} for {meta.dataset.num_classes} classes", REWRITE)
-    if meta.manifest is not None:
-        expected = {f"{s}/{a.name}" for s in meta.layout for a in data_arrays(meta, s)}
-        if set(meta.manifest.arrays) != expected:
-            raise StoreError("manifest.arrays", f"covers {sorted(meta.manifest.arrays)}, the layout defines "
-                             f"{sorted(expected)}", REWRITE)
 
 
 def check_arrays(group, meta: StoreMeta) -> dict[tuple[str, str], object]:
@@ -115,7 +110,23 @@ def check_arrays(group, meta: StoreMeta) -> dict[tuple[str, str], object]:
                              REWRITE) from None
         for spec in expected_arrays(meta, split):
             handles[(split, spec.name)] = _check_array(sub, split, spec)
+    if meta.manifest is not None:
+        expected = {f"{s}/{a.name}" for s in meta.layout for a in data_arrays(meta, s)}
+        if set(meta.manifest.arrays) != expected:
+            extra, missing = sorted(set(meta.manifest.arrays) - expected), sorted(expected - set(meta.manifest.arrays))
+            raise StoreError("manifest.arrays", f"does not cover the store's arrays (missing {missing[:4]}, "
+                             f"unknown {extra[:4]})", REWRITE)
     return handles
+
+
+def _shape_field(at: str, spec: ArraySpec, shape: tuple[int, ...]) -> str:
+    """The attribute a shape disagrees with: views per sample, the class count, else the array itself."""
+    if len(shape) == len(spec.shape) and shape[0] == spec.shape[0] and len(shape) > 1:
+        if shape[1] != spec.shape[1]:
+            return "views.count"
+        if spec.name == "logits" and shape[2] != spec.shape[2]:
+            return "num_classes"
+    return at
 
 
 def _check_array(sub, split: str, spec: ArraySpec):
@@ -132,7 +143,9 @@ def _check_array(sub, split: str, spec: ArraySpec):
     if dtype != spec.dtype:
         raise StoreError(at, f"dtype is {dtype}, the contract says {spec.dtype}", REWRITE)
     if shape != spec.shape:
-        raise StoreError(at, f"shape is {shape}, the attributes record {spec.shape}", REWRITE)
+        field = _shape_field(at, spec, shape)
+        raise StoreError(field, f"{'' if field == at else at + ' '}has shape {shape}, the attributes record "
+                                f"{spec.shape}", REWRITE)
     if chunks != spec.chunks or (tuple(shards) if shards else None) != spec.shards:
         raise StoreError(at, f"chunks {chunks} / shards {shards} differ from the recorded layout "
                              f"({spec.chunks} / {spec.shards})", REWRITE)

@@ -160,7 +160,7 @@ def is_stale(info: LeaseInfo, now: float | None = None) -> bool:
 class Lease:
     """A held lease: renewed by a daemon thread until :meth:`release` (or until someone else holds it)."""
 
-    _held: dict[str, "Lease"] = {}  # by lease path: this process's leases, so a release stops their renewal
+    _held: dict[str, "Lease"] = {}  # by token: this process's leases, so a release stops their renewal
     _lock = threading.Lock()
 
     def __init__(self, backend: _Backend, info: LeaseInfo) -> None:
@@ -169,7 +169,7 @@ class Lease:
         self._thread = threading.Thread(target=self._renew, name="store-lease", daemon=True)
         self._thread.start()
         with Lease._lock:
-            Lease._held[backend.path] = self
+            Lease._held[info.token] = self
 
     def _renew(self) -> None:
         while not self._stop.wait(RENEW_S):
@@ -192,7 +192,7 @@ class Lease:
 def release(path: str, token: str, storage_options: dict | None = None) -> None:
     """Give up the lease at ``path`` if ``token`` still holds it (a task of the run may release another's)."""
     with Lease._lock:
-        held = Lease._held.pop(path, None)
+        held = Lease._held.pop(token, None)
     if held is not None:
         held._stop.set()
     backend = held.backend if held is not None else _Backend(path, storage_options)

@@ -235,20 +235,19 @@ class StoreMeta(Provenance):
     complete: bool
     layout: dict[str, LayoutMeta]
     completed_at: str | None = None
-    manifest: ManifestMeta | None = None  # present exactly when complete
+    manifest: ManifestMeta | None = None  # recorded with `complete`; required once complete
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if (self.manifest is None) == self.complete:
-            raise _problem("manifest", "must be present exactly when the store is complete "
-                                       f"(complete is {str(self.complete).lower()})")
+        if self.complete and self.manifest is None:
+            raise _problem("manifest", "missing from a complete store's attributes")
 
     @classmethod
     def from_attrs(cls, attrs: dict, at: str = "") -> StoreMeta:
         """Parse a store's group attributes; refuses an unknown ``format_version`` before anything else."""
         version = attrs.get("format_version") if isinstance(attrs, dict) else None
         if version not in SUPPORTED_VERSIONS or isinstance(version, bool):
-            raise StoreError("format_version", f"store has version {_shown(version)}, this pipeline reads "
+            raise StoreError("format_version", f"store has version {json.dumps(version, default=str)[:40]}, this pipeline reads "
                              f"{', '.join(map(str, SUPPORTED_VERSIONS))}",
                              "rewrite the store with `kd teacher`, or use the pipeline version that wrote it")
         return _parse(cls, attrs, at)

@@ -282,7 +282,8 @@ class StoreWriter:
                             "the teacher diverged; lower its lr or check the checkpoint. Nothing was published")
         if self._error is not None:
             raise self._error
-        arrays = encode(logits, self.encoding)
+        with np.errstate(over="ignore"):  # an overflowing cast is expected here, and refused just below
+            arrays = encode(logits, self.encoding)
         # Finite float32 logits can still overflow the encoding (float16 tops out at 65504): check what is stored.
         for name, values in arrays.items():
             if values.dtype.kind == "f":
