@@ -28,7 +28,7 @@ from pipeline.data import load_dataset
 from pipeline.errors import StoreError, UserError
 from pipeline.store import SoftTargetStore, StoreWriter, lease
 from pipeline.train import build_seeded
-from tests.conftest import DIGITS, synthetic_provenance
+from tests.conftest import DIGITS, small_teacher_config, synthetic_provenance
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 C = 5
@@ -51,16 +51,21 @@ def _fill(w, logits):
 
 # ---------------------------------------------------------------- two real processes, one store
 
+# Both processes get ready (imports, plan, teacher loaded), then start writing together at the test's signal.
 SCRIPT = """
-import sys
+import os, sys, time
 from pipeline import teacher
 from pipeline.config import ModelConfig
 from tests.conftest import small_teacher_config
-root, ckpt, views = sys.argv[1], sys.argv[2], int(sys.argv[3])
-cfg = small_teacher_config(root, model=ModelConfig(arch="cnn", width=48), checkpoint=ckpt, chunk_rows=16,
+root, ckpt, views, gate = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+cfg = small_teacher_config(root, model=ModelConfig(arch="cnn", width=16), checkpoint=ckpt, chunk_rows=16,
                            shard_chunks=1, encoding="float16", views=views)
 p = teacher.plan(cfg)
-print(teacher.publish(p, teacher.load(p)), flush=True)
+model = teacher.load(p)
+open(os.path.join(gate, f"ready-{os.getpid()}"), "w").close()
+while not os.path.exists(os.path.join(gate, "go")):
+    time.sleep(0.005)
+print(teacher.publish(p, model), flush=True)
 """
 
 
@@ -84,7 +89,7 @@ class _Watcher(threading.Thread):
                 self.seen += 1
             elif self.seen:
                 self.violations.append(why)
-            time.sleep(0.005)
+            time.sleep(0.02)
 
 
 @pytest.mark.slow
@@ -92,19 +97,24 @@ class _Watcher(threading.Thread):
 def test_two_processes_writing_one_store_both_succeed_and_it_never_vanishes(tmp_path, views):
     ds = load_dataset(DIGITS)
     ckpt = str(tmp_path / "teacher.pt")
-    torch.save(build_seeded(ModelConfig(arch="cnn", width=48), ds.input_shape, ds.num_classes, seed=0).state_dict(),
+    torch.save(build_seeded(ModelConfig(arch="cnn", width=16), ds.input_shape, ds.num_classes, seed=0).state_dict(),
                ckpt)
     root = str(tmp_path / "run")
-    cmd = [sys.executable, "-c", SCRIPT, root, ckpt, str(views)]
+    final = teacher.plan(small_teacher_config(root, model=ModelConfig(arch="cnn", width=16), checkpoint=ckpt,
+                                              chunk_rows=16, shard_chunks=1, encoding="float16",
+                                              views=views)).store_path
+    watcher = _Watcher(final)
+    watcher.start()
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    cmd = [sys.executable, "-c", SCRIPT, root, ckpt, str(views), str(gate)]
     procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
-    stores = os.path.join(root, "stores")
-    deadline = time.monotonic() + 60
-    while not glob.glob(os.path.join(stores, "*.zarr.lease")) and time.monotonic() < deadline:
+    deadline = time.monotonic() + 240
+    while len(os.listdir(gate)) < 2 and time.monotonic() < deadline and all(p.poll() is None for p in procs):
         time.sleep(0.01)
-    (lease_file,) = glob.glob(os.path.join(stores, "*.zarr.lease"))
-    watcher = _Watcher(lease_file.removesuffix(".lease"))
-    watcher.start()
+    (gate / "go").touch()
+    stores = os.path.dirname(final)
     outs = [p.communicate(timeout=300) for p in procs]
     watcher.stop.set()
     watcher.join()
