@@ -22,10 +22,10 @@ from pipeline.checkpoints import load_model
 from pipeline.checksums import sha256_file
 from pipeline.config import TeacherConfig, config_hash, to_dict
 from pipeline.data import Dataset, open_dataset
-from pipeline.errors import UserError
+from pipeline.errors import StoreError, UserError
 from pipeline.models import count_parameters, resolve_device
 from pipeline.store import (SPLITS, DatasetMeta, LineageEntry, Provenance, SoftTargetStore, StoreWriter, TeacherMeta,
-                            ViewsMeta, exists, join, now_iso, published_meta, software_versions)
+                            ViewsMeta, join, now_iso, published_meta, software_versions)
 from pipeline.train import Progress, evaluate, fit_teacher, predict
 from pipeline.transforms import TRANSFORM, transform_hash
 
@@ -76,15 +76,18 @@ class TeacherPlan:
 
     @property
     def reusable(self) -> bool:
-        """A complete store with this provenance key already exists."""
-        opts = self.cfg.storage_options
-        if not exists(self.store_path, opts):
+        """A complete store with this provenance key is published at the store's name.
+
+        Anything else already there (other content, another format version, a damaged store) is refused here,
+        before any training: a published store is never overwritten.
+        """
+        there = published_meta(self.store_path, self.cfg.storage_options)
+        if there is None:
             return False
-        try:
-            store = SoftTargetStore(self.store_path, storage_options=opts)
-        except UserError:
-            return False
-        return store.meta.provenance_key == self.provenance_key
+        if there.provenance_key != self.provenance_key:
+            raise StoreError("store", f"{self.store_path!r} is a complete store of other content (provenance_key "
+                             f"{there.provenance_key[:12]}…)", "move or delete it: it is never overwritten")
+        return True
 
 
 def plan(cfg: TeacherConfig) -> TeacherPlan:
