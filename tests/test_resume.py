@@ -39,8 +39,8 @@ print(teacher.publish(p, teacher.load(p)), flush=True)
 
 
 def _cfg(root, ckpt, views):
-    return small_teacher_config(root, model=ModelConfig(arch="cnn", width=WIDTH[views]), checkpoint=ckpt, chunk_rows=8, shard_chunks=1,
-                                encoding="float32", views=views)
+    return small_teacher_config(root, model=ModelConfig(arch="cnn", width=WIDTH[views]), checkpoint=ckpt,
+                                chunk_rows=8, shard_chunks=1, encoding="float32", views=views)
 
 
 def _staging(store):

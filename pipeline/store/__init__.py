@@ -43,8 +43,8 @@ from pipeline.store.writer import StoreWriter, published_meta
 
 __all__ = [
     "DEFAULT_CHUNK_ROWS", "DEFAULT_SHARD_CHUNKS", "ENCODING_DTYPES", "FORMAT_VERSION", "SPLITS", "SUPPORTED_VERSIONS",
-    "DatasetMeta", "LayoutMeta", "LineageEntry", "ManifestMeta", "Provenance", "SoftTargetStore", "SplitLayout", "SplitMeta",
-    "StoreMeta", "StoreWriter", "TeacherMeta", "ViewsMeta", "auto_chunk_rows", "decode_topk", "encode_topk",
+    "DatasetMeta", "LayoutMeta", "LineageEntry", "ManifestMeta", "Provenance", "SoftTargetStore", "SplitLayout",
+    "SplitMeta", "StoreMeta", "StoreWriter", "TeacherMeta", "ViewsMeta", "auto_chunk_rows", "decode_topk", "encode_topk",
     "exists", "find_stores", "is_url", "join", "layout_for", "logits_arrays", "now_iso", "parse_encoding",
     "published_meta", "software_versions",
 ]

@@ -247,7 +247,8 @@ class StoreMeta(Provenance):
         """Parse a store's group attributes; refuses an unknown ``format_version`` before anything else."""
         version = attrs.get("format_version") if isinstance(attrs, dict) else None
         if version not in SUPPORTED_VERSIONS or isinstance(version, bool):
-            raise StoreError("format_version", f"store has version {json.dumps(version, default=str)[:40]}, this pipeline reads "
+            shown = json.dumps(version, default=str)[:40]
+            raise StoreError("format_version", f"store has version {shown}, this pipeline reads "
                              f"{', '.join(map(str, SUPPORTED_VERSIONS))}",
                              "rewrite the store with `kd teacher`, or use the pipeline version that wrote it")
         return _parse(cls, attrs, at)
