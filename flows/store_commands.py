@@ -26,6 +26,7 @@ def cmd_inspect(a: argparse.Namespace) -> None:
     info = store.summary()
     if a.verify:
         info["verified_rows"] = store.verify()
+        info["fingerprints"] = store.verify_fingerprints()
     if a.verify_views:
         from pipeline.views import verify_views
 
@@ -55,7 +56,11 @@ def cmd_inspect(a: argparse.Namespace) -> None:
         print(f"{'lineage:' if depth == 1 else '':<17} {'  ' * (depth - 1)}↳ taught by the student of {parent['store']}"
               f" ({parent['teacher']}, test acc {100 * parent['test_acc']:.2f}%)")
     if a.verify:
-        print(f"verified:         every chunk decoded, checksums ok ({info['verified_rows']})")
+        print(f"verified:         every chunk of every array decoded, checksums and manifest ok "
+              f"({info['verified_rows']})")
+        print(f"fingerprints:     {info['fingerprints']}")
+        if info["fingerprints"].startswith("not checked"):
+            print(f"warning: labels and ids were {info['fingerprints']}", file=sys.stderr)
     if a.verify_views:
         print(f"views verified:   {info['verified_views']}")
     if a.verify_data:
@@ -72,7 +77,11 @@ def cmd_stores(a: argparse.Namespace) -> None:
         try:
             s = SoftTargetStore(path, storage_options=a.storage_options, require_complete=False).summary()
         except UserError as exc:
-            rows.append({"name": os.path.basename(path), "error": exc.one_line()})
+            rows.append({"name": os.path.basename(path), "path": path, "damaged": exc.one_line()})
+            continue
+        except Exception as exc:  # noqa: BLE001 one bad store never ends the listing (its type only: no content)
+            rows.append({"name": os.path.basename(path), "path": path,
+                         "damaged": f"store: unreadable ({type(exc).__name__})"})
             continue
         rows.append({"name": os.path.basename(path), "path": path, "dataset": s["dataset"]["name"],
                      "teacher": s["teacher"]["arch"], "test_acc": s["teacher"]["test_acc"],
@@ -84,8 +93,8 @@ def cmd_stores(a: argparse.Namespace) -> None:
     if not rows:
         print(f"no stores under {a.root}")
     for r in rows:
-        if "error" in r:
-            print(f"{r['name']:<40} unreadable: {r['error']}")
+        if "damaged" in r:
+            print(f"{r['name']:<40} DAMAGED: {r['damaged']}")
             continue
         print(f"{r['name']:<40} {r['dataset']:<10} {r['teacher']:<12} acc {100 * r['test_acc']:6.2f}%  "
               f"{r['encoding']:<8} {_human_bytes(r['bytes']):>9}  {r['created']}  "
@@ -97,7 +106,9 @@ def add_store_commands(sub) -> None:
     p = sub.add_parser("inspect", help="a store's metadata, size and compression")
     p.add_argument("path")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--verify", action="store_true", help="decode every chunk and check every checksum")
+    p.add_argument("--verify", action="store_true",
+                   help="decode every chunk of every array, check every checksum and the manifest, and the labels and "
+                        "ids against the data's fingerprints")
     p.add_argument("--verify-views", type=int, default=0, metavar="N",
                    help="rerun the recorded teacher on N replayed samples and compare every view (default: 0)")
     p.add_argument("--verify-data", action="store_true",

@@ -24,12 +24,12 @@ from pipeline.checks import check_output_folder, check_store_root
 from pipeline.checksums import sha256_file
 from pipeline.config import TeacherConfig, config_hash, parse_encoding, to_dict
 from pipeline.data import Dataset, open_dataset
-from pipeline.errors import UserError
+from pipeline.errors import StoreError, UserError
 from pipeline.loader import ordered_batches, row_batches
 from pipeline.models import count_parameters, resolve_device
 from pipeline.precision import prepare
 from pipeline.store import (SPLITS, DatasetMeta, LineageEntry, Provenance, SoftTargetStore, StoreWriter, TeacherMeta,
-                            ViewsMeta, exists, join, now_iso, software_versions)
+                            ViewsMeta, join, now_iso, published_meta, software_versions)
 from pipeline.train import Progress, evaluate, fit_teacher, predict
 
 log = logging.getLogger(__name__)
@@ -79,15 +79,18 @@ class TeacherPlan:
 
     @property
     def reusable(self) -> bool:
-        """A complete store with this provenance key already exists."""
-        opts = self.cfg.storage_options
-        if not exists(self.store_path, opts):
+        """A complete store with this provenance key is published at the store's name.
+
+        Anything else already there (other content, another format version, a damaged store) is refused here,
+        before any training: a published store is never overwritten.
+        """
+        there = published_meta(self.store_path, self.cfg.storage_options)
+        if there is None:
             return False
-        try:
-            store = SoftTargetStore(self.store_path, storage_options=opts)
-        except UserError:
-            return False
-        return store.meta.provenance_key == self.provenance_key
+        if there.provenance_key != self.provenance_key:
+            raise StoreError("store", f"{self.store_path!r} is a complete store of other content (provenance_key "
+                             f"{there.provenance_key[:12]}…)", "move or delete it: it is never overwritten")
+        return True
 
 
 def plan(cfg: TeacherConfig) -> TeacherPlan:
@@ -185,7 +188,9 @@ def create_store(p: TeacherPlan, model: nn.Module) -> StoreWriter:
     splits = {s: (ds.splits[s].y.numpy(), ds.splits[s].ids.numpy()) for s in SPLITS}
     writer = StoreWriter(p.store_path, provenance, splits, encoding=cfg.encoding, chunk_rows=cfg.chunk_rows,
                          shard_chunks=cfg.shard_chunks, storage_options=cfg.storage_options)
-    if writer.resumed:
+    if writer.reused:
+        log.info("%s was published by a concurrent run meanwhile; reusing it", p.store_path)
+    elif writer.resumed:
         log.info("resuming incomplete store %s: %s shards left", p.store_path,
                  {s: len(writer.pending(s)) for s in splits})
     return writer
@@ -290,7 +295,13 @@ def write_part(p: TeacherPlan, work: dict[str, list[int]]) -> None:
 
 
 def finalize(p: TeacherPlan) -> str:
-    """After every part is written: check the bitmap and mark the store complete."""
+    """After every part is written: check the bitmap, mark the store complete and publish it.
+
+    If it is published already (a concurrent run finished it first), it is returned as it is.
+    """
+    there = published_meta(p.store_path, p.cfg.storage_options)
+    if there is not None and there.provenance_key == p.provenance_key:
+        return p.store_path
     writer = StoreWriter.attach(p.store_path, p.cfg.storage_options)
     record_content(p, writer, {})  # the parts' digests stayed in their processes: read the files once more
     return writer.finish()

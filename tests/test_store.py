@@ -28,7 +28,7 @@ def _write(path, logits_by_split, encoding="float32", finish=True, **kw):
     if finish:
         return w.finish()
     w.abort()
-    return str(path)
+    return w.path  # the unfinished (staging) copy: never published under `path`
 
 
 def _logits(n, seed=0):
@@ -186,6 +186,11 @@ def test_resume_writes_only_missing_shards(tmp_path):
         a, b = w.layouts["train"].shard_range(shard)
         w.put("train", shard, data[a:b])
     w.abort()  # "crash": complete never set
+    # Another provenance (or checkpoint) never resumes: it starts afresh, in its own staging copy.
+    other = StoreWriter(str(tmp_path / "s.zarr"), synthetic_provenance(C, key="k2", checkpoint_sha256="abc"), splits,
+                        encoding="float16", chunk_rows=100, shard_chunks=2)
+    assert not other.resumed and other.pending("train") == [0, 1, 2, 3, 4] and other.path != w.path
+    other.abort()
     again = StoreWriter(str(tmp_path / "s.zarr"), prov, splits, encoding="float16", chunk_rows=100, shard_chunks=2)
     assert again.resumed and again.pending("train") == [1, 4]
     for shard in again.pending("train"):
@@ -194,11 +199,12 @@ def test_resume_writes_only_missing_shards(tmp_path):
     again.finish()
     np.testing.assert_array_equal(SoftTargetStore(again.path).read_logits("train"),
                                   data.astype(np.float16).astype(np.float32))
-    # Another provenance (or checkpoint) never resumes: it starts afresh.
-    other = StoreWriter(str(tmp_path / "s.zarr"), synthetic_provenance(C, key="k2", checkpoint_sha256="abc"), splits,
-                        encoding="float16", chunk_rows=100, shard_chunks=2)
-    assert not other.resumed and other.pending("train") == [0, 1, 2, 3, 4]
-    other.abort()
+    # Once published, other content is refused at that name (it used to be wiped by mode="w"), and the
+    # published store is untouched.
+    with pytest.raises(StoreError, match="immutable"):
+        StoreWriter(str(tmp_path / "s.zarr"), synthetic_provenance(C, key="k2", checkpoint_sha256="abc"), splits,
+                    encoding="float16", chunk_rows=100, shard_chunks=2)
+    assert SoftTargetStore(again.path).verify() == {"train": 1000}
 
 
 def test_chunks_default_to_about_a_megabyte():
@@ -220,13 +226,16 @@ def test_resume_keeps_the_first_created_at_and_resumes_views_stores(tmp_path):
     first.put("train", 0, logits[:100], params[:100])
     first.abort()
     created = SoftTargetStore(first.path, require_complete=False).meta.created_at
-    again = StoreWriter(first.path, dataclasses.replace(synthetic_provenance(C, views=2), created_at="later"), splits,
+    again = StoreWriter(str(tmp_path / "s.zarr"), dataclasses.replace(synthetic_provenance(C, views=2),
+                                                                       created_at="later"), splits,
                         encoding="float32", chunk_rows=50, shard_chunks=2)
     assert again.resumed and again.pending("train") == [1, 2]
     for shard in again.pending("train"):
         a, b = again.layouts["train"].shard_range(shard)
         again.put("train", shard, logits[a:b], params[a:b])
+    assert again.path == first.path  # the same unfinished copy, reopened
     again.finish()
-    s = SoftTargetStore(first.path)
+    s = SoftTargetStore(again.path)
+    assert again.path == str(tmp_path / "s.zarr")
     assert s.meta.created_at == created and s.meta.completed_at is not None
     np.testing.assert_array_equal(s.read_views("train"), logits)

@@ -1,6 +1,6 @@
 """The soft-target store: a self-describing Zarr v3 group of raw teacher logits.
 
-Layout (``FORMAT_VERSION`` 2; the README's "Store format" tables are the contract)::
+Layout (``FORMAT_VERSION`` 3; the README's "Store format" tables are the contract)::
 
     <name>.zarr/                 group; attributes: pipeline.store.meta.StoreMeta
       train/logits   (N, V, C)   float16 | float32, fill NaN (V teacher views per sample; view 0 is clean)
@@ -16,28 +16,35 @@ fails loudly on read. Missing data cannot pass as zeros either: logits are
 filled with NaN, the teacher never publishes NaN, so a NaN read back from a
 complete store means a chunk is gone, and the reader says which.
 
-The group attribute ``complete`` is written last; readers refuse a store
-without it. Stores are opened read-only for reading. Nothing here pickles.
+The group attribute ``complete`` is written last, with a manifest of per-shard
+content hashes; readers refuse a store without it. A local store is written
+under a staging name and published by one atomic rename; a published store is
+never opened for writing again, and a lease keeps concurrent writers of the same
+store from working at once. Stores are opened read-only for reading, and every
+reader checks the arrays against the attributes first. Nothing here pickles.
 
-Modules: ``paths`` (locations), ``codec`` (encodings), ``layout`` (chunks and
-shards), ``meta`` (the attributes as types), ``writer``, ``reader`` and
-``catalog`` (listing stores).
+Modules: ``paths`` (locations, staging names, links that leave a store),
+``codec`` (encodings), ``layout`` (chunks and shards), ``meta`` (the attributes
+as types), ``contract`` (the arrays the attributes define, checked at open),
+``integrity`` (manifest and fingerprints), ``lease`` (one writer at a time),
+``writer``, ``reader`` and ``catalog`` (listing stores).
 """
 from pipeline.config import parse_encoding
 from pipeline.store.catalog import find_stores
 from pipeline.store.codec import ENCODING_DTYPES, decode_topk, encode_topk, logits_arrays
 from pipeline.store.layout import (DEFAULT_CHUNK_ROWS, DEFAULT_SHARD_CHUNKS, SPLITS, SplitLayout, auto_chunk_rows,
                                    layout_for)
-from pipeline.store.meta import (FORMAT_VERSION, SUPPORTED_VERSIONS, DatasetMeta, LayoutMeta, LineageEntry, Provenance,
-                                 SplitMeta, StoreMeta, TeacherMeta, ViewsMeta, now_iso, software_versions)
+from pipeline.store.meta import (FORMAT_VERSION, SUPPORTED_VERSIONS, DatasetMeta, LayoutMeta, LineageEntry,
+                                 ManifestMeta, Provenance, SplitMeta, StoreMeta, TeacherMeta, ViewsMeta, now_iso,
+                                 software_versions)
 from pipeline.store.paths import exists, is_url, join
 from pipeline.store.reader import SoftTargetStore
-from pipeline.store.writer import StoreWriter
+from pipeline.store.writer import StoreWriter, published_meta
 
 __all__ = [
     "DEFAULT_CHUNK_ROWS", "DEFAULT_SHARD_CHUNKS", "ENCODING_DTYPES", "FORMAT_VERSION", "SPLITS", "SUPPORTED_VERSIONS",
-    "DatasetMeta", "LayoutMeta", "LineageEntry", "Provenance", "SoftTargetStore", "SplitLayout", "SplitMeta",
-    "StoreMeta", "StoreWriter", "TeacherMeta", "ViewsMeta", "auto_chunk_rows", "decode_topk", "encode_topk",
+    "DatasetMeta", "LayoutMeta", "LineageEntry", "ManifestMeta", "Provenance", "SoftTargetStore", "SplitLayout",
+    "SplitMeta", "StoreMeta", "StoreWriter", "TeacherMeta", "ViewsMeta", "auto_chunk_rows", "decode_topk", "encode_topk",
     "exists", "find_stores", "is_url", "join", "layout_for", "logits_arrays", "now_iso", "parse_encoding",
-    "software_versions",
+    "published_meta", "software_versions",
 ]

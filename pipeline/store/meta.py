@@ -26,8 +26,10 @@ from typing import Any, cast
 from pipeline.config import AugmentConfig, DataConfig, ModelConfig, from_dict
 from pipeline.errors import StoreError
 
-FORMAT_VERSION = 2  # 2: a views axis (N, V, C) on every logits array
-SUPPORTED_VERSIONS = (2,)
+# 2: a views axis (N, V, C) on every logits array. 3: a manifest of per-shard content hashes, and each split's
+# row count in its layout (the shape every array must have).
+FORMAT_VERSION = 3
+SUPPORTED_VERSIONS = (3,)
 REWRITE = "the store's attributes are damaged or from another version; rewrite it with `kd teacher`"
 _ABSENT = object()
 
@@ -195,8 +197,17 @@ class LineageEntry(_Record):
 
 @dataclass(frozen=True)
 class LayoutMeta(_Record):
+    rows: int  # N: the first dimension of every array of the split
     chunk_rows: int
     shard_rows: int
+
+
+@dataclass(frozen=True)
+class ManifestMeta(_Record):
+    """Content hashes recorded at completion: what ``kd inspect --verify`` checks beyond the chunk CRCs."""
+
+    algorithm: str  # "sha256" over each shard's decoded bytes (see pipeline.store.integrity.digest)
+    arrays: dict[str, tuple[str, ...]]  # "<split>/<array>" -> one hex digest per shard (labels, ids: one)
 
 
 @dataclass(frozen=True)
@@ -232,14 +243,22 @@ class StoreMeta(Provenance):
     complete: bool
     layout: dict[str, LayoutMeta]
     completed_at: str | None = None
+    manifest: ManifestMeta | None = None  # recorded with `complete`; required once complete
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.complete and self.manifest is None:
+            raise _problem("manifest", "missing from a complete store's attributes")
 
     @classmethod
     def from_attrs(cls, attrs: dict, at: str = "") -> StoreMeta:
         """Parse a store's group attributes; refuses an unknown ``format_version`` before anything else."""
-        version = attrs.get("format_version")
-        if version not in SUPPORTED_VERSIONS:
-            raise StoreError("format_version", f"store has version {version!r}, this pipeline reads "
-                             f"{', '.join(map(str, SUPPORTED_VERSIONS))}", "upgrade the pipeline or rewrite the store")
+        version = attrs.get("format_version") if isinstance(attrs, dict) else None
+        if version not in SUPPORTED_VERSIONS or isinstance(version, bool):
+            shown = json.dumps(version, default=str)[:40]
+            raise StoreError("format_version", f"store has version {shown}, this pipeline reads "
+                             f"{', '.join(map(str, SUPPORTED_VERSIONS))}",
+                             "rewrite the store with `kd teacher`, or use the pipeline version that wrote it")
         return _parse(cls, attrs, at)
 
 

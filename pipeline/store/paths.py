@@ -1,9 +1,10 @@
 """Where a store lives: a local folder (optionally written as a ``file://`` URL) or an fsspec URL."""
 from __future__ import annotations
 
+import functools
 import os
 
-from pipeline.errors import UserError
+from pipeline.errors import StoreError, UserError
 
 FILE_SCHEME = "file://"
 
@@ -27,13 +28,59 @@ def join(root: str, name: str) -> str:
 
 
 def zarr_store(path: str, *, read_only: bool, storage_options: dict | None = None):
-    """The Zarr storage backend for ``path``: a LocalStore on disk, an FsspecStore for remote URLs."""
-    from zarr.storage import FsspecStore, LocalStore
+    """The Zarr storage backend for ``path``: a contained LocalStore on disk, an FsspecStore for remote URLs."""
+    from zarr.storage import FsspecStore
 
     local = local_path(path)
     if local is None:
         return FsspecStore.from_url(path, storage_options=storage_options or {}, read_only=read_only)
-    return LocalStore(local, read_only=read_only)
+    return _contained_store_class()(local, read_only=read_only)
+
+
+@functools.cache
+def _contained_store_class():
+    """A LocalStore that refuses to read through a link leaving its root (built lazily: zarr loads late)."""
+    from zarr.storage import LocalStore
+
+    class ContainedLocalStore(LocalStore):
+        """Every key is resolved (symlinks followed) before it is read, and must stay inside the store.
+
+        Otherwise a store could be made to read, and echo in an error message, any file the reader may
+        open (``train/zarr.json -> /etc/passwd``). Nothing outside the store is ever opened.
+        """
+
+        def _check(self, key: str) -> None:
+            check_contained(str(self.root), key)
+
+        async def get(self, key, prototype=None, byte_range=None):
+            self._check(key)
+            return await super().get(key, prototype, byte_range)
+
+        async def get_partial_values(self, prototype, key_ranges):
+            key_ranges = list(key_ranges)
+            for key, _ in key_ranges:
+                self._check(key)
+            return await super().get_partial_values(prototype, key_ranges)
+
+    return ContainedLocalStore
+
+
+def check_contained(root: str, key: str) -> None:
+    """Refuse ``key`` under the local store ``root`` if a symlink takes it outside the store."""
+    base = os.path.realpath(root)
+    target = os.path.realpath(os.path.join(root, key))
+    if target != base and not target.startswith(base + os.sep):
+        raise StoreError(key, "is a link that leaves the store; refused (its target is never read)",
+                         "the store was tampered with; rewrite it with `kd teacher`")
+
+
+def staging_path(path: str, identity: str) -> str:
+    """Where a local store is written before it is published under ``path`` by one atomic rename.
+
+    Named by the content's identity, so a different teacher or layout never reuses (or deletes) another's
+    unfinished copy, and without the ``.zarr`` suffix, so listings never show it as a store.
+    """
+    return f"{path.rstrip('/')}.partial-{identity[:12]}"
 
 
 def exists(path: str, storage_options: dict | None = None) -> bool:

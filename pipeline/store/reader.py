@@ -1,4 +1,5 @@
-"""Reading a store: opened read-only, metadata parsed once, every chunk verified as it is decoded."""
+"""Reading a store: opened read-only, metadata parsed and checked against the contract once, every chunk verified
+as it is decoded."""
 from __future__ import annotations
 
 import os
@@ -9,6 +10,8 @@ import numpy as np
 from pipeline.config import parse_encoding
 from pipeline.errors import StoreError
 from pipeline.store.codec import decode_topk, logits_arrays
+from pipeline.store.contract import check_arrays, data_arrays
+from pipeline.store.integrity import check_digest, check_fingerprints, shard_ranges
 from pipeline.store.layout import SPLITS
 from pipeline.store.meta import StoreMeta
 from pipeline.store.paths import exists, local_path, zarr_store
@@ -27,20 +30,24 @@ class SoftTargetStore:
         try:
             self.group = zarr.open_group(zarr_store(path, read_only=True, storage_options=storage_options), mode="r",
                                          zarr_format=3)
+            attrs = dict(self.group.attrs)
+        except StoreError:
+            raise
         except Exception as exc:  # unreadable metadata is a user-visible store problem
-            raise StoreError("store", f"cannot open {path!r} as a Zarr v3 group ({exc})",
+            raise StoreError("store", f"cannot open {path!r} as a Zarr v3 group ({type(exc).__name__})",
                              "pass a store written by `kd teacher`") from None
-        self.meta = StoreMeta.from_attrs(dict(self.group.attrs))
-        self._arrays: dict[tuple[str, str], object] = {}
+        self.meta = StoreMeta.from_attrs(attrs)
+        # Every array the attributes define, at the shape and chunking they record: checked (and opened) once.
+        self._arrays: dict[tuple[str, str], object] = check_arrays(self.group, self.meta)
         if require_complete and not self.meta.complete:
             raise StoreError("complete", f"store {path!r} is incomplete (the teacher run did not finish)",
                              "rerun the same `kd teacher` command to finish it")
 
     def _array(self, split: str, name: str):
-        """An array handle, opened once: opening reads its metadata from storage (~a quarter of a chunk read)."""
+        """An array handle, opened once (at construction): opening reads its metadata from storage."""
         key = (split, name)
         if key not in self._arrays:
-            self._arrays[key] = self.group[split][name]
+            raise StoreError(f"{split}/{name}", "is not part of this store", "check the split and encoding")
         return self._arrays[key]
 
     # --- metadata -------------------------------------------------------
@@ -58,7 +65,7 @@ class SoftTargetStore:
         return self.meta.encoding
 
     def splits(self) -> list[str]:
-        return [s for s in SPLITS if s in self.group]
+        return [s for s in SPLITS if s in self.meta.layout]
 
     def size(self, split: str) -> int:
         return int(self._array(split, "labels").shape[0])
@@ -77,6 +84,8 @@ class SoftTargetStore:
         arr = self._array(split, name)
         try:
             values = arr[rows]
+        except StoreError:  # a chunk reached through a link that leaves the store
+            raise
         except Exception as exc:  # checksum mismatch or undecodable chunk
             raise StoreError(f"{split}/{name}", f"chunk {self._chunk_of(arr, rows)} is corrupt ({type(exc).__name__}: "
                              f"{str(exc)[:120]})", "the store was damaged after writing; re-run `kd teacher`") from None
@@ -88,8 +97,14 @@ class SoftTargetStore:
         else:
             bad = values < 0 if values.ndim == 1 else (values < 0).reshape(len(values), -1).any(axis=1)
         if np.any(bad):
-            row = (rows.start or 0) + int(np.nonzero(bad)[0][0])
+            i = int(np.nonzero(bad)[0][0])
+            row = (rows.start or 0) + i
             chunk = row // arr.chunks[0]
+            if values.dtype.kind == "f" and not np.isnan(values[i]).any():
+                # inf is not the fill value: the chunk is there, and holds what no complete store may hold.
+                raise StoreError(f"{split}/{name}", f"row {row} (chunk {chunk}) holds non-finite values (inf); a "
+                                 "published store never does", "rewrite the store with `kd teacher --encoding "
+                                 "float32`")
             raise StoreError(f"{split}/{name}", f"chunk {chunk} (row {row}) is missing from the store",
                              "the store was damaged after writing; re-run `kd teacher`")
         return values
@@ -144,15 +159,36 @@ class SoftTargetStore:
         return None if local is None else sum(len(files) for _, _, files in os.walk(local))
 
     def verify(self) -> dict[str, int]:
-        """Decode every chunk of every array: checksums, missing chunks, NaN. Returns rows checked."""
+        """Decode every chunk of every array the contract lists and check it against the manifest.
+
+        Catches damaged chunks (CRC32C), missing ones (NaN fill), unwritten shards, and content rewritten
+        with valid checksums (the manifest's sha256 per shard). Returns rows checked per split.
+        """
+        if not self.meta.complete or self.meta.manifest is None:
+            raise StoreError("complete", f"store {self.path!r} is incomplete: it has no manifest to verify against",
+                             "rerun the same `kd teacher` command to finish it")
+        manifest = self.meta.manifest.arrays
         checked = {}
         for split in self.splits():
-            for _ in self.iter_chunks(split):
-                pass
-            self.labels(split)
-            self.ids(split)
+            lay = self.meta.layout[split]
+            if not self._read(split, "written", slice(None)).all():
+                raise StoreError(f"{split}/written", "some shards are flagged unwritten in a complete store",
+                                 "rewrite the store with `kd teacher`")
+            for spec in data_arrays(self.meta, split):
+                at = f"{split}/{spec.name}"
+                ranges = shard_ranges(lay.rows, lay.shard_rows, spec.per_shard)
+                expected = manifest[at]
+                if len(expected) != len(ranges):
+                    raise StoreError(f"manifest.arrays.{at}", f"lists {len(expected)} shards, the layout has "
+                                     f"{len(ranges)}", "rewrite the store with `kd teacher`")
+                for i, (a, b) in enumerate(ranges):
+                    check_digest(at, i, expected[i], self._read(split, spec.name, slice(a, b)), not spec.per_shard)
             checked[split] = self.size(split)
         return checked
+
+    def verify_fingerprints(self) -> str:
+        """The stored labels and ids against the data's recorded fingerprints (needs the data; see integrity)."""
+        return check_fingerprints(self)
 
     # --- size -----------------------------------------------------------
     def _nbytes(self, names: tuple[str, ...], stored: bool = True) -> int:

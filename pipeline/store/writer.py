@@ -1,18 +1,87 @@
-"""Writing a store: create (or resume) it, then write whole shards from a background thread."""
+"""Writing a store: under a lease, into a staging copy (or resumed), whole shards from a background thread, then
+published once, complete, and never opened for writing again.
+
+Publishing, by backend:
+
+- **local folders** (plain paths, ``file://``): the store is written under
+  :func:`~pipeline.store.paths.staging_path` and published by one atomic
+  ``rename`` to its final name, so the final name is either absent or a complete
+  store: a reader can never see it half-written, and nothing ever deletes it.
+- **object stores** (``s3://``, ``gs://``…; no atomic rename of a prefix): the
+  store is written in place; ``complete`` is set last (one object write), and a
+  complete store is never reopened. Readers refuse it until then.
+
+On both, a lease (:mod:`pipeline.store.lease`) keeps a second writer of the same
+store waiting until the first publishes; the second then reuses the published
+store. If two writers still both finish (a stale lease was broken), the loser
+finds the final name taken by a complete store with the same provenance and
+discards its own staging copy.
+"""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import logging
+import os
 import queue
+import shutil
 import threading
+import time
 
 import numpy as np
 
 from pipeline.config import parse_encoding
 from pipeline.errors import StoreError, UserError
-from pipeline.store.codec import ENCODING_DTYPES, encode
+from pipeline.store import lease
+from pipeline.store.codec import encode
+from pipeline.store.contract import check_arrays, data_arrays, expected_arrays
+from pipeline.store.integrity import ALGORITHM, digest, shard_ranges
 from pipeline.store.layout import DEFAULT_CHUNK_ROWS, DEFAULT_SHARD_CHUNKS, SplitLayout, layout_for
-from pipeline.store.meta import FORMAT_VERSION, LayoutMeta, Provenance, StoreMeta, now_iso
-from pipeline.store.paths import zarr_store
+from pipeline.store.meta import FORMAT_VERSION, LayoutMeta, ManifestMeta, Provenance, StoreMeta, now_iso
+from pipeline.store.paths import exists, local_path, staging_path, zarr_store
+
+log = logging.getLogger(__name__)
+IMMUTABLE = "a published store is immutable; write a new one (another --store-root, or delete this one first)"
+
+
+def identity(meta: StoreMeta) -> str:
+    """What makes an unfinished store resumable by a writer: same content, same checkpoint, same layout."""
+    return hashlib.sha256(json.dumps({
+        "provenance_key": meta.provenance_key, "checkpoint_sha256": meta.teacher.checkpoint_sha256,
+        "encoding": meta.encoding, "layout": {s: l.to_attrs() for s, l in meta.layout.items()},
+        "views": meta.views.to_attrs()}, sort_keys=True).encode()).hexdigest()
+
+
+def _open(path: str, *, mode: str, storage_options: dict | None):
+    import zarr
+
+    return zarr.open_group(zarr_store(path, read_only=mode == "r", storage_options=storage_options), mode=mode,
+                           zarr_format=3)
+
+
+def published_meta(path: str, storage_options: dict | None = None) -> StoreMeta | None:
+    """The metadata of the complete store published at ``path``; None if nothing is published there yet.
+
+    Anything else at that name (a damaged store, another format version, an
+    unfinished store written in place on a local disk by an older version) is
+    refused in one line: a writer never overwrites what is there.
+    """
+    if not exists(path, storage_options):
+        return None
+    try:
+        group = _open(path, mode="r", storage_options=storage_options)
+        meta = StoreMeta.from_attrs(dict(group.attrs))
+        check_arrays(group, meta)
+    except StoreError as exc:
+        raise StoreError("store", f"{path!r} already holds a store this pipeline cannot use ({exc.one_line()})",
+                         "move or delete it, then rerun: nothing is ever written over it") from None
+    if meta.complete:
+        return meta
+    if local_path(path) is not None:
+        raise StoreError("store", f"{path!r} holds an unfinished store written in place by an earlier version",
+                         "move or delete it, then rerun: it is never resumed or overwritten")
+    return None  # an object store, written in place: resumed under the lease
 
 
 class StoreWriter:
@@ -21,14 +90,17 @@ class StoreWriter:
     The model never waits on storage: :meth:`put` hands a finished shard to a
     queue and returns. Each shard is written whole (concurrent writers must
     never share a shard), then its flag in ``written`` is set, so a killed run
-    leaves an exact record of what is on disk. Opening a path that holds an
-    incomplete store with the same ``provenance_key``, teacher checkpoint,
-    encoding, views and layout *resumes* it: :meth:`pending` then lists only the
-    shards still missing. :meth:`finish` checks every flag and sets
-    ``complete`` last.
+    leaves an exact record of what is on disk. Finding an unfinished store of
+    the same :func:`identity` *resumes* it: :meth:`pending` then lists only the
+    shards still missing. :meth:`finish` checks every flag, records the
+    manifest, sets ``complete`` last and publishes.
 
-    The number of classes and of views per sample come from ``provenance``
-    (``dataset.num_classes``, ``views.count``).
+    If a complete store with the same provenance is already published (before,
+    or while this writer waited for the lease), :attr:`reused` is true, nothing
+    is written, :meth:`pending` is empty and :meth:`finish` returns its path.
+
+    ``path`` is where the store currently is: the staging copy while writing
+    on a local disk, the final name once published.
     """
 
     def __init__(self, path: str, provenance: Provenance, splits: dict[str, tuple[np.ndarray, np.ndarray]], *,
@@ -39,101 +111,133 @@ class StoreWriter:
         if k is not None and k >= num_classes:
             raise UserError("encoding", f"topk:{k} keeps every one of the {num_classes} classes",
                             f"use K < {num_classes}, or float16")
-        self.path, self.encoding, self.num_classes, self.views = path, encoding, num_classes, views
+        self.final, self.storage_options = path, storage_options
+        self.encoding, self.num_classes, self.views = encoding, num_classes, views
         self.layouts = {s: layout_for(len(labels), num_classes, chunk_rows, shard_chunks, views)
                         for s, (labels, _) in splits.items()}
         meta = StoreMeta(**{f.name: getattr(provenance, f.name) for f in dataclasses.fields(provenance)},
                          format_version=FORMAT_VERSION, encoding=encoding, complete=False,
-                         layout={s: LayoutMeta(l.chunk_rows, l.shard_rows) for s, l in self.layouts.items()})
-        store = zarr_store(path, read_only=False, storage_options=storage_options)
-        resumable = self._resumable(store, meta)
-        self.resumed = resumable is not None
-        # A resumed store keeps its own attributes (its created_at above all).
-        self.group, self.meta = resumable or (self._create(store, meta, splits), meta)
+                         layout={s: LayoutMeta(l.size, l.chunk_rows, l.shard_rows) for s, l in self.layouts.items()})
+        local = local_path(path) is not None
+        self.path = staging_path(path, identity(meta)) if local else path
+        self.resumed = self.reused = False
+        self._digests: dict[tuple[str, str, int], str] = {}
+        self._init_thread()
+
+        def published() -> bool:
+            there = published_meta(path, storage_options)
+            if there is None:
+                return False
+            if there.provenance_key != meta.provenance_key:
+                raise StoreError("store", f"{path!r} is a complete store of other content (provenance_key "
+                                 f"{there.provenance_key[:12]}…)", IMMUTABLE)
+            self.meta = there
+            return True
+
+        held = lease.acquire(path, writing=self.path, published=published, storage_options=storage_options)
+        if held is None:  # published already, or by the writer we waited for: reuse it
+            self.path, self.reused, self.group, self._token = path, True, None, None
+            return
+        self._lease, self._token = held, held.token
+        try:
+            store = zarr_store(self.path, read_only=False, storage_options=storage_options)
+            resumable = self._resumable(store, meta)
+            self.resumed = resumable is not None
+            # A resumed store keeps its own attributes (its created_at above all).
+            self.group, self.meta = resumable or (self._create(store, meta, splits), meta)
+        except BaseException:
+            held.release()
+            raise
         self._start_thread()
 
     @classmethod
     def attach(cls, path: str, storage_options: dict | None = None) -> "StoreWriter":
-        """Join an incomplete store that another task created, to write some of its shards.
+        """Join the unfinished write of ``path`` that another task of the same run created, to write some shards.
 
         Used when the teacher pass is split over tasks or machines: each writes
-        whole shards only, so writers never share a file.
+        whole shards only, so writers never share a file. The task that created
+        the store holds the lease, which names the copy being written; a
+        published (complete) store is refused: it is never reopened.
         """
-        import zarr
-
-        group = zarr.open_group(zarr_store(path, read_only=False, storage_options=storage_options), mode="r+",
-                                zarr_format=3)
+        if published_meta(path, storage_options) is not None:
+            raise StoreError("complete", f"{path!r} is published", IMMUTABLE)
+        held = lease.require(path, storage_options)
+        group = _open(held.writing, mode="r+", storage_options=storage_options)
         meta = StoreMeta.from_attrs(dict(group.attrs))
+        check_arrays(group, meta)
         if meta.complete:
-            raise StoreError("complete", f"{path!r} is not an incomplete store to write into", "create it first")
+            raise StoreError("complete", f"{held.writing!r} is complete", IMMUTABLE)
         self = cls.__new__(cls)
-        self.path, self.encoding, self.group, self.resumed, self.meta = path, meta.encoding, group, True, meta
+        self.final, self.path, self.storage_options = path, held.writing, storage_options
+        self.encoding, self.group, self.meta, self.resumed, self.reused = meta.encoding, group, meta, True, False
+        self._lease, self._token, self._digests = None, held.token, {}
         self.num_classes, self.views = meta.dataset.num_classes, meta.views.count
-        self.layouts = {s: SplitLayout(int(group[s]["labels"].shape[0]), self.num_classes, l.chunk_rows,
-                                       l.shard_rows) for s, l in meta.layout.items()}
+        self.layouts = {s: SplitLayout(l.rows, self.num_classes, l.chunk_rows, l.shard_rows)
+                        for s, l in meta.layout.items()}
+        self._init_thread()
         self._start_thread()
         return self
 
-    def _start_thread(self) -> None:
+    def _init_thread(self) -> None:
         self._queue: queue.Queue = queue.Queue(maxsize=4)
         self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+
+    def _start_thread(self) -> None:
         self._thread = threading.Thread(target=self._drain, name="store-writer", daemon=True)
         self._thread.start()
 
-    @staticmethod
-    def _resumable(store, meta: StoreMeta):
-        """The existing group at ``store`` and its metadata, if it is an incomplete store of the same content."""
+    def _resumable(self, store, meta: StoreMeta):
+        """The unfinished copy at ``self.path`` and its metadata, if it holds the same content; else None.
+
+        A local copy that cannot be resumed (a creation cut off halfway) is moved aside, never deleted; on an
+        object store it is refused.
+        """
         import zarr
 
+        local = local_path(self.path)
+        if not (os.path.exists(local) if local is not None else exists(self.path, self.storage_options)):
+            return None
         try:
             group = zarr.open_group(store, mode="r+", zarr_format=3)
             there = StoreMeta.from_attrs(dict(group.attrs))
-        except Exception:  # nothing there, unreadable, or not this format: start afresh
-            return None
-        same = (not there.complete and there.provenance_key == meta.provenance_key
-                and there.teacher.checkpoint_sha256 == meta.teacher.checkpoint_sha256
-                and there.encoding == meta.encoding and there.layout == meta.layout and there.views == meta.views)
-        return (group, there) if same else None
+            check_arrays(group, there)
+            if identity(there) == identity(meta):
+                return group, there
+        except StoreError:
+            pass
+        except Exception:  # noqa: BLE001 unreadable zarr metadata: treated like any other unusable copy
+            pass
+        if local is None:
+            raise StoreError("store", f"{self.path!r} holds an unfinished store of other content, or a damaged one",
+                             "delete it (nothing published is ever overwritten), then rerun")
+        aside = f"{local}.unusable-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+        os.rename(local, aside)
+        log.warning("moved an unfinished store that cannot be resumed aside: %s", aside)
+        return None
 
     def _create(self, store, meta: StoreMeta, splits: dict):
         import zarr
         from zarr.codecs import BloscCodec, Crc32cCodec
 
-        kind, k = parse_encoding(self.encoding)
-        group = zarr.open_group(store, mode="w", zarr_format=3)
+        # The attributes go first (complete: false): whoever finds this copy knows what it is and that it is
+        # unfinished. mode "w-": creating never deletes anything.
+        group = zarr.open_group(store, mode="w-", zarr_format=3, attributes=meta.to_attrs())
         # lz4, not zstd: on float16 logits zstd saved ~8% of the bytes but decoded ~3x slower, and
         # stage 2 decodes every logit every epoch. Byte shuffle groups the exponent bytes together.
         compressors = (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"), Crc32cCodec())
-        width = self.num_classes if k is None else k
         for split, (labels, ids) in splits.items():
-            lay = self.layouts[split]
             g = group.create_group(split)
-            rows = dict(chunks=(lay.chunk_rows,), shards=(lay.shard_rows,))
-            v = self.views
-            if kind == "topk":
-                arrays = {"topk_values": ((v, width), np.float32, np.nan), "topk_indices": ((v, width), np.int32, -1),
-                          "lse": ((v,), np.float32, np.nan)}
-            else:
-                arrays = {"logits": ((v, width), ENCODING_DTYPES[kind], np.nan)}
-            if v > 1:
-                arrays["view_params"] = ((v, 4), np.float32, np.nan)
-            for name, (cols, dtype, fill) in arrays.items():
-                g.create_array(name, shape=(lay.size, *cols), dtype=dtype, chunks=rows["chunks"] + cols,
-                               shards=rows["shards"] + cols, compressors=compressors, fill_value=fill)
-            n = max(lay.size, 1)
-            for name, values in (("labels", labels), ("ids", ids)):
-                arr = g.create_array(name, shape=(lay.size,), dtype=np.int64, chunks=(min(n, 65536),),
-                                     compressors=compressors, fill_value=-1)
-                arr[:] = np.asarray(values, dtype=np.int64)
-            # One chunk per flag: writers in other processes set their flags without touching each other's.
-            g.create_array("written", shape=(lay.num_shards,), dtype=np.uint8, chunks=(1,),
-                           compressors=compressors, fill_value=0)
-        group.attrs.update(meta.to_attrs())
+            for spec in expected_arrays(meta, split):
+                arr = g.create_array(spec.name, shape=spec.shape, dtype=spec.dtype, chunks=spec.chunks,
+                                     shards=spec.shards, compressors=compressors, fill_value=spec.fill)
+                if spec.name in ("labels", "ids"):
+                    arr[:] = np.asarray(labels if spec.name == "labels" else ids, dtype=np.int64)
         return group
 
     def pending(self, split: str) -> list[int]:
-        """Shards of ``split`` not yet recorded as written (all of them for a new store)."""
-        if not self.layouts[split].num_shards:
+        """Shards of ``split`` not yet recorded as written (all of them for a new store, none for a reused one)."""
+        if self.reused or self.meta.complete or not self.layouts[split].num_shards:
             return []
         return np.nonzero(self.group[split]["written"][:] == 0)[0].tolist()
 
@@ -150,6 +254,7 @@ class StoreWriter:
                 g = self.group[split]
                 for name, values in arrays.items():
                     g[name][start:stop] = values
+                    self._digests[(split, name, shard)] = digest(values)  # what a reader will decode
                 g["written"][shard] = 1  # only after the whole shard is on storage
             except BaseException as exc:  # surfaced to the producer by put()/finish()
                 self._error = exc
@@ -159,6 +264,8 @@ class StoreWriter:
 
         ``view_params`` (rows, V, 4) records each view's drawn augmentation when V > 1.
         """
+        if self.reused:
+            raise StoreError("store", f"{self.final!r} is already published", IMMUTABLE)
         start, stop = self.layouts[split].shard_range(shard)
         if logits.ndim == 2 and self.views == 1:
             logits = logits[:, None, :]  # (R, 1, C)
@@ -175,33 +282,112 @@ class StoreWriter:
                             "the teacher diverged; lower its lr or check the checkpoint. Nothing was published")
         if self._error is not None:
             raise self._error
-        arrays = encode(logits, self.encoding)
+        with np.errstate(over="ignore"):  # an overflowing cast is expected here, and refused just below
+            arrays = encode(logits, self.encoding)
+        # Finite float32 logits can still overflow the encoding (float16 tops out at 65504): check what is stored.
+        for name, values in arrays.items():
+            if values.dtype.kind == "f":
+                ok = np.isfinite(values.reshape(len(values), -1)).all(axis=1)  # (R,)
+                if not ok.all():
+                    rows = np.nonzero(~ok)[0]
+                    raise UserError("encoding", f"{len(rows)} {split} samples have logits beyond {self.encoding}'s "
+                                    f"range (|logit| > 65504 in float16; rows "
+                                    f"{', '.join(str(start + r) for r in rows[:10])})",
+                                    "write the store with --encoding float32. Nothing was published")
         if view_params is not None:
             arrays["view_params"] = view_params.astype(np.float32, copy=False)
         self._queue.put((split, shard, arrays))
 
     def _stop_thread(self) -> None:
-        if self._thread.is_alive():
+        if self._thread is not None and self._thread.is_alive():
             self._queue.put(None)
             self._thread.join()
 
     def close(self) -> None:
-        """Wait until every queued shard is on storage (and flagged); raise the first write error."""
+        """Wait until every queued shard is on storage (and flagged); raise the first write error.
+
+        The lease stays held: the tasks that join this write (:meth:`attach`) and the one that finishes it
+        work under it.
+        """
         self._stop_thread()
         if self._error is not None:
             raise self._error
 
     def abort(self) -> None:
-        """Stop the writer thread without marking anything complete."""
+        """Stop the writer thread and give up the lease, without marking anything complete."""
         self._stop_thread()
+        self._release()
+
+    def _release(self) -> None:
+        if self._token is not None:
+            lease.release(lease.lease_path(self.final), self._token, self.storage_options)
+            self._token = None
 
     def finish(self) -> str:
-        """Wait for pending writes, verify the bitmap, then mark the store complete."""
+        """Wait for pending writes, verify the bitmap, record the manifest, mark complete, publish."""
         self.close()
-        for split in self.layouts:
-            missing = self.pending(split)
-            if missing:
-                raise StoreError("store", f"{split} shards {missing} were never written", "rerun the teacher")
-        self.meta = dataclasses.replace(self.meta, complete=True, completed_at=now_iso())
-        self.group.attrs.update(self.meta.to_attrs())
+        if self.reused:
+            return self.path
+        try:
+            if not self.meta.complete:  # (a local copy completed by a run cut off before it renamed it)
+                for split in self.layouts:
+                    missing = self.pending(split)
+                    if missing:
+                        raise StoreError("store", f"{split} shards {missing} were never written", "rerun the teacher")
+                self.meta = dataclasses.replace(self.meta, complete=True, completed_at=now_iso(),
+                                                manifest=self._manifest())
+                self.group.attrs.update(self.meta.to_attrs())  # `complete` is written last
+            self._publish()
+        finally:
+            self._release()
         return self.path
+
+    def _manifest(self) -> ManifestMeta:
+        """Per shard of every data array, the digest of its decoded content.
+
+        Shards this writer wrote were hashed as they were written; the rest (a resumed store, other writers of a
+        split pass) are read back, which also decodes and so checks them once more.
+        """
+        arrays = {}
+        for split in self.layouts:
+            g = self.group[split]
+            lay = self.meta.layout[split]
+            for spec in data_arrays(self.meta, split):
+                arr = g[spec.name]
+                arrays[f"{split}/{spec.name}"] = tuple(
+                    self._digests.get((split, spec.name, i)) or digest(arr[a:b])
+                    for i, (a, b) in enumerate(shard_ranges(lay.rows, lay.shard_rows, spec.per_shard)))
+        return ManifestMeta(algorithm=ALGORITHM, arrays=arrays)
+
+    def _publish(self) -> None:
+        """Make the complete store visible under its final name (local: one atomic rename)."""
+        staging, final = local_path(self.path), local_path(self.final)
+        if staging is None or staging == final:
+            self.path = self.final
+            return
+        try:
+            os.rename(staging, final)  # atomic; fails if the final name exists (a non-empty folder)
+        except OSError:
+            there = published_meta(self.final, self.storage_options)
+            if there is None or there.provenance_key != self.meta.provenance_key:
+                raise StoreError("store", f"cannot publish {self.final!r}: the name is taken", IMMUTABLE) from None
+            # Another writer published the same content first: ours is a duplicate, and only ours is discarded.
+            shutil.rmtree(staging)
+            log.warning("%s was published by another writer meanwhile; discarded this writer's copy", self.final)
+        else:
+            _sync_dir(os.path.dirname(os.path.abspath(final)))
+        self.path = self.final
+
+
+def _sync_dir(path: str) -> None:
+    """Make a rename durable (POSIX: the directory entry is only on disk once the directory is synced)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,152 @@
+"""The arrays a store must hold, derived from its attributes alone, and the one check every opener goes through.
+
+The writer creates exactly :func:`expected_arrays`; every reader (``kd inspect``,
+``kd stores``, stage 2, a resuming writer) calls :func:`check_arrays` right after
+parsing the attributes, so a deleted array, a changed dtype, a shape that
+disagrees with the recorded sizes or a chunk grid nobody wrote is refused in one
+line naming the array, before any chunk is read or allocated.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.config import parse_encoding
+from pipeline.errors import StoreError, UserError
+from pipeline.store.codec import ENCODING_DTYPES
+from pipeline.store.layout import SPLITS
+from pipeline.store.meta import StoreMeta
+
+# labels and ids are one chunk each up to this many rows (they are read whole).
+LABEL_CHUNK_ROWS = 65536
+REWRITE = "the store was damaged or edited after writing; rewrite it with `kd teacher`"
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    chunks: tuple[int, ...]
+    shards: tuple[int, ...] | None
+    fill: float | int
+    per_shard: bool  # rows grouped like the logits (hashed per shard); else hashed whole
+
+
+def num_shards(rows: int, shard_rows: int) -> int:
+    return -(-rows // shard_rows) if rows else 0
+
+
+def expected_arrays(meta: StoreMeta, split: str) -> list[ArraySpec]:
+    """Every array of ``split`` as the attributes define it: name, shape (N, V, C or K), dtype, chunks, fill."""
+    lay = meta.layout[split]
+    n, v, c = lay.rows, meta.views.count, meta.dataset.num_classes
+    kind, k = parse_encoding(meta.encoding)
+    if kind == "topk":
+        cols = {"topk_values": ((v, k), np.float32, np.nan), "topk_indices": ((v, k), np.int32, -1),
+                "lse": ((v,), np.float32, np.nan)}
+    else:
+        cols = {"logits": ((v, c), ENCODING_DTYPES[kind], np.nan)}
+    if v > 1:
+        cols["view_params"] = ((v, 4), np.float32, np.nan)
+    specs = [ArraySpec(name, (n, *tail), np.dtype(dtype), (lay.chunk_rows, *tail), (lay.shard_rows, *tail), fill,
+                       True) for name, (tail, dtype, fill) in cols.items()]
+    one = (min(max(n, 1), LABEL_CHUNK_ROWS),)
+    specs += [ArraySpec(name, (n,), np.dtype(np.int64), one, None, -1, False) for name in ("labels", "ids")]
+    # One chunk per flag: writers in other processes set their flags without touching each other's.
+    specs.append(ArraySpec("written", (num_shards(n, lay.shard_rows),), np.dtype(np.uint8), (1,), None, 0, False))
+    return specs
+
+
+def data_arrays(meta: StoreMeta, split: str) -> list[ArraySpec]:
+    """The arrays whose content the manifest covers (everything but the ``written`` bitmap)."""
+    return [spec for spec in expected_arrays(meta, split) if spec.name != "written"]
+
+
+def check_layout(meta: StoreMeta) -> None:
+    """The attributes agree with themselves: known splits, sizes and a sane chunk grid."""
+    if not meta.layout:
+        raise StoreError("layout", "lists no split", REWRITE)
+    for split, lay in meta.layout.items():
+        at = f"layout.{split}"
+        if split not in SPLITS:
+            raise StoreError(at, f"unknown split (expected {', '.join(SPLITS)})", REWRITE)
+        if lay.rows < 0 or lay.chunk_rows < 1 or lay.shard_rows < lay.chunk_rows or lay.shard_rows % lay.chunk_rows:
+            raise StoreError(at, f"impossible layout (rows {lay.rows}, chunk_rows {lay.chunk_rows}, "
+                                 f"shard_rows {lay.shard_rows})", REWRITE)
+        if lay.rows and lay.chunk_rows > lay.rows:
+            raise StoreError(f"{at}.chunk_rows", f"{lay.chunk_rows} exceeds the split's {lay.rows} rows", REWRITE)
+    splits = meta.dataset.splits
+    if splits:  # a store written from a dataset records every split it holds, with its size
+        if set(splits) != set(meta.layout):
+            raise StoreError("dataset.splits", f"lists {sorted(splits)} but the layout has {sorted(meta.layout)}",
+                             REWRITE)
+        for split, info in splits.items():
+            if info.size != meta.layout[split].rows:
+                raise StoreError(f"dataset.splits.{split}.size", f"{info.size} disagrees with "
+                                 f"layout.{split}.rows {meta.layout[split].rows}", REWRITE)
+    if meta.views.count < 1 or meta.dataset.num_classes < 1:
+        raise StoreError("views.count" if meta.views.count < 1 else "dataset.num_classes", "must be positive", REWRITE)
+    try:
+        _, k = parse_encoding(meta.encoding)
+    except UserError:  # it names --encoding; here the bad value is the store's attribute
+        raise StoreError("encoding", f"unknown encoding {meta.encoding[:40]!r}", REWRITE) from None
+    if k is not None and not 0 < k < meta.dataset.num_classes:
+        raise StoreError("encoding", f"{meta.encoding} for {meta.dataset.num_classes} classes", REWRITE)
+
+
+def check_arrays(group, meta: StoreMeta) -> dict[tuple[str, str], object]:
+    """Open every array the contract lists and check it against its spec; returns the handles by (split, name)."""
+    check_layout(meta)
+    handles = {}
+    for split in meta.layout:
+        try:
+            sub = group[split]
+        except StoreError:
+            raise
+        except Exception:  # KeyError (absent), or unreadable group metadata
+            raise StoreError(split, "group is missing from the store (or its zarr.json is unreadable)",
+                             REWRITE) from None
+        for spec in expected_arrays(meta, split):
+            handles[(split, spec.name)] = _check_array(sub, split, spec)
+    if meta.manifest is not None:
+        expected = {f"{s}/{a.name}" for s in meta.layout for a in data_arrays(meta, s)}
+        if set(meta.manifest.arrays) != expected:
+            extra, missing = sorted(set(meta.manifest.arrays) - expected), sorted(expected - set(meta.manifest.arrays))
+            raise StoreError("manifest.arrays", f"does not cover the store's arrays (missing {missing[:4]}, "
+                             f"unknown {extra[:4]})", REWRITE)
+    return handles
+
+
+def _shape_field(at: str, spec: ArraySpec, shape: tuple[int, ...]) -> str:
+    """The attribute a shape disagrees with: views per sample, the class count, else the array itself."""
+    if len(shape) == len(spec.shape) and shape[0] == spec.shape[0] and len(shape) > 1:
+        if shape[1] != spec.shape[1]:
+            return "views.count"
+        if spec.name == "logits" and shape[2] != spec.shape[2]:
+            return "num_classes"
+    return at
+
+
+def _check_array(sub, split: str, spec: ArraySpec):
+    at = f"{split}/{spec.name}"
+    try:
+        arr = sub[spec.name]
+        shape, dtype, chunks, shards = tuple(arr.shape), np.dtype(arr.dtype), tuple(arr.chunks), arr.shards
+    except StoreError:
+        raise
+    except Exception as exc:  # KeyError (absent), or metadata zarr cannot parse (e.g. a NaN fill for an int dtype)
+        problem = "is missing from the store" if isinstance(exc, KeyError) else \
+            f"has unreadable array metadata ({type(exc).__name__})"
+        raise StoreError(at, problem, REWRITE) from None
+    if dtype != spec.dtype:
+        raise StoreError(at, f"dtype is {dtype}, the contract says {spec.dtype}", REWRITE)
+    if shape != spec.shape:
+        field = _shape_field(at, spec, shape)
+        raise StoreError(field, f"{'' if field == at else at + ' '}has shape {shape}, the attributes record "
+                                f"{spec.shape}", REWRITE)
+    if chunks != spec.chunks or (tuple(shards) if shards else None) != spec.shards:
+        raise StoreError(at, f"chunks {chunks} / shards {shards} differ from the recorded layout "
+                             f"({spec.chunks} / {spec.shards})", REWRITE)
+    return arr

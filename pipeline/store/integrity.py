@@ -1,0 +1,77 @@
+"""Integrity beyond the chunk CRCs: the content manifest, and the stored labels and ids against the data.
+
+A CRC32C only proves a chunk was not damaged at rest; anyone who rewrites an
+array through zarr (permuted logits, replaced labels) produces valid checksums.
+So at completion the writer records, per array, the sha256 of every shard's
+decoded bytes (:func:`digest`), and ``kd inspect --verify`` recomputes them. The
+labels and ids are also checked against the split fingerprints recorded from
+the data, which needs the data itself (rebuilt from the store's ``data_config``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+
+import numpy as np
+
+from pipeline.errors import StoreError, UserError
+
+ALGORITHM = "sha256"
+
+
+def digest(values: np.ndarray) -> str:
+    """sha256 of an array's dtype, shape and C-order bytes: equal exactly when the decoded content is equal."""
+    values = np.ascontiguousarray(values)
+    h = hashlib.sha256(f"{values.dtype.str}{values.shape}".encode())
+    h.update(values.tobytes())
+    return h.hexdigest()
+
+
+def shard_ranges(rows: int, shard_rows: int, per_shard: bool) -> list[tuple[int, int]]:
+    """The row ranges the manifest hashes separately: one per shard, or the whole array."""
+    if not per_shard:
+        return [(0, rows)]
+    return [(a, min(a + shard_rows, rows)) for a in range(0, rows, shard_rows)]
+
+
+def check_digest(at: str, shard: int, expected: str, values: np.ndarray, whole: bool) -> None:
+    if digest(values) != expected:
+        where = "its content" if whole else f"shard {shard}"
+        raise StoreError(at, f"{where} differs from the manifest recorded at completion (rewritten after "
+                             "publishing, with valid checksums)", "rewrite the store with `kd teacher`")
+
+
+def check_fingerprints(store) -> str:
+    """Compare every split's stored labels and ids with the data the store records, via its fingerprints.
+
+    Returns what was checked, or one line saying why it could not be (the data is not available here).
+    """
+    meta = store.meta
+    if not meta.dataset.splits:
+        return "not checked: the store records no dataset fingerprints"
+    from pipeline.data import load_dataset
+
+    try:
+        ds = load_dataset(meta.data_cfg())
+    except (UserError, OSError, ValueError, RuntimeError) as exc:
+        reason = exc.one_line() if isinstance(exc, UserError) else type(exc).__name__
+        return f"not checked: the data the store was written from is not available here ({reason[:160]})"
+    for split, recorded in meta.dataset.splits.items():
+        data = ds.splits.get(split)
+        if data is None:
+            return f"not checked: the rebuilt data has no {split} split"
+        labels, ids = store.labels(split), store.ids(split)
+        for name, stored, truth in (("ids", ids, data.ids.numpy()), ("labels", labels, data.y.numpy())):
+            if stored.shape != truth.shape or not np.array_equal(stored, truth):
+                bad = np.nonzero(stored != truth)[0] if stored.shape == truth.shape else [0]
+                raise StoreError(f"{split}/{name}", f"differ from the data the store was written from at "
+                                 f"{len(bad)} rows (first: row {int(bad[0])})",
+                                 "the store was edited after writing; rewrite it with `kd teacher`")
+        import torch
+
+        rebuilt = dataclasses.replace(data, y=torch.from_numpy(labels), ids=torch.from_numpy(ids))
+        if rebuilt.fingerprint() != recorded.fingerprint:
+            raise StoreError(f"dataset.splits.{split}.fingerprint", "the stored labels and ids with the data's "
+                             "pixels do not reproduce the recorded fingerprint (the data changed since)",
+                             "rebuild the store from the current data with `kd teacher`")
+    return f"checked against the data ({', '.join(meta.dataset.splits)})"
