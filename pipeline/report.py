@@ -105,10 +105,13 @@ def table_rows(board: list[dict]) -> list[dict[str, str]]:
     """The leaderboard as one ``{column: cell}`` per configuration, for a UI table (Prefect's table artifact).
 
     The CLI's columns and formatting, with test accuracy moved next to the config so it is never off-screen.
+    Prefect's UI renders each cell as Markdown, where a lone ``-`` (the teacher's loss) is a list bullet: it
+    shows as ``—``, like the other cells without a value.
     """
     head, rows = leaderboard_cells(board)
     order = list(FIRST_COLUMNS) + [h for h in head if h not in FIRST_COLUMNS]
-    return [{h: dict(zip(head, row))[h] for h in order} for row in rows]
+    cells = [dict(zip(head, ["—" if c == "-" else c for c in row])) for row in rows]
+    return [{h: c[h] for h in order} for c in cells]
 
 
 def embedded_report(md_path: str, plot_path: str) -> str:

@@ -61,8 +61,11 @@ def test_leaderboard_table_shows_the_terminal_columns_accuracy_first(distill_run
     head, rows = report.leaderboard_cells(report.read_report(run_dir)["leaderboard"])
     assert [list(r)[:2] for r in table] == [["config", "test acc %"]] * len(rows)
     assert list(table[0]) == ["config", "test acc %"] + [h for h in head if h not in ("config", "test acc %")]
-    # Cell for cell what the terminal prints, e.g. "99.01 ± 0.21"; no raw JSON fields.
-    assert [{h: r[h] for h in head} for r in table] == [dict(zip(head, row)) for row in rows]
+    # Cell for cell what the terminal prints, e.g. "99.01 ± 0.21" (a lone "-", a Markdown bullet in the UI, as
+    # "—"); no raw JSON fields.
+    shown = [dict(zip(head, ["—" if c == "-" else c for c in row])) for row in rows]
+    assert [{h: r[h] for h in head} for r in table] == shown
+    assert table[0]["loss"] == "—"  # the teacher's
     assert [r["config"] for r in table] == ["teacher", "baseline", "kl-T4-a0.9"]
     assert all(re.fullmatch(r"\d+\.\d\d ± \d+\.\d\d", r["test acc %"]) for r in table)
     assert "size_mb_estimated" not in table[0] and "test_acc_mean" not in table[0]
