@@ -214,8 +214,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    # Before any flow module imports Prefect, which reads its console level then (the commands
-    # without --verbose get the quiet default).
+    # Before any flow runs: Prefect reads its console level when it first sets up logging.
     console.apply(from_dict(console.ConsoleConfig, values(args, CONSOLE)))
     try:
         args.func(args)
