@@ -15,6 +15,7 @@ import sys
 from typing import NoReturn
 
 import flows  # noqa: F401  (sets Prefect's environment defaults before Prefect is imported)
+from flows import console
 from flows.options import Option, add_options, config_options, dests, values
 from flows.runners import RunnerConfig, task_runner
 from flows.store_commands import add_store_commands
@@ -28,6 +29,7 @@ EXIT_RUN_FAILED = 1
 TEACHER = config_options(TeacherConfig, group="teacher")
 DISTILL = config_options(DistillConfig, group="distillation")
 RUNNER = config_options(RunnerConfig, group="execution")
+CONSOLE = config_options(console.ConsoleConfig, group="execution")
 
 
 def run_student_options() -> list[Option]:
@@ -188,11 +190,11 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("teacher", help="train/load the teacher and write its logits to a store")
-    add_options(p, TEACHER + RUNNER)
+    add_options(p, TEACHER + RUNNER + CONSOLE)
     p.set_defaults(func=cmd_teacher)
 
     p = sub.add_parser("distill", help="train students from a store and report a leaderboard")
-    add_options(p, DISTILL + RUNNER)
+    add_options(p, DISTILL + RUNNER + CONSOLE)
     p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("run", help="both stages in one Prefect flow (teacher, then distill)")
@@ -200,7 +202,7 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
                    help="a named recipe (pipeline/presets.py); explicit options still win")
     p.add_argument("--generations", type=int, default=1, help="sequential (born-again) KD: the best student of "
                    "each generation teaches the next (default: %(default)s)")
-    add_options(p, TEACHER + STUDENT + RUNNER)
+    add_options(p, TEACHER + STUDENT + RUNNER + CONSOLE)
     p.set_defaults(func=cmd_run, **(preset_defaults(preset) if preset else {}))
 
     add_store_commands(sub)
@@ -225,6 +227,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    # Before any flow runs: Prefect reads its console level when it first sets up logging.
+    console.apply(from_dict(console.ConsoleConfig, values(args, CONSOLE)))
     try:
         args.func(args)
     except UserError as exc:

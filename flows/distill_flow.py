@@ -4,10 +4,8 @@ The teacher is never constructed here; every soft target comes from the store.
 """
 from __future__ import annotations
 
-import os
-
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed
 
@@ -36,7 +34,8 @@ def verify_views(p: distill.DistillPlan) -> dict:
 @task(cache_policy=NO_CACHE, task_run_name="students[{specs[0].run_id}+{n}]")
 def train_students(p: distill.DistillPlan, specs: list[StudentSpec], n: int) -> list[dict]:
     try:
-        return distill.train_students(p, specs, progress=reporter(specs[0].run_id))
+        with reporter(specs[0].run_id) as progress:
+            return distill.train_students(p, specs, progress=progress)
     except UserError as exc:  # e.g. a chunk found corrupt mid-run: fail these rows, keep the others
         get_run_logger().error(exc.one_line())
         return [distill.failed_row(p.cfg, s, exc.one_line()) for s in specs]
@@ -64,12 +63,12 @@ def distill_flow(config: DistillConfig):
         futures = [train_students.submit(p, g, len(g)) for g in distill.groups(config)]
         rows = [p.teacher_row()] + [row for f in futures for row in f.result()]
         paths = write_report(run_dir, rows, p.report_meta())
-    board = report.leaderboard(rows)
-    create_table_artifact(key="leaderboard", table=board, description=f"Leaderboard of {run_dir}")
-    plot_url = "file://" + os.path.abspath(paths["plot"])
-    markdown = open(paths["md"]).read().replace("(accuracy_vs_temperature.png)", f"({plot_url})")
-    create_markdown_artifact(key="distill-report", markdown=markdown, description=f"report: {run_dir}")
-    create_link_artifact(key="distill-plot", link=plot_url, link_text="accuracy vs temperature (PNG)")
+    # For the UI: the leaderboard as the terminal shows it (accuracy next to the config), and the
+    # report with its plot inlined, since a web page may not load a file:// image.
+    create_table_artifact(key="leaderboard", table=report.table_rows(report.leaderboard(rows)),
+                          description=f"Leaderboard of {run_dir}")
+    create_markdown_artifact(key="distill-report", markdown=report.embedded_report(paths["md"], paths["plot"]),
+                             description=f"report: {run_dir}")
     students = [r for r in rows if r["kind"] != "teacher"]
     if all(r["status"] != "ok" for r in students):
         return Failed(message=f"every student failed; see {paths['md']}")

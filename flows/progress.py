@@ -1,22 +1,43 @@
-"""Training progress as Prefect sees it: run-logger lines plus a live progress artifact."""
+"""Training progress, three ways: a live Prefect progress artifact and run-logger lines (the UI), and a
+console progress bar for the task while it runs (on a terminal only).
+
+Prefect's console handler hides the run-logger lines unless ``--verbose`` (``flows/console.py``); they
+still reach Prefect's backend. Without a terminal nothing is printed per epoch: logs and CI stay short.
+"""
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from tqdm.auto import tqdm
+
+from pipeline.teacher import progress_bar
+from pipeline.train import Progress
 
 
-def reporter(what: str):
-    """A ``pipeline.train.Progress`` callback for the current task run."""
+@contextmanager
+def reporter(what: str) -> Iterator[Progress]:
+    """A ``pipeline.train.Progress`` callback for the current task run; its bar goes when the block ends."""
     logger = get_run_logger()
     artifact = create_progress_artifact(progress=0.0, description=f"{what}: epochs done (%)")
     lock = threading.Lock()
+    # leave=False: a finished task's bar is cleared, so the terminal shows only the tasks still running.
+    # mininterval=0: epochs are seconds apart, so every one is drawn. The total comes with the first report.
+    bar = tqdm(desc=what, unit="epoch", leave=False, dynamic_ncols=True, mininterval=0, disable=not progress_bar())
 
     def report(label: str, epoch: int, epochs: int, metrics: dict) -> None:
         with lock:
             update_progress_artifact(artifact_id=artifact, progress=100.0 * epoch / epochs)
+            bar.total = epochs
+            bar.set_postfix({k: f"{v:.4g}" if isinstance(v, float) else v for k, v in metrics.items()}, refresh=False)
+            bar.update(epoch - bar.n)
         shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
         logger.info("%s epoch %d/%d %s", label, epoch, epochs, shown)
 
-    return report
+    try:
+        yield report
+    finally:
+        bar.close()

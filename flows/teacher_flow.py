@@ -24,7 +24,8 @@ def plan_teacher(cfg: TeacherConfig) -> tuple[teacher.TeacherPlan, bool, bool]:
 
 @task(cache_policy=NO_CACHE)
 def train_teacher(p: teacher.TeacherPlan) -> str:
-    teacher.train(p, progress=reporter("teacher"))
+    with reporter("teacher") as progress:
+        teacher.train(p, progress=progress)
     return p.checkpoint_path
 
 

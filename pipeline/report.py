@@ -9,6 +9,7 @@ teacher, which stage 2 never builds) and CPU latency per image.
 """
 from __future__ import annotations
 
+import base64
 import json
 import math
 import os
@@ -78,8 +79,8 @@ def markdown_table(head: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
-def markdown(board: list[dict]) -> str:
-    """The leaderboard as a Markdown table (also what the CLI prints)."""
+def leaderboard_cells(board: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """The leaderboard's column names and cells, formatted as the CLI prints them."""
     head = ["config", "loss", "T", "α", "β", "test acc %", "test NLL", "agree %", "Δ vs base", "seeds", "params",
             "size MB", "latency ms"]
     rows = []
@@ -92,7 +93,42 @@ def markdown(board: list[dict]) -> str:
             mean_pm(e["test_acc_mean"], e["test_acc_std"], 100), mean_pm(e["test_nll_mean"], e["test_nll_std"], 1, 3),
             mean_pm(e["agreement_mean"], e["agreement_std"], 100), delta, status, _fmt(e["params"], ","),
             _size(e), _fmt(e.get("latency_ms"), ".3g")])
-    return markdown_table(head, rows)
+    return head, rows
+
+
+def markdown(board: list[dict]) -> str:
+    """The leaderboard as a Markdown table (also what the CLI prints)."""
+    return markdown_table(*leaderboard_cells(board))
+
+
+FIRST_COLUMNS = ("config", "test acc %")  # what a reader looks for first, before a wide table scrolls
+
+
+def table_rows(board: list[dict]) -> list[dict[str, str]]:
+    """The leaderboard as one ``{column: cell}`` per configuration, for a UI table (Prefect's table artifact).
+
+    The CLI's columns and formatting, with test accuracy moved next to the config so it is never off-screen.
+    Prefect's UI renders each cell as Markdown, where a lone ``-`` (the teacher's loss) is a list bullet: it
+    shows as ``—``, like the other cells without a value.
+    """
+    head, rows = leaderboard_cells(board)
+    order = list(FIRST_COLUMNS) + [h for h in head if h not in FIRST_COLUMNS]
+    cells = [dict(zip(head, ["—" if c == "-" else c for c in row])) for row in rows]
+    return [{h: c[h] for h in order} for c in cells]
+
+
+def embedded_report(md_path: str, plot_path: str) -> str:
+    """The report at ``md_path`` with its link to ``plot_path`` (a relative one, beside it) replaced by the
+    image itself as a ``data:`` URI: one self-contained Markdown text.
+
+    A web page (the Prefect UI) may load neither a relative path nor a ``file://`` URL; report.md
+    itself keeps its relative link, beside the PNG, for anyone reading the folder.
+    """
+    with open(md_path) as f:
+        text = f.read()
+    with open(plot_path, "rb") as f:
+        uri = "data:image/png;base64," + base64.b64encode(f.read()).decode("ascii")
+    return text.replace(f"]({os.path.basename(plot_path)})", f"]({uri})")
 
 
 def _size(e: dict) -> str:

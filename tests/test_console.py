@@ -1,0 +1,130 @@
+"""What `kd run` prints: the leaderboard and `report:`, not Prefect's INFO lines, unless --verbose.
+
+The runs are real `kd` processes, as `make distill` starts them, against the session's Prefect server
+(so no temporary server starts per run). Their stderr is a pipe, not a terminal: no progress bars.
+"""
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+
+import pytest
+
+import flows
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
+
+KD = os.path.join(os.path.dirname(sys.executable), "kd")
+MAX_LINES = 60
+EPOCHS = 3
+GRID = ("--seeds", "0", "1", "--temperatures", "2", "4", "--student-epochs", str(EPOCHS))
+TASKS = [f"{c}-s{s}" for c in ("baseline", "kl-T2-a0.9", "kl-T4-a0.9") for s in (0, 1)]  # one student each
+
+
+def _kd_run(root: str, name: str, *extra: str) -> list[str]:
+    """`kd run` on 300 digits in a fresh process; its stdout and stderr lines, interleaved."""
+    from prefect.settings import PREFECT_API_URL
+
+    env = {k: v for k, v in os.environ.items() if k != flows.CONSOLE_LEVEL}  # the default is the CLI's own
+    env["PREFECT_API_URL"] = PREFECT_API_URL.value()
+    argv = [KD, "run", "--epochs", "1", "--train-limit", "300", "--width", "8", "--student-width", "4", *GRID,
+            "--store-root", f"{root}/stores", "--checkpoint-root", f"{root}/ckpt", "--report-root",
+            f"{root}/reports", "--run-name", name, "--device", "cpu", *extra]
+    proc = subprocess.run(argv, check=False, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    return proc.stdout.splitlines()
+
+
+async def _logged_between(start: datetime, end: datetime) -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterTimestamp
+
+    async with get_client() as client:
+        logs = await client.read_logs(log_filter=LogFilter(timestamp=LogFilterTimestamp(after_=start, before_=end)),
+                                      limit=200)
+    return [log.message for log in logs]
+
+
+def test_default_run_prints_the_leaderboard_and_verbose_brings_prefect_lines_back(tmp_path):
+    root = str(tmp_path)
+    start = datetime.now(UTC)
+    quiet = _kd_run(root, "quiet")
+    end = datetime.now(UTC)
+    assert len(quiet) <= MAX_LINES, "\n".join(quiet)
+    assert not [line for line in quiet if " | INFO " in line or " epoch " in line], "\n".join(quiet)
+    assert quiet[-1] == f"report: {root}/reports/quiet"
+    table = [line for line in quiet if line.startswith("| ")]
+    configs = [line.split(" | ")[0].removeprefix("| ") for line in table[1:]]  # after the header
+    assert table[0].startswith("| config |") and configs[:2] == ["teacher", "baseline"]
+    assert sorted(configs[2:]) == ["kl-T2-a0.9", "kl-T4-a0.9"]  # students, by accuracy
+    # Only the console is quiet: Prefect's backend (the UI's logs) still has every task's epochs.
+    logged = asyncio.run(_logged_between(start, end))
+    for task in TASKS:
+        assert len([m for m in logged if m.startswith(f"{task} epoch ")]) == EPOCHS, task
+
+    loud = _kd_run(root, "loud", "--verbose")
+    assert sum("Finished in state Completed()" in line for line in loud) >= len(TASKS)
+    for task in TASKS:
+        epochs = [line for line in loud if f"| INFO    | Task run 'students[{task}+1]' - {task} epoch " in line]
+        assert len(epochs) == EPOCHS, task
+    assert loud[-1] == f"report: {root}/reports/loud"
+
+
+def test_progress_bar_only_on_a_terminal(monkeypatch):
+    """One bar per running task on a terminal, cleared when the task ends; nothing at all otherwise."""
+    from prefect import flow, task
+
+    from flows.progress import reporter
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    @task
+    def train(label: str) -> None:
+        with reporter(label) as progress:
+            for epoch in (1, 2, 3):
+                progress(label, epoch, 3, {"best_val_acc": 0.5 * epoch / 3, "active": 1})
+
+    @flow
+    def run(label: str) -> None:
+        train(label)
+
+    for stream, shown in ((Terminal(), True), (io.StringIO(), False)):
+        monkeypatch.setattr(sys, "stderr", stream)
+        run("probe-s0")
+        monkeypatch.undo()
+        out = stream.getvalue()
+        if not shown:
+            assert out == ""
+            continue
+        assert "probe-s0:" in out and "3/3" in out and "best_val_acc=0.5" in out
+        assert out.rstrip(" ").endswith("\r")  # leave=False: the finished bar is erased
+
+
+def test_verbose_in_process_changes_only_the_console_level():
+    """`main([..., "--verbose"])` in a process whose Prefect logging is already set up (as here)."""
+    import logging
+
+    from prefect.logging.handlers import APILogHandler, PrefectConsoleHandler
+
+    from flows import console
+
+    def levels() -> tuple[set[int], set[int]]:
+        root = logging.getLogger().handlers
+        api = logging.getLogger("prefect.task_runs").handlers
+        return ({h.level for h in root if isinstance(h, PrefectConsoleHandler)},
+                {h.level for h in api if isinstance(h, APILogHandler)})
+
+    try:
+        console.apply(console.ConsoleConfig(verbose=True))
+        assert levels() == ({logging.NOTSET}, {logging.NOTSET})
+    finally:
+        console.apply(console.ConsoleConfig())
+    quiet = logging.getLevelName(flows.QUIET_LEVEL)  # WARNING, unless the environment set another
+    assert levels() == ({quiet}, {logging.NOTSET})  # the API still gets every INFO line
