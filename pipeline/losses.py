@@ -93,3 +93,30 @@ def distillation_loss(
     if w_hard:
         total = total + w_hard * hard_loss(student, labels)
     return total
+
+
+def weighted_distillation_loss(
+    student: torch.Tensor,
+    teacher: torch.Tensor | None,
+    labels: torch.Tensor,
+    *,
+    temperature: torch.Tensor,
+    soft_weights: dict[str, torch.Tensor],
+    hard_weight: torch.Tensor,
+) -> torch.Tensor:
+    """:func:`distillation_loss` with the loss choice, T and weights as tensors: one call serves any student.
+
+    ``soft_weights`` maps each soft loss in use to its weight: alpha for a student trained with
+    that loss, 0 for the others; ``hard_weight`` is w_hard (1 for the baseline). Under
+    ``torch.func.vmap`` every argument but the shared ``teacher`` and ``labels`` carries one value
+    per student, so students with different losses train in one call. A zero weight adds an exact
+    0 (for finite terms), so the value and gradients equal :func:`distillation_loss`'s.
+    """
+    total = hard_weight * hard_loss(student, labels)
+    if soft_weights:
+        assert teacher is not None, "soft losses need teacher logits"
+    soft = None
+    for name, weight in soft_weights.items():
+        term = weight * SOFT_LOSSES[name](student, teacher, temperature)
+        soft = term if soft is None else soft + term
+    return total if soft is None else soft + total

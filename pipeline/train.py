@@ -6,10 +6,13 @@ build the trainees, run the epochs (one epoch, then validate-and-select and earl
 each trainee), collect the results.
 
 A *group* of students trains in one pass over the data: each batch is loaded,
-augmented and moved to the device once, then every model in the group takes
-its step with its own optimizer, schedule and objective. The teacher takes its
-own path, :func:`fit_teacher`: a single model trained on hard labels through
-the same epoch loop.
+augmented and moved to the device once. Students of one architecture then
+train as one batched model (:mod:`pipeline.batched`): one vectorised step for
+the whole group, each student with its own optimizer state, schedule and
+objective. Where the model cannot be batched (or batching is off) every model
+takes its own step in turn, the per-student loop. The teacher takes its own
+path, :func:`fit_teacher`: a single model trained on hard labels through the
+same epoch loop.
 
 Checkpoints are selected on the validation split (best or last); the test
 split is only ever evaluated, never used to choose.
@@ -31,6 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.augment import Augmenter
+from pipeline.batched import BatchingUnsupported, StackedStudents, cpu_reason_not_to_batch
+from pipeline.batched_optim import lr_table
 from pipeline.config import AugmentConfig, ModelConfig, OptimConfig, StudentSpec
 from pipeline.data import Split
 from pipeline.loader import Batch, SoftTargetLoader, ordered_batches, row_batches
@@ -209,6 +214,32 @@ def train_one_epoch(*, trainees: list[Trainee], loader: SoftTargetLoader, epoch:
     return {name: total / max(steps, 1) for name, total in sums.items()}
 
 
+def train_one_epoch_stacked(*, stack: StackedStudents, trainees: list[Trainee], loader: SoftTargetLoader,
+                            epoch: int, augmenter: Augmenter, generator: torch.Generator, device: torch.device,
+                            teacher: nn.Module | None = None) -> dict[str, float]:
+    """:func:`train_one_epoch` for a stack: ``trainees[i]`` is row i of ``stack``. Returns each one's mean loss.
+
+    The losses stay on the device during the pass and are read once at its end (no per-step
+    synchronisation); a student whose loss went non-finite was already masked out of the update in
+    that step, and is marked failed here, with the step where it happened.
+    """
+    losses = []
+    for batch in loader.epoch(epoch):
+        b = prepare_batch(batch, augmenter=augmenter, generator=generator, device=device, teacher=teacher)
+        losses.append(stack.step(b.x, b.logits, b.y))  # (S,)
+    table = torch.stack(losses).cpu() if losses else torch.empty(0, len(trainees))  # (steps, S)
+    means = {}
+    for t, column in zip(trainees, table.T.tolist()):
+        bad = next((i for i, v in enumerate(column) if not math.isfinite(v)), None)
+        if bad is not None:
+            t.failed = f"loss became {column[bad]} at epoch {epoch} step {bad + 1}"
+            log.warning("%s failed: %s", t.name, t.failed)
+            column = column[:bad]
+        t.step_losses.extend(column)
+        means[t.name] = sum(column) / max(len(losses), 1)
+    return means
+
+
 def validate_and_select(t: Trainee, *, val: Split, device: torch.device, epoch: int, train_loss: float,
                         select: str) -> float:
     """Score ``t`` on val, record the epoch in its history, keep its checkpoint if selected; return val accuracy."""
@@ -234,21 +265,35 @@ def early_stop(t: Trainee, *, epoch: int, val_acc: float, patience: int | None) 
 
 def run_epochs(trainees: list[Trainee], *, loader: SoftTargetLoader, val: Split, optim: OptimConfig,
                augment: AugmentConfig, seed: int, device: torch.device, label: str,
-               progress: Progress | None = None, teacher: nn.Module | None = None) -> None:
+               progress: Progress | None = None, teacher: nn.Module | None = None,
+               stack: StackedStudents | None = None) -> None:
     """Train ``trainees`` together for ``optim.epochs`` epochs, or until none is active.
 
     Augmentation is drawn once per batch for the whole group, from a generator
-    seeded by ``seed``.
+    seeded by ``seed``. With ``stack`` (row i is ``trainees[i]``) the group trains
+    as one batched model, and after each epoch every active student is copied
+    into its own module to be validated and selected as in the per-student loop.
     """
     augmenter = Augmenter(augment)
     generator = torch.Generator().manual_seed(seed)
+    rows = list(trainees)  # the trainee in each row of the stack
     for epoch in range(optim.epochs):
         active = [t for t in trainees if t.active]
         if not active:
             break
-        losses = train_one_epoch(trainees=active, loader=loader, epoch=epoch, augmenter=augmenter,
-                                 generator=generator, device=device, teacher=teacher,
-                                 clip_grad_norm=optim.clip_grad_norm)
+        if stack is None:
+            losses = train_one_epoch(trainees=active, loader=loader, epoch=epoch, augmenter=augmenter,
+                                     generator=generator, device=device, teacher=teacher,
+                                     clip_grad_norm=optim.clip_grad_norm)
+        else:
+            stack.keep([i for i, t in enumerate(rows) if t.active])
+            rows = active
+            losses = train_one_epoch_stacked(stack=stack, trainees=active, loader=loader, epoch=epoch,
+                                             augmenter=augmenter, generator=generator, device=device,
+                                             teacher=teacher)
+            for row, t in enumerate(active):
+                if t.failed is None:
+                    stack.write_back(row, t.model)
         for t in active:
             if t.failed is not None:
                 continue
@@ -278,13 +323,21 @@ def collect_results(trainees: list[Trainee], *, seconds: float) -> list[TrainRes
 def fit_group(specs: list[StudentSpec], *, model_cfg: ModelConfig, optim: OptimConfig, augment: AugmentConfig,
               loader: SoftTargetLoader, val: Split, input_shape: tuple[int, int, int], num_classes: int,
               device: torch.device, label: str = "group", progress: Progress | None = None,
-              teacher: nn.Module | None = None) -> list[StudentResult]:
+              teacher: nn.Module | None = None, batched: bool | None = None) -> list[StudentResult]:
     """Train every student of ``specs`` in one pass per epoch; return each selected checkpoint, in order.
 
     Soft targets come from the loader (stored logits) unless ``teacher`` is
     given: then it runs on every batch, after augmentation ("online" KD, kept
     as the reference that offline KD is measured against). Data order and
     augmentation are seeded by the first spec's seed, each model's init by its own.
+
+    A group of two or more students trains as one batched model
+    (:mod:`pipeline.batched`) when the architecture vectorises and, with
+    ``batched=None`` (automatic), when it pays on the device: always on a GPU,
+    for small students on a CPU (see ``batched.CPU_MAX_FLOPS``). ``True`` batches
+    whenever the model vectorises, ``False`` never. Otherwise the students take
+    their steps one by one (the per-student loop); the choice is logged. Both
+    give the same students up to float rounding (tests/test_batched.py).
 
     A student whose loss goes non-finite fails alone; likewise with
     ``optim.patience``, a student whose val accuracy stops improving stops
@@ -293,13 +346,29 @@ def fit_group(specs: list[StudentSpec], *, model_cfg: ModelConfig, optim: OptimC
     if teacher is not None:
         teacher = teacher.to(device).eval()
     start = time.perf_counter()
+    configs = [optim if s.lr is None else dataclasses.replace(optim, lr=s.lr) for s in specs]
     trainees = [build_trainee(name=s.run_id, objective=student_objective(s), seed=s.seed, model_cfg=model_cfg,
-                              optim=optim if s.lr is None else dataclasses.replace(optim, lr=s.lr),
-                              input_shape=input_shape, num_classes=num_classes, device=device,
+                              optim=cfg, input_shape=input_shape, num_classes=num_classes, device=device,
                               steps_per_epoch=len(loader))
-                for s in specs]
+                for s, cfg in zip(specs, configs)]
+    stack, why = None, None
+    if batched is False:
+        why = "batching is off"
+    elif len(specs) < 2:
+        why = "a single student"
+    elif batched is None and device.type == "cpu":
+        why = cpu_reason_not_to_batch(trainees[0].model, input_shape)
+    if why is None:
+        try:
+            stack = StackedStudents([t.model for t in trainees], specs=specs, optim=optim,
+                                    lrs=lr_table(configs, len(loader)), device=device, input_shape=input_shape,
+                                    num_classes=num_classes)
+            why = f"one stacked {model_cfg.arch} of {len(specs)} students"
+        except BatchingUnsupported as e:
+            why = f"{model_cfg.arch} does not batch ({e})"
+    log.info("%s: %s: %s", label, "batched" if stack is not None else "per-student loop", why)
     run_epochs(trainees, loader=loader, val=val, optim=optim, augment=augment, seed=specs[0].seed, device=device,
-               label=label, progress=progress, teacher=teacher)
+               label=label, progress=progress, teacher=teacher, stack=stack)
     results = collect_results(trainees, seconds=time.perf_counter() - start)
     return [StudentResult(**vars(r), spec=s) for r, s in zip(results, specs)]
 

@@ -270,6 +270,71 @@ def test_shared_pass(tmp):
     }, begun)
 
 
+# ---------------------------------------------------------------- e) batched students
+
+
+def batched_case(tmp, *, case: str, model: ModelConfig, n: int, sizes=(4, 8), min_reps: int = 3,
+                 budget_s: float = 40) -> None:
+    """A batched group of S ÷ S separate runs (S = 4, 8), and ÷ the same S in one per-student group.
+
+    Batching is forced on (``batched=True``) so the stacked engine is measured even where the
+    automatic rule would not pick it (on a CPU, students above ``CPU_MAX_FLOPS``); the automatic
+    decision is recorded next to the figures.
+    """
+    from pipeline.batched import CPU_MAX_FLOPS, flops_per_sample
+
+    begun = B.begin()
+    train_split, val, loader = cached_loader(tmp / f"{case}.zarr", n)
+    temperatures = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)
+
+    def run(specs, batched):
+        results = fit_group(specs, model_cfg=model, optim=optim(), augment=AugmentConfig(), loader=loader, val=val,
+                            input_shape=B.SHAPE, num_classes=B.CLASSES, device=DEV, batched=batched)
+        assert all(r.failed is None for r in results), [r.failed for r in results]
+
+    sides = {}
+    for size in sizes:
+        specs = kd_specs(temperatures[:size])
+        sides[f"batched{size}"] = lambda specs=specs: run(specs, True)
+        sides[f"separate{size}"] = lambda specs=specs: [run([s], False) for s in specs]
+        sides[f"loop{size}"] = lambda specs=specs: run(specs, False)
+    times = B.interleaved(sides, min_reps=min_reps, max_reps=max(min_reps, 15), budget_s=budget_s)
+    goals = {4: 0.5, 8: 0.3}
+    figures = []
+    for size in sizes:
+        r = B.ratio(times[f"batched{size}"], times[f"separate{size}"])
+        figures.append(B.figure(f"batched {size} / {size} separate", r, f"≤ {goals[size]}", r <= goals[size],
+                                per_round=B.rounds(times[f"batched{size}"], times[f"separate{size}"])))
+        r = B.ratio(times[f"batched{size}"], times[f"loop{size}"])
+        figures.append(B.figure(f"batched {size} / per-student group of {size}", r, "reported", None,
+                                per_round=B.rounds(times[f"batched{size}"], times[f"loop{size}"])))
+    flops = flops_per_sample(build_model(model, B.SHAPE, B.CLASSES), B.SHAPE)
+    B.record(case, figures, {
+        "config": {"student": f"{model.arch} width {model.width}", "train": n, "val": VAL, "batch": BATCH,
+                   "epochs": 1, "steps": len(loader), "reps": len(times[f"batched{sizes[0]}"]),
+                   "loader": "store, cache on (float16)", "optimizer": "adam, no schedule",
+                   "separate": "each student alone in its own fit_group (the per-student loop)",
+                   "loop": "the same students in one per-student group (batched=False)"},
+        "flops_per_sample": flops,
+        "automatic_choice": "batched" if DEV.type == "cuda" or flops <= CPU_MAX_FLOPS else "per-student loop",
+        "ratio_of_medians": {str(size): B.ratio_of_medians(times[f"batched{size}"], times[f"separate{size}"])
+                             for size in sizes},
+        "times_s": times, "median_s": {k: B.med(v) for k, v in times.items()},
+        "spread": {k: B.spread(v) for k, v in times.items()},
+    }, begun)
+
+
+def test_batched_students_cnn(tmp):
+    """The cnn student (width 16) on CIFAR-shaped data: batched groups of 4 and 8 against separate runs."""
+    batched_case(tmp, case="batched_cnn", model=STUDENT, n=512)
+
+
+def test_batched_students_mobilenet(tmp):
+    """mobilenet_v3_small (BatchNorm, depthwise convolutions, squeeze-excitation, dropout), same figures."""
+    batched_case(tmp, case="batched_mobilenet_v3_small", model=ModelConfig(arch="mobilenet_v3_small"),
+                 n=256 if DEV.type == "cpu" else 512, budget_s=20)
+
+
 # ---------------------------------------------------------------- d) store I/O
 
 

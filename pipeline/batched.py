@@ -1,0 +1,194 @@
+"""Students of one architecture trained as one batched model.
+
+Stacking S students turns S small models into one wide one: each batch takes
+one vectorised forward and backward (``torch.func.functional_call`` under
+``torch.func.vmap``) and one optimizer step over the stacked parameters
+(:mod:`pipeline.batched_optim`), instead of S of each. For the small students
+distillation produces, per-operation overhead (Python, dispatch, GPU kernel
+launches) dominates a step, so a stack costs far less than S separate steps.
+
+- Every student's parameters are one row of a flat (S, N) tensor; the
+  stacked per-tensor views the model sees and their gradients are views into
+  it and into a flat gradient, so the optimizer and per-student clipping work
+  on whole rows.
+- Buffers (BatchNorm running statistics) are stacked per student and updated
+  in place by the vectorised forward: each student keeps its own statistics.
+- Dropout draws independent masks per student (``randomness="different"``).
+- Loss choice, temperature, alpha and beta are per-student tensors
+  (:func:`pipeline.losses.weighted_distillation_loss`), so the label-only
+  baseline and every soft loss share one stack.
+- A student whose loss goes non-finite is masked out of the update on the
+  device, in the same step: its NaN never reaches its own parameters or
+  anyone else's. Losses stay on the device until the caller reads them.
+
+A model that ``vmap`` cannot vectorise raises :class:`BatchingUnsupported`
+when the stack is built (a probe step on two samples), and the caller falls
+back to training the students one by one.
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+
+from pipeline.batched_optim import StackedOptimizer, clip_per_student
+from pipeline.config import OptimConfig, StudentSpec
+from pipeline.losses import weighted_distillation_loss
+
+
+# On a CPU a vectorised step runs the same arithmetic on grouped kernels, which are slower than the
+# plain ones: batching pays only while per-operation overhead dominates, i.e. for small students.
+# Measured on a 2-core Xeon (1 torch thread, 4 students): 51 kFLOP per sample (cnn width 4 on 8x8)
+# trained in 0.58 of the one-by-one time, 0.76-0.96 MFLOP about even, 13 MFLOP (cnn width 16 on
+# 32x32) 1.7x slower. A GPU batches whatever vectorises.
+CPU_MAX_FLOPS = 1e6  # forward FLOPs per sample of one student
+
+
+# The per-tensor views of the flat gradient are strided like the parameters they belong to; torch's
+# gradient accumulation warns that such a layout may be slower, but accumulating into them in place
+# is what puts every gradient in one (S, N) tensor.
+warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
+
+
+class BatchingUnsupported(Exception):
+    """The students' model cannot be trained as one stack; the message says why."""
+
+
+def flops_per_sample(model: nn.Module, input_shape: tuple[int, int, int]) -> float:
+    """Forward FLOPs (matmuls and convolutions) of ``model`` on one sample, counted on a copy in eval mode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    probe = copy.deepcopy(model).cpu().eval()  # eval: the count must not touch running statistics
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        probe(torch.zeros(1, *input_shape))
+    return float(counter.get_total_flops())
+
+
+def cpu_reason_not_to_batch(model: nn.Module, input_shape: tuple[int, int, int]) -> str | None:
+    """Why one-by-one training beats a stack of ``model`` on a CPU, or None if batching pays there."""
+    flops = flops_per_sample(model, input_shape)
+    if flops <= CPU_MAX_FLOPS:
+        return None
+    return (f"{flops / 1e6:.1f} MFLOP per sample is compute-bound on a CPU, where grouped kernels are slower "
+            f"(batching pays up to {CPU_MAX_FLOPS / 1e6:g})")
+
+
+def loss_weights(specs: list[StudentSpec], device: torch.device) -> dict:
+    """Each student's temperature, soft-loss weights and hard weight, as (S,) float32 tensors."""
+    def column(values: list[float]) -> torch.Tensor:
+        # Built from Python floats (float64) and rounded once, as the per-student loss rounds its scalars.
+        return torch.tensor(values, dtype=torch.float32, device=device)
+
+    soft_kinds = sorted({s.loss for s in specs if not s.is_baseline})
+    return {
+        "temperature": column([s.temperature for s in specs]),
+        "soft_weights": {k: column([s.alpha if s.loss == k else 0.0 for s in specs]) for k in soft_kinds},
+        "hard_weight": column([1.0 if s.is_baseline else (1.0 - s.alpha) if s.beta is None else s.beta
+                               for s in specs]),
+    }
+
+
+class StackedStudents:
+    """S models of one architecture trained as one; row i of every stacked tensor is student i."""
+
+    def __init__(self, models: list[nn.Module], *, specs: list[StudentSpec], optim: OptimConfig,
+                 lrs: torch.Tensor, device: torch.device, input_shape: tuple[int, int, int],
+                 num_classes: int) -> None:
+        """``lrs`` is the (steps + 1, S) float64 learning-rate table (see batched_optim.lr_table)."""
+        if len({type(m) for m in models}) != 1 or len({tuple(m.state_dict()) for m in models}) != 1:
+            raise BatchingUnsupported("the models differ in architecture")
+        self.base = copy.deepcopy(models[0]).to("meta").train()  # the structure only; weights come per call
+        self.names = [n for n, _ in self.base.named_parameters()]
+        self.shapes = [p.shape for _, p in self.base.named_parameters()]
+        self.clip = optim.clip_grad_norm
+        with torch.no_grad():
+            flat = torch.stack([torch.cat([p.detach().reshape(-1) for p in m.parameters()]) for m in models])
+            self.buffers = {n: torch.stack([dict(m.named_buffers())[n].detach() for m in models]).clone()
+                            for n, _ in self.base.named_buffers()}
+        self.optimizer = StackedOptimizer(flat.to(device), optim)
+        self.lrs = lrs.to(device)
+        self.weights = loss_weights(specs, device)
+        self.live = torch.ones(len(models), 1, dtype=torch.bool, device=device)  # (S, 1)
+        self._views()
+        self.loss = vmap(self._student_loss, in_dims=(0, 0, None, None, None, 0), randomness="different")
+        self._probe(device, input_shape, num_classes)
+
+    @property
+    def size(self) -> int:
+        return self.optimizer.params.shape[0]
+
+    def _views(self) -> None:
+        """Per-tensor (S, *shape) leaves over the flat parameters, their gradients over one flat gradient."""
+        flat = self.optimizer.params  # (S, N)
+        self.grad = torch.zeros_like(flat)  # (S, N)
+        self.params: dict[str, torch.Tensor] = {}
+        start = 0
+        for name, shape in zip(self.names, self.shapes):
+            end = start + shape.numel()
+            leaf = flat[:, start:end].view(len(flat), *shape).requires_grad_()
+            # Backward accumulates into an existing .grad in place: the gradients land in self.grad.
+            leaf.grad = self.grad[:, start:end].view(len(flat), *shape)
+            self.params[name] = leaf
+            start = end
+
+    def _student_loss(self, params: dict, buffers: dict, x: torch.Tensor, soft: torch.Tensor | None,
+                      labels: torch.Tensor, weights: dict) -> torch.Tensor:
+        """One student's loss on the shared batch (vmap adds the student axis)."""
+        out = functional_call(self.base, (params, buffers), (x,))  # (B, C)
+        return weighted_distillation_loss(out, soft, labels, **weights)
+
+    def _probe(self, device: torch.device, input_shape: tuple[int, int, int], num_classes: int) -> None:
+        """One forward and backward on two samples, on copies of the buffers: does the model vectorise?"""
+        x = torch.rand(2, *input_shape, generator=torch.Generator().manual_seed(0)).to(device)  # (2, C, H, W)
+        soft = torch.zeros(2, num_classes, device=device) if self.weights["soft_weights"] else None  # (2, K)
+        labels = torch.zeros(2, dtype=torch.int64, device=device)
+        buffers = {k: v.clone() for k, v in self.buffers.items()}
+        devices = [device] if device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=devices):  # dropout in the probe must not move the global RNG
+                losses = self.loss(self.params, buffers, x, soft, labels, self.weights)  # (S,)
+                torch.autograd.grad(losses.sum(), list(self.params.values()), allow_unused=True)
+        except Exception as e:  # any failure to vectorise means: train this group one by one
+            raise BatchingUnsupported(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+
+    def step(self, x: torch.Tensor, soft: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
+        """One training step of every student on batch ``x`` (B, C, H, W); returns the (S,) losses, on the device.
+
+        A student whose loss is not finite is masked out of this update and every later one.
+        """
+        lr = self.lrs[min(self.optimizer.steps, len(self.lrs) - 1)]  # (S,) after that many schedule steps
+        self.grad.zero_()
+        with torch.enable_grad():
+            losses = self.loss(self.params, self.buffers, x, soft, labels, self.weights)  # (S,)
+            losses.sum().backward()  # students are independent: row i of the gradient is student i's own
+        with torch.no_grad():
+            self.live &= torch.isfinite(losses)[:, None]
+            if self.clip is not None:
+                clip_per_student(self.grad, self.clip)
+            self.optimizer.step(self.grad, lr=lr, live=self.live)
+        return losses.detach()
+
+    def keep(self, rows: list[int]) -> None:
+        """Continue with the students in ``rows`` only (the others stopped or failed)."""
+        if rows == list(range(self.size)):
+            return
+        idx = torch.tensor(rows, device=self.live.device)
+        with torch.no_grad():
+            self.optimizer.keep(self.optimizer.params[idx], idx)
+            self.buffers = {k: v[idx] for k, v in self.buffers.items()}
+        self.lrs = self.lrs[:, idx]
+        self.live = self.live[idx]
+        self.weights = {k: ({n: w[idx] for n, w in v.items()} if isinstance(v, dict) else v[idx])
+                        for k, v in self.weights.items()}
+        self._views()
+
+    @torch.no_grad()
+    def write_back(self, row: int, model: nn.Module) -> None:
+        """Copy student ``row``'s parameters and buffers into ``model``, an ordinary module of the same architecture."""
+        for name, p in model.named_parameters():
+            p.copy_(self.params[name][row])
+        for name, b in model.named_buffers():
+            b.copy_(self.buffers[name][row])

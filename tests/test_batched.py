@@ -1,0 +1,209 @@
+"""Batched students (pipeline/batched.py): one stacked step gives the same students as separate runs."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pipeline.batched_optim import StackedOptimizer, clip_per_student, lr_table
+from pipeline.config import AugmentConfig, ModelConfig, OptimConfig, StudentSpec
+from pipeline.data import Split, load_dataset
+from pipeline.loader import SoftTargetLoader
+from pipeline.optim import make_optimizer, make_schedule
+from pipeline.store import SoftTargetStore
+from pipeline.train import evaluate, fit_group
+from tests.conftest import DIGITS
+
+CPU = torch.device("cpu")
+STEPS = 50  # the first 50 step losses of every student are compared
+RTOL = 1e-5
+
+# Optimizers with clipping, weight decay and a warm-up in front of a schedule; each lr is one where
+# training is not chaotic on digits (RMSprop at 1e-2 amplifies a last-bit difference a thousandfold in
+# ten steps even between two thread counts of the same per-student loop, so nothing could be compared).
+OPTIMIZERS = {
+    "sgd-nesterov": OptimConfig(name="sgd", lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4),
+    "adam": OptimConfig(name="adam", lr=3e-3, weight_decay=1e-4),
+    "adamw": OptimConfig(name="adamw", lr=3e-3, weight_decay=1e-2),
+    "rmsprop": OptimConfig(name="rmsprop", lr=1e-3, momentum=0.9),
+}
+COMMON = dict(epochs=3, schedule="cosine", warmup_epochs=1, clip_grad_norm=0.5, select="last")
+
+
+@pytest.fixture(scope="module")
+def ds():
+    return load_dataset(DIGITS)
+
+
+def grid(seed: int = 0) -> list[StudentSpec]:
+    """Every loss kind in one group, one with its own lr, one with beta, two seeds (different inits)."""
+    return [StudentSpec(loss="hard", temperature=1.0, alpha=0.0, beta=None, seed=seed),
+            StudentSpec(loss="kl", temperature=4.0, alpha=0.9, beta=None, seed=seed),
+            StudentSpec(loss="soft_ce", temperature=2.0, alpha=0.7, beta=None, seed=seed + 1, lr=1e-3),
+            StudentSpec(loss="mse", temperature=1.0, alpha=0.5, beta=0.25, seed=seed)]
+
+
+def fit(ds, store, specs, *, model, optim, batched, train: Split | None = None):
+    # Data order is seeded by the loader, not by each student, so every run sees the same batches.
+    loader = SoftTargetLoader(train or ds.splits["train"], optim.batch_size, seed=0, store=store)
+    return fit_group(specs, model_cfg=model, optim=optim, augment=AugmentConfig(), loader=loader,
+                     val=ds.splits["val"], input_shape=ds.input_shape, num_classes=ds.num_classes, device=CPU,
+                     batched=batched)
+
+
+def assert_same_steps(together, alone) -> None:
+    for b, s in zip(together, alone):
+        assert b.failed == s.failed, b.name
+        assert len(b.step_losses) == len(s.step_losses), b.name
+        n = min(STEPS, len(s.step_losses))
+        np.testing.assert_allclose(b.step_losses[:n], s.step_losses[:n], rtol=RTOL, atol=0, err_msg=b.name)
+
+
+@pytest.mark.parametrize("arch", [ModelConfig(arch="mlp", width=32), ModelConfig(arch="cnn", width=4)],
+                         ids=["mlp", "cnn"])
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_a_batched_group_matches_separate_runs(digits_store, ds, arch, name, caplog):
+    store = SoftTargetStore(digits_store)
+    optim = dataclasses.replace(OPTIMIZERS[name], **COMMON)
+    with caplog.at_level(logging.INFO, logger="pipeline.train"):
+        together = fit(ds, store, grid(), model=arch, optim=optim, batched=True)
+    assert f"batched: one stacked {arch.arch} of 4 students" in caplog.text
+    alone = [fit(ds, store, [s], model=arch, optim=optim, batched=False)[0] for s in grid()]
+    assert len(alone[0].step_losses) >= STEPS
+    assert_same_steps(together, alone)
+    # Each selected checkpoint is an ordinary module holding its own student's weights and statistics.
+    for b in together:
+        assert evaluate(b.model, ds.splits["val"], CPU)["acc"] == b.val_acc
+
+
+def test_a_torchvision_group_matches_separate_runs(digits_store, ds):
+    # resnet18 (BatchNorm, residual adds, in-place ReLU) on 8 samples a step, 50 steps: SGD with a small
+    # lr, where its training is not chaotic on 8x8 inputs.
+    store = SoftTargetStore(digits_store)
+    train = ds.splits["train"]
+    train = Split(train.x[:400], train.y[:400], train.ids[:400])
+    optim = OptimConfig(name="sgd", lr=1e-3, momentum=0.9, batch_size=8, epochs=1, schedule="none",
+                        clip_grad_norm=1.0, select="last")
+    specs = grid()[:2] + [dataclasses.replace(grid()[2], lr=3e-3)]
+    model = ModelConfig(arch="resnet18")
+    together = fit(ds, store, specs, model=model, optim=optim, batched=True, train=train)
+    alone = [fit(ds, store, [s], model=model, optim=optim, batched=False, train=train)[0] for s in specs]
+    assert len(alone[0].step_losses) == STEPS
+    assert_same_steps(together, alone)
+
+
+def test_a_diverging_student_is_masked_out_and_fails_alone(digits_store, ds):
+    store = SoftTargetStore(digits_store)
+    optim = dataclasses.replace(OPTIMIZERS["adam"], **COMMON)
+    model = ModelConfig(arch="cnn", width=4)
+    silly = StudentSpec(loss="kl", temperature=4.0, alpha=0.9, beta=None, seed=0, lr=1e30)
+    specs = [grid()[0], silly, grid()[1]]
+    together = fit(ds, store, specs, model=model, optim=optim, batched=True)
+    alone = [fit(ds, store, [s], model=model, optim=optim, batched=False)[0] for s in specs]
+    assert together[1].model is None and together[1].failed == alone[1].failed  # same step, same message
+    assert "loss became" in together[1].failed
+    assert_same_steps(together, alone)  # the others never saw its NaN
+    assert all(math.isfinite(v) for r in (together[0], together[2]) for v in r.step_losses)
+
+
+def test_early_stopping_drops_a_student_from_the_stack(ds):
+    frozen = StudentSpec(loss="hard", temperature=1.0, alpha=0.0, beta=None, seed=0, lr=1e-12)
+    learner = StudentSpec(loss="hard", temperature=1.0, alpha=0.0, beta=None, seed=1)
+    optim = OptimConfig(epochs=5, lr=1e-2, patience=1)
+    together = fit(ds, None, [frozen, learner], model=ModelConfig(arch="mlp", width=32), optim=optim, batched=True)
+    alone = fit(ds, None, [learner], model=ModelConfig(arch="mlp", width=32), optim=optim, batched=False)
+    assert together[0].stopped_epoch == 1 and len(together[0].history) == 2
+    assert_same_steps(together[1:], alone)  # the stack carried on without it
+
+
+class ItemGate(nn.Module):
+    """Data-dependent control flow (``.item()``): runs as a module, cannot be vectorised."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x if x.sum().item() > -1e30 else -x
+
+
+def test_a_model_that_does_not_vectorise_falls_back_to_the_loop(ds, monkeypatch, caplog):
+    from pipeline import models
+
+    monkeypatch.setitem(models.MODELS, "gated", lambda cfg, shape, n: nn.Sequential(
+        nn.Flatten(), nn.Linear(math.prod(shape), n), ItemGate()))
+    specs = [StudentSpec(loss="hard", temperature=1.0, alpha=0.0, beta=None, seed=s) for s in (0, 1)]
+    optim = OptimConfig(epochs=1)
+    with caplog.at_level(logging.INFO, logger="pipeline.train"):
+        auto = fit(ds, None, specs, model=ModelConfig(arch="gated"), optim=optim, batched=True)
+    assert "per-student loop: gated does not batch" in caplog.text
+    loop = fit(ds, None, specs, model=ModelConfig(arch="gated"), optim=optim, batched=False)
+    for a, b in zip(auto, loop):
+        assert a.step_losses == b.step_losses  # it is the per-student loop, bit for bit
+
+
+def test_on_a_cpu_only_small_students_are_batched(caplog):
+    specs = [StudentSpec(loss="hard", temperature=1.0, alpha=0.0, beta=None, seed=s) for s in (0, 1)]
+    split = Split(torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,)), torch.arange(8))
+    for width, path in ((2, "batched"), (16, "per-student loop")):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="pipeline.train"):
+            fit_group(specs, model_cfg=ModelConfig(arch="cnn", width=width), optim=OptimConfig(epochs=1, batch_size=8),
+                      augment=AugmentConfig(), loader=SoftTargetLoader(split, 8, seed=0), val=split,
+                      input_shape=(3, 32, 32), num_classes=10, device=CPU)
+        assert f"group: {path}:" in caplog.text
+    assert "compute-bound on a CPU" in caplog.text
+
+
+# --- the stacked optimizer step against torch's own, tensor by tensor ------------------------------
+
+
+@pytest.mark.parametrize("cfg", [
+    OptimConfig(name="sgd", momentum=0.0), OptimConfig(name="sgd", momentum=0.9, nesterov=True, weight_decay=0.1),
+    OptimConfig(name="adam", weight_decay=0.1), OptimConfig(name="adamw", weight_decay=0.1),
+    OptimConfig(name="rmsprop", momentum=0.0), OptimConfig(name="rmsprop", momentum=0.9, weight_decay=0.1),
+], ids=["sgd", "sgd-nesterov-wd", "adam-wd", "adamw", "rmsprop", "rmsprop-momentum-wd"])
+def test_stacked_optimizer_equals_torch_per_student(cfg):
+    configs = [dataclasses.replace(cfg, lr=lr, epochs=3, schedule="cosine", warmup_epochs=1)
+               for lr in (1e-2, 3e-3, 1e-1)]
+    g = torch.Generator().manual_seed(0)
+    init = torch.randn(3, 40, generator=g)  # (S, N)
+    flat = init.clone()
+    stacked = StackedOptimizer(flat, configs[0])
+    lrs = lr_table(configs, steps_per_epoch=4)
+    params = [nn.Parameter(init[i].clone()) for i in range(3)]
+    opts = [make_optimizer([p], c) for p, c in zip(params, configs)]
+    schedules = [make_schedule(o, c, 4) for o, c in zip(opts, configs)]
+    live = torch.ones(3, 1, dtype=torch.bool)
+    for step in range(12):
+        grad = torch.randn(3, 40, generator=g)
+        for p, o, s, row in zip(params, opts, schedules, grad):
+            p.grad = row.clone()
+            torch.nn.utils.clip_grad_norm_([p], 1.0)
+            o.step()
+            s.step()
+        clip_per_student(grad, 1.0)
+        stacked.step(grad, lr=lrs[step], live=live)
+    for i, p in enumerate(params):
+        # Adam's and AdamW's updates are bit-identical; the others round a fused multiply-add in two steps.
+        torch.testing.assert_close(flat[i], p.detach(), rtol=1e-6, atol=1e-6)
+
+
+def test_a_masked_row_keeps_its_parameters_bit_for_bit():
+    flat = torch.randn(2, 5)
+    before = flat.clone()
+    opt = StackedOptimizer(flat, OptimConfig(name="adamw", weight_decay=0.1))
+    grad = torch.randn(2, 5)
+    grad[1] = math.nan
+    opt.step(grad, lr=torch.tensor([1e-2, 1e-2], dtype=torch.float64), live=torch.tensor([[True], [False]]))
+    assert torch.equal(flat[1], before[1]) and not torch.equal(flat[0], before[0])
+    assert torch.isfinite(flat).all()
+
+
+def test_lr_table_follows_each_students_schedule():
+    warm = OptimConfig(lr=1.0, epochs=3, schedule="none", warmup_epochs=1)
+    table = lr_table([warm, dataclasses.replace(warm, lr=0.5)], steps_per_epoch=4)
+    assert table.shape == (13, 2) and table.dtype == torch.float64
+    assert table[:, 0].tolist() == pytest.approx([0.2, 0.4, 0.6, 0.8] + [1.0] * 9)
+    assert table[:, 1].tolist() == pytest.approx([0.1, 0.2, 0.3, 0.4] + [0.5] * 9)
