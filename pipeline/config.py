@@ -239,10 +239,10 @@ class AugmentConfig:
                                   help="augmentation ops")
     translate: int = option(1, help="translate: largest shift, in pixels")
     rotate_degrees: float = option(10.0, help="rotate: largest angle, in degrees")
-    crop_scale: tuple[float, ...] = option((0.08, 1.0), metavar="S", help="crop: range of the box's share of "
-                                                                          "the image area (min max)")
-    crop_ratio: tuple[float, ...] = option((0.75, 4 / 3), metavar="R", help="crop: range of the box's aspect "
-                                                                            "ratio, width/height (min max)")
+    crop_scale: tuple[float, ...] = option((0.08, 1.0), metavar="S", default_text="0.08 1",
+                                           help="crop: range of the box's share of the image area (min max)")
+    crop_ratio: tuple[float, ...] = option((0.75, 4 / 3), metavar="R", default_text="0.75 1.333",
+                                           help="crop: range of the box's aspect ratio, width/height (min max)")
     jitter: float = option(0.4, help="jitter: largest relative change of brightness, contrast and saturation")
 
     def __post_init__(self) -> None:
