@@ -147,8 +147,10 @@ class SoftTargetStore:
         ok = (partners == -1) | ((ids == partners) & in_split)  # a whole id of the split, or no partner
         if not np.all(ok):
             r, v = (int(i[0]) for i in np.nonzero(~ok))
+            bad = float(partners[r, v])
+            shown = str(int(bad)) if bad.is_integer() else repr(bad)
             raise StoreError(f"{split}/view_params", f"view {v} of sample id {int(self.ids(split)[start + r])} "
-                             f"names partner {partners[r, v]:g}, which is not a sample of the {split} split",
+                             f"names partner {shown}, which is not a sample of the {split} split",
                              "the store was altered after writing; rewrite it with `kd teacher`")
 
     def verify_view_params(self, split: str) -> int:
