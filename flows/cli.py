@@ -21,7 +21,7 @@ from flows.runners import RunnerConfig, task_runner
 from flows.store_commands import add_store_commands
 from pipeline.config import EXPORT_FORMATS, DistillConfig, TeacherConfig, from_dict
 from pipeline.errors import UserError
-from pipeline.presets import PRESETS
+from pipeline.presets import PRESETS, check_preset
 
 EXIT_USER_ERROR = 2
 EXIT_RUN_FAILED = 1
@@ -152,6 +152,8 @@ def cmd_run(a: argparse.Namespace) -> None:
     if a.generations < 1:
         raise UserError("generations", f"must be >= 1, got {a.generations}", "use 1, or e.g. 3 for born-again KD")
     t_cfg = teacher_config(a)
+    if a.preset:
+        check_preset(a.preset, t_cfg)  # e.g. the patient recipe's minimum views, refused before any work
     d_cfg = distill_config(student_namespace(a), "(the teacher's store)")  # every option checked, even run_name
     t_plan = teacher.plan(t_cfg)  # checkpoint, store and checkpoint roots, dataset, encoding
     d_cfg = dataclasses.replace(d_cfg, store=t_plan.store_path)

@@ -163,6 +163,8 @@ def plan(cfg: DistillConfig) -> DistillPlan:
     ds = open_dataset(data_cfg)
     check_compatible(store, ds)
     check_views_augment(store.views, cfg.augment)
+    if store.views > 1:  # every view's parameters decoded now (checksums, partners of mixed views)
+        store.verify_view_params("train")
     if cfg.mode == "online":
         load_teacher(store)  # fail now, not in a task, if the checkpoint is gone or changed
     # CPU latency depends on the architecture, not on the trained weights, so it is measured once,

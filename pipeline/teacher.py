@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from pipeline.augment import Augmenter
+from pipeline import view_ops
 from pipeline.checkpoints import load_model
 from pipeline.checks import check_output_folder, check_store_root
 from pipeline.checksums import sha256_file
@@ -35,11 +35,12 @@ from pipeline.train import Progress, evaluate, fit_teacher, predict
 log = logging.getLogger(__name__)
 
 def view_record(cfg: TeacherConfig) -> ViewsMeta:
-    """How the stored views were drawn: enough for anyone to replay them (pipeline.augment.Augmenter.replay)."""
+    """How the stored views were drawn: seed, ops and the names of their stored parameters (pipeline.view_ops)."""
     if cfg.views == 1:
         return ViewsMeta(count=1)
     return ViewsMeta(count=cfg.views, seed=cfg.seed, augment=asdict(cfg.view_augment),
-                     params=tuple(Augmenter.PARAM_NAMES))
+                     params=view_ops.columns(cfg.view_augment, cfg.view_mix),
+                     mix=asdict(cfg.view_mix) if cfg.view_mix.ops else None)
 
 
 def lineage_of(store_path: str, storage_options: dict | None = None) -> tuple[LineageEntry, ...]:
@@ -109,6 +110,7 @@ def plan(cfg: TeacherConfig) -> TeacherPlan:
     if k is not None and k >= ds.num_classes:
         raise UserError("encoding", f"topk:{k} keeps every one of {ds.name}'s {ds.num_classes} classes",
                         f"use topk:K with K < {ds.num_classes}, or float32 to keep all logits")
+    view_ops.check_mixable(cfg.view_mix, ds.splits)
     ckpt_sha = sha256_file(cfg.checkpoint) if cfg.checkpoint else None
     parent = lineage_of(cfg.parent_store, cfg.storage_options) if cfg.parent_store else ()
     teacher_part = {"parent": parent[0].provenance_key if parent else None,
@@ -211,6 +213,7 @@ def write_shards(p: TeacherPlan, model: nn.Module, writer: StoreWriter,
         data = p.dataset.splits[split]
         lay = writer.layouts[split]
         digests, known = np.zeros((len(data), 32), np.uint8), np.zeros(len(data), bool)
+        partners = view_ops.Partners(data, split) if p.cfg.view_mix.ops else None  # mixed views: the same split
         plan_ = [(shard, rows) for shard in shards
                  for rows in row_batches(np.arange(*lay.shard_range(shard)), PASS_BATCH)]
         batches = ordered_batches(data, [rows for _, rows in plan_], workers=p.cfg.workers,
@@ -220,7 +223,7 @@ def write_shards(p: TeacherPlan, model: nn.Module, writer: StoreWriter,
         for (shard, rows), (x, d) in zip(plan_, batches, strict=True):
             if d is not None:
                 digests[rows], known[rows] = d, True
-            parts.append(teacher_views(p.cfg, model, x, data.ids[torch.from_numpy(rows)], device))
+            parts.append(teacher_views(p.cfg, model, x, data.ids[torch.from_numpy(rows)], device, partners=partners))
             if rows[-1] + 1 == lay.shard_range(shard)[1]:  # the shard's last batch: queue it whole
                 logits = np.concatenate([lg for lg, _ in parts])
                 params = None if parts[0][1] is None else np.concatenate([pr for _, pr in parts])  # type: ignore[misc]
@@ -235,22 +238,25 @@ def write_shards(p: TeacherPlan, model: nn.Module, writer: StoreWriter,
 PASS_BATCH = 512  # images per teacher forward in the logits pass
 
 
-def teacher_views(cfg: TeacherConfig, model: nn.Module, x: torch.Tensor, ids: torch.Tensor,
-                  device: torch.device) -> tuple[np.ndarray, np.ndarray | None]:
-    """Teacher logits of every view of ``x``: (R, V, C) float32, and the views' drawn parameters (R, V, 4) when V > 1.
+def teacher_views(cfg: TeacherConfig, model: nn.Module, x: torch.Tensor, ids: torch.Tensor, device: torch.device,
+                  partners: view_ops.Partners | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Teacher logits of every view of ``x``: (R, V, C) float32, and the views' drawn parameters (R, V, P) when V > 1.
 
-    On CUDA the teacher runs under autocast, channels_last (:mod:`pipeline.precision`); logits are cast to
-    float32 before they are encoded.
+    ``partners``: the samples' own split, where mixed views draw and fetch their partners (read through
+    the lazy split, only the partners a batch needs). On CUDA the teacher runs under autocast,
+    channels_last (:mod:`pipeline.precision`); logits are cast to float32 before they are encoded.
     """
     if cfg.views == 1:
         return torch.cat(list(predict(model, x, device, batch_size=PASS_BATCH, fast=True))).numpy()[:, None, :], None
-    aug = Augmenter(cfg.view_augment)
+    names = view_ops.columns(cfg.view_augment, cfg.view_mix)
     logits, params = [], []
     for v in range(cfg.views):
-        drawn = aug.view_params(ids, torch.full_like(ids, v), cfg.seed)
-        logits.append(torch.cat(list(predict(model, aug.apply(x, drawn), device, batch_size=PASS_BATCH,
+        rows = view_ops.draw_rows(cfg.view_augment, cfg.view_mix, ids=ids, view=v, seed=cfg.seed,
+                                  size=(x.shape[-2], x.shape[-1]), partners=partners)  # (R, P)
+        xv = view_ops.view_pixels(x, rows, names, partners)  # the pixels replay will rebuild from the rows
+        logits.append(torch.cat(list(predict(model, xv, device, batch_size=PASS_BATCH,
                                              fast=True))).numpy())  # (R, C)
-        params.append(Augmenter.params_array(drawn))  # (R, 4)
+        params.append(rows)
     return np.stack(logits, axis=1), np.stack(params, axis=1)
 
 

@@ -39,7 +39,7 @@ from pipeline.batched_optim import lr_table
 from pipeline.config import AugmentConfig, ModelConfig, OptimConfig, StudentSpec
 from pipeline.data import Split
 from pipeline.loader import Batch, SoftTargetLoader, ordered_batches, row_batches
-from pipeline.losses import distillation_loss, hard_loss
+from pipeline.losses import distillation_loss
 from pipeline.models import build_model
 from pipeline.optim import make_optimizer, make_schedule
 from pipeline.precision import inference, prepare, to_input
@@ -51,8 +51,10 @@ log = logging.getLogger(__name__)
 _INIT_LOCK = threading.Lock()
 
 Progress = Callable[[str, int, int, dict], None]  # (group label, epoch, epochs, metrics)
-# (model logits (B, C), teacher logits (B, C) or None, labels (B,)) -> scalar loss
-Objective = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor], torch.Tensor]
+# (model logits (B, C), teacher logits (B, C) or None, labels (B,), mixed labels or None) -> scalar loss;
+# mixed labels are (partner labels (B,), λ (B,)) for batches of mixed views (pipeline.view_ops).
+Mix = tuple[torch.Tensor, torch.Tensor] | None
+Objective = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor, Mix], torch.Tensor]
 
 
 def build_seeded(cfg: ModelConfig, shape: tuple[int, int, int], num_classes: int, *, seed: int) -> nn.Module:
@@ -63,16 +65,17 @@ def build_seeded(cfg: ModelConfig, shape: tuple[int, int, int], num_classes: int
 
 def student_objective(spec: StudentSpec) -> Objective:
     """The distillation loss of one grid point (label-only for the baseline)."""
-    def objective(out: torch.Tensor, soft: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
-        return distillation_loss(out, soft, labels, spec.loss, spec.temperature, spec.alpha, spec.beta)
+    def objective(out: torch.Tensor, soft: torch.Tensor | None, labels: torch.Tensor, mix: Mix = None) -> torch.Tensor:
+        return distillation_loss(out, soft, labels, spec.loss, spec.temperature, spec.alpha, spec.beta, mix=mix)
 
     return objective
 
 
-def label_objective(out: torch.Tensor, soft: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
+def label_objective(out: torch.Tensor, soft: torch.Tensor | None, labels: torch.Tensor,
+                    mix: Mix = None) -> torch.Tensor:
     """Cross-entropy against the true labels: how the teacher learns (it has no teacher of its own)."""
     del soft
-    return hard_loss(out, labels)
+    return distillation_loss(out, None, labels, "hard", 1.0, 0.0, mix=mix)
 
 
 @dataclass
@@ -168,7 +171,7 @@ def prepare_batch(batch: Batch, *, augmenter: Augmenter, generator: torch.Genera
                   teacher: nn.Module | None = None) -> Batch:
     """Augment once for every trainee, move to the device, and with an online teacher score the augmented images."""
     x = augmenter(batch.x, generator) if augmenter.enabled else batch.x
-    b = Batch(x, batch.y, batch.logits, batch.rows).to(device)
+    b = Batch(x, batch.y, batch.logits, batch.rows, batch.mix).to(device)
     if teacher is not None:
         with torch.no_grad():
             b.logits = teacher(b.x).float()  # (B, C)
@@ -195,7 +198,7 @@ def train_one_epoch(*, trainees: list[Trainee], loader: SoftTargetLoader, epoch:
             if t.failed is not None:
                 continue
             out = t.model(b.x)  # (B, C)
-            loss = t.objective(out, b.logits, b.y)
+            loss = t.objective(out, b.logits, b.y, b.mix)
             if not torch.isfinite(loss):
                 t.failed = f"loss became {float(loss.detach())} at epoch {epoch} step {steps}"
                 log.warning("%s failed: %s", t.name, t.failed)
@@ -226,6 +229,8 @@ def train_one_epoch_stacked(*, stack: StackedStudents, trainees: list[Trainee], 
     losses = []
     for batch in loader.epoch(epoch):
         b = prepare_batch(batch, augmenter=augmenter, generator=generator, device=device, teacher=teacher)
+        if b.mix is not None:
+            raise BatchingUnsupported("mixed views need the per-student loop's λ-weighted hard term")
         losses.append(stack.step(b.x, b.logits, b.y))  # (S,)
     table = torch.stack(losses).cpu() if losses else torch.empty(0, len(trainees))  # (steps, S)
     means = {}
@@ -356,6 +361,9 @@ def fit_group(specs: list[StudentSpec], *, model_cfg: ModelConfig, optim: OptimC
         why = "batching is off"
     elif len(specs) < 2:
         why = "a single student"
+    elif loader.mixed_views:
+        # The stacked step has no λ-weighted hard term for mixed views (pipeline.losses.mixed_hard_loss).
+        why = "the store's views are mixed (MixUp/CutMix)"
     elif batched is None and device.type == "cpu":
         why = cpu_reason_not_to_batch(trainees[0].model, input_shape)
     if why is None:

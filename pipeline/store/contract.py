@@ -49,7 +49,8 @@ def expected_arrays(meta: StoreMeta, split: str) -> list[ArraySpec]:
     else:
         cols = {"logits": ((v, c), ENCODING_DTYPES[kind], np.nan)}
     if v > 1:
-        cols["view_params"] = ((v, 4), np.float32, np.nan)
+        # One float32 column per drawn parameter, named in views.params.
+        cols["view_params"] = ((v, len(meta.views.params or ())), np.float32, np.nan)
     specs = [ArraySpec(name, (n, *tail), np.dtype(dtype), (lay.chunk_rows, *tail), (lay.shard_rows, *tail), fill,
                        True) for name, (tail, dtype, fill) in cols.items()]
     one = (min(max(n, 1), LABEL_CHUNK_ROWS),)
