@@ -171,6 +171,8 @@ def stable_run_name(cfg: DistillConfig) -> str:
     stem = os.path.basename(cfg.store.rstrip("/")).removesuffix(".zarr")
     shaping = {k: v for k, v in to_dict(cfg).items()  # type: ignore[union-attr]
                if k not in ("store", "report_root", "run_name", "device", "storage_options", "workers", "cache_mb")}
+    if cfg.data is not None:
+        shaping["data"] = cfg.data.key()  # data options added later keep earlier run names at their defaults
     return f"{stem}-{cfg.model.arch}-{config_hash(shaping)[:8]}"
 
 

@@ -26,4 +26,22 @@ PRESETS: dict[str, dict] = {
             "temperatures": (1.0, 4.0), "alphas": (0.9,), "seeds": (0, 1, 2), "group_size": 3,
         },
     },
+    # The same recipe on your own photos: an image folder (one sub-folder per class; pass
+    # --dataset imagefolder:PATH) at 160 px, RandomResizedCrop + flips drawn per sample in 4 DataLoader
+    # workers, evaluation and the teacher's logits on the resized, center-cropped image.
+    "resnet-mobilenet-imagefolder": {
+        "teacher": {
+            "data": {"name": "imagefolder:data/images", "image_size": 160,
+                     "train_transform": ("random-resized-crop", "hflip")},
+            "model": {"arch": "resnet18"},
+            "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-4,
+                      "epochs": 30, "batch_size": 64, "schedule": "cosine", "warmup_epochs": 1},
+            "workers": 4,
+        },
+        "distill": {
+            "model": {"arch": "mobilenet_v3_small"},
+            "optim": {"lr": 0.05, "epochs": 30},
+            "temperatures": (1.0, 4.0), "alphas": (0.9,), "seeds": (0, 1, 2), "group_size": 3,
+        },
+    },
 }

@@ -122,6 +122,10 @@ def train(p: TeacherPlan, progress: Progress | None = None) -> nn.Module:
                          device=resolve_device(cfg.device), seed=cfg.seed, progress=progress, workers=cfg.workers)
     if result.model is None:
         raise UserError("teacher", f"training failed: {result.failed}", "lower --lr or change the optimizer")
+    if ds.manifest is not None:
+        # Training decoded train and val; decode the test images too before anything is written, so an
+        # unreadable file fails the run with nothing on disk (the store's evaluation reads them next anyway).
+        evaluate(result.model, ds.splits["test"], resolve_device(cfg.device), workers=cfg.workers)
     os.makedirs(os.path.dirname(p.checkpoint_path) or ".", exist_ok=True)
     tmp = p.checkpoint_path + ".tmp"
     torch.save(result.model.state_dict(), tmp)

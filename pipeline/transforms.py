@@ -30,8 +30,9 @@ from torchvision.transforms import v2
 from pipeline.config import config_hash
 
 # The record of version 1 (every dataset as float32 in [0, 1], image folders squashed to 32x32).
-# A fixed-size dataset read without --image-size still gets exactly this preprocessing, so it keeps
-# this record byte for byte: its stores keep their transform hash and provenance key.
+# digits without --image-size still gets exactly this preprocessing (its float pixels pass through
+# unchanged), so it keeps this record byte for byte: its stores keep their transform hash and
+# provenance key. (torchvision's uint8 sets now scale by a product, 1 ulp off v1's division: v2.)
 TRANSFORM = {"pixels": "float32 in [0, 1], no normalisation", "resize": "imagefolder only, 32x32", "version": 1}
 PIXELS = "float32 in [0, 1], no normalisation"
 VERSION = 2

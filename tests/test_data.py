@@ -42,7 +42,7 @@ def no_network(monkeypatch):
 
 
 def clone(split: Split) -> Split:
-    return Split(split.x.clone(), split.y.clone(), split.ids.clone())
+    return Split.from_tensors(split.x.clone(), split.y.clone(), split.ids.clone())
 
 
 # --- digits --------------------------------------------------------------------------------------
@@ -112,6 +112,27 @@ def test_same_config_gives_identical_fingerprints_and_ids(digits):
     assert again.describe() == digits.describe()
 
 
+def test_digits_fingerprints_and_transform_hash_are_pinned(digits):
+    """Streaming fingerprints hash exactly the bytes the in-memory ones did: stores keep their provenance keys."""
+    assert digits.fingerprints() == {
+        "train": "18e0eb53bcfb39b19f8b1f0b463ddd5f0e5271bf68c3efb013c333bba8c8c00b",
+        "val": "7f63c32a09a273986a8484d6dd3cd07025a162dcb2f6eaddfc8b37920bb79212",
+        "test": "e86bbefd26efbf901b3450c244cf5012b7b1a22693be3a1b7cc2be0dcd3e4d7c"}
+    assert digits.transform_hash == "dc1169e5b5e62527"
+    # --image-size is real preprocessing: another record, another hash.
+    resized = load_dataset(DataConfig(name="digits", image_size=16))
+    assert resized.input_shape == (1, 16, 16) and resized.transform_hash != digits.transform_hash
+    assert resized.fingerprints() == digits.fingerprints()  # same samples: the transform is recorded apart
+
+
+def test_split_reads_rows_without_holding_pixels(digits):
+    """A split holds labels, ids and row indices; pixels come from its source, batch by batch."""
+    split = digits.splits["val"]
+    assert not any(isinstance(v, torch.Tensor) and v.dim() == 4 for v in vars(split).values())
+    rows = np.array([5, 0, 7])
+    np.testing.assert_array_equal(split.batch(rows).numpy(), split.x[rows].numpy())
+
+
 def test_fingerprint_is_a_sha256_hex_and_stable(digits):
     fp = digits.splits["train"].fingerprint()
     assert len(fp) == 64 and int(fp, 16) >= 0
@@ -129,10 +150,10 @@ def test_different_split_seed_changes_fingerprints(digits):
 
 def test_changing_one_pixel_changes_the_fingerprint(digits):
     base = digits.splits["val"]
-    changed = clone(base)
-    assert changed.fingerprint() == base.fingerprint()
-    changed.x[5, 0, 3, 4] += 1.0 / 16.0
-    assert changed.fingerprint() != base.fingerprint()
+    assert clone(base).fingerprint() == base.fingerprint()
+    x = base.x.clone()
+    x[5, 0, 3, 4] += 1.0 / 16.0
+    assert Split.from_tensors(x, base.y.clone(), base.ids.clone()).fingerprint() != base.fingerprint()
 
 
 def test_changing_one_label_changes_the_fingerprint(digits):
@@ -146,7 +167,7 @@ def test_changing_order_or_ids_changes_the_fingerprint(digits):
     base = digits.splits["test"]
     perm = torch.arange(len(base))
     perm[[0, 1]] = perm[[1, 0]]
-    swapped = Split(base.x[perm].clone(), base.y[perm].clone(), base.ids[perm].clone())
+    swapped = Split.from_tensors(base.x[perm].clone(), base.y[perm].clone(), base.ids[perm].clone())
     assert swapped.fingerprint() != base.fingerprint()
     renumbered = clone(base)
     renumbered.ids[0] += N_DIGITS
@@ -270,14 +291,14 @@ def _write_images(root, classes: dict[str, tuple[int, int, int]], n: int = 10, s
             Image.fromarray(arr, mode="RGB").save(root / cls / f"img_{i:02d}.png")
 
 
-def test_imagefolder_loads_rgb_32px_with_folder_class_names(tmp_path):
+def test_imagefolder_loads_rgb_at_native_resolution_with_folder_class_names(tmp_path):
     folder = tmp_path / "imgs"
     # Class "cat" is red, class "dog" is blue, so each label can be checked against its pixels.
     _write_images(folder, {"dog": (20, 30, 220), "cat": (220, 30, 20)})
     ds = load_dataset(DataConfig(name=f"imagefolder:{folder}"))
     assert ds.class_names == ["cat", "dog"]
     assert ds.num_classes == 2
-    assert ds.input_shape == (3, 32, 32)
+    assert ds.input_shape == (3, 10, 12)  # 12 wide, 10 high, as written: no silent resize
     assert sum(len(s) for s in ds.splits.values()) == 20
     ids = torch.cat([s.ids for s in ds.splits.values()])
     assert sorted(ids.tolist()) == list(range(20))
@@ -302,8 +323,26 @@ def test_imagefolder_grayscale_images_get_three_equal_channels(tmp_path):
             Image.fromarray(np.full((8, 8), level + i, dtype=np.uint8), mode="L").save(folder / cls / f"{i}.png")
     ds = load_dataset(DataConfig(name=f"imagefolder:{folder}"))
     x = ds.splits["train"].x
-    assert x.shape[1:] == (3, 32, 32)
+    assert x.shape[1:] == (3, 8, 8)
     assert torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 1], x[:, 2])
+
+
+def test_imagefolder_image_size_resizes_the_shorter_side_and_center_crops(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "wide"
+    for cls in ("a", "b"):
+        os.makedirs(folder / cls)
+        for i in range(10):
+            arr = np.zeros((20, 40, 3), np.uint8)
+            arr[:, :6] = 255  # a white left strip: cropped away by a center crop of the resized image
+            Image.fromarray(arr).save(folder / cls / f"{i}.png")
+    ds = load_dataset(DataConfig(name=f"imagefolder:{folder}", image_size=10))
+    x = ds.splits["train"].x
+    assert ds.input_shape == (3, 10, 10) and x.shape[1:] == (3, 10, 10)
+    assert float(x.max()) == 0.0  # 40x20 -> 20x10 -> center 10x10: the white strip is gone
+    assert ds.transform["eval"] == ["ToImage", "Resize(10, antialias=True)", "CenterCrop(10)",
+                                    "ToDtype(float32, scale=True)"]
 
 
 def test_imagefolder_missing_path_is_a_user_error(tmp_path):
@@ -320,3 +359,103 @@ def test_imagefolder_without_class_folders_is_a_user_error(tmp_path):
     with pytest.raises(UserError) as exc:
         load_dataset(DataConfig(name=f"imagefolder:{empty}"))
     assert exc.value.field == "dataset"
+
+
+# --- torchvision's files, in torchvision's layout (tiny fakes written here: no network) -------------
+
+
+def _idx(path, array: np.ndarray) -> None:
+    """An idx file of unsigned bytes as MNIST ships them (big-endian magic 0x08 << 8 | ndim, then the dims)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write((0x0800 + array.ndim).to_bytes(4, "big"))
+        for d in array.shape:
+            f.write(int(d).to_bytes(4, "big"))
+        f.write(np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
+def _fake_mnist(root, folder="MNIST", n_train=100, n_test=20):
+    rng = np.random.default_rng(0)
+    data = {}
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        labels = np.arange(n, dtype=np.uint8) % 10
+        _idx(os.path.join(root, folder, "raw", f"{prefix}-images-idx3-ubyte"), images)
+        _idx(os.path.join(root, folder, "raw", f"{prefix}-labels-idx1-ubyte"), labels)
+        data[prefix] = (images, labels)
+    return data
+
+
+def _fake_cifar10(root, per_batch=20):
+    import pickle
+
+    rng = np.random.default_rng(1)
+    folder = os.path.join(root, "cifar-10-batches-py")
+    os.makedirs(folder)
+    data = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        images = rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8)
+        labels = [int(v) for v in np.arange(per_batch) % 10]
+        with open(os.path.join(folder, name), "wb") as f:
+            pickle.dump({"data": images, "labels": labels}, f)
+        data[name] = (images, labels)
+    with open(os.path.join(folder, "batches.meta"), "wb") as f:
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
+    return data
+
+
+@pytest.mark.parametrize("layout", ["torchvision", "legacy"])
+def test_mnist_idx_files_are_memory_mapped_in_either_layout(tmp_path, layout, no_network):
+    """ROOT/MNIST/raw/... (torchvision's layout) and ROOT/mnist/MNIST/raw/... (this pipeline's earlier one)."""
+    root = tmp_path / "data"
+    data = _fake_mnist(str(root if layout == "torchvision" else root / "mnist"))
+    ds = load_dataset(DataConfig(name="mnist", root=str(root)))
+    assert ds.input_shape == (1, 28, 28) and ds.num_classes == 10
+    assert len(ds.splits["train"]) + len(ds.splits["val"]) == 100 and len(ds.splits["test"]) == 20
+    train_src = ds.splits["train"].source
+    assert isinstance(train_src.array, np.memmap)  # read from the file page by page, never copied whole
+    for name, split in ds.splits.items():
+        images, labels = data["t10k" if name == "test" else "train"]
+        idx = split.ids.numpy() - (100 if name == "test" else 0)
+        np.testing.assert_array_equal(split.y.numpy(), labels[idx])
+        np.testing.assert_allclose(split.batch(np.arange(len(split))).numpy()[:, 0],
+                                   images[idx].astype(np.float32) / 255.0, rtol=1e-6, atol=0)
+    # The fingerprint covers the pixels: one changed byte in the file changes it.
+    before = ds.fingerprints()
+    path = root / ("MNIST" if layout == "torchvision" else "mnist/MNIST") / "raw" / "train-images-idx3-ubyte"
+    raw = bytearray(path.read_bytes())
+    raw[16 + 28 * 28 * int(ds.splits["val"].ids[0]) + 5] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    after = load_dataset(DataConfig(name="mnist", root=str(root))).fingerprints()
+    assert after["val"] != before["val"] and after["test"] == before["test"]
+
+
+def test_fashion_mnist_reads_its_own_folder(tmp_path):
+    _fake_mnist(str(tmp_path), folder="FashionMNIST")
+    ds = load_dataset(DataConfig(name="fashion-mnist", root=str(tmp_path)))
+    assert ds.class_names[0] == "T-shirt/top" and ds.input_shape == (1, 28, 28)
+
+
+def test_cifar10_pickled_batches_in_torchvision_layout(tmp_path, no_network):
+    data = _fake_cifar10(str(tmp_path))
+    ds = load_dataset(DataConfig(name="cifar10", root=str(tmp_path)))
+    assert ds.input_shape == (3, 32, 32) and ds.class_names == [f"c{i}" for i in range(10)]
+    train_images = np.concatenate([data[f"data_batch_{i}"][0] for i in range(1, 6)]).reshape(-1, 3, 32, 32)
+    val = ds.splits["val"]
+    np.testing.assert_array_equal((val.x.numpy() * 255).round().astype(np.uint8), train_images[val.ids.numpy()])
+    test = ds.splits["test"]
+    assert test.ids.tolist() == list(range(100, 120))  # test ids offset past the 100 training samples
+    np.testing.assert_array_equal(test.y.numpy(), np.arange(20) % 10)
+    # The split is sent to DataLoader workers without its pixels: they reload the files there.
+    import pickle
+
+    assert len(pickle.dumps(ds.splits["train"])) < train_images.nbytes / 4
+
+
+def test_truncated_idx_file_is_a_one_line_error(tmp_path):
+    _fake_mnist(str(tmp_path))
+    path = tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(UserError) as exc:
+        load_dataset(DataConfig(name="mnist", root=str(tmp_path)))
+    assert exc.value.field == "data_root" and "truncated" in str(exc.value)

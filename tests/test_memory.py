@@ -74,3 +74,73 @@ def test_streaming_peak_rss_stays_within_budget(big_store):
     # Contrast: with a budget that fits, the loader holds the decoded store in memory.
     cached = _run(big_store, 10_000)
     assert cached["cached"] and cached["peak"] - cached["before"] > decoded_mb * 0.9, cached
+
+
+# --- image folders: memory does not grow with the dataset ------------------------------------------
+
+FOLDER_SCRIPT = """
+import json, os, resource, sys
+import torch
+torch.set_num_threads(1)
+from pipeline import distill, teacher
+from pipeline.config import DataConfig, DistillConfig, ModelConfig, OptimConfig, TeacherConfig
+
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 1e6
+
+folder, out, materialise = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+small = dict(model=ModelConfig(arch="cnn", width=4), optim=OptimConfig(epochs=1, batch_size=32))
+cfg = TeacherConfig(data=DataConfig(name=f"imagefolder:{folder}", image_size=8), store_root=os.path.join(out, "s"),
+                    checkpoint_root=os.path.join(out, "c"), device="cpu", **small)
+p = teacher.plan(cfg)
+before = rss_mb()
+# The contrast: every decoded image kept in memory, as float32 at native size.
+held = [s.source.read(i).float() for s in p.dataset.splits.values() for i in s.index] if materialise else None
+store = teacher.publish(p, teacher.train(p))  # stage 1: train, evaluate, the logits pass
+d = DistillConfig(store=store, temperatures=(4.0,), report_root=os.path.join(out, "r"), device="cpu", **small)
+rows = distill.train_students(distill.plan(d), d.students())  # stage 2: one epoch, test evaluation
+assert all(r["status"] == "ok" for r in rows)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6  # KiB -> MB: the run's high-water mark
+print(json.dumps({"before": before, "peak": peak}))
+"""
+# Files at 96 px, trained at --image-size 8: decoding is real work, while the evaluation batches (up to
+# 512 images, so larger with more data) stay small enough not to hide a dataset held in memory.
+IMAGES, SIDE = 150, 96
+
+
+def _folder(root, n: int) -> str:
+    from PIL import Image
+
+    rng = np.random.default_rng(n)
+    for i in range(n):
+        d = os.path.join(root, f"class{i % 2}")
+        os.makedirs(d, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, size=(SIDE, SIDE, 3), dtype=np.uint8)).save(f"{d}/{i:05d}.png")
+    return str(root)
+
+
+def _run_folder(folder, out, materialise=False) -> dict:
+    proc = subprocess.run([sys.executable, "-c", FOLDER_SCRIPT, folder, str(out), "1" if materialise else "0"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": ROOT})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {**r, "growth": r["peak"] - r["before"]}
+
+
+@pytest.mark.slow
+def test_both_stages_over_a_4x_larger_folder_peak_at_the_same_rss(tmp_path):
+    small = _folder(tmp_path / "n", IMAGES)
+    large = _folder(tmp_path / "4n", 4 * IMAGES)
+    a, b = _run_folder(small, tmp_path / "a"), _run_folder(large, tmp_path / "b")
+    print(f"peak RSS {a['peak']:.0f} MB (N) vs {b['peak']:.0f} MB (4N); growth over the loaded process "
+          f"{a['growth']:.1f} vs {b['growth']:.1f} MB")
+    assert b["peak"] <= 1.15 * a["peak"], (a, b)
+    # The peaks are dominated by torch itself, so the test also bounds what the run added to the process.
+    # The 4N decoded images are 600 * 3 * 96 * 96 * 4 B = 66 MB as float32: pixels held in memory would show.
+    bound = 1.15 * a["growth"] + 4.0
+    assert b["growth"] <= bound, (a, b)
+    # Contrast, so this test can fail: the same run holding the large folder's pixels breaks the bound.
+    held = _run_folder(large, tmp_path / "c", materialise=True)
+    assert held["growth"] > bound, (a, b, held)

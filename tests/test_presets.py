@@ -72,3 +72,43 @@ def test_preset_architectures_run_end_to_end(image_folder, tmp_path):
     rows = distill.train_students(distill.plan(cfg), cfg.students())
     assert [r["status"] for r in rows] == ["ok"] * 3 and all(r["arch"] == "mobilenet_v3_small" for r in rows)
     assert os.path.exists(rows[0]["checkpoint"])
+
+
+@pytest.fixture
+def photo_folder(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for k, colour in enumerate(((200, 40, 40), (40, 40, 200))):
+        d = tmp_path / "photos" / f"class{k}"
+        d.mkdir(parents=True)
+        for i in range(10):
+            img = np.clip(rng.normal(colour, 40, size=(72, 80, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(d / f"{i}.jpg", quality=90)
+    return str(tmp_path / "photos")
+
+
+def test_imagefolder_preset_sets_the_recipe():
+    t = teacher_config(_args("--preset", "resnet-mobilenet-imagefolder"))
+    assert t.data.name.startswith("imagefolder:") and 160 <= t.data.image_size <= 224
+    assert t.data.train_transform == ("random-resized-crop", "hflip") and t.model.arch == "resnet18"
+
+
+@pytest.mark.slow
+def test_imagefolder_preset_runs_end_to_end_at_64px(photo_folder, tmp_path):
+    """resnet18 -> mobilenet_v3_small on a generated folder at 64 px, RandomResizedCrop drawn per sample."""
+    torch.set_num_threads(1)
+    a = _args("--preset", "resnet-mobilenet-imagefolder", "--dataset", f"imagefolder:{photo_folder}",
+              "--image-size", "64", "--epochs", "1", "--warmup-epochs", "0", "--student-epochs", "1",
+              "--batch-size", "8", "--seeds", "0", "--temperatures", "4", "--workers", "0",
+              "--store-root", str(tmp_path / "s"), "--checkpoint-root", str(tmp_path / "c"),
+              "--report-root", str(tmp_path / "r"), "--device", "cpu")
+    p = teacher.plan(teacher_config(a))
+    assert p.dataset.input_shape == (3, 64, 64)
+    store = teacher.publish(p, teacher.train(p))
+    cfg = distill_config(student_namespace(a), store)
+    plan = distill.plan(cfg)
+    assert plan.dataset.preprocess.train_ops == ("random-resized-crop", "hflip")  # the store's data config
+    rows = distill.train_students(plan, cfg.students())
+    assert [r["status"] for r in rows] == ["ok"] * 2 and all(r["arch"] == "mobilenet_v3_small" for r in rows)
+    assert rows[0]["input_shape"] == [3, 64, 64]

@@ -23,20 +23,22 @@ from pipeline.transforms import Preprocess
 IMAGEFOLDER = "imagefolder:"
 
 
-def _stratified_split(labels: np.ndarray, fractions: tuple[float, float], seed: int) -> tuple[np.ndarray, ...]:
-    """Indices for (rest, a, b) where a and b take the given fractions of the whole, per class."""
+def _hold_out(idx: np.ndarray, labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rest, held out): ``fraction`` of ``idx`` held out per class (scikit-learn's stratified split)."""
     from sklearn.model_selection import train_test_split
 
-    idx = np.arange(len(labels))
-    frac_a, frac_b = fractions
     try:
-        rest, b = train_test_split(idx, test_size=frac_b, stratify=labels, random_state=seed)
-        rest, a = train_test_split(rest, test_size=frac_a / (1.0 - frac_b), stratify=labels[rest],
-                                   random_state=seed)
-    except ValueError as exc:  # a class too small to appear in every split
-        counts = np.bincount(labels)
-        raise UserError("dataset", f"too few samples for a stratified split (smallest class: {counts.min()} "
-                        f"samples; {exc})", "add samples to the smallest classes") from None
+        return train_test_split(idx, test_size=fraction, stratify=labels, random_state=seed)
+    except ValueError as exc:  # a class too small to appear on both sides
+        raise UserError("dataset", f"too few samples for a stratified split (smallest class: "
+                        f"{np.bincount(labels).min()} samples; {exc})", "add samples to the smallest classes") from None
+
+
+def _stratified_split(labels: np.ndarray, fractions: tuple[float, float], seed: int) -> tuple[np.ndarray, ...]:
+    """Indices for (rest, a, b) where a and b take the given fractions of the whole, per class."""
+    frac_a, frac_b = fractions
+    rest, b = _hold_out(np.arange(len(labels)), labels, frac_b, seed)
+    rest, a = _hold_out(rest, labels[rest], frac_a / (1.0 - frac_b), seed)
     return rest, a, b
 
 
@@ -67,12 +69,8 @@ def load_digits(cfg: DataConfig) -> Dataset:
 def _torchvision_loader(read: Callable[[str, str], tuple[Source, Source]]) -> Callable[[DataConfig], Dataset]:
     def load(cfg: DataConfig) -> Dataset:
         train_src, test_src = read(cfg.name, locate(cfg.name, cfg.root, cfg.download))
-        from sklearn.model_selection import train_test_split
-
-        pre = _preprocess(cfg, train_src, legacy=True)
-        idx = np.arange(len(train_src))
-        tr, va = train_test_split(idx, test_size=cfg.val_fraction, stratify=train_src.labels,
-                                  random_state=cfg.split_seed)
+        pre = _preprocess(cfg, train_src, legacy=False)  # v2 scales by 1/255 as a product: not v1 to the bit
+        tr, va = _hold_out(np.arange(len(train_src)), train_src.labels, cfg.val_fraction, cfg.split_seed)
         test = np.arange(len(test_src))
         splits = {"train": _split(train_src, tr, tr, pre), "val": _split(train_src, va, va, pre),
                   "test": _split(test_src, test, test + len(train_src), pre)}

@@ -74,7 +74,7 @@ def teacher_pass(model: torch.nn.Module, split: Split, classes: int, path: str |
     try:
         for shard in range(lay.num_shards):
             a, b = lay.shard_range(shard)
-            logits = torch.cat(list(predict(model, split.x[a:b], DEV))).numpy()  # (rows, C)
+            logits = torch.cat(list(predict(model, split.batch(np.arange(a, b)), DEV))).numpy()  # (rows, C)
             if writer is not None:
                 writer.put("train", shard, logits)
         inferred = time.perf_counter()

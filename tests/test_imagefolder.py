@@ -1,0 +1,263 @@
+"""Image folders: bad input refused in one line with nothing written, image modes converted, per-sample train
+transforms replayed in any worker, and a folder changed after its store was written refused by stage 2."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from flows.cli import main
+from pipeline import distill, teacher
+from pipeline.config import DataConfig, DistillConfig, ModelConfig, OptimConfig, TeacherConfig
+from pipeline.data import load_dataset
+from pipeline.data.verify import verify_data
+from pipeline.errors import StoreError, UserError
+from pipeline.loader import SoftTargetLoader, ordered_batches
+from pipeline.store import SoftTargetStore
+from tests.test_cli import _fails
+
+
+def write_folder(root, *, classes=("a", "b"), n=10, size=(16, 12), fmt="png", seed=0) -> str:
+    """``n`` noisy images per class, class k tinted by channel k, ``size`` = (width, height)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for k, cls in enumerate(classes):
+        os.makedirs(os.path.join(root, cls), exist_ok=True)
+        for i in range(n):
+            arr = rng.integers(0, 80, size=(size[1], size[0], 3), dtype=np.uint8)
+            arr[..., k % 3] += 150
+            Image.fromarray(arr).save(os.path.join(root, cls, f"{i:03d}.{fmt}"))
+    return str(root)
+
+
+def _data(folder, **kw) -> DataConfig:
+    return DataConfig(name=f"imagefolder:{folder}", **kw)
+
+
+def _refused(folder, field="dataset", **kw) -> str:
+    with pytest.raises(UserError) as exc:
+        load_dataset(_data(folder, **kw))
+    assert exc.value.field == field and "\n" not in str(exc.value)
+    return str(exc.value)
+
+
+# --- structure: refused before any work ------------------------------------------------------------
+
+
+def test_empty_class_folder_single_class_and_non_image_are_refused(tmp_path):
+    folder = write_folder(tmp_path / "f")
+    os.makedirs(tmp_path / "f" / "c")
+    assert "'c'" in _refused(folder) and "holds no images" in _refused(folder)
+    os.rmdir(tmp_path / "f" / "c")
+    (tmp_path / "f" / "a" / "notes.txt").write_text("not a picture")
+    assert os.path.join("a", "notes.txt") in _refused(folder)
+    os.remove(tmp_path / "f" / "a" / "notes.txt")
+    (tmp_path / "f" / "a" / ".DS_Store").write_bytes(b"\0")  # hidden files are ignored
+    (tmp_path / "f" / "README.txt").write_text("beside the class folders: ignored")
+    assert len(load_dataset(_data(folder)).splits["train"]) > 0
+    single = write_folder(tmp_path / "one", classes=("only",))
+    assert "single class" in _refused(single) and "at least 2 classes" in _refused(single)
+
+
+def test_mixed_sizes_need_image_size_and_get_it(tmp_path):
+    folder = write_folder(tmp_path / "f")
+    write_folder(tmp_path / "f", classes=("b",), n=1, size=(20, 20), seed=1)  # b/000.png is now 20x20
+    msg = _refused(folder, field="image_size")
+    assert "--image-size" in msg and "20x20" in msg
+    ds = load_dataset(_data(folder, image_size=8))
+    assert ds.input_shape == (3, 8, 8) and ds.splits["train"].x.shape[1:] == (3, 8, 8)
+
+
+def test_cli_refuses_bad_folders_in_one_line_and_writes_nothing(capsys, tmp_path):
+    folder = write_folder(tmp_path / "f")
+    (tmp_path / "f" / "b" / "data.csv").write_text("1,2,3")
+    out = ["--store-root", str(tmp_path / "stores"), "--checkpoint-root", str(tmp_path / "ckpt")]
+    assert "data.csv" in _fails(capsys, "teacher", "--dataset", f"imagefolder:{folder}", *out)
+    assert "single class" in _fails(capsys, "teacher", "--dataset",
+                                    f"imagefolder:{write_folder(tmp_path / 'one', classes=('x',))}", *out)
+    assert not (tmp_path / "stores").exists() and not (tmp_path / "ckpt").exists()
+
+
+# --- decoding: in whichever process reads the batch --------------------------------------------------
+
+
+def _broken(tmp_path, kind: str) -> tuple[str, str]:
+    folder = write_folder(tmp_path / "f", fmt="jpg")
+    path = tmp_path / "f" / "b" / "004.jpg"
+    if kind == "truncated":
+        path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    else:  # bytes that are no image at all, under an image's name
+        path.write_bytes(np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes())
+    return folder, os.path.join("b", "004.jpg")
+
+
+@pytest.mark.parametrize("kind", ["truncated", "garbage"])
+def test_corrupt_jpeg_is_refused_naming_it_and_nothing_is_written(tmp_path, kind):
+    folder, rel = _broken(tmp_path, kind)
+    cfg = TeacherConfig(data=_data(folder, image_size=12), model=ModelConfig(arch="cnn", width=4),
+                        optim=OptimConfig(epochs=1, batch_size=8), store_root=str(tmp_path / "stores"),
+                        checkpoint_root=str(tmp_path / "ckpt"), device="cpu")
+    p = teacher.plan(cfg)  # names and sizes only: the file is not decoded yet
+    with pytest.raises(UserError) as exc:
+        teacher.train(p)  # the first epoch (or validation) decodes every image
+    assert exc.value.field == "dataset" and rel in str(exc.value) and "\n" not in str(exc.value)
+    assert not (tmp_path / "stores").exists() and not (tmp_path / "ckpt").exists()
+
+
+@pytest.mark.slow
+def test_corrupt_image_read_in_a_worker_is_the_same_one_line_error(tmp_path):
+    folder, rel = _broken(tmp_path, "truncated")
+    split = load_dataset(_data(folder, image_size=12)).splits["train"]
+    batches = [np.arange(len(split))]
+    with pytest.raises(UserError) as exc:
+        list(ordered_batches(split, batches, workers=1))
+    assert rel in str(exc.value)
+
+
+def test_image_modes_are_converted_to_rgb_not_refused(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "modes"
+    for cls in ("x", "y"):
+        os.makedirs(root / cls)
+        for i in range(4):
+            Image.fromarray(np.full((6, 6), 60 + i, np.uint8), "L").save(root / cls / f"l{i}.png")
+            Image.fromarray(np.full((6, 6, 4), (200, 10, 10, 50), np.uint8), "RGBA").save(root / cls / f"a{i}.png")
+            Image.new("CMYK", (6, 6), (0, 255, 255, 0)).save(root / cls / f"c{i}.jpg")  # red in CMYK
+            Image.fromarray(np.full((6, 6), 100 * 256 + 7, np.uint16)).save(root / cls / f"w{i}.png")  # 16-bit
+            Image.new("P", (6, 6), 3).save(root / cls / f"p{i}.png")
+    ds = load_dataset(_data(root))
+    assert ds.input_shape == (3, 6, 6)
+    split = ds.splits["train"]
+    x = split.x
+    assert x.shape[1:] == (3, 6, 6) and x.dtype == torch.float32
+    names = [split.source.path(int(i)) for i in split.index]
+    px = {os.path.basename(n)[0]: x[k, :, 0, 0] for k, n in enumerate(names)}
+    assert torch.allclose(px["w"], torch.full((3,), 100 / 255))  # 16-bit keeps its top 8 bits, not clipped
+    assert px["a"][0] > 0.7 and px["a"][1] < 0.1  # RGBA: alpha dropped, colour kept
+    assert px["c"][0] > 0.9 and px["c"][1] < 0.1  # CMYK red is RGB red
+    assert px["l"][0] == px["l"][1] == px["l"][2]  # grey: three equal channels
+
+
+# --- train transforms: drawn per sample, the same in any worker --------------------------------------
+
+
+def test_train_transform_is_drawn_per_sample_and_epoch(tmp_path):
+    folder = write_folder(tmp_path / "f", size=(24, 24))
+    split = load_dataset(_data(folder, image_size=16, train_transform=("random-resized-crop", "hflip"))
+                         ).splits["train"]
+    rows = np.arange(6)
+    a = split.batch(rows, train_seed=(0, 0))
+    assert a.shape == (6, 3, 16, 16)
+    assert torch.equal(a, split.batch(rows, train_seed=(0, 0)))  # replayable
+    assert torch.equal(a[2:4], split.batch(rows[2:4], train_seed=(0, 0)))  # per sample, not per batch
+    assert not torch.equal(a, split.batch(rows, train_seed=(0, 1)))  # a new draw each epoch
+    assert not torch.equal(a, split.batch(rows))  # eval: resize + center crop, no draw
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    split.batch(rows, train_seed=(0, 0))
+    assert torch.equal(state, torch.get_rng_state())  # the caller's generator is untouched
+
+
+@pytest.mark.slow
+def test_train_transform_pixels_are_identical_with_0_and_2_workers(tmp_path):
+    folder = write_folder(tmp_path / "f", size=(24, 24))
+    split = load_dataset(_data(folder, image_size=16, train_transform=("random-resized-crop", "hflip"))
+                         ).splits["train"]
+
+    def by_row(workers):
+        loader = SoftTargetLoader(split, 4, seed=3, workers=workers, pin_memory=False)
+        return {int(r): b.x[i] for b in loader.epoch(0) for i, r in enumerate(b.rows)}
+
+    serial, parallel = by_row(0), by_row(2)
+    assert serial.keys() == parallel.keys() == set(range(len(split)))
+    assert all(torch.equal(serial[r], parallel[r]) for r in serial)
+
+
+# --- a folder changed after its store was written ----------------------------------------------------
+
+
+@pytest.fixture
+def folder_store(tmp_path):
+    folder = write_folder(tmp_path / "f", n=12)
+    cfg = TeacherConfig(data=_data(folder), model=ModelConfig(arch="cnn", width=4),
+                        optim=OptimConfig(epochs=1, batch_size=8), store_root=str(tmp_path / "stores"),
+                        checkpoint_root=str(tmp_path / "ckpt"), device="cpu", chunk_rows=8, shard_chunks=1)
+    p = teacher.plan(cfg)
+    return folder, teacher.publish(p, teacher.train(p)), p
+
+
+def _stage2(store) -> None:
+    distill.plan(DistillConfig(store=store, model=ModelConfig(arch="cnn", width=4), device="cpu",
+                               temperatures=(4.0,), report_root="unused"))
+
+
+def test_store_records_the_listing_and_content_and_stage2_accepts_the_same_folder(folder_store, capsys):
+    folder, store, p = folder_store
+    meta = SoftTargetStore(store).meta
+    ds = p.dataset
+    assert meta.dataset.input_shape == (3, 12, 16) and meta.transform == ds.transform
+    for name, info in meta.dataset.splits.items():
+        assert info.content == ds.splits[name].content_hash()  # hashed during the pass, equal to a fresh read
+        assert info.content != info.fingerprint
+    _stage2(store)
+    assert set(verify_data(SoftTargetStore(store))) == {"train", "val", "test"}
+    main(["inspect", store, "--verify-data"])
+    assert "data verified" in capsys.readouterr().out
+
+
+def test_split_writers_record_the_same_content(folder_store):
+    """--writers N: the parts run elsewhere, so finalize hashes the files itself; the record is the same."""
+    folder, store, p = folder_store
+    other = teacher.plan(TeacherConfig(**{**vars(p.cfg), "store_root": os.path.join(os.path.dirname(store), "w"),
+                                          "checkpoint": p.checkpoint_path, "writers": 2}))
+    writer = teacher.create_store(other, teacher.load(other))
+    writer.close()
+    for part in teacher.pending_work(writer, 2):
+        teacher.write_part(other, part)
+    split_store = teacher.finalize(other)
+    a, b = SoftTargetStore(store).meta.dataset, SoftTargetStore(split_store).meta.dataset
+    assert {n: s.content for n, s in a.splits.items()} == {n: s.content for n, s in b.splits.items()}
+
+
+@pytest.mark.parametrize("change, says", [
+    ("add", os.path.join("a", "zzz.png") + " was added"),
+    ("remove", os.path.join("b", "003.png") + " was removed"),
+    ("resize", os.path.join("a", "005.png") + " changed"),
+])
+def test_stage2_refuses_a_changed_folder_naming_the_first_differing_file(folder_store, change, says):
+    from PIL import Image
+
+    folder, store, _ = folder_store
+    if change == "add":
+        Image.fromarray(np.zeros((12, 16, 3), np.uint8)).save(os.path.join(folder, "a", "zzz.png"))
+    elif change == "remove":
+        os.remove(os.path.join(folder, "b", "003.png"))
+    else:
+        Image.fromarray(np.zeros((12, 16, 3), np.uint8)).save(os.path.join(folder, "a", "005.png"))
+    from pipeline.data import open_dataset
+
+    open_dataset.cache_clear()  # a new process would see the folder afresh
+    with pytest.raises(StoreError) as exc:
+        _stage2(store)
+    assert exc.value.field == "dataset.files" and says in str(exc.value), str(exc.value)
+
+
+def test_a_file_modified_in_place_passes_stage2_and_fails_verify_data(folder_store, capsys):
+    """Same name, same size, other bytes: the cheap identity cannot see it; the content hash does."""
+    folder, store, _ = folder_store
+    path = os.path.join(folder, "b", "002.png")
+    raw = bytearray(open(path, "rb").read())
+    raw[-20] ^= 0xFF  # inside the PNG's final chunks: same size, other content
+    open(path, "wb").write(bytes(raw))
+    from pipeline.data import open_dataset
+
+    open_dataset.cache_clear()
+    _stage2(store)  # identity unchanged: stage 2 starts
+    with pytest.raises(StoreError) as exc:
+        verify_data(SoftTargetStore(store))
+    assert "content" in exc.value.field and "modified in place" in str(exc.value)
+    assert "modified in place" in _fails(capsys, "inspect", store, "--verify-data")
