@@ -319,3 +319,76 @@ def write_summary(results: list[dict], wall_s: float | None) -> Path:
     with open(path, "w") as f:
         json.dump(summary, f, indent=2, default=_jsonable)
     return path
+
+
+# ---------------------------------------------------------------- image folders (test_imagefolder_bench.py)
+#
+# A folder of generated JPEGs, one sub-folder per class, made once under data/bench/ (never committed:
+# data/ is git-ignored) and reused by later sessions. Every image is a pure function of (class, index),
+# so a folder made serially or by threads, here or elsewhere, is the same bytes.
+
+FOLDER_CLASSES = 10
+
+
+def _folder_image(label: int, index: int, size: int) -> bytes:
+    """One JPEG: a class tint, smooth random structure, a few shapes and sensor-like noise, so it
+    compresses like a photo (~10 KB at 160 px), not like a flat colour."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng([label, index, size])
+    tint = np.array([(37 * label) % 256, (91 * label + 60) % 256, (151 * label + 120) % 256], np.float32)
+    low = rng.uniform(0, 255, (6, 6, 3)).astype(np.float32) * 0.6 + tint * 0.4  # (6, 6, 3)
+    img = Image.fromarray(low.clip(0, 255).astype(np.uint8)).resize((size, size), Image.BICUBIC)
+    draw = ImageDraw.Draw(img)
+    for _ in range(int(rng.integers(2, 6))):
+        x0, y0 = (int(v) for v in rng.integers(0, size, 2))
+        w, h = (int(v) for v in rng.integers(size // 8, size // 2, 2))
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)([x0, y0, x0 + w, y0 + h], fill=colour)
+    pixels = np.asarray(img, np.int16) + rng.integers(-12, 13, (size, size, 3), dtype=np.int16)  # (H, W, 3)
+    out = io.BytesIO()
+    Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+def image_folder(n: int, size: int) -> Path:
+    """``data/bench/imagefolder-<n>x<size>px``: ``n`` JPEGs of ``size`` x ``size`` in 10 class folders, made
+    once (in a temporary folder renamed into place, so a folder under that name is always complete)."""
+    import shutil
+    import tempfile
+    from concurrent.futures import ThreadPoolExecutor
+
+    final = BENCH_DIR / f"imagefolder-{n}x{size}px"
+    if final.is_dir():
+        return final
+    BENCH_DIR.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".imagefolder-", dir=BENCH_DIR))
+    try:
+        for c in range(FOLDER_CLASSES):
+            (work / f"class{c}").mkdir()
+
+        def make(i: int) -> None:
+            label = i % FOLDER_CLASSES
+            (work / f"class{label}" / f"img{i:06d}.jpg").write_bytes(_folder_image(label, i, size))
+
+        # PIL's encoder and numpy release the GIL: threads spread the work over the cores, no processes.
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            list(pool.map(make, range(n)))
+        os.rename(work, final)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return final
+
+
+def gpu_info() -> dict | None:
+    """The GPU the benchmarks ran on, or None on a CPU."""
+    dev = device()
+    if dev.type != "cuda":
+        return None
+    props = torch.cuda.get_device_properties(dev)
+    return {"name": props.name, "memory_gib": round(props.total_memory / 2**30, 1),
+            "capability": f"{props.major}.{props.minor}", "multiprocessors": props.multi_processor_count,
+            "cuda": torch.version.cuda, "bf16": torch.cuda.is_bf16_supported()}

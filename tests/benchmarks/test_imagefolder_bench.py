@@ -1,0 +1,367 @@
+"""Image-folder throughput (``make bench``): the lazy data path on a folder of generated JPEGs.
+
+The folder (``benchlib.image_folder``: 10 classes of 160-px JPEGs) is made once under ``data/bench/``
+and reused. What runs on it depends on the device, because a 2-core CPU cannot train at 160 px within
+the time ``make bench`` is allowed, while a GPU should be measured at a real resolution:
+
+- **cpu**: 600 images, read at ``--image-size 32`` (decode 160 px, resize), teacher ``cnn`` width 16,
+  students ``cnn`` width 8, no DataLoader workers (decoding in the process): on the shared 2-core box
+  this was sized on, a spawned 2-worker DataLoader took ~72 s to its first batch under load (210 images
+  that take 1.6 s in the process), and the teacher pass starts five of them;
+- **cuda**: 20,000 images at 160 px, teacher ``resnet18`` (autocast, channels_last, as the pipeline
+  runs it), students ``mobilenet_v3_small``, up to 8 workers.
+
+``BENCH_FOLDER_IMAGES`` and ``BENCH_WORKERS`` override the image count and the workers. Every JSON
+records the profile it ran. As in ``test_bench.py``: sides timed in interleaved rounds, the median of
+per-round ratios, goals reported and never asserted; only sanity (the work was really done) is asserted.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import benchlib as B
+from pipeline import teacher
+from pipeline.augment import Augmenter
+from pipeline.config import AugmentConfig, DataConfig, ModelConfig, OptimConfig, StudentSpec, TeacherConfig
+from pipeline.data import load_dataset, open_dataset
+from pipeline.data.folder import FolderSource
+from pipeline.distill import check_compatible
+from pipeline.loader import SoftTargetLoader
+from pipeline.models import count_parameters
+from pipeline.store import SPLITS, SoftTargetStore
+from pipeline.train import build_seeded, build_trainee, student_objective, train_one_epoch
+
+DEV = B.device()
+CUDA = DEV.type == "cuda"
+TRAIN_TRANSFORM = ("random-resized-crop", "hflip")
+TEMPERATURES = (1.0, 2.0, 4.0, 8.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    name: str
+    images: int
+    size: int  # the JPEGs' side, px
+    image_size: int  # what the pipeline reads them at (--image-size)
+    teacher: ModelConfig
+    student: ModelConfig
+    batch: int  # the students' batch (the teacher pass uses the pipeline's own, teacher.PASS_BATCH)
+    workers: int
+
+
+def profile() -> Profile:
+    cpus = os.cpu_count() or 1
+    if CUDA:
+        p = Profile("cuda", images=20_000, size=160, image_size=160, teacher=ModelConfig(arch="resnet18"),
+                    student=ModelConfig(arch="mobilenet_v3_small"), batch=256, workers=max(2, min(8, cpus - 2)))
+    else:
+        p = Profile("cpu", images=600, size=160, image_size=32, teacher=ModelConfig(arch="cnn", width=16),
+                    student=ModelConfig(arch="cnn", width=8), batch=128, workers=0)
+    env = {k: int(os.environ[v]) for k, v in (("images", "BENCH_FOLDER_IMAGES"), ("workers", "BENCH_WORKERS"))
+           if os.environ.get(v)}
+    return dataclasses.replace(p, **env)
+
+
+PROFILE = profile()
+
+
+def describe(p: Profile) -> dict:
+    return {"profile": p.name, "images": p.images, "jpeg_px": p.size, "image_size": p.image_size,
+            "teacher": f"{p.teacher.arch}" + (f" width {p.teacher.width}" if p.teacher.arch in ("cnn", "mlp") else ""),
+            "student": f"{p.student.arch}" + (f" width {p.student.width}" if p.student.arch in ("cnn", "mlp") else ""),
+            "student_batch": p.batch, "teacher_batch": teacher.PASS_BATCH, "workers": p.workers,
+            "gpu": B.gpu_info()}
+
+
+@dataclasses.dataclass
+class Setup:
+    root: str
+    tmp: str
+    plan: teacher.TeacherPlan  # the teacher pass over the folder (a saved random-init teacher, no training)
+    model: torch.nn.Module
+    store: SoftTargetStore  # one store published by that pass: what stage 2 reads
+    stage2: DataConfig  # the folder as stage 2 reads it: the same eval preprocessing, plus train transforms
+
+
+@pytest.fixture(scope="module")
+def setup():
+    p = PROFILE
+    begun = time.perf_counter()
+    root = str(B.image_folder(p.images, p.size))
+    made = time.perf_counter() - begun
+    tmp = B.tmp_dir("imagefolder")
+    data = DataConfig(name=f"imagefolder:{root}", image_size=p.image_size)
+    ds = open_dataset(data)
+    ckpt = os.path.join(tmp, "teacher.pt")
+    torch.save(build_seeded(p.teacher, ds.input_shape, ds.num_classes, seed=0).state_dict(), ckpt)
+    cfg = TeacherConfig(data=data, model=p.teacher, checkpoint=ckpt, store_root=os.path.join(tmp, "stores"),
+                        checkpoint_root=os.path.join(tmp, "checkpoints"), workers=p.workers, device="auto")
+    plan = teacher.plan(cfg)
+    model = teacher.load(plan)
+    store = SoftTargetStore(teacher.publish(plan, model))
+    print(f"\n[bench] image folder {root} ({p.images} images, made or found in {made:.1f} s); profile "
+          f"{describe(p)}", flush=True)
+    yield Setup(root, str(tmp), plan, model, store,
+                dataclasses.replace(data, train_transform=TRAIN_TRANSFORM))
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def rates(amount: int, ts: list[float]) -> list[float]:
+    return [amount / t for t in ts]
+
+
+# ---------------------------------------------------------------- a) the teacher pass
+
+
+def plain_inference(root: str, model: torch.nn.Module, *, image_size: int, workers: int, batch: int) -> int:
+    """What a PyTorch user writes: torchvision's ImageFolder + DataLoader, ``model.eval()``, logits to the CPU.
+
+    The same preprocessing, workers and batch as the pipeline, and on CUDA the same precision
+    (autocast bf16/fp16, channels_last, pinned memory and non-blocking copies), so the two sides
+    differ only in what the pipeline adds: sample ids, file digests, the store. Returns the images read.
+    """
+    import torchvision
+    from torchvision.transforms import v2
+
+    tf = v2.Compose([v2.ToImage(), v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size),
+                     v2.ToDtype(torch.float32, scale=True)])
+    data = torchvision.datasets.ImageFolder(root, transform=tf)
+    loader = torch.utils.data.DataLoader(data, batch_size=batch, num_workers=workers, pin_memory=CUDA)
+    fmt = torch.channels_last if CUDA else torch.contiguous_format
+    amp = torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) \
+        if CUDA else torch.autocast("cpu", enabled=False)
+    model.eval()
+    n, outs = 0, []
+    with torch.inference_mode(), amp:
+        for x, _ in loader:
+            out = model(x.to(DEV, non_blocking=CUDA, memory_format=fmt))  # (B, C)
+            outs.append(out.float().cpu())
+            n += len(x)
+    assert sum(len(o) for o in outs) == n == len(data)
+    return n
+
+
+def test_teacher_pass(setup, monkeypatch):
+    """``teacher.publish`` (evaluate val/test, create the store, logits of every split, content hash,
+    finish) vs a plain torchvision DataLoader + ``model.eval()`` loop over the same folder."""
+    begun = B.begin()
+    p, s = PROFILE, setup
+    n = sum(len(split) for split in s.plan.dataset.splits.values())
+    assert n == p.images
+    fast_model = teacher.load(s.plan).to(DEV)  # the plain side's own copy, prepared its own way
+    if CUDA:
+        fast_model = fast_model.to(memory_format=torch.channels_last)
+
+    # Phases of publish, timed by pass-through wrappers around its steps (the real steps run; publish
+    # looks them up in its module at call time): evaluating val/test + creating the store, the logits pass.
+    phases: dict[str, list[float]] = {"create_store": [], "write_shards": []}
+
+    def timed_step(name: str, fn):
+        def run(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                B.sync()
+                phases[name].append(time.perf_counter() - t)
+        return run
+
+    monkeypatch.setattr(teacher, "create_store", timed_step("create_store", teacher.create_store))
+    monkeypatch.setattr(teacher, "write_shards", timed_step("write_shards", teacher.write_shards))
+    written = iter(range(10_000))
+
+    def pipeline_pass() -> None:
+        path = os.path.join(s.tmp, "pass", f"s{next(written)}.zarr")
+        out = teacher.publish(dataclasses.replace(s.plan, store_path=path), s.model)
+        store = SoftTargetStore(out)  # complete, every split at full size
+        assert all(store.size(split) == len(s.plan.dataset.splits[split]) for split in SPLITS)
+        shutil.rmtree(out)
+
+    times = B.interleaved({"teacher_pass": pipeline_pass,
+                           "plain": lambda: plain_inference(s.root, fast_model, image_size=p.image_size,
+                                                            workers=p.workers, batch=teacher.PASS_BATCH)},
+                          min_reps=5, max_reps=11, budget_s=120 if CUDA else 90)
+    phases = {k: v[-len(times["plain"]):] for k, v in phases.items()}  # drop the warm-up round
+    rest = [t - c - w for t, c, w in zip(times["teacher_pass"], phases["create_store"], phases["write_shards"])]
+    rel = B.ratio(times["plain"], times["teacher_pass"])  # throughput of the pass / throughput of the plain loop
+    logits_only = B.ratio(times["plain"], phases["write_shards"])
+    B.record("imagefolder_teacher_pass", [
+        B.figure("teacher pass throughput / plain DataLoader loop", rel, "≥ 0.95", rel >= 0.95,
+                 per_round=B.rounds(times["plain"], times["teacher_pass"])),
+        B.figure("teacher pass", n / B.med(times["teacher_pass"]), "reported", None, " img/s",
+                 per_round=rates(n, times["teacher_pass"])),
+        B.figure("plain DataLoader + model.eval() loop", n / B.med(times["plain"]), "reported", None, " img/s",
+                 per_round=rates(n, times["plain"])),
+        B.figure("the logits pass alone (write_shards) / plain loop, contrast", logits_only, "—", None,
+                 per_round=B.rounds(times["plain"], phases["write_shards"])),
+    ], {
+        "config": {**describe(p), "images_per_pass": n,
+                   "teacher_pass": "teacher.publish: evaluate val+test, create the store, logits of every split "
+                                   "(file sha256 digests on the way), content hash, finish",
+                   "plain": "torchvision.datasets.ImageFolder + DataLoader(default start method "
+                            f"{torch.multiprocessing.get_start_method()!r}), inference_mode, logits to the CPU",
+                   "pipeline_start_method": "spawn (a new DataLoader per split and per evaluation)",
+                   "teacher_params": count_parameters(s.model), "reps": len(times["plain"])},
+        "times_s": times, "phases_s": {**phases, "record_content+finish+rest": rest},
+        "median_s": {**{k: B.med(v) for k, v in times.items()}, **{k: B.med(v) for k, v in phases.items()},
+                     "record_content+finish+rest": B.med(rest)},
+        "spread": {k: B.spread(v) for k, v in times.items()},
+        "ratio_of_medians": B.ratio_of_medians(times["plain"], times["teacher_pass"]),
+    }, begun)
+
+
+# ---------------------------------------------------------------- b) stage 2: KD epoch, logits, start-up check
+
+
+def loader(s: Setup, *, store: SoftTargetStore | None) -> SoftTargetLoader:
+    """Stage 2's loader over the folder's train split (train transforms drawn in the workers)."""
+    split = open_dataset(s.stage2).splits["train"]
+    return SoftTargetLoader(split, PROFILE.batch, seed=0, store=store, cache_mb=1024,
+                            chunk_rows=s.store.chunk_rows("train"), workers=PROFILE.workers)
+
+
+class Epochs:
+    """Successive epochs of one loader (with workers, epochs must be read in order) trained by ``trainees``."""
+
+    def __init__(self, loader: SoftTargetLoader) -> None:
+        self.loader, self.next = loader, 0
+        self.augmenter = Augmenter(AugmentConfig())  # augmentation is the loader's train transforms here
+        self.generator = torch.Generator().manual_seed(0)
+
+    def train(self, trainees) -> None:
+        train_one_epoch(trainees=trainees, loader=self.loader, epoch=self.next, augmenter=self.augmenter,
+                        generator=self.generator, device=DEV)
+        self.next += 1
+        for t in trainees:
+            assert t.failed is None and t.step_losses, t.failed
+
+    def data_only(self) -> int:
+        """The epoch's batches read and moved to the device, no model: the work a group shares."""
+        n = sum(len(b.to(DEV).y) for b in self.loader.epoch(self.next))
+        self.next += 1
+        assert n == self.loader.n
+        return n
+
+
+def trainee(s: Setup, spec: StudentSpec, steps: int):
+    ds = open_dataset(s.stage2)
+    optim = OptimConfig(name="adam", lr=1e-3, epochs=1, batch_size=PROFILE.batch, schedule="none", select="last")
+    return build_trainee(name=spec.run_id, objective=student_objective(spec), seed=spec.seed, model_cfg=PROFILE.student,
+                         optim=optim, input_shape=ds.input_shape, num_classes=ds.num_classes, device=DEV,
+                         steps_per_epoch=steps)
+
+
+def kd_spec(t: float = 4.0) -> StudentSpec:
+    return StudentSpec(loss="kl", temperature=t, alpha=0.9, beta=None, seed=0)
+
+
+def test_stage2_epoch(setup):
+    """A KD epoch from the store ÷ a label-only epoch (same data, same student); reading the stored
+    logits and the start-up data check, each ÷ the KD epoch."""
+    begun = B.begin()
+    s = setup
+    kd_loader, hard_loader = loader(s, store=s.store), loader(s, store=None)
+    n = kd_loader.n
+    kd = Epochs(kd_loader)
+    hard = Epochs(hard_loader)
+    kd_t = trainee(s, kd_spec(), len(kd_loader))
+    hard_t = trainee(s, StudentSpec(loss="hard", temperature=1.0, alpha=0.0, beta=None, seed=0), len(hard_loader))
+    path, root = s.store.path, s.root
+
+    def read_logits() -> None:  # what stage 2 does once per run (cached) or per epoch (streamed)
+        got = SoftTargetStore(path).read_logits("train")
+        assert got.shape == (n, s.store.num_classes) and np.isfinite(got).all()
+
+    def startup_check() -> None:  # a new process: list the folder (paths, sizes), split it, compare with the store
+        check_compatible(s.store, load_dataset(s.stage2))
+
+    def native_listing() -> None:  # the same listing at native resolution also reads every image's header
+        assert len(FolderSource(root, native_size=True)) == PROFILE.images
+
+    times = B.interleaved({"kd_epoch": lambda: kd.train([kd_t]), "label_only_epoch": lambda: hard.train([hard_t]),
+                           "read_logits": read_logits, "startup_check": startup_check,
+                           "native_listing": native_listing},
+                          min_reps=6, max_reps=21, budget_s=60)
+    kd_ratio = B.ratio(times["kd_epoch"], times["label_only_epoch"])
+    read = B.ratio(times["read_logits"], times["kd_epoch"])
+    check = B.ratio(times["startup_check"], times["kd_epoch"])
+    native = B.ratio(times["native_listing"], times["kd_epoch"])
+    B.record("imagefolder_stage2", [
+        B.figure("KD epoch / label-only epoch", kd_ratio, "≤ 1.05", kd_ratio <= 1.05,
+                 per_round=B.rounds(times["kd_epoch"], times["label_only_epoch"])),
+        B.figure("reading the stored train logits / KD epoch", read, "≤ 0.02", read <= 0.02,
+                 per_round=B.rounds(times["read_logits"], times["kd_epoch"])),
+        B.figure("start-up data check / KD epoch", check, "≤ 0.05", check <= 0.05,
+                 per_round=B.rounds(times["startup_check"], times["kd_epoch"])),
+        B.figure("listing at native resolution (headers read) / KD epoch, contrast", native, "—", None,
+                 per_round=B.rounds(times["native_listing"], times["kd_epoch"])),
+        B.figure("KD epoch", n / B.med(times["kd_epoch"]), "reported", None, " img/s",
+                 per_round=rates(n, times["kd_epoch"])),
+        B.figure("label-only epoch", n / B.med(times["label_only_epoch"]), "reported", None, " img/s",
+                 per_round=rates(n, times["label_only_epoch"])),
+    ], {
+        "config": {**describe(PROFILE), "train": n, "steps_per_epoch": len(kd_loader), "kd": kd_t.name,
+                   "train_transform": list(TRAIN_TRANSFORM), "reps": len(times["kd_epoch"]),
+                   "loader": "SoftTargetLoader, persistent spawned workers; KD: store logits cached (float16)",
+                   "timed_epoch": "train_one_epoch of one student (no validation)",
+                   "read_logits": "open the store + read_logits('train')",
+                   "startup_check": "load_dataset (walk: paths, sizes; split; manifest) + check_compatible",
+                   "native_listing": "FolderSource(native_size=True): the walk plus every header"},
+        "times_s": times, "median_s": {k: B.med(v) for k, v in times.items()},
+        "spread": {k: B.spread(v) for k, v in times.items()},
+    }, begun)
+
+
+# ---------------------------------------------------------------- c) shared pass
+
+
+def test_shared_pass(setup):
+    """4 KD students (T = 1, 2, 4, 8) in one pass ÷ the same 4 in separate passes, train transforms on."""
+    begun = B.begin()
+    s = setup
+    epochs = Epochs(loader(s, store=s.store))
+    n, steps = epochs.loader.n, len(epochs.loader)
+    group = [trainee(s, kd_spec(t), steps) for t in TEMPERATURES]
+    alone = [trainee(s, kd_spec(t), steps) for t in TEMPERATURES]
+
+    def separate() -> None:
+        for t in alone:
+            epochs.train([t])
+
+    times = B.interleaved({"group": lambda: epochs.train(group), "separate": separate,
+                           "data_only": epochs.data_only},
+                          min_reps=4, max_reps=15, budget_s=90)
+    r = B.ratio(times["group"], times["separate"])
+    data = B.med(times["data_only"])
+    per_student = (B.med(times["separate"]) / len(group)) - data  # one student's own work in an epoch
+    k = len(group)
+    B.record("imagefolder_shared_pass", [
+        B.figure("4 students in one pass / 4 separate passes", r, "≤ 0.4", r <= 0.4,
+                 per_round=B.rounds(times["group"], times["separate"])),
+        B.figure("one pass, 4 students", k * n / B.med(times["group"]), "reported", None, " student-img/s",
+                 per_round=rates(k * n, times["group"])),
+        B.figure("separate passes", k * n / B.med(times["separate"]), "reported", None, " student-img/s",
+                 per_round=rates(k * n, times["separate"])),
+        B.figure("data alone (decode + train transforms + copy)", n / data, "reported", None, " img/s",
+                 per_round=rates(n, times["data_only"])),
+    ], {
+        "config": {**describe(PROFILE), "students": [t.name for t in group], "train": n, "steps_per_epoch": steps,
+                   "train_transform": list(TRAIN_TRANSFORM), "reps": len(times["group"]),
+                   "loader": "one SoftTargetLoader (persistent spawned workers) for all three sides"},
+        "times_s": times, "median_s": {k_: B.med(v) for k_, v in times.items()},
+        "spread": {k_: B.spread(v) for k_, v in times.items()},
+        "analysis": {
+            "shared_data_s": data, "per_student_s": per_student, "W_over_D": per_student / data,
+            "bound": "without overlap, group/separate = (D + 4W)/(4D + 4W) with D the data epoch and W one "
+                     "student's own work; ≤ 0.4 needs W ≤ D/4. Workers overlap D with training, which "
+                     "lowers both sides",
+            "predicted_ratio_no_overlap": (data + k * per_student) / (k * data + k * per_student),
+        },
+    }, begun)
