@@ -34,6 +34,7 @@ from pipeline.config import AugmentConfig, ModelConfig, OptimConfig, StudentSpec
 from pipeline.data import Split
 from pipeline.loader import Batch, SoftTargetLoader
 from pipeline.losses import distillation_loss, hard_loss
+from pipeline.metrics import expected_calibration_error
 from pipeline.models import build_model
 from pipeline.optim import make_optimizer, make_schedule
 
@@ -129,10 +130,11 @@ def predict(model: nn.Module, x: torch.Tensor, device: torch.device, *,
 @torch.no_grad()
 def evaluate(model: nn.Module, split: Split, device: torch.device, *,
              teacher_logits: torch.Tensor | None = None) -> dict:
-    """Accuracy, NLL and (if teacher logits are given) top-1 agreement, all at T = 1."""
+    """Accuracy, NLL, ECE and (if teacher logits are given) top-1 agreement, all at T = 1."""
     logits = torch.cat(list(predict(model, split.x, device)))  # (N, C)
     pred = logits.argmax(1)
     out = {"acc": float((pred == split.y).float().mean()), "nll": float(F.cross_entropy(logits, split.y))}
+    out["ece"] = expected_calibration_error(logits, split.y)
     if teacher_logits is not None:
         out["agreement"] = float((pred == teacher_logits.argmax(1)).float().mean())
     return out
