@@ -20,7 +20,7 @@ from flows.runners import RunnerConfig, task_runner
 from flows.store_commands import add_store_commands
 from pipeline.config import EXPORT_FORMATS, DistillConfig, TeacherConfig, from_dict
 from pipeline.errors import UserError
-from pipeline.presets import PRESETS
+from pipeline.presets import PRESETS, check_preset
 
 EXIT_USER_ERROR = 2
 EXIT_RUN_FAILED = 1
@@ -147,6 +147,8 @@ def cmd_run(a: argparse.Namespace) -> None:
     from pipeline import teacher
 
     t_cfg = teacher_config(a)
+    if a.preset:
+        check_preset(a.preset, t_cfg)
     d_cfg = distill_config(student_namespace(a), teacher.plan(t_cfg).store_path)
     from flows.pipeline_flow import kd_pipeline
 

@@ -27,7 +27,8 @@ from pipeline.errors import UserError
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 SCHEDULES = ("none", "cosine", "step", "onecycle")
 SELECTIONS = ("best", "last")
-AUGMENT_OPS = ("translate", "flip", "rotate")
+AUGMENT_OPS = ("translate", "flip", "rotate", "crop", "jitter")
+MIX_OPS = ("mixup", "cutmix")  # teacher views only: a sample mixed with a stored partner from its own split
 ENCODINGS = ("float16", "float32", "topk:K")  # K: classes kept per sample
 SOFT_LOSSES = ("kl", "soft_ce", "mse")
 DEVICES = ("auto", "cpu", "cuda")
@@ -227,17 +228,61 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Training-time augmentation. Empty ``ops`` means none."""
+    """Per-sample augmentation (training, or the teacher's views). Empty ``ops`` means none.
+
+    ``crop`` is torchvision's RandomResizedCrop (a box of ``crop_scale`` of the area and ``crop_ratio``
+    aspect, resized back to the input size); ``jitter`` scales brightness, contrast and saturation by
+    factors drawn from [1 - jitter, 1 + jitter] (saturation leaves one-channel images as they are).
+    """
 
     ops: tuple[str, ...] = option((), flag="augment", separator=",", choices=AUGMENT_OPS, metavar="OPS",
                                   help="augmentation ops")
     translate: int = option(1, help="translate: largest shift, in pixels")
     rotate_degrees: float = option(10.0, help="rotate: largest angle, in degrees")
+    crop_scale: tuple[float, ...] = option((0.08, 1.0), metavar="S", default_text="0.08 1",
+                                           help="crop: range of the box's share of the image area (min max)")
+    crop_ratio: tuple[float, ...] = option((0.75, 4 / 3), metavar="R", default_text="0.75 1.333",
+                                           help="crop: range of the box's aspect ratio, width/height (min max)")
+    jitter: float = option(0.4, help="jitter: largest relative change of brightness, contrast and saturation")
 
     def __post_init__(self) -> None:
         for op in self.ops:
             _check_choice(op, AUGMENT_OPS, "augment")
         _check(self.translate >= 0, "translate", f"must be >= 0, got {self.translate}", "use e.g. 1")
+        _check(len(self.crop_scale) == 2 and 0.0 < self.crop_scale[0] <= self.crop_scale[1] <= 1.0, "crop_scale",
+               f"must be two numbers 0 < min <= max <= 1, got {list(self.crop_scale)}", "use e.g. 0.08 1")
+        _check(len(self.crop_ratio) == 2 and all(math.isfinite(r) for r in self.crop_ratio)
+               and 0.0 < self.crop_ratio[0] <= self.crop_ratio[1], "crop_ratio",
+               f"must be two numbers 0 < min <= max, got {list(self.crop_ratio)}", "use e.g. 0.75 1.333")
+        _check(math.isfinite(self.jitter) and 0.0 <= self.jitter < 1.0, "jitter",
+               f"must be in [0, 1), got {self.jitter}", "use e.g. 0.4")
+
+
+@dataclass(frozen=True)
+class MixConfig:
+    """Mixed teacher views: MixUp or CutMix of a sample with a partner drawn from the same split.
+
+    Each view after the clean one is mixed with probability ``prob``, by one of ``ops`` drawn
+    uniformly; its mixing weight λ (the sample's share) comes from Beta(α, α) with the op's α.
+    For CutMix the partner's box covers 1 - λ of the image and λ is then set to the exact share
+    the box leaves.
+    """
+
+    ops: tuple[str, ...] = option((), flag="mix", separator=",", choices=MIX_OPS, metavar="OPS",
+                                  help="mix ops of the teacher's views (each needs partners of other classes)")
+    prob: float = option(0.5, flag="mix-prob", help="chance that a view (after the clean one) is mixed")
+    mixup_alpha: float = option(1.0, help="mixup: α of the Beta(α, α) that λ is drawn from")
+    cutmix_alpha: float = option(1.0, help="cutmix: α of the Beta(α, α) that λ is drawn from")
+
+    def __post_init__(self) -> None:
+        for op in self.ops:
+            _check_choice(op, MIX_OPS, "view_mix")
+        _check(len(set(self.ops)) == len(self.ops), "view_mix", "has duplicates", "list each mix op once")
+        _check(math.isfinite(self.prob) and 0.0 < self.prob <= 1.0, "mix_prob", f"must be in (0, 1], got "
+               f"{self.prob}", "use e.g. 0.5")
+        for name in ("mixup_alpha", "cutmix_alpha"):
+            value = getattr(self, name)
+            _check(math.isfinite(value) and value > 0, name, f"must be > 0, got {value}", "use e.g. 1.0")
 
 
 def teacher_model() -> ModelConfig:
@@ -288,6 +333,8 @@ class TeacherConfig:
                                 "augmentations")
     view_augment: AugmentConfig = option(factory=lambda: AugmentConfig(ops=("translate", "rotate")), prefix="view-",
                                          help="teacher views (--views > 1): the augmentation they draw from")
+    view_mix: MixConfig = option(factory=MixConfig, prefix="view-",
+                                 help="teacher views (--views > 1): mixed with a partner from the same split")
 
     def __post_init__(self) -> None:
         parse_encoding(self.encoding)
@@ -297,8 +344,10 @@ class TeacherConfig:
         _check(self.shard_chunks > 0, "shard_chunks", f"must be positive, got {self.shard_chunks}", "use e.g. 16")
         _check(self.writers > 0, "writers", f"must be positive, got {self.writers}", "use 1, or one per worker")
         _check(self.views >= 1, "views", f"must be >= 1, got {self.views}", "use 1 (clean only) or e.g. 4")
-        _check(self.views == 1 or bool(self.view_augment.ops), "view_augment", "is empty, so every view is clean",
-               "pass e.g. --view-augment translate,rotate")
+        _check(self.views == 1 or bool(self.view_augment.ops) or bool(self.view_mix.ops), "view_augment",
+               "is empty, so every view is clean", "pass e.g. --view-augment translate,rotate")
+        _check(self.views > 1 or not self.view_mix.ops, "view_mix", "mixes teacher views, but --views is 1 "
+               "(view 0 is always the clean image)", "pass e.g. --views 8, or drop --view-mix")
 
 
 @dataclass(frozen=True)

@@ -130,6 +130,8 @@ def plan(cfg: DistillConfig) -> DistillPlan:
     data_cfg = cfg.data or store.meta.data_cfg()
     ds = open_dataset(data_cfg)
     check_compatible(store, ds)
+    if store.views > 1:  # every view's parameters decoded now (checksums, partners of mixed views)
+        store.verify_view_params("train")
     if store.views > 1 and cfg.augment.ops:
         raise UserError("augment", "this store's teacher views define the augmentation (each view is replayed "
                         "exactly)", "drop --augment, or distill from a clean-view store")

@@ -35,11 +35,13 @@ class Batch:
     y: torch.Tensor  # (B,)
     logits: torch.Tensor | None  # (B, K) float32 teacher logits, None for label-only training
     rows: torch.Tensor  # (B,) row indices into the split
+    mix: tuple[torch.Tensor, torch.Tensor] | None = None  # mixed views: (partner labels (B,), λ (B,))
 
     def to(self, device: torch.device) -> "Batch":
         nb = device.type == "cuda"
         return Batch(self.x.to(device, non_blocking=nb), self.y.to(device, non_blocking=nb),
-                     None if self.logits is None else self.logits.to(device, non_blocking=nb), self.rows)
+                     None if self.logits is None else self.logits.to(device, non_blocking=nb), self.rows,
+                     None if self.mix is None else tuple(t.to(device, non_blocking=nb) for t in self.mix))
 
 
 class SoftTargetLoader:
@@ -72,12 +74,14 @@ class SoftTargetLoader:
         self.view_policy = view_policy
         self._replay = None
         if self.views > 1:
-            from pipeline.augment import Augmenter
+            from pipeline.view_ops import ViewReplay
 
-            augment, view_seed = store.meta.views.replay()
-            self._replay = (Augmenter(augment), view_seed)
+            # Each view is replayed from its stored parameters, carried next to its logits.
+            self._replay = ViewReplay(store.meta.views.params, store.num_classes, split, split_name)
+            if cached is not None:
+                cached = self._replay.pack(cached, store.view_params(split_name))
         self._epoch_views: tuple[int, np.ndarray] | None = None
-        self._cache = cached  # (N, C) or (N, V, C) decoded logits already in memory, e.g. from the run's plan
+        self._cache = cached  # (N, C), or (N, V, C + P) logits and view parameters, e.g. from the run's plan
         if store is not None and cached is None and fits_cache(self.n * self.views, store.num_classes, cache_mb):
             self._cache = self._read(0, self.n)
 
@@ -145,9 +149,10 @@ class SoftTargetLoader:
         yield from self._dataloader
 
     def _read(self, start: int, stop: int) -> np.ndarray:
-        """Decoded logits of rows [start, stop): (R, C), or (R, V, C) for a store with views."""
+        """Decoded logits of rows [start, stop): (R, C), or (R, V, C + P) logits and parameters of every view."""
         if self.views > 1:
-            return self.store.read_views(self.split_name, start, stop)
+            return self._replay.pack(self.store.read_views(self.split_name, start, stop),
+                                     self.store.view_params(self.split_name, start, stop))
         return self.store.read_logits(self.split_name, start, stop)
 
     def views_for(self, rows: np.ndarray, epoch: int) -> np.ndarray:
@@ -216,13 +221,12 @@ class SoftTargetLoader:
     def _batch(self, epoch: int, rows: np.ndarray, logits: np.ndarray | None) -> Batch:
         idx = torch.from_numpy(rows)
         x = self.split.x[idx]  # (B, C, H, W)
+        mix = None
         if self._replay is not None and logits is not None:
             views = self.views_for(rows, epoch)  # (B,)
-            logits = logits[np.arange(len(rows)), views]  # (B, V, K) -> (B, K)
-            aug, seed = self._replay
-            x = aug.replay(x, self.split.ids[idx], torch.from_numpy(views), seed)
+            x, logits, mix = self._replay.batch(x, self.split.y[idx], logits[np.arange(len(rows)), views])  # (B, K)
         return Batch(x, self.split.y[idx], None if logits is None else torch.from_numpy(np.ascontiguousarray(logits)),
-                     idx)
+                     idx, mix)
 
 
 class _WorkerStream(torch.utils.data.IterableDataset):

@@ -59,6 +59,18 @@ def hard_loss(student: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(student, labels, reduction="mean")
 
 
+def mixed_hard_loss(student: torch.Tensor, labels: torch.Tensor, partner_labels: torch.Tensor,
+                    lam: torch.Tensor) -> torch.Tensor:
+    """The hard term of a mixed image (MixUp/CutMix): λ-weighted cross-entropy, mean over the batch.
+
+    loss = (1/B) * sum_b [lam_b * CE(s_b, y_b) + (1 - lam_b) * CE(s_b, y'_b)], with ``partner_labels`` y'
+    (B,) and ``lam`` (B,) the sample's own share of the image. λ = 1 is the plain hard term.
+    """
+    own = F.cross_entropy(student, labels, reduction="none")  # (B,)
+    partner = F.cross_entropy(student, partner_labels, reduction="none")  # (B,)
+    return (lam * own + (1.0 - lam) * partner).mean()
+
+
 SoftLoss = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 
 SOFT_LOSSES: dict[str, SoftLoss] = {
@@ -76,20 +88,25 @@ def distillation_loss(
     temperature: float,
     alpha: float,
     beta: float | None = None,
+    mix: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The combined objective: alpha * soft + w_hard * hard.
 
     ``w_hard`` is ``beta`` when given (Hinton's independent alpha/beta form),
     else ``1 - alpha``. ``alpha`` weights the soft term. ``loss="hard"`` is the
     label-only baseline and ignores ``teacher``, ``alpha`` and ``beta``.
+    ``mix`` (partner labels (B,), λ (B,)) makes the hard term :func:`mixed_hard_loss`, for mixed images.
     """
+    def hard() -> torch.Tensor:
+        return hard_loss(student, labels) if mix is None else mixed_hard_loss(student, labels, *mix)
+
     if loss == "hard":
-        return hard_loss(student, labels)
+        return hard()
     if loss not in SOFT_LOSSES:
         raise UserError("loss", f"unknown loss {loss!r}", f"choose one of: {', '.join(SOFT_LOSSES)}, hard")
     assert teacher is not None, "soft losses need teacher logits"
     w_hard = (1.0 - alpha) if beta is None else beta
     total = alpha * SOFT_LOSSES[loss](student, teacher, temperature)
     if w_hard:
-        total = total + w_hard * hard_loss(student, labels)
+        total = total + w_hard * hard()
     return total

@@ -9,6 +9,9 @@ model, ``lr`` and ``epochs``).
 """
 from __future__ import annotations
 
+from pipeline.config import TeacherConfig
+from pipeline.errors import UserError
+
 PRESETS: dict[str, dict] = {
     # The common ResNet-teacher -> MobileNet-student recipe on CIFAR-10 (read from --data-root;
     # --download fetches it once). SGD + Nesterov, cosine with warm-up, crop-like shifts and flips.
@@ -26,4 +29,31 @@ PRESETS: dict[str, dict] = {
             "temperatures": (1.0, 4.0), "alphas": (0.9,), "seeds": (0, 1, 2), "group_size": 3,
         },
     },
+    # A patient, consistent teacher (Beyer et al., CVPR 2022) from stored, reinforced views (Faghri et al.,
+    # ICCV 2023): many augmented and mixed views per sample, each replayed exactly so the student always
+    # sees the pixels the teacher scored; pure distillation (α = 1) at T = 1 over a long cosine schedule.
+    # No dataset or architecture: it applies to any.
+    "patient": {
+        "teacher": {
+            "views": 32,
+            "view_augment": {"ops": ("crop", "flip", "jitter"), "crop_scale": (0.35, 1.0)},
+            "view_mix": {"ops": ("mixup", "cutmix"), "prob": 0.5},
+        },
+        "distill": {
+            "losses": ("kl",), "temperatures": (1.0,), "alphas": (1.0,),
+            "optim": {"epochs": 300, "schedule": "cosine"},
+        },
+    },
 }
+
+# Recipes that only make sense with enough stored views: `kd run --preset NAME --views K` below this is refused.
+MIN_VIEWS: dict[str, int] = {"patient": 16}
+
+
+def check_preset(name: str, teacher: TeacherConfig) -> None:
+    """Refuse settings a recipe cannot work with (given explicitly over its defaults), before any work."""
+    need = MIN_VIEWS.get(name)
+    if need is not None and teacher.views < need:
+        raise UserError("views", f"the {name} recipe needs at least {need} teacher views per sample, got "
+                        f"{teacher.views}", f"pass --views {need} or more (the recipe's default is "
+                        f"{PRESETS[name]['teacher']['views']}), or drop --preset {name}")

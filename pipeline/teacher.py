@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from pipeline.augment import Augmenter
+from pipeline import view_ops
 from pipeline.checkpoints import load_model
 from pipeline.checksums import sha256_file
 from pipeline.config import TeacherConfig, config_hash, to_dict
@@ -32,11 +32,12 @@ from pipeline.transforms import TRANSFORM, transform_hash
 log = logging.getLogger(__name__)
 
 def view_record(cfg: TeacherConfig) -> ViewsMeta:
-    """How the stored views were drawn: enough for anyone to replay them (pipeline.augment.Augmenter.replay)."""
+    """How the stored views were drawn: seed, ops and the names of their stored parameters (pipeline.view_ops)."""
     if cfg.views == 1:
         return ViewsMeta(count=1)
     return ViewsMeta(count=cfg.views, seed=cfg.seed, augment=asdict(cfg.view_augment),
-                     params=tuple(Augmenter.PARAM_NAMES))
+                     params=view_ops.columns(cfg.view_augment, cfg.view_mix),
+                     mix=asdict(cfg.view_mix) if cfg.view_mix.ops else None)
 
 
 def lineage_of(store_path: str, storage_options: dict | None = None) -> tuple[LineageEntry, ...]:
@@ -93,6 +94,7 @@ def plan(cfg: TeacherConfig) -> TeacherPlan:
         raise UserError("checkpoint", f"{cfg.checkpoint!r} does not exist", "pass a file written by `kd teacher`")
     resolve_device(cfg.device)
     ds = open_dataset(cfg.data)
+    view_ops.check_mixable(cfg.view_mix, ds.splits)
     ckpt_sha = sha256_file(cfg.checkpoint) if cfg.checkpoint else None
     parent = lineage_of(cfg.parent_store, cfg.storage_options) if cfg.parent_store else ()
     teacher_part = {"parent": parent[0].provenance_key if parent else None,
@@ -173,23 +175,30 @@ def write_shards(p: TeacherPlan, model: nn.Module, writer: StoreWriter, work: di
     for split, shards in work.items():
         data = p.dataset.splits[split]
         lay = writer.layouts[split]
+        partners = view_ops.Partners(data, split) if p.cfg.view_mix.ops else None  # mixed views: the same split
         for shard in tqdm(shards, desc=f"teacher logits [{split}]", unit="shard", disable=not progress_bar()):
             start, stop = lay.shard_range(shard)
-            logits, params = teacher_views(p.cfg, model, data.x[start:stop], data.ids[start:stop], device)
+            logits, params = teacher_views(p.cfg, model, data.x[start:stop], data.ids[start:stop], device,
+                                           partners=partners)
             writer.put(split, shard, logits, params)
 
 
-def teacher_views(cfg: TeacherConfig, model: nn.Module, x: torch.Tensor, ids: torch.Tensor,
-                  device: torch.device) -> tuple[np.ndarray, np.ndarray | None]:
-    """Teacher logits of every view of ``x``: (R, V, C), and the views' drawn parameters (R, V, 4) when V > 1."""
+def teacher_views(cfg: TeacherConfig, model: nn.Module, x: torch.Tensor, ids: torch.Tensor, device: torch.device,
+                  partners: view_ops.Partners | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Teacher logits of every view of ``x``: (R, V, C), and the views' drawn parameters (R, V, P) when V > 1.
+
+    ``partners``: the samples' own split, where mixed views draw and fetch their partners.
+    """
     if cfg.views == 1:
         return torch.cat(list(predict(model, x, device))).numpy()[:, None, :], None
-    aug = Augmenter(cfg.view_augment)
+    names = view_ops.columns(cfg.view_augment, cfg.view_mix)
     logits, params = [], []
     for v in range(cfg.views):
-        drawn = aug.view_params(ids, torch.full_like(ids, v), cfg.seed)
-        logits.append(torch.cat(list(predict(model, aug.apply(x, drawn), device))).numpy())  # (R, C)
-        params.append(Augmenter.params_array(drawn))  # (R, 4)
+        rows = view_ops.draw_rows(cfg.view_augment, cfg.view_mix, ids=ids, view=v, seed=cfg.seed,
+                                  size=(x.shape[-2], x.shape[-1]), partners=partners)  # (R, P)
+        xv = view_ops.view_pixels(x, rows, names, partners)  # the pixels replay will rebuild from the rows
+        logits.append(torch.cat(list(predict(model, xv, device))).numpy())  # (R, C)
+        params.append(rows)
     return np.stack(logits, axis=1), np.stack(params, axis=1)
 
 

@@ -33,7 +33,7 @@ from pipeline.augment import Augmenter
 from pipeline.config import AugmentConfig, ModelConfig, OptimConfig, StudentSpec
 from pipeline.data import Split
 from pipeline.loader import Batch, SoftTargetLoader
-from pipeline.losses import distillation_loss, hard_loss
+from pipeline.losses import distillation_loss
 from pipeline.metrics import expected_calibration_error
 from pipeline.models import build_model
 from pipeline.optim import make_optimizer, make_schedule
@@ -45,8 +45,10 @@ log = logging.getLogger(__name__)
 _INIT_LOCK = threading.Lock()
 
 Progress = Callable[[str, int, int, dict], None]  # (group label, epoch, epochs, metrics)
-# (model logits (B, C), teacher logits (B, C) or None, labels (B,)) -> scalar loss
-Objective = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor], torch.Tensor]
+# (model logits (B, C), teacher logits (B, C) or None, labels (B,), mixed labels or None) -> scalar loss;
+# mixed labels are (partner labels (B,), λ (B,)) for batches of mixed views (pipeline.view_ops).
+Mix = tuple[torch.Tensor, torch.Tensor] | None
+Objective = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor, Mix], torch.Tensor]
 
 
 def build_seeded(cfg: ModelConfig, shape: tuple[int, int, int], num_classes: int, *, seed: int) -> nn.Module:
@@ -57,16 +59,17 @@ def build_seeded(cfg: ModelConfig, shape: tuple[int, int, int], num_classes: int
 
 def student_objective(spec: StudentSpec) -> Objective:
     """The distillation loss of one grid point (label-only for the baseline)."""
-    def objective(out: torch.Tensor, soft: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
-        return distillation_loss(out, soft, labels, spec.loss, spec.temperature, spec.alpha, spec.beta)
+    def objective(out: torch.Tensor, soft: torch.Tensor | None, labels: torch.Tensor, mix: Mix = None) -> torch.Tensor:
+        return distillation_loss(out, soft, labels, spec.loss, spec.temperature, spec.alpha, spec.beta, mix=mix)
 
     return objective
 
 
-def label_objective(out: torch.Tensor, soft: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
+def label_objective(out: torch.Tensor, soft: torch.Tensor | None, labels: torch.Tensor,
+                    mix: Mix = None) -> torch.Tensor:
     """Cross-entropy against the true labels: how the teacher learns (it has no teacher of its own)."""
     del soft
-    return hard_loss(out, labels)
+    return distillation_loss(out, None, labels, "hard", 1.0, 0.0, mix=mix)
 
 
 @dataclass
@@ -154,7 +157,7 @@ def prepare_batch(batch: Batch, *, augmenter: Augmenter, generator: torch.Genera
                   teacher: nn.Module | None = None) -> Batch:
     """Augment once for every trainee, move to the device, and with an online teacher score the augmented images."""
     x = augmenter(batch.x, generator) if augmenter.enabled else batch.x
-    b = Batch(x, batch.y, batch.logits, batch.rows).to(device)
+    b = Batch(x, batch.y, batch.logits, batch.rows, batch.mix).to(device)
     if teacher is not None:
         with torch.no_grad():
             b.logits = teacher(b.x).float()  # (B, C)
@@ -181,7 +184,7 @@ def train_one_epoch(*, trainees: list[Trainee], loader: SoftTargetLoader, epoch:
             if t.failed is not None:
                 continue
             out = t.model(b.x)  # (B, C)
-            loss = t.objective(out, b.logits, b.y)
+            loss = t.objective(out, b.logits, b.y, b.mix)
             if not torch.isfinite(loss):
                 t.failed = f"loss became {float(loss.detach())} at epoch {epoch} step {steps}"
                 log.warning("%s failed: %s", t.name, t.failed)

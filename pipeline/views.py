@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline.augment import Augmenter
+from pipeline import view_ops
 from pipeline.checkpoints import load_store_teacher
 from pipeline.data import load_dataset
 from pipeline.errors import StoreError
@@ -27,7 +27,9 @@ def verify_views(store: SoftTargetStore, samples: int = 32, seed: int = 0, model
                  replay_seed: int | None = None) -> dict:
     """Rerun the teacher on replayed views of ``samples`` random train rows; raise on any mismatch.
 
-    ``replay_seed`` overrides the store's view seed (for tests that prove a wrong replay is caught).
+    Views are rebuilt from their stored parameters, as stage 2 rebuilds them (mixed views with their
+    stored partner, λ and box). ``replay_seed`` redraws them from another seed instead (for tests that
+    prove a wrong replay is caught).
     """
     if store.views == 1:
         raise StoreError("views", "this store holds the clean view only; there is nothing to replay",
@@ -36,20 +38,27 @@ def verify_views(store: SoftTargetStore, samples: int = 32, seed: int = 0, model
     if kind == "topk":
         raise StoreError("encoding", "views of a topk store are approximations and cannot be compared exactly",
                          "check views on a float16/float32 store")
-    augment, view_seed = store.meta.views.replay()
-    aug = Augmenter(augment)
+    augment, _ = store.meta.views.replay()
     ds = load_dataset(store.meta.data_cfg())
     split = ds.splits["train"]
     rows = np.sort(np.random.default_rng(seed).choice(len(split), size=min(samples, len(split)), replace=False))
     model = model if model is not None else load_store_teacher(store)
     stored = np.stack([store.read_views("train", int(r), int(r) + 1)[0] for r in rows])  # (S, V, C)
     ids = split.ids[torch.from_numpy(rows)]
+    x = split.x[torch.from_numpy(rows)]  # (S, C, H, W)
+    names = store.meta.views.params or ()
+    partners = view_ops.Partners(split, "train") if "partner" in names else None
+    if replay_seed is None:  # the stored parameters, as stage 2 replays them
+        params = np.stack([store.view_params("train", int(r), int(r) + 1)[0] for r in rows])  # (S, V, P)
+    else:  # redrawn from another seed
+        params = np.stack([view_ops.draw_rows(augment, store.meta.views.mix_cfg(), ids=ids, view=v, seed=replay_seed,
+                                              size=(x.shape[-2], x.shape[-1]), partners=partners)
+                           for v in range(store.views)], axis=1)
     rel, abs_ = TOLERANCE[kind]
     worst = 0.0
     for view in range(store.views):
-        x = aug.replay(split.x[torch.from_numpy(rows)], ids, torch.full_like(ids, view),
-                       view_seed if replay_seed is None else replay_seed)
-        fresh = torch.cat(list(predict(model, x, torch.device("cpu")))).numpy()  # (S, C)
+        xv = view_ops.view_pixels(x, params[:, view], names, partners)  # mixed views fetch their partners
+        fresh = torch.cat(list(predict(model, xv, torch.device("cpu")))).numpy()  # (S, C)
         err = np.abs(fresh - stored[:, view]) - rel * np.abs(stored[:, view])  # (S, C)
         worst = max(worst, float(np.abs(fresh - stored[:, view]).max()))
         bad = np.nonzero((err > abs_).any(axis=1))[0]
@@ -59,4 +68,5 @@ def verify_views(store: SoftTargetStore, samples: int = 32, seed: int = 0, model
                              f"(max |diff| {float(np.abs(fresh[i] - stored[i, view]).max()):.4g}; "
                              f"{len(bad)}/{len(rows)} samples differ)",
                              "the replayed transform is not the one the teacher scored; do not train on this store")
-    return {"samples": len(rows), "views": store.views, "max_abs_diff": worst}
+    mixed = int((params[..., names.index("mix")] > 0).sum()) if "mix" in names else 0
+    return {"samples": len(rows), "views": store.views, "mixed_views": mixed, "max_abs_diff": worst}

@@ -4,7 +4,7 @@ Layout (``FORMAT_VERSION`` 2; the README's "Store format" tables are the contrac
 
     <name>.zarr/                 group; attributes: pipeline.store.meta.StoreMeta
       train/logits   (N, V, C)   float16 | float32, fill NaN (V teacher views per sample; view 0 is clean)
-      train/view_params (N, V, 4) float32 [dx, dy, flip, angle] of each view (only when V > 1)
+      train/view_params (N, V, P) float32, each view's drawn parameters, columns named by views.params (V > 1)
       train/labels   (N,)        int64, fill -1
       train/ids      (N,)        int64, fill -1 (stable sample ids, aligned with logits)
       train/written  (S,)        uint8, one flag per shard: the completion bitmap

@@ -23,7 +23,7 @@ import typing
 from dataclasses import dataclass, fields, is_dataclass
 from typing import Any, cast
 
-from pipeline.config import AugmentConfig, DataConfig, ModelConfig, from_dict
+from pipeline.config import AugmentConfig, DataConfig, MixConfig, ModelConfig, from_dict
 from pipeline.errors import StoreError
 
 FORMAT_VERSION = 2  # 2: a views axis (N, V, C) on every logits array
@@ -159,20 +159,32 @@ class ViewsMeta(_Record):
     seed: int | None = None
     augment: dict | None = None  # the AugmentConfig as JSON
     params: tuple[str, ...] | None = None  # the names of view_params' columns
+    mix: dict | None = None  # the MixConfig as JSON, only for mixed views
 
     def __post_init__(self) -> None:
-        if self.augment is not None:
-            object.__setattr__(self, "augment", _json(self.augment))
+        for name in ("augment", "mix"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, _json(getattr(self, name)))
         for name in ("seed", "augment", "params"):
             if (getattr(self, name) is None) != (self.count == 1):
                 raise _problem(f"views.{name}", f"must be present exactly when views.count > 1 "
                                                 f"(count is {self.count})")
+        if self.mix is not None and self.count == 1:
+            raise _problem("views.mix", "a clean-view store has no mixed views")
+        if self.params is not None and len(set(self.params)) != len(self.params):
+            raise _problem("views.params", f"names a column twice: {list(self.params)}")
+        if self.params is not None and (self.mix is not None) != ("partner" in self.params):
+            raise _problem("views.params", "must name the partner column exactly when the views are mixed")
 
     def replay(self) -> tuple[AugmentConfig, int]:
         """The augmentation and seed that redraw the stored views."""
         if self.seed is None or self.augment is None:
             raise StoreError("views", "this store holds the clean view only", "write it with --views K")
         return cast(AugmentConfig, from_dict(AugmentConfig, self.augment)), self.seed
+
+    def mix_cfg(self) -> MixConfig:
+        """How the views were mixed (no mix ops for a store without mixed views)."""
+        return cast(MixConfig, from_dict(MixConfig, self.mix or {}))
 
 
 @dataclass(frozen=True)

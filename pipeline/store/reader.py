@@ -32,6 +32,7 @@ class SoftTargetStore:
                              "pass a store written by `kd teacher`") from None
         self.meta = StoreMeta.from_attrs(dict(self.group.attrs))
         self._arrays: dict[tuple[str, str], object] = {}
+        self._sorted_ids: dict[str, np.ndarray] = {}  # per split, for checking mixed views' partners
         if require_complete and not self.meta.complete:
             raise StoreError("complete", f"store {path!r} is incomplete (the teacher run did not finish)",
                              "rerun the same `kd teacher` command to finish it")
@@ -123,9 +124,41 @@ class SoftTargetStore:
         return np.ascontiguousarray(self.read_views(split, start, stop)[:, 0, :])
 
     def view_params(self, split: str, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """(rows, V, 4) [dx, dy, flip, angle] of each stored view (only for stores with V > 1)."""
+        """(rows, V, P) drawn parameters of each stored view, columns named by ``views.params`` (V > 1 only).
+
+        A mixed view's partner must be a sample of the same split: one that is not (a store altered
+        after writing) is refused, naming the view.
+        """
         stop = self.size(split) if stop is None else stop
-        return self._read_params(split, slice(start, stop))
+        params = self._read_params(split, slice(start, stop))
+        names = self.meta.views.params or ()
+        if "partner" in names:
+            self._check_partners(split, start, params[..., names.index("partner")])
+        return params
+
+    def _check_partners(self, split: str, start: int, partners: np.ndarray) -> None:
+        """``partners`` (rows, V): -1 (not mixed) or the id of a sample of ``split``."""
+        if split not in self._sorted_ids:
+            self._sorted_ids[split] = np.sort(self.ids(split))
+        known = self._sorted_ids[split]
+        ids = partners.astype(np.int64)  # (R, V)
+        pos = np.minimum(np.searchsorted(known, ids), max(len(known) - 1, 0))
+        in_split = (known[pos] == ids) if len(known) else np.zeros(ids.shape, dtype=bool)
+        ok = (partners == -1) | ((ids == partners) & in_split)  # a whole id of the split, or no partner
+        if not np.all(ok):
+            r, v = (int(i[0]) for i in np.nonzero(~ok))
+            bad = float(partners[r, v])
+            shown = str(int(bad)) if bad.is_integer() else repr(bad)
+            raise StoreError(f"{split}/view_params", f"view {v} of sample id {int(self.ids(split)[start + r])} "
+                             f"names partner {shown}, which is not a sample of the {split} split",
+                             "the store was altered after writing; rewrite it with `kd teacher`")
+
+    def verify_view_params(self, split: str) -> int:
+        """Decode every chunk of ``split``'s view parameters (checksums, missing chunks, partners); rows checked."""
+        rows = self.chunk_rows(split)
+        for start in range(0, self.size(split), rows):
+            self.view_params(split, start, start + rows)
+        return self.size(split)
 
     def _read_params(self, split: str, rows: slice) -> np.ndarray:
         if self.views == 1:
@@ -149,6 +182,8 @@ class SoftTargetStore:
         for split in self.splits():
             for _ in self.iter_chunks(split):
                 pass
+            if self.views > 1:
+                self.verify_view_params(split)
             self.labels(split)
             self.ids(split)
             checked[split] = self.size(split)

@@ -116,7 +116,8 @@ class StoreWriter:
             else:
                 arrays = {"logits": ((v, width), ENCODING_DTYPES[kind], np.nan)}
             if v > 1:
-                arrays["view_params"] = ((v, 4), np.float32, np.nan)
+                # One float32 column per drawn parameter, named in views.params.
+                arrays["view_params"] = ((v, len(meta.views.params or ())), np.float32, np.nan)
             for name, (cols, dtype, fill) in arrays.items():
                 g.create_array(name, shape=(lay.size, *cols), dtype=dtype, chunks=rows["chunks"] + cols,
                                shards=rows["shards"] + cols, compressors=compressors, fill_value=fill)
@@ -157,7 +158,7 @@ class StoreWriter:
     def put(self, split: str, shard: int, logits: np.ndarray, view_params: np.ndarray | None = None) -> None:
         """Queue one whole shard of raw logits, shape (rows_in_shard, V, C) (or (rows, C) when V = 1).
 
-        ``view_params`` (rows, V, 4) records each view's drawn augmentation when V > 1.
+        ``view_params`` (rows, V, P) records each view's drawn parameters when V > 1 (P: ``views.params``).
         """
         start, stop = self.layouts[split].shard_range(shard)
         if logits.ndim == 2 and self.views == 1:
@@ -167,6 +168,9 @@ class StoreWriter:
             raise ValueError(f"shard {shard} of {split} needs shape {expected}, got {logits.shape}")
         if (view_params is None) != (self.views == 1):
             raise ValueError("view_params are required exactly when the store has more than one view")
+        if view_params is not None and view_params.shape != (stop - start, self.views, len(self.meta.views.params)):
+            raise ValueError(f"view_params of shard {shard} of {split} need shape "
+                             f"{(stop - start, self.views, len(self.meta.views.params))}, got {view_params.shape}")
         finite = np.isfinite(logits).all(axis=(1, 2))
         if not finite.all():
             rows = np.nonzero(~finite)[0]

@@ -1,0 +1,241 @@
+"""Real-augmentation and mixed teacher views: drawn per (seed, id, view), stored, replayed bit for bit."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import distill, teacher, view_ops
+from pipeline.augment import Augmenter
+from pipeline.config import AugmentConfig, DataConfig, DistillConfig, MixConfig, ModelConfig, OptimConfig
+from pipeline.data import load_dataset
+from pipeline.errors import StoreError, UserError
+from pipeline.loader import SoftTargetLoader
+from pipeline.store import SoftTargetStore
+from pipeline.views import verify_views
+from tests.conftest import small_teacher_config
+
+REAL = AugmentConfig(ops=("crop", "flip", "jitter"), crop_scale=(0.3, 1.0))
+MIX = MixConfig(ops=("mixup", "cutmix"), prob=0.6)
+VIEWS = 4
+
+
+@pytest.fixture(scope="module")
+def mixed_store(tmp_path_factory):
+    """A float32 digits store of 4 views: crops, flips, colour jitter, and MixUp/CutMix with partners."""
+    root = str(tmp_path_factory.mktemp("mixed"))
+    cfg = small_teacher_config(root, data=DataConfig(train_limit=300), optim=OptimConfig(epochs=1),
+                               views=VIEWS, view_augment=REAL, view_mix=MIX, encoding="float32")
+    p = teacher.plan(cfg)
+    return teacher.publish(p, teacher.train(p))
+
+
+def _split(store: SoftTargetStore, name: str = "train"):
+    return load_dataset(store.meta.data_cfg()).splits[name]
+
+
+def test_views_store_named_columns_and_draws_per_seed_id_view(mixed_store):
+    s = SoftTargetStore(mixed_store)
+    names = s.meta.views.params
+    assert names == ("flip", "crop_top", "crop_left", "crop_height", "crop_width", "brightness", "contrast",
+                     "saturation", "mix", "partner", "lam", "box_top", "box_left", "box_height", "box_width")
+    assert s.meta.views.mix_cfg() == MIX and s.meta.views.replay()[0] == REAL
+    params = s.view_params("train")  # (N, V, P)
+    assert params.shape == (300, VIEWS, len(names))
+    col = {c: i for i, c in enumerate(names)}
+    clean = params[:, 0]
+    assert np.all(clean[:, col["partner"]] == -1) and np.all(clean[:, col["lam"]] == 1)
+    assert np.all(clean[:, col["crop_height"]] == 8) and np.all(clean[:, col["brightness"]] == 1)
+    later = params[:, 1:]
+    assert (later[..., col["crop_height"]] < 8).any() and (later[..., col["brightness"]] != 1).any()
+    assert (later[..., col["mix"]] == 1).any() and (later[..., col["mix"]] == 2).any()
+    assert (later[..., col["mix"]] == 0).any()  # some views are augmented but not mixed
+    # A pure function of (seed, id, view): any subset of the samples, in any order, draws the same rows.
+    ds = load_dataset(s.meta.data_cfg())
+    split = ds.splits["train"]
+    partners = view_ops.Partners(split, "train")
+    pick = torch.tensor([250, 3, 77])
+    again = view_ops.draw_rows(REAL, MIX, ids=split.ids[pick], view=2, seed=s.meta.views.seed, size=(8, 8),
+                               partners=partners)
+    np.testing.assert_array_equal(again, params[pick.numpy(), 2])
+
+
+def test_partners_come_from_the_same_split_and_another_class(mixed_store):
+    s = SoftTargetStore(mixed_store)
+    col = {c: i for i, c in enumerate(s.meta.views.params)}
+    ids_by_split = {name: set(s.ids(name).tolist()) for name in ("train", "val", "test")}
+    for name in ("train", "val", "test"):
+        params, labels, ids = s.view_params(name), s.labels(name), s.ids(name)
+        mixed = params[..., col["mix"]] > 0  # (N, V)
+        partner = params[..., col["partner"]][mixed].astype(np.int64)
+        assert len(partner) and set(partner.tolist()) <= ids_by_split[name]  # never another split
+        label_of = dict(zip(ids.tolist(), labels.tolist()))
+        own = np.broadcast_to(labels[:, None], mixed.shape)[mixed]
+        assert all(label_of[p] != y for p, y in zip(partner.tolist(), own.tolist()))
+        lam = params[..., col["lam"]][mixed]
+        assert np.all((lam >= 0) & (lam <= 1))
+    # CutMix's λ is exactly the share of the image its box leaves to the sample.
+    params = s.view_params("train")
+    cut = params[..., col["mix"]] == 2
+    box = params[..., col["box_height"]][cut] * params[..., col["box_width"]][cut]
+    np.testing.assert_allclose(params[..., col["lam"]][cut], 1 - box / 64, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def epoch_by_row(mixed_store):
+    """Row -> (pixels, logits, partner label, λ) of epoch 0, read with 0 and with 2 DataLoader workers."""
+    s = SoftTargetStore(mixed_store)
+    split = _split(s)
+    out = {}
+    for workers in (0, 2):
+        loader = SoftTargetLoader(split, 64, seed=3, store=s, workers=workers, cache_mb=0 if workers else 1000)
+        seen = {}
+        for b in loader.epoch(0):
+            for i, r in enumerate(b.rows.tolist()):
+                seen[r] = (b.x[i], b.logits[i], b.mix[0][i], b.mix[1][i])
+        out[workers] = seen
+    return out
+
+
+def test_replayed_pixels_bit_identical_with_0_and_2_workers(mixed_store, epoch_by_row):
+    s = SoftTargetStore(mixed_store)
+    split = _split(s)
+    zero, two = epoch_by_row[0], epoch_by_row[2]
+    assert sorted(zero) == sorted(two) == list(range(300))
+    for r in zero:
+        for a, b in zip(zero[r], two[r]):
+            assert torch.equal(a, b), r
+    # ... and they are the pixels the stored rows describe, with the label term's mix.
+    loader = SoftTargetLoader(split, 64, seed=3, store=s)
+    rows = np.arange(300)
+    views = loader.views_for(rows, 0)
+    params = s.view_params("train")[rows, views]  # (N, P)
+    partners = view_ops.Partners(split, "train")
+    expected = view_ops.view_pixels(split.x, params, s.meta.views.params, partners)
+    assert all(torch.equal(zero[r][0], expected[r]) for r in rows)
+    every = s.read_views("train")
+    assert all(torch.equal(zero[r][1], torch.from_numpy(every[r, views[r]])) for r in rows)
+    col = {c: i for i, c in enumerate(s.meta.views.params)}
+    mixed = params[:, col["mix"]] > 0
+    assert mixed.any() and (~mixed).any()
+    for r in rows:
+        partner_y, lam = zero[r][2], zero[r][3]
+        if mixed[r]:
+            pid = int(params[r, col["partner"]])
+            assert int(partner_y) == int(split.y[split.ids == pid]) and float(lam) == params[r, col["lam"]]
+        else:
+            assert int(partner_y) == int(split.y[r]) and float(lam) == 1.0
+    # A mixed view really is a blend: not the sample's own transformed pixels.
+    r = int(np.nonzero(mixed)[0][0])
+    own_only = view_ops.apply_rows(split.x[r:r + 1], params[r:r + 1, :col["mix"]], s.meta.views.params[:col["mix"]])
+    assert not torch.equal(zero[r][0], own_only[0])
+
+
+def test_verify_views_covers_mixed_views_and_catches_a_wrong_replay(mixed_store):
+    s = SoftTargetStore(mixed_store)
+    ok = verify_views(s, samples=24)
+    assert ok["views"] == VIEWS and ok["mixed_views"] > 0 and ok["max_abs_diff"] < 1e-3
+    with pytest.raises(StoreError) as e:
+        verify_views(s, samples=24, replay_seed=s.meta.views.seed + 1)
+    assert e.value.field == "views" and "does not reproduce" in str(e.value)
+
+
+def test_distilling_from_mixed_views_uses_the_mixed_labels(mixed_store, tmp_path):
+    cfg = DistillConfig(store=mixed_store, model=ModelConfig("cnn", 4), optim=OptimConfig(epochs=1, lr=1e-2),
+                        temperatures=(1.0,), alphas=(1.0,), report_root=str(tmp_path), device="cpu")
+    rows = distill.train_students(distill.plan(cfg), cfg.students())
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+
+
+def _tamper(src: str, dst, value: float) -> tuple[str, int, int]:
+    """Copy the store and point one mixed train view's partner at ``value``; returns (path, sample id, view)."""
+    import zarr
+
+    path = str(dst / "tampered.zarr")
+    shutil.copytree(src, path)
+    s = SoftTargetStore(path)
+    col = s.meta.views.params.index("partner")
+    params = s.view_params("train")
+    r, v = (int(i[0]) for i in np.nonzero(params[..., s.meta.views.params.index("mix")] > 0))
+    params[r, v, col] = value
+    arr = zarr.open_group(path, mode="r+")["train"]["view_params"]
+    arr[r] = params[r]
+    return path, int(s.ids("train")[r]), v
+
+
+def test_a_partner_missing_from_the_split_is_refused_on_read(mixed_store, tmp_path):
+    s = SoftTargetStore(mixed_store)
+    val_id = int(s.ids("val")[0])  # a real sample, but of another split
+    path, sample, view = _tamper(mixed_store, tmp_path, float(val_id))
+    with pytest.raises(StoreError) as e:
+        SoftTargetStore(path).view_params("train")
+    assert e.value.field == "train/view_params"
+    assert f"view {view} of sample id {sample} names partner {val_id}" in str(e.value)
+    assert "\n" not in str(e.value)
+    with pytest.raises(StoreError):  # stage 2 refuses it before training
+        distill.plan(DistillConfig(store=path, device="cpu", report_root=str(tmp_path)))
+    with pytest.raises(StoreError):
+        SoftTargetStore(path).verify()
+
+
+def test_mixing_a_single_class_split_is_one_line(capsys, tmp_path):
+    from flows.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["teacher", "--train-limit", "1", "--views", "2", "--view-mix", "mixup", "--store-root",
+              str(tmp_path / "s"), "--checkpoint-root", str(tmp_path / "c")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1
+    assert err.startswith("error: view_mix: mixup mixes a sample with a partner of another class, but the train "
+                          "split has a single class")
+    assert not (tmp_path / "s").exists() and not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    ({"views": 1, "view_mix": MixConfig(ops=("mixup",))}, "view_mix"),
+])
+def test_mix_needs_views(kwargs, field):
+    from pipeline.config import TeacherConfig
+
+    with pytest.raises(UserError) as e:
+        TeacherConfig(**kwargs)
+    assert e.value.field == field
+
+
+@pytest.mark.parametrize("build,field", [
+    (lambda: MixConfig(ops=("blend",)), "view_mix"),
+    (lambda: MixConfig(ops=("mixup", "mixup")), "view_mix"),
+    (lambda: MixConfig(ops=("mixup",), prob=0.0), "mix_prob"),
+    (lambda: MixConfig(ops=("cutmix",), cutmix_alpha=0.0), "cutmix_alpha"),
+    (lambda: AugmentConfig(ops=("crop",), crop_scale=(0.5,)), "crop_scale"),
+    (lambda: AugmentConfig(ops=("crop",), crop_scale=(0.9, 0.5)), "crop_scale"),
+    (lambda: AugmentConfig(ops=("crop",), crop_ratio=(0.0, 1.0)), "crop_ratio"),
+    (lambda: AugmentConfig(ops=("jitter",), jitter=1.5), "jitter"),
+])
+def test_bad_view_settings_name_their_field(build, field):
+    with pytest.raises(UserError) as e:
+        build()
+    assert e.value.field == field
+
+
+def test_old_view_ops_keep_their_four_columns_and_draws():
+    """Stores of translate/flip/rotate views keep [dx, dy, flip, angle], drawn as before crop and jitter existed."""
+    aug = AugmentConfig(ops=("translate", "flip", "rotate"))
+    assert view_ops.columns(aug, MixConfig()) == Augmenter.PARAM_NAMES
+    ids = torch.arange(10, 30)
+    rows = view_ops.draw_rows(aug, MixConfig(), ids=ids, view=3, seed=5, size=(8, 8), partners=None)
+    np.testing.assert_array_equal(rows, Augmenter.params_array(Augmenter(aug).view_params(ids, torch.full_like(ids, 3),
+                                                                                             5)))
+    x = torch.rand(20, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(view_ops.apply_rows(x, rows, Augmenter.PARAM_NAMES),
+                       Augmenter(aug).replay(x, ids, torch.full_like(ids, 3), seed=5))
+
+
+def test_training_augmentation_takes_crop_and_jitter():
+    aug = Augmenter(AugmentConfig(ops=("crop", "jitter")))
+    x = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    a = aug(x, torch.Generator().manual_seed(1))
+    assert a.shape == x.shape and not torch.equal(a, x)
+    assert torch.equal(a, aug(x, torch.Generator().manual_seed(1)))  # seeded: the same draws, the same pixels
