@@ -7,7 +7,7 @@ export PREFECT_HOME ?= $(CURDIR)/data/prefect
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: setup teacher distill test bench serve reproduce views-study clean
+.PHONY: setup teacher distill test bench serve reproduce views-study fidelity clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -35,6 +35,9 @@ reproduce: $(STAMP)  ## the literature's claims on digits, 3 seeds each → data
 
 views-study: $(STAMP)  ## stale vs K-view vs online soft targets under augmentation → data/reports/views-study/
 	$(BIN)/python -m flows.views_study
+
+fidelity: $(STAMP)  ## how much of the teacher-student gap each recipe closes, on digits → data/reports/fidelity/
+	$(BIN)/python -m flows.fidelity_flow
 
 serve: $(STAMP)  ## serve the teacher, distill and pipeline flows from this process (Prefect)
 	$(BIN)/python -m flows.serve

@@ -115,9 +115,9 @@ def _finish(state) -> object:
 
 
 def _print_leaderboard(run_dir: str) -> None:
-    from pipeline.report import markdown, read_report
+    from pipeline.report import leaderboard_text, read_report
 
-    print(markdown(read_report(run_dir)["leaderboard"]))
+    print(leaderboard_text(read_report(run_dir)))
 
 
 def cmd_teacher(a: argparse.Namespace) -> None:

@@ -29,6 +29,7 @@ from pipeline.checks import check_output_folder
 from pipeline.data import Dataset, open_dataset
 from pipeline.errors import StoreError, UserError
 from pipeline.loader import SoftTargetLoader, fits_cache
+from pipeline.metrics import expected_calibration_error
 from pipeline.models import count_parameters, measure_latency_ms, model_size_mb, resolve_device
 from pipeline.store import SoftTargetStore
 from pipeline.train import Progress, build_seeded, evaluate, fit_group
@@ -134,13 +135,17 @@ class DistillPlan:
         t, cfg = self.store.meta.teacher, self.cfg
         return {"store": cfg.store, "teacher": f"{t.arch} (test acc {100 * t.test_acc:.2f}%)",
                 "student": f"{cfg.model.arch} width {cfg.model.width}", "dataset": self.dataset.name,
-                "encoding": self.store.encoding, **self.identity()}
+                "encoding": self.store.encoding, "test_size": len(self.dataset.splits["test"]),
+                **self.identity()}
 
     def teacher_row(self) -> dict:
         t = self.store.meta.teacher
         return {"run_id": "teacher", "config_id": "teacher", "kind": "teacher", "arch": t.arch, "loss": "-",
                 "temperature": None, "alpha": None, "beta": None, "seed": t.seed,
                 "test_acc": t.test_acc, "test_nll": t.test_nll, "agreement": 1.0, "val_acc": t.val_acc,
+                # Computed here from the stored test logits (the store records accuracy and NLL only):
+                # exactly the targets the students learn from, at T = 1.
+                "test_ece": expected_calibration_error(self.teacher_test_logits, self.dataset.splits["test"].y),
                 "params": t.params, "status": "ok", "width": t.width,
                 # The teacher is never built in stage 2: its size is estimated from its parameter count
                 # (float32, buffers not counted) and its latency is not measured.
@@ -403,7 +408,7 @@ def train_students(p: DistillPlan, specs: list[StudentSpec], *, progress: Progre
         torch.save(r.model.state_dict(), path + ".tmp")
         os.replace(path + ".tmp", path)  # never a half-written checkpoint under the student's name
         rows.append({**_row(cfg, r.spec), "status": "ok", "seconds": r.seconds, "test_acc": m["acc"],
-                     "test_nll": m["nll"], "agreement": m["agreement"], "val_acc": r.val_acc,
+                     "test_nll": m["nll"], "test_ece": m["ece"], "agreement": m["agreement"], "val_acc": r.val_acc,
                      "best_epoch": r.best_epoch, "params": count_parameters(r.model),
                      "size_mb": model_size_mb(r.model), "latency_ms": p.student_latency_ms,
                      "epochs_trained": len(r.history), "stopped_epoch": r.stopped_epoch,

@@ -5,7 +5,9 @@ sample standard deviation, 0 for a single seed). A student's gain over the
 label-only baseline is flagged ``within_noise`` when it is no larger than the
 two spreads combined, sqrt(std_student^2 + std_baseline^2). Each configuration
 also shows its parameter count, size in MB (``≈`` when estimated, as for the
-teacher, which stage 2 never builds) and CPU latency per image.
+teacher, which stage 2 never builds) and CPU latency per image. When the
+teacher is too close to the baseline for any student to show a gain beyond
+noise, :func:`gap_note` says so under the table.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from collections.abc import Callable
 
 from pipeline.errors import UserError
 
-METRICS = ("test_acc", "test_nll", "agreement")
+METRICS = ("test_acc", "test_nll", "test_ece", "agreement")
 KIND_ORDER = {"teacher": 0, "baseline": 1, "student": 2}
 
 
@@ -81,8 +83,8 @@ def markdown_table(head: list[str], rows: list[list[str]]) -> str:
 
 def leaderboard_cells(board: list[dict]) -> tuple[list[str], list[list[str]]]:
     """The leaderboard's column names and cells, formatted as the CLI prints them."""
-    head = ["config", "loss", "T", "α", "β", "test acc %", "test NLL", "agree %", "Δ vs base", "seeds", "params",
-            "size MB", "latency ms"]
+    head = ["config", "loss", "T", "α", "β", "test acc %", "test NLL", "test ECE", "agree %", "Δ vs base", "seeds",
+            "params", "size MB", "latency ms"]
     rows = []
     for e in board:
         gain = e.get("gain_vs_baseline")
@@ -91,6 +93,7 @@ def leaderboard_cells(board: list[dict]) -> tuple[list[str], list[list[str]]]:
         rows.append([
             e["config_id"], e["loss"] or "—", _fmt(e["temperature"]), _fmt(e["alpha"]), _fmt(e["beta"]),
             mean_pm(e["test_acc_mean"], e["test_acc_std"], 100), mean_pm(e["test_nll_mean"], e["test_nll_std"], 1, 3),
+            mean_pm(e.get("test_ece_mean", math.nan), e.get("test_ece_std", math.nan), 1, 3),
             mean_pm(e["agreement_mean"], e["agreement_std"], 100), delta, status, _fmt(e["params"], ","),
             _size(e), _fmt(e.get("latency_ms"), ".3g")])
     return head, rows
@@ -129,6 +132,46 @@ def embedded_report(md_path: str, plot_path: str) -> str:
     with open(plot_path, "rb") as f:
         uri = "data:image/png;base64," + base64.b64encode(f.read()).decode("ascii")
     return text.replace(f"]({os.path.basename(plot_path)})", f"]({uri})")
+
+
+# A gap is measurable when a student closing half of it would move at least this many test images.
+MIN_HALF_GAP_IMAGES = 2
+
+
+def gap_note(board: list[dict], test_size: int | None) -> str | None:
+    """One plain line when the teacher is too close to the baseline for distillation to show, else None.
+
+    Closing half of the teacher-baseline gap is the least a working recipe should show. That half is
+    too small to measure when it is no larger than the noise the ``(noise)`` flag uses for a student
+    as spread as the baseline (sqrt(2) * baseline std), or when it moves fewer than
+    ``MIN_HALF_GAP_IMAGES`` test images (``test_size``: images in the test split, None if unknown).
+    """
+    teacher = next((e for e in board if e["kind"] == "teacher"), None)
+    base = next((e for e in board if e["kind"] == "baseline"), None)
+    if teacher is None or base is None or math.isnan(teacher["test_acc_mean"]) or math.isnan(base["test_acc_mean"]):
+        return None
+    gap = teacher["test_acc_mean"] - base["test_acc_mean"]
+    noise = math.sqrt(2) * base["test_acc_std"]
+    images = "" if not test_size else f" ({gap * test_size:.1f} of {test_size} test images)"
+    pointer = "see the fidelity study (`make fidelity`, README \"Fidelity study\") for a setting where it is measurable"
+    if gap <= 0:
+        return (f"note: the baseline already matches the teacher ({-gap * 100:+.2f} points){images}: there is no gap "
+                f"for distillation to close at this size; {pointer}.")
+    # Accuracies are counts of images over the test size: the tolerance keeps an exact count of
+    # MIN_HALF_GAP_IMAGES (half of 0.94 - 0.90 over 100 images is 1.99999... in floating point) measurable.
+    too_few_images = bool(test_size) and gap / 2 * test_size < MIN_HALF_GAP_IMAGES - 1e-9
+    if gap / 2 > noise and not too_few_images:
+        return None
+    why = (f"fewer than {MIN_HALF_GAP_IMAGES} test images" if too_few_images
+           else f"within the baseline's seed noise (±{noise * 100:.2f} points)")
+    return (f"note: the teacher–baseline gap is {gap * 100:.2f} points{images}; a student closing half of it would "
+            f"move {why}, so this run is too small to show what distillation does; {pointer}.")
+
+
+def leaderboard_text(report: dict) -> str:
+    """What the CLI prints for a report (as :func:`read_report` returns it): the table and any gap note."""
+    note = gap_note(report["leaderboard"], report.get("meta", {}).get("test_size"))
+    return markdown(report["leaderboard"]) + ("" if note is None else "\n\n" + note)
 
 
 def _size(e: dict) -> str:
@@ -244,8 +287,11 @@ def write_report(run_dir: str, rows: list[dict], meta: dict) -> dict[str, str]:
           f"- dataset: {meta.get('dataset')}; checkpoints chosen on **val**, accuracy on **test**, at T = 1\n",
           "- size: float32 parameters and buffers (≈: estimated from the parameter count, the teacher is not "
           "built here); latency: one image on the CPU, median of 30 forward passes, timed before training\n\n",
-          markdown(board) + "\n\n",
-          "![accuracy vs temperature](accuracy_vs_temperature.png)\n"]
+          markdown(board) + "\n\n"]
+    note = gap_note(board, meta.get("test_size"))
+    if note is not None:
+        md.append(note + "\n\n")
+    md.append("![accuracy vs temperature](accuracy_vs_temperature.png)\n")
     if failed:
         md.append("\n## Failed runs\n\n" + "\n".join(f"- `{r['run_id']}`: {r.get('error')}" for r in failed) + "\n")
     write_text_atomic(paths["md"], "".join(md))

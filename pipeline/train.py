@@ -40,6 +40,7 @@ from pipeline.config import AugmentConfig, ModelConfig, OptimConfig, StudentSpec
 from pipeline.data import Split
 from pipeline.loader import Batch, SoftTargetLoader, ordered_batches, row_batches
 from pipeline.losses import distillation_loss
+from pipeline.metrics import expected_calibration_error
 from pipeline.models import build_model
 from pipeline.optim import make_optimizer, make_schedule
 from pipeline.precision import inference, prepare, to_input
@@ -148,10 +149,11 @@ def predict(model: nn.Module, data: Split | torch.Tensor, device: torch.device, 
 
 def evaluate(model: nn.Module, split: Split, device: torch.device, *, teacher_logits: torch.Tensor | None = None,
              workers: int = 0, fast: bool = False) -> dict:
-    """Accuracy, NLL and (if teacher logits are given) top-1 agreement, all at T = 1, over a DataLoader."""
+    """Accuracy, NLL, ECE and (if teacher logits are given) top-1 agreement, all at T = 1, over a DataLoader."""
     logits = torch.cat(list(predict(model, split, device, workers=workers, fast=fast)))  # (N, C)
     pred = logits.argmax(1)
     out = {"acc": float((pred == split.y).float().mean()), "nll": float(F.cross_entropy(logits, split.y))}
+    out["ece"] = expected_calibration_error(logits, split.y)
     if teacher_logits is not None:
         out["agreement"] = float((pred == teacher_logits.argmax(1)).float().mean())
     return out

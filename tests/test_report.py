@@ -7,18 +7,19 @@ import os
 
 import pytest
 
-from pipeline.report import leaderboard, markdown, write_report
+from pipeline.report import gap_note, leaderboard, leaderboard_text, markdown, write_report
 
 
 def row(config_id: str, kind: str, seed: int, acc: float | None, *, status: str = "ok", loss: str | None = "kl",
         temperature: float | None = 2.0, alpha: float | None = 0.9, beta: float | None = None,
-        nll: float | None = None, agreement: float | None = None, params: int | None = 1000,
+        nll: float | None = None, ece: float | None = None, agreement: float | None = None, params: int | None = 1000,
         error: str | None = None, size_mb: float | None = None, latency_ms: float | None = None) -> dict:
     r = {"run_id": f"{config_id}-s{seed}", "config_id": config_id, "kind": kind, "arch": "cnn", "loss": loss,
          "temperature": temperature, "alpha": alpha, "beta": beta, "seed": seed, "status": status}
     if status == "ok":
         r.update({"test_acc": acc, "test_nll": nll if nll is not None else 1.0 - acc,
                   "agreement": agreement if agreement is not None else acc, "params": params,
+                  **({} if ece is None else {"test_ece": ece}),
                   "size_mb": size_mb, "latency_ms": latency_ms})
     else:
         r["error"] = error or "boom"
@@ -215,9 +216,97 @@ def test_size_and_latency_columns():
     assert all(len(c) == len(cells["teacher"]) for c in cells.values())
 
 
+def test_ece_column_next_to_nll_mean_and_std_over_seeds():
+    # Baseline ECE 0.02, 0.04, 0.06: mean 0.04, sample std 0.02. Teacher: one value, std 0.
+    rows = [row("teacher", "teacher", 0, 0.99, loss="-", temperature=None, alpha=None, nll=0.05, ece=0.011),
+            *[row("baseline", "baseline", s, 0.9, loss="hard", temperature=None, alpha=None, ece=e)
+              for s, e in enumerate([0.02, 0.04, 0.06])],
+            row("kl-T2-a0.9", "student", 0, 0.95, ece=0.03),
+            row("kl-T2-a0.9", "student", 1, None, status="failed")]
+    board = leaderboard(rows)
+    e = by_id(board)
+    assert e["baseline"]["test_ece_mean"] == pytest.approx(0.04)
+    assert e["baseline"]["test_ece_std"] == pytest.approx(0.02)
+    assert e["kl-T2-a0.9"]["test_ece_mean"] == pytest.approx(0.03)  # the failed seed has no ECE
+    lines = markdown(board).splitlines()
+    head = [c.strip() for c in lines[0].strip("| ").split(" | ")]
+    assert head.index("test ECE") == head.index("test NLL") + 1
+    cells = {line.split(" | ")[0][2:]: [c.strip() for c in line.strip("| ").split(" | ")] for line in lines[2:]}
+    col = head.index("test ECE")
+    assert cells["teacher"][col] == "0.011 ± 0.000"
+    assert cells["baseline"][col] == "0.040 ± 0.020"
+    assert cells["kl-T2-a0.9"][col] == "0.030 ± 0.000"
+
+
+def test_rows_without_ece_show_a_dash(board):
+    # Reports written before ECE was recorded: the column reads "—" rather than failing.
+    old = [{k: v for k, v in e.items() if not k.startswith("test_ece")} for e in board]
+    line = next(x for x in markdown(old).splitlines() if x.startswith("| baseline |"))
+    assert "| 0.080 ± 0.020 | — | 92.00 ± 2.00 |" in line
+
+
 def test_rows_without_size_or_latency_show_dashes(board):
     line = next(x for x in markdown(board).splitlines() if x.startswith("| baseline |"))
     assert line.endswith("| 900 | — | — |")
+
+
+# --- gap note ------------------------------------------------------------------------------------
+
+
+def _board_with(teacher_acc: float, base_accs: list[float]) -> list[dict]:
+    rows = [row("teacher", "teacher", 0, teacher_acc, loss="-", temperature=None, alpha=None)]
+    rows += [row("baseline", "baseline", s, a, loss="hard", temperature=None, alpha=None)
+             for s, a in enumerate(base_accs)]
+    return leaderboard(rows)
+
+
+def test_gap_note_for_the_make_distill_gap():
+    # make distill on digits: teacher 100%, baseline 99.01% of 270 test images. Half the gap is 0.495
+    # points = 1.34 images, under 2: too small to measure.
+    board = _board_with(1.0, [0.9901 - 0.0021, 0.9901, 0.9901 + 0.0021])
+    note = gap_note(board, 270)
+    assert note is not None and "\n" not in note
+    assert "0.99 points (2.7 of 270 test images)" in note
+    assert "fewer than 2 test images" in note and "make fidelity" in note
+
+
+def test_no_gap_note_for_a_measurable_gap():
+    # Gap 6.67 points of 270 images: half of it is 9 images, and the baseline spread is 1 point.
+    assert gap_note(_board_with(1.0, [0.9233, 0.9333, 0.9433]), 270) is None
+    # The same gap without a known test size is judged on noise alone: still measurable.
+    assert gap_note(_board_with(1.0, [0.9233, 0.9333, 0.9433]), None) is None
+
+
+def test_gap_note_when_half_the_gap_is_within_seed_noise():
+    # Gap 4 points (half: 2 points = 5.4 images) but the baseline spreads 0.80, 0.96, 0.92 -> std 0.0833;
+    # sqrt(2) * 8.33 = 11.8 points of noise: within noise, whatever the test size.
+    board = _board_with(0.93, [0.80, 0.96, 0.91])
+    note = gap_note(board, 270)
+    assert note is not None and "within the baseline's seed noise" in note
+    # Just on the measurable side: half the gap (2.5 points) beats sqrt(2) * 1 point and is 6.75 images.
+    assert gap_note(_board_with(0.98, [0.92, 0.93, 0.94]), 270) is None
+    # Two images exactly for half the gap is measurable; just under is not (test split of 100 images).
+    assert gap_note(_board_with(0.94, [0.90]), 100) is None
+    assert gap_note(_board_with(0.9399, [0.90]), 100) is not None
+
+
+def test_gap_note_when_the_baseline_matches_the_teacher():
+    note = gap_note(_board_with(0.99, [0.99, 0.99]), 270)
+    assert note is not None and "no gap" in note
+
+
+def test_no_gap_note_without_teacher_or_baseline(board):
+    assert gap_note([e for e in board if e["kind"] != "teacher"], 270) is None
+    assert gap_note([e for e in board if e["kind"] != "baseline"], 270) is None
+
+
+def test_leaderboard_text_is_the_table_then_the_note():
+    board = _board_with(1.0, [0.99, 0.99])
+    text = leaderboard_text({"meta": {"test_size": 270}, "leaderboard": board})
+    table, note = text.split("\n\n")
+    assert table == markdown(board) and note == gap_note(board, 270)
+    measurable = _board_with(1.0, [0.90, 0.90])
+    assert leaderboard_text({"meta": {"test_size": 270}, "leaderboard": measurable}) == markdown(measurable)
 
 
 # --- write_report --------------------------------------------------------------------------------
@@ -251,6 +340,7 @@ def test_write_report_writes_json_markdown_and_png(tmp_path):
         if r["status"] != "ok":
             assert f"`{r['run_id']}`: {r['error']}" in md
     assert "accuracy_vs_temperature.png" in md
+    assert "note:" not in md  # no test size in meta, and the 7-point gap beats the baseline's noise
 
     png = run_dir / "accuracy_vs_temperature.png"
     assert paths["plot"] == str(png)
@@ -259,11 +349,20 @@ def test_write_report_writes_json_markdown_and_png(tmp_path):
     assert content[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_write_report_puts_the_gap_note_under_the_table(tmp_path):
+    rows = [row("teacher", "teacher", 0, 1.0, loss="-", temperature=None, alpha=None),
+            *[row("baseline", "baseline", s, 0.99, loss="hard", temperature=None, alpha=None) for s in range(2)]]
+    md = open(write_report(str(tmp_path / "r"), rows, {"test_size": 270})["md"]).read()
+    table = markdown(leaderboard(rows))
+    assert md.index(table) + len(table) < md.index("note: the teacher–baseline gap is 1.00 points") < md.index("![")
+
+
 def test_write_report_without_failures_has_no_failed_section(tmp_path):
     rows = [teacher_row(), *baseline_rows(), row("kl-T2-a0.9", "student", 0, 0.95)]
     paths = write_report(str(tmp_path / "r"), rows, {})
     md = open(paths["md"]).read()
     assert "Failed runs" not in md
+    assert "note:" not in md  # teacher 99% vs baseline 92 ± 2%: a measurable gap
     assert os.path.getsize(paths["plot"]) > 0
 
 
