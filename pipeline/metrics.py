@@ -22,7 +22,6 @@ def expected_calibration_error(logits: torch.Tensor, labels: torch.Tensor, bins:
     inner_edges = torch.linspace(0.0, 1.0, bins + 1, dtype=torch.float64)[1:-1]  # (bins - 1,)
     # right=False: edge[i-1] < conf <= edge[i] -> bin i, so each bin is closed on the right.
     which = torch.bucketize(conf, inner_edges, right=False)  # (N,) in [0, bins)
-    count = torch.bincount(which, minlength=bins).double()  # (bins,)
     conf_sum = torch.bincount(which, weights=conf, minlength=bins)  # (bins,)
     correct_sum = torch.bincount(which, weights=correct, minlength=bins)  # (bins,)
     # |acc_b - conf_b| * n_b / N == |correct_sum_b - conf_sum_b| / N, and empty bins give 0.

@@ -259,16 +259,9 @@ def fidelity_verdict(rows: list[dict], goal: float = 0.5) -> str:
 def write_fidelity(path: str, rows: list[dict], facts: dict) -> str:
     """``fidelity.json`` and ``fidelity.md`` under ``path``; ``facts`` are the setting, cost and timing lines."""
     os.makedirs(path, exist_ok=True)
-    _write_atomic(os.path.join(path, "fidelity.json"), json.dumps({"rows": rows, "facts": facts}, indent=2))
-    lines = [f"# Fidelity study on digits\n", fidelity_markdown(rows), "", fidelity_verdict(rows), ""]
+    write_text_atomic(os.path.join(path, "fidelity.json"), json.dumps({"rows": rows, "facts": facts}, indent=2))
+    lines = ["# Fidelity study on digits\n", fidelity_markdown(rows), "", fidelity_verdict(rows), ""]
     lines += [f"- {k}: {v}" for k, v in facts.items()]
     md = os.path.join(path, "fidelity.md")
-    _write_atomic(md, "\n".join(lines) + "\n")
+    write_text_atomic(md, "\n".join(lines) + "\n")
     return md
-
-
-def _write_atomic(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)  # a reader never sees half a table
