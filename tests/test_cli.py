@@ -265,9 +265,10 @@ def test_every_config_field_has_one_option():
     teacher_paths = {o.path for o in TEACHER}
     assert ("parent_store",) not in teacher_paths  # set by born-again KD, not an option
     assert {("optim", "lr"), ("data", "val_fraction"), ("view_augment", "translate")} <= teacher_paths
-    # kd run: the students' model and optimisation options, and the grid; data and augmentation are the teacher's.
+    # kd run: the students' model and optimisation options, and the grid; data, augmentation, device and
+    # data-loading workers are the teacher's.
     assert {o.path for o in STUDENT} == {o.path for o in DISTILL} - {("store",)} - {
-        o.path for o in DISTILL if o.path[0] in ("data", "augment", "device", "storage_options")}
+        o.path for o in DISTILL if o.path[0] in ("data", "augment", "device", "storage_options", "workers")}
 
 
 def test_kd_run_make_serve_and_prefect_yaml_agree_on_defaults():

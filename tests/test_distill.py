@@ -152,8 +152,9 @@ def test_a_store_contradicting_its_own_size_says_which_number_is_which(store_cop
     g.attrs["dataset"] = d
     with pytest.raises(StoreError) as e:
         distill.plan(_cfg(store_copy, tmp_path))
-    assert e.value.field == "splits.train.size"
-    assert "records 1256 train samples but its arrays hold 1257" in e.value.problem
+    # The store's own contract check (at open, before the data is compared) names both numbers.
+    assert e.value.field == "dataset.splits.train.size"
+    assert "1256 disagrees with layout.train.rows 1257" in e.value.problem
 
 
 def test_mse_is_trained_once_per_alpha_and_seed(digits_store, tmp_path):
