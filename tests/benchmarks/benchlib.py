@@ -392,3 +392,35 @@ def gpu_info() -> dict | None:
     return {"name": props.name, "memory_gib": round(props.total_memory / 2**30, 1),
             "capability": f"{props.major}.{props.minor}", "multiprocessors": props.multi_processor_count,
             "cuda": torch.version.cuda, "bf16": torch.cuda.is_bf16_supported()}
+
+
+class ProcessClock:
+    """This process's CPU seconds per side, recorded alongside :func:`interleaved`'s wall-clock rounds.
+
+    Wrap the sides (``interleaved(clock.wrap(sides), ...)``), then take :meth:`rounds`. Where all the work
+    runs in this process (no DataLoader workers, no GPU), CPU time is what the code costs without the
+    time spent waiting for a core that another process holds: on an oversubscribed machine it varies
+    far less than wall-clock time. Elsewhere it misses the workers and the GPU, so it means nothing.
+    """
+
+    def __init__(self) -> None:
+        self.times: dict[str, list[float]] = {}
+
+    def wrap(self, sides: dict[str, Callable[[], object]]) -> dict[str, Callable[[], object]]:
+        return {name: self._timed(name, fn) for name, fn in sides.items()}
+
+    def _timed(self, name: str, fn: Callable[[], object]) -> Callable[[], object]:
+        def run() -> object:
+            t = time.process_time()
+            try:
+                return fn()
+            finally:
+                self.times.setdefault(name, []).append(time.process_time() - t)
+        return run
+
+    def rounds(self, n: int) -> dict[str, list[float]]:
+        """The last ``n`` rounds of each side (the warm-up rounds dropped)."""
+        out = {name: ts[-n:] for name, ts in self.times.items()}
+        for name, ts in out.items():
+            check_timings(name, ts)
+        return out
