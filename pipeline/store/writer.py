@@ -33,7 +33,10 @@ import numpy as np
 
 from pipeline.config import parse_encoding
 from pipeline.errors import StoreError, UserError
-from pipeline.store import lease
+from pipeline.store.lease import acquire as acquire_lease
+from pipeline.store.lease import lease_path
+from pipeline.store.lease import release as release_lease
+from pipeline.store.lease import require as require_lease
 from pipeline.store.codec import encode
 from pipeline.store.contract import check_arrays, data_arrays, expected_arrays
 from pipeline.store.integrity import ALGORITHM, digest, shard_ranges
@@ -134,7 +137,7 @@ class StoreWriter:
             self.meta = there
             return True
 
-        held = lease.acquire(path, writing=self.path, published=published, storage_options=storage_options)
+        held = acquire_lease(path, writing=self.path, published=published, storage_options=storage_options)
         if held is None:  # published already, or by the writer we waited for: reuse it
             self.path, self.reused, self.group, self._token = path, True, None, None
             return
@@ -161,7 +164,7 @@ class StoreWriter:
         """
         if published_meta(path, storage_options) is not None:
             raise StoreError("complete", f"{path!r} is published", IMMUTABLE)
-        held = lease.require(path, storage_options)
+        held = require_lease(path, storage_options)
         group = _open(held.writing, mode="r+", storage_options=storage_options)
         meta = StoreMeta.from_attrs(dict(group.attrs))
         check_arrays(group, meta)
@@ -323,7 +326,7 @@ class StoreWriter:
 
     def _release(self) -> None:
         if self._token is not None:
-            lease.release(lease.lease_path(self.final), self._token, self.storage_options)
+            release_lease(lease_path(self.final), self._token, self.storage_options)
             self._token = None
 
     def finish(self) -> str:
