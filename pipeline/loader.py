@@ -10,14 +10,17 @@ When the decoded logits fit in ``cache_mb`` they are read once and kept;
 otherwise a background thread decodes upcoming chunks while the model trains,
 and memory stays bounded by the buffer plus the prefetch queue.
 
-Images are read per batch from the lazy split (:meth:`pipeline.data.Split.batch`),
-where the batch is assembled: in the DataLoader workers when there are any, so
-decoding and per-sample augmentation run there. Batches are pinned when CUDA is
-available, so :meth:`Batch.to` copies them without blocking. :func:`ordered_batches`
-reads a split in order the same way (evaluation and the teacher pass).
+Images are read per batch from the lazy split (:meth:`pipeline.data.Split.batch`).
+With DataLoader workers, the workers read, decode and augment each batch's images
+(and replay its stored views) in the epoch's order, while the logits are read in
+this process, once, by a single reader, and joined to them by row: every worker
+gets a batch at a time, whatever the chunk size. Batches are pinned when CUDA is
+available, so :meth:`Batch.to` copies them without blocking. :func:`read_batches`
+reads splits in order the same way (evaluation and the teacher pass).
 """
 from __future__ import annotations
 
+import collections
 import queue
 import threading
 from dataclasses import dataclass
@@ -103,9 +106,7 @@ class SoftTargetLoader:
         self.prefetch_chunks = prefetch_chunks
         self.n = len(split)
         self.num_chunks = -(-self.n // self.chunk_rows)
-        self.workers, self._next_epoch, self._dataloader = workers, 0, None
-        self._store_path = None if store is None else store.path
-        self._storage_options = None if store is None else store.storage_options
+        self.workers, self._dataloader, self._sampler = workers, None, None
         # Stores with K teacher views: each epoch picks a view per sample and replays its transform,
         # so the student sees exactly the pixels the teacher scored.
         self.views = 1 if store is None else store.views
@@ -119,6 +120,7 @@ class SoftTargetLoader:
             if cached is not None:
                 cached = self._replay.pack(cached, store.view_params(split_name))
         self._epoch_views: tuple[int, np.ndarray] | None = None
+        self._images = _TrainImages(split, seed, self._replay)
         self._cache = cached  # (N, C), or (N, V, C + P) logits and view parameters, e.g. from the run's plan
         if store is not None and cached is None and fits_cache(self.n * self.views, store.num_classes, cache_mb):
             self._cache = self._read(0, self.n)
@@ -171,22 +173,41 @@ class SoftTargetLoader:
                     t.join(0.01)
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
-        """The batches of one epoch; with ``workers`` > 0 they come from DataLoader worker processes."""
+        """The batches of one epoch, in any order of epochs. With ``workers`` > 0 their images are read,
+        decoded and augmented (their views replayed) by DataLoader worker processes, a batch each, in the
+        epoch's order; logits are read here (cached, or streamed by a background thread) and joined to
+        them by row."""
         if not self.workers:
-            for b in self._iterate(epoch, 0, 1):
+            for rows, payload in self._iterate(epoch):
+                logits, params = self._chosen(epoch, rows, payload)
+                b = self._batch(rows, logits, params, _checked(self._images[(epoch, rows, params)]))
                 yield b.pin_memory() if self.pin_memory else b
             return
-        if epoch != self._next_epoch:  # worker processes count epochs themselves
-            raise ValueError(f"with workers, epochs must be read in order: expected {self._next_epoch}, got {epoch}")
-        self._next_epoch += 1
         if self._dataloader is None:
-            # spawn, not fork: a forked child inherits zarr's event-loop thread in an unusable state.
-            # Persistent workers pay the spawn (and each opens the store once) for the whole run.
+            # spawn, not fork: a forked child inherits the parent's threads' locks (zarr's I/O loop, the
+            # prefetch thread) in an unusable state. Persistent workers pay the spawn once for the run.
+            self._sampler = _EpochBatches(len(self))
             self._dataloader = torch.utils.data.DataLoader(
-                _WorkerStream(self), batch_size=None, num_workers=self.workers, persistent_workers=True,
-                multiprocessing_context="spawn", prefetch_factor=4, pin_memory=self.pin_memory)
-        for item in self._dataloader:
-            yield _checked(item)
+                self._images, sampler=self._sampler, batch_size=None, num_workers=self.workers,
+                persistent_workers=True, multiprocessing_context="spawn", prefetch_factor=4,
+                pin_memory=self.pin_memory)
+        # The DataLoader draws the sampler's items here, in this process, a few batches ahead of the
+        # consumer: each item reads its logits (one reader for the epoch) and sends the workers only the
+        # rows and the chosen views' parameters. Workers keep the order, so the oldest pending logits
+        # belong to the next batch that comes back.
+        pending: collections.deque[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]] = collections.deque()
+
+        def items() -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
+            for rows, payload in self._iterate(epoch):
+                logits, params = self._chosen(epoch, rows, payload)
+                pending.append((rows, logits, params))
+                yield epoch, rows, params
+
+        self._sampler.items = items()
+        for x in self._dataloader:
+            rows, logits, params = pending.popleft()
+            yield self._batch(rows, logits, params, _checked(x))
+        assert not pending, "every batch read was joined to its logits"
 
     @property
     def mixed_views(self) -> bool:
@@ -208,12 +229,11 @@ class SoftTargetLoader:
             self._epoch_views = (epoch, np.random.default_rng([self.seed, epoch, 2]).integers(0, self.views, self.n))
         return self._epoch_views[1][rows]
 
-    def _iterate(self, epoch: int, worker: int, num_workers: int) -> Iterator[Batch]:
-        """Worker ``worker`` of ``num_workers`` takes every num_workers-th buffer of the epoch's chunk order."""
-        rng = np.random.default_rng([self.seed, epoch, 1, worker])
+    def _iterate(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        """(rows (B,), logits or None) per batch of the epoch: buffers of ``buffer_chunks`` chunks in the
+        epoch's chunk order, each shuffled inside. Logits are (B, K), or (B, V, K + P) with views."""
+        rng = np.random.default_rng([self.seed, epoch, 1, 0])
         order = self.chunk_order(epoch)
-        buffers = [order[i:i + self.buffer_chunks] for i in range(0, len(order), self.buffer_chunks)]
-        order = np.concatenate(buffers[worker::num_workers] or [np.zeros(0, dtype=np.int64)])
         pending_rows: list[np.ndarray] = []
         pending_logits: list[np.ndarray] = []
         carry_rows = np.zeros(0, dtype=np.int64)
@@ -235,8 +255,8 @@ class SoftTargetLoader:
             full = len(seq) if last else (len(seq) // self.batch_size) * self.batch_size
             for start in range(0, full, self.batch_size):
                 stop = start + self.batch_size
-                yield self._batch(epoch, seq[start:stop], None if buf_logits is None else
-                                  self._gather(carry_logits, buf_logits, perm, start, min(stop, len(seq))))
+                yield seq[start:stop], None if buf_logits is None else \
+                    self._gather(carry_logits, buf_logits, perm, start, min(stop, len(seq)))
             carry_rows = seq[full:]
             if buf_logits is not None:
                 carry_logits = self._gather(carry_logits, buf_logits, perm, full, len(seq))
@@ -252,43 +272,55 @@ class SoftTargetLoader:
             parts.append(buf[perm[max(start - c, 0):stop - c]])
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
-    def __getstate__(self) -> dict:
-        # Sent to spawned workers: no open store, no worker pool; the store is reopened by path there.
-        state = dict(self.__dict__)
-        state["store"], state["_dataloader"] = None, None
-        return state
+    def _chosen(self, epoch: int, rows: np.ndarray, payload: np.ndarray | None
+                ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(logits (B, K) or None, the chosen views' parameters (B, P) or None) of one batch."""
+        if self._replay is None or payload is None:
+            return payload, None
+        chosen = payload[np.arange(len(rows)), self.views_for(rows, epoch)]  # (B, V, K + P) -> (B, K + P)
+        return self._replay.split(chosen)
 
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        if self._store_path is not None:
-            self.store = SoftTargetStore(self._store_path, storage_options=self._storage_options)
-
-    def _batch(self, epoch: int, rows: np.ndarray, logits: np.ndarray | None) -> Batch:
+    def _batch(self, rows: np.ndarray, logits: np.ndarray | None, params: np.ndarray | None,
+               x: torch.Tensor) -> Batch:
+        """The batch of ``rows``: images ``x`` (B, C, H, W) as read (views replayed), labels, logits."""
         idx = torch.from_numpy(rows)
-        x = self.split.batch(rows, train_seed=(self.seed, epoch))  # (B, C, H, W), decoded here
-        mix = None
-        if self._replay is not None and logits is not None:
-            views = self.views_for(rows, epoch)  # (B,)
-            x, logits, mix = self._replay.batch(x, self.split.y[idx], logits[np.arange(len(rows)), views])  # (B, K)
-        return Batch(x, self.split.y[idx], None if logits is None else torch.from_numpy(np.ascontiguousarray(logits)),
-                     idx, mix)
+        y = self.split.y[idx]
+        mix = None if params is None else self._replay.labels(y, params)
+        return Batch(x, y, None if logits is None else torch.from_numpy(np.ascontiguousarray(logits)), idx, mix)
 
 
-class _WorkerStream(torch.utils.data.IterableDataset):
-    """One DataLoader worker's share of each epoch: whole buffers of chunks, so no chunk is read twice."""
+class _EpochBatches(torch.utils.data.Sampler):
+    """The current epoch's (epoch, rows, view parameters) items, drawn lazily in this process; the loader
+    sets ``items`` before each epoch."""
 
-    def __init__(self, loader: SoftTargetLoader) -> None:
-        self.loader = loader
-        self.epoch = 0
+    def __init__(self, batches: int) -> None:
+        self.items: Iterator[tuple[int, np.ndarray, np.ndarray | None]] = iter(())
+        self.batches = batches
 
-    def __iter__(self) -> Iterator[Batch]:
-        info = torch.utils.data.get_worker_info()
-        worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
-        epoch, self.epoch = self.epoch, self.epoch + 1
+    def __iter__(self):
+        return self.items
+
+    def __len__(self) -> int:
+        return self.batches
+
+
+class _TrainImages(torch.utils.data.Dataset):
+    """Map-style: (epoch, rows, view parameters (B, P) or None) -> the rows' images (B, C, H, W) with the
+    train pipeline drawn for that epoch and, with a store's views, each row's view replayed."""
+
+    def __init__(self, split: Split, seed: int, replay) -> None:
+        self.split, self.seed, self.replay = split, seed, replay
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, item: tuple[int, np.ndarray, np.ndarray | None]):
+        epoch, rows, params = item
         try:
-            yield from self.loader._iterate(epoch, worker, num_workers)
+            x = self.split.batch(rows, train_seed=(self.seed, epoch))
+            return x if params is None else self.replay.pixels(x, params)
         except UserError as exc:  # an unreadable image: raised again, in one line, by the consumer
-            yield Failed(exc.field, exc.problem, exc.fix)
+            return Failed(exc.field, exc.problem, exc.fix)
 
 
 class _RowBatches(torch.utils.data.Dataset):

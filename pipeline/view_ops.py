@@ -284,9 +284,15 @@ class ViewReplay:
         """(R, V, C) logits and (R, V, P) rows -> (R, V, C + P)."""
         return np.concatenate([logits.astype(np.float32, copy=False), params.astype(np.float32, copy=False)], axis=-1)
 
-    def batch(self, x: torch.Tensor, y: torch.Tensor, payload: np.ndarray
-              ) -> tuple[torch.Tensor, np.ndarray, tuple[torch.Tensor, torch.Tensor] | None]:
-        """One batch's chosen views: payload (B, C + P) -> (pixels, logits (B, C), mixed labels or None)."""
-        logits, rows = payload[:, :self.num_classes], payload[:, self.num_classes:]  # (B, C), (B, P)
-        return (view_pixels(x, rows, self.names, self.partners), logits,
-                mixed_labels(y, rows, self.names, self.partners))
+    def split(self, payload: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One batch's chosen views: payload (B, C + P) -> (logits (B, C), view parameters (B, P))."""
+        return payload[:, :self.num_classes], payload[:, self.num_classes:]
+
+    def pixels(self, x: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
+        """The views ``rows`` (B, P) of the samples ``x`` (B, C, H, W), partners read as needed (in whichever
+        process reads the batch: a DataLoader worker when there are any)."""
+        return view_pixels(x, rows, self.names, self.partners)
+
+    def labels(self, y: torch.Tensor, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(partner labels (B,), λ (B,)) of the views ``rows`` (B, P), or None without mixed views."""
+        return mixed_labels(y, rows, self.names, self.partners)

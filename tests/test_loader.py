@@ -70,20 +70,22 @@ def test_corrupt_chunk_while_streaming_raises(store_copy, train_split):
 
 @pytest.mark.slow
 def test_dataloader_workers_cover_every_row_aligned(digits_store, train_split):
-    """Two spawned DataLoader workers, each reopening the store: every row once per epoch, logits aligned."""
+    """Two spawned DataLoader workers read the images, the logits stream here: every row once per epoch,
+    images and logits aligned, and the very batches of a loader without workers, in any epoch order."""
     store = SoftTargetStore(digits_store)
     logits = store.read_logits("train")
-    # One chunk per buffer: the store's 5 chunks are shared out 3 / 2 between the workers.
+    # One chunk per buffer: buffers smaller than the workers' share of the epoch, yet every worker gets work.
     loader = SoftTargetLoader(train_split, 32, seed=7, store=store, cache_mb=0, workers=2, buffer_chunks=1)
+    serial = SoftTargetLoader(train_split, 32, seed=7, store=store, cache_mb=0, buffer_chunks=1)
     epochs = []
-    for e in range(2):
+    for e in (0, 1, 5):
         batches = list(loader.epoch(e))
         rows = torch.cat([b.rows for b in batches]).numpy()
         assert sorted(rows.tolist()) == list(range(len(train_split)))
-        for b in batches:
+        for b, s in zip(batches, serial.epoch(e), strict=True):
             np.testing.assert_array_equal(b.logits.numpy(), logits[b.rows.numpy()])
             assert torch.equal(b.y, train_split.y[b.rows])
+            assert torch.equal(b.x, train_split.batch(b.rows.numpy()))
+            assert torch.equal(b.rows, s.rows) and torch.equal(b.x, s.x)
         epochs.append(rows)
     assert not np.array_equal(epochs[0], epochs[1])
-    with pytest.raises(ValueError):
-        list(loader.epoch(5))
