@@ -209,6 +209,10 @@ def test_store_records_the_listing_and_content_and_stage2_accepts_the_same_folde
         assert info.content == ds.splits[name].content_hash()  # hashed during the pass, equal to a fresh read
         assert info.content != info.fingerprint
     _stage2(store)
+    # Other preprocessing than the logits assume: refused, naming the transform.
+    with pytest.raises(StoreError) as exc:
+        distill.plan(DistillConfig(store=store, data=_data(folder, image_size=8), device="cpu", report_root="x"))
+    assert exc.value.field == "transform_hash" and "--image-size" in str(exc.value)
     assert set(verify_data(SoftTargetStore(store))) == {"train", "val", "test"}
     main(["inspect", store, "--verify-data"])
     assert "data verified" in capsys.readouterr().out
