@@ -38,7 +38,7 @@ TEMPERATURE_FREE_LOSSES = ("mse",)
 DEVICES = ("auto", "cpu", "cuda")
 MODES = ("offline", "online")
 VIEW_POLICIES = ("uniform", "cycle")
-TRAIN_TRANSFORMS = ("random-resized-crop", "hflip")  # the keys of pipeline.transforms.TRAIN_OPS (a test keeps them equal)
+TRAIN_TRANSFORMS = ("random-resized-crop", "hflip")  # pipeline.transforms.TRAIN_OPS keys (a test keeps them equal)
 EXPORT_FORMATS = ("torchscript", "onnx")
 BUILTIN_ARCHS = ("mlp", "cnn")  # the keys of pipeline.models.MODELS (a test keeps the two equal)
 

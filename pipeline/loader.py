@@ -324,19 +324,20 @@ class _TrainImages(torch.utils.data.Dataset):
 
 
 class _RowBatches(torch.utils.data.Dataset):
-    """Map-style: a batch of row indices -> (images (B, C, H, W), file digests (B, 32) or None)."""
+    """Map-style: (split name, rows) -> (images (B, C, H, W), file digests (B, 32) or None)."""
 
-    def __init__(self, split: Split, digests: bool) -> None:
-        self.split, self.digests = split, digests
+    def __init__(self, splits: dict[str, Split], digests: bool) -> None:
+        self.splits, self.digests = splits, digests
 
     def __len__(self) -> int:
-        return len(self.split)
+        return sum(len(s) for s in self.splits.values())
 
-    def __getitem__(self, rows: np.ndarray):
+    def __getitem__(self, item: tuple[str, np.ndarray]):
+        name, rows = item
         try:
             if self.digests:
-                return self.split.batch_with_digests(rows)
-            return self.split.batch(rows), None
+                return self.splits[name].batch_with_digests(rows)
+            return self.splits[name].batch(rows), None
         except UserError as exc:
             return Failed(exc.field, exc.problem, exc.fix)
 
@@ -346,22 +347,29 @@ def row_batches(rows: np.ndarray, batch_size: int) -> list[np.ndarray]:
     return [rows[s:s + batch_size] for s in range(0, len(rows), batch_size)]
 
 
-def ordered_batches(split: Split, batches: list[np.ndarray], *, workers: int = 0, pin_memory: bool = False,
-                    digests: bool = False) -> Iterator[tuple[torch.Tensor, np.ndarray | None]]:
-    """The given batches of rows of ``split``, in order: (images (B, C, H, W), file digests (B, 32) or None).
+def read_batches(splits: dict[str, Split], items: list[tuple[str, np.ndarray]], *, workers: int = 0,
+                 pin_memory: bool = False, digests: bool = False) -> Iterator[tuple[torch.Tensor, np.ndarray | None]]:
+    """The (split name, rows) batches ``items``, in order: (images (B, C, H, W), file digests (B, 32) or None).
 
-    With ``workers`` > 0 they are read and decoded by that many DataLoader worker processes
-    (spawned: a forked child would inherit the parent's threads' locks), which keep the order.
+    With ``workers`` > 0 they are read and decoded by that many DataLoader worker processes, which keep
+    the order. Workers are spawned (a forked child would inherit the parent's threads' locks) once per
+    call, so a caller reads all it needs (every split of a pass) in one call.
     """
-    data = _RowBatches(split, digests)
+    data = _RowBatches(splits, digests)
     if not workers:
-        for rows in batches:
-            x, d = _checked(data[rows])
+        for item in items:
+            x, d = _checked(data[item])
             yield (x.pin_memory() if pin_memory else x), d
         return
-    loader = torch.utils.data.DataLoader(data, sampler=batches, batch_size=None, num_workers=workers,
+    loader = torch.utils.data.DataLoader(data, sampler=items, batch_size=None, num_workers=workers,
                                          multiprocessing_context="spawn", pin_memory=pin_memory,
                                          prefetch_factor=4)
     for item in loader:
         x, d = _checked(item)
         yield x, None if d is None else np.asarray(d)
+
+
+def ordered_batches(split: Split, batches: list[np.ndarray], **kwargs) -> Iterator[tuple[torch.Tensor,
+                                                                                         np.ndarray | None]]:
+    """:func:`read_batches` over one split."""
+    return read_batches({"": split}, [("", rows) for rows in batches], **kwargs)

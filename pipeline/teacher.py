@@ -25,12 +25,12 @@ from pipeline.checksums import sha256_file
 from pipeline.config import TeacherConfig, config_hash, parse_encoding, to_dict
 from pipeline.data import Dataset, open_dataset
 from pipeline.errors import StoreError, UserError
-from pipeline.loader import ordered_batches, row_batches
+from pipeline.loader import read_batches, row_batches
 from pipeline.models import count_parameters, resolve_device
 from pipeline.precision import prepare
 from pipeline.store import (SPLITS, DatasetMeta, LineageEntry, Provenance, SoftTargetStore, StoreWriter, TeacherMeta,
                             ViewsMeta, join, now_iso, published_meta, software_versions)
-from pipeline.train import Progress, evaluate, fit_teacher, predict
+from pipeline.train import Progress, evaluate, evaluate_splits, fit_teacher, predict
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,8 @@ def create_store(p: TeacherPlan, model: nn.Module) -> StoreWriter:
     """Evaluate the teacher and create the store (or reopen an incomplete one to resume it)."""
     cfg, ds = p.cfg, p.dataset
     device = resolve_device(cfg.device)
-    metrics = {s: evaluate(model, ds.splits[s], device, workers=cfg.workers, fast=True) for s in ("val", "test")}
+    metrics = evaluate_splits(model, {s: ds.splits[s] for s in ("val", "test")}, device, workers=cfg.workers,
+                              fast=True)
     provenance = Provenance(
         created_at=now_iso(),
         provenance_key=p.provenance_key,
@@ -202,36 +203,37 @@ def write_shards(p: TeacherPlan, model: nn.Module, writer: StoreWriter,
                  work: dict[str, list[int]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Run the teacher over the given shards of each split and queue them; the caller closes the writer.
 
-    Images are read and decoded by ``cfg.workers`` DataLoader workers, in batches that never cross a
-    shard, so each finished shard is queued at once. Returns, per split, the sha256 of every file read
+    Images are read and decoded by ``cfg.workers`` DataLoader workers, started once for every split of the
+    pass, in batches that never cross a shard, so each finished shard is queued at once. Returns, per split, the sha256 of every file read
     ((N, 32) uint8) and which rows were read ((N,) bool): the split's content hash without another read.
     """
     device = resolve_device(p.cfg.device)
     model = prepare(model, device, fast=True)  # channels_last on CUDA; autocast in teacher_views
-    seen: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for split, shards in work.items():
-        data = p.dataset.splits[split]
-        lay = writer.layouts[split]
-        digests, known = np.zeros((len(data), 32), np.uint8), np.zeros(len(data), bool)
-        partners = view_ops.Partners(data, split) if p.cfg.view_mix.ops else None  # mixed views: the same split
-        plan_ = [(shard, rows) for shard in shards
-                 for rows in row_batches(np.arange(*lay.shard_range(shard)), PASS_BATCH)]
-        batches = ordered_batches(data, [rows for _, rows in plan_], workers=p.cfg.workers,
-                                  pin_memory=device.type == "cuda", digests=True)
-        parts: list[tuple[np.ndarray, np.ndarray | None]] = []
-        bar = tqdm(total=len(shards), desc=f"teacher logits [{split}]", unit="shard", disable=not progress_bar())
-        for (shard, rows), (x, d) in zip(plan_, batches, strict=True):
-            if d is not None:
-                digests[rows], known[rows] = d, True
-            parts.append(teacher_views(p.cfg, model, x, data.ids[torch.from_numpy(rows)], device, partners=partners))
-            if rows[-1] + 1 == lay.shard_range(shard)[1]:  # the shard's last batch: queue it whole
-                logits = np.concatenate([lg for lg, _ in parts])
-                params = None if parts[0][1] is None else np.concatenate([pr for _, pr in parts])  # type: ignore[misc]
-                writer.put(split, shard, logits, params)
-                parts = []
-                bar.update(1)
-        bar.close()
-        seen[split] = (digests, known)
+    splits = {name: p.dataset.splits[name] for name in work}
+    seen = {name: (np.zeros((len(s), 32), np.uint8), np.zeros(len(s), bool)) for name, s in splits.items()}
+    # Mixed views: partners come from the sample's own split.
+    partners = {name: view_ops.Partners(s, name) if p.cfg.view_mix.ops else None for name, s in splits.items()}
+    plan_ = [(name, shard, rows) for name, shards in work.items() for shard in shards
+             for rows in row_batches(np.arange(*writer.layouts[name].shard_range(shard)), PASS_BATCH)]
+    # One reader for every split: DataLoader workers are started once for the whole pass.
+    batches = read_batches(splits, [(name, rows) for name, _, rows in plan_], workers=p.cfg.workers,
+                           pin_memory=device.type == "cuda", digests=True)
+    parts: list[tuple[np.ndarray, np.ndarray | None]] = []
+    bar = tqdm(total=sum(len(v) for v in work.values()), desc="teacher logits", unit="shard",
+               disable=not progress_bar())
+    for (name, shard, rows), (x, d) in zip(plan_, batches, strict=True):
+        if d is not None:
+            digests, known = seen[name]
+            digests[rows], known[rows] = d, True
+        parts.append(teacher_views(p.cfg, model, x, splits[name].ids[torch.from_numpy(rows)], device,
+                                   partners=partners[name]))
+        if rows[-1] + 1 == writer.layouts[name].shard_range(shard)[1]:  # the shard's last batch: queue it whole
+            logits = np.concatenate([lg for lg, _ in parts])
+            params = None if parts[0][1] is None else np.concatenate([pr for _, pr in parts])  # type: ignore[misc]
+            writer.put(name, shard, logits, params)
+            parts = []
+            bar.update(1)
+    bar.close()
     return seen
 
 

@@ -38,7 +38,7 @@ from pipeline.batched import BatchingUnsupported, StackedStudents, cpu_reason_no
 from pipeline.batched_optim import lr_table
 from pipeline.config import AugmentConfig, ModelConfig, OptimConfig, StudentSpec
 from pipeline.data import Split
-from pipeline.loader import Batch, SoftTargetLoader, ordered_batches, row_batches
+from pipeline.loader import Batch, SoftTargetLoader, ordered_batches, read_batches, row_batches
 from pipeline.losses import distillation_loss
 from pipeline.metrics import expected_calibration_error
 from pipeline.models import build_model
@@ -151,9 +151,26 @@ def evaluate(model: nn.Module, split: Split, device: torch.device, *, teacher_lo
              workers: int = 0, fast: bool = False) -> dict:
     """Accuracy, NLL, ECE and (if teacher logits are given) top-1 agreement, all at T = 1, over a DataLoader."""
     logits = torch.cat(list(predict(model, split, device, workers=workers, fast=fast)))  # (N, C)
+    return _metrics(logits, split.y, teacher_logits)
+
+
+def evaluate_splits(model: nn.Module, splits: dict[str, Split], device: torch.device, *, workers: int = 0,
+                    fast: bool = False, batch_size: int = 512) -> dict[str, dict]:
+    """:func:`evaluate` on several splits through one reader (DataLoader workers started once)."""
+    model = prepare(model, device, fast=fast)
+    items = [(name, rows) for name, s in splits.items() for rows in row_batches(np.arange(len(s)), batch_size)]
+    outs: dict[str, list[torch.Tensor]] = {name: [] for name in splits}
+    for (name, _), (xb, _) in zip(items, read_batches(splits, items, workers=workers,
+                                                      pin_memory=device.type == "cuda"), strict=True):
+        outs[name].extend(predict(model, xb, device, batch_size=batch_size, fast=fast))
+    return {name: _metrics(torch.cat(outs[name]), s.y, None) for name, s in splits.items()}
+
+
+def _metrics(logits: torch.Tensor, y: torch.Tensor, teacher_logits: torch.Tensor | None) -> dict:
+    """logits (N, C), labels (N,) -> accuracy, NLL, ECE and, with teacher logits (N, C), top-1 agreement."""
     pred = logits.argmax(1)
-    out = {"acc": float((pred == split.y).float().mean()), "nll": float(F.cross_entropy(logits, split.y))}
-    out["ece"] = expected_calibration_error(logits, split.y)
+    out = {"acc": float((pred == y).float().mean()), "nll": float(F.cross_entropy(logits, y))}
+    out["ece"] = expected_calibration_error(logits, y)
     if teacher_logits is not None:
         out["agreement"] = float((pred == teacher_logits.argmax(1)).float().mean())
     return out

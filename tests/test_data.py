@@ -459,3 +459,28 @@ def test_truncated_idx_file_is_a_one_line_error(tmp_path):
     with pytest.raises(UserError) as exc:
         load_dataset(DataConfig(name="mnist", root=str(tmp_path)))
     assert exc.value.field == "data_root" and "truncated" in str(exc.value)
+
+
+# --- data options ----------------------------------------------------------------------------------
+
+
+def test_train_transform_names_match_the_registry():
+    from pipeline.config import TRAIN_TRANSFORMS
+    from pipeline.transforms import TRAIN_OPS
+
+    assert tuple(TRAIN_OPS) == TRAIN_TRANSFORMS
+
+
+@pytest.mark.parametrize("kwargs, field", [({"image_size": 0}, "image_size"),
+                                           ({"train_transform": ("blur",)}, "train_transform")])
+def test_bad_data_options_name_their_field(kwargs, field):
+    with pytest.raises(UserError) as exc:
+        DataConfig(**kwargs)
+    assert exc.value.field == field
+
+
+def test_provenance_key_leaves_new_options_out_at_their_defaults():
+    """So the stores of an unchanged dataset keep their names; set, they are part of the key."""
+    assert "image_size" not in DataConfig().key() and "train_transform" not in DataConfig().key()
+    assert DataConfig(image_size=64).key()["image_size"] == 64
+    assert DataConfig(train_transform=("hflip",)).key()["train_transform"] == ("hflip",)

@@ -89,3 +89,22 @@ def test_dataloader_workers_cover_every_row_aligned(digits_store, train_split):
             assert torch.equal(b.rows, s.rows) and torch.equal(b.x, s.x)
         epochs.append(rows)
     assert not np.array_equal(epochs[0], epochs[1])
+
+
+@pytest.mark.slow
+def test_one_reader_for_several_splits_keeps_each_batch_and_metric(train_split):
+    """read_batches over (split, rows) items with two workers: the batches of each split in order, and
+    evaluate_splits' metrics equal evaluate's split by split."""
+    from pipeline.config import ModelConfig
+    from pipeline.loader import read_batches, row_batches
+    from pipeline.models import build_model
+    from pipeline.train import evaluate, evaluate_splits
+
+    splits = {"a": train_split.head(300), "b": load_dataset(DIGITS).splits["val"]}
+    items = [(name, rows) for name, s in splits.items() for rows in row_batches(np.arange(len(s)), 128)]
+    for (name, rows), (x, d) in zip(items, read_batches(splits, items, workers=2), strict=True):
+        assert d is None and torch.equal(x, splits[name].batch(rows))
+    model = build_model(ModelConfig(arch="cnn", width=4), (1, 8, 8), 10)
+    cpu = torch.device("cpu")
+    assert evaluate_splits(model, splits, cpu, workers=2) == {  # the same batches of 512 as evaluate
+        name: evaluate(model, s, cpu) for name, s in splits.items()}
