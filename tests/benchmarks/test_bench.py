@@ -350,7 +350,7 @@ def test_store_io(tmp):
     arr = store.group["train"]["logits"]
     lay = layout_for(n, classes)
     # images of one float each: the loader's figure is its logits path, not copying 12 KB images
-    tiny = Split(torch.zeros(n, 1, 1, 1), torch.from_numpy(labels), torch.arange(n))
+    tiny = Split.from_tensors(torch.zeros(n, 1, 1, 1), torch.from_numpy(labels), torch.arange(n))
     idx = np.random.default_rng(1).integers(0, n, 300)
     epoch = iter(range(10_000))
 
