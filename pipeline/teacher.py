@@ -165,11 +165,8 @@ def load(p: TeacherPlan) -> nn.Module:
 
 
 def create_store(p: TeacherPlan, model: nn.Module) -> StoreWriter:
-    """Evaluate the teacher and create the store (or reopen an incomplete one to resume it)."""
+    """Create the store (or reopen an incomplete one to resume it); the teacher's scores come with the pass."""
     cfg, ds = p.cfg, p.dataset
-    device = resolve_device(cfg.device)
-    metrics = evaluate_splits(model, {s: ds.splits[s] for s in ("val", "test")}, device, workers=cfg.workers,
-                              fast=True)
     provenance = Provenance(
         created_at=now_iso(),
         provenance_key=p.provenance_key,
@@ -177,8 +174,9 @@ def create_store(p: TeacherPlan, model: nn.Module) -> StoreWriter:
             arch=cfg.model.arch, width=cfg.model.width, params=count_parameters(model),
             checkpoint=p.checkpoint_path, checkpoint_sha256=sha256_file(p.checkpoint_path),
             trained_here=cfg.checkpoint is None, config=public_config(cfg),
-            val_acc=metrics["val"]["acc"], test_acc=metrics["test"]["acc"],
-            val_nll=metrics["val"]["nll"], test_nll=metrics["test"]["nll"],
+            # Scored from the logits pass itself (record_scores) before the store is marked complete; an
+            # unfinished store's placeholders are never read: readers open complete stores only.
+            val_acc=UNSCORED, test_acc=UNSCORED, val_nll=UNSCORED, test_nll=UNSCORED,
         ),
         dataset=DatasetMeta.from_attrs(ds.describe(), at="dataset"),
         data_config=asdict(cfg.data),
@@ -199,13 +197,34 @@ def create_store(p: TeacherPlan, model: nn.Module) -> StoreWriter:
     return writer
 
 
-def write_shards(p: TeacherPlan, model: nn.Module, writer: StoreWriter,
-                 work: dict[str, list[int]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+UNSCORED = -1.0  # the teacher's val/test scores in an unfinished store's attributes
+SCORED_SPLITS = ("val", "test")
+
+
+@dataclass
+class ScoreSum:
+    """Running accuracy and NLL of the teacher's clean-view logits over the rows of one split seen in a pass."""
+    correct: int = 0
+    nll: float = 0.0  # summed over rows, float64
+    rows: int = 0
+
+    def add(self, logits: np.ndarray, labels: torch.Tensor) -> None:
+        """logits (R, C) float32, labels (R,) int64."""
+        z = torch.from_numpy(logits)
+        self.correct += int((z.argmax(1) == labels).sum())
+        self.nll += float(torch.nn.functional.cross_entropy(z.double(), labels, reduction="sum"))
+        self.rows += len(labels)
+
+
+def write_shards(p: TeacherPlan, model: nn.Module, writer: StoreWriter, work: dict[str, list[int]],
+                 scores: dict[str, ScoreSum] | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Run the teacher over the given shards of each split and queue them; the caller closes the writer.
 
     Images are read and decoded by ``cfg.workers`` DataLoader workers, started once for every split of the
     pass, in batches that never cross a shard, so each finished shard is queued at once. Returns, per split, the sha256 of every file read
     ((N, 32) uint8) and which rows were read ((N,) bool): the split's content hash without another read.
+    ``scores``: per split, the teacher's accuracy and NLL on the clean view (view 0) are summed into it, so
+    the store's val/test scores need no second pass over those images.
     """
     device = resolve_device(p.cfg.device)
     model = prepare(model, device, fast=True)  # channels_last on CUDA; autocast in teacher_views
@@ -227,6 +246,8 @@ def write_shards(p: TeacherPlan, model: nn.Module, writer: StoreWriter,
             digests[rows], known[rows] = d, True
         parts.append(teacher_views(p.cfg, model, x, splits[name].ids[torch.from_numpy(rows)], device,
                                    partners=partners[name]))
+        if scores is not None and name in scores:
+            scores[name].add(parts[-1][0][:, 0], splits[name].y[torch.from_numpy(rows)])  # view 0: clean
         if rows[-1] + 1 == writer.layouts[name].shard_range(shard)[1]:  # the shard's last batch: queue it whole
             logits = np.concatenate([lg for lg, _ in parts])
             params = None if parts[0][1] is None else np.concatenate([pr for _, pr in parts])  # type: ignore[misc]
@@ -260,6 +281,28 @@ def teacher_views(cfg: TeacherConfig, model: nn.Module, x: torch.Tensor, ids: to
                                              fast=True))).numpy())  # (R, C)
         params.append(rows)
     return np.stack(logits, axis=1), np.stack(params, axis=1)
+
+
+def record_scores(p: TeacherPlan, writer: StoreWriter, scores: dict[str, ScoreSum],
+                  model: nn.Module | None = None) -> None:
+    """Put the teacher's val/test accuracy and NLL into the store's record before it is marked complete.
+
+    A split whose every row went through this process's pass is scored from those logits; one that did
+    not (a resumed store, a pass split over tasks) is evaluated now, which reads its images once more.
+    """
+    if writer.reused:
+        return
+    ds = p.dataset
+    metrics = {name: {"acc": s.correct / s.rows, "nll": s.nll / s.rows} for name, s in scores.items()
+               if s.rows == len(ds.splits[name]) > 0}
+    rest = [name for name in SCORED_SPLITS if name not in metrics]
+    if rest:
+        model = model if model is not None else load(p)
+        metrics |= evaluate_splits(model, {name: ds.splits[name] for name in rest}, resolve_device(p.cfg.device),
+                                   workers=p.cfg.workers, fast=True)
+    writer.meta = dataclasses.replace(writer.meta, teacher=dataclasses.replace(
+        writer.meta.teacher, val_acc=metrics["val"]["acc"], test_acc=metrics["test"]["acc"],
+        val_nll=metrics["val"]["nll"], test_nll=metrics["test"]["nll"]))
 
 
 def record_content(p: TeacherPlan, writer: StoreWriter, seen: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
@@ -311,6 +354,7 @@ def finalize(p: TeacherPlan) -> str:
     if there is not None and there.provenance_key == p.provenance_key:
         return p.store_path
     writer = StoreWriter.attach(p.store_path, p.cfg.storage_options)
+    record_scores(p, writer, {})  # the parts' logits stayed in their processes: evaluate val and test here
     record_content(p, writer, {})  # the parts' digests stayed in their processes: read the files once more
     return writer.finish()
 
@@ -319,7 +363,9 @@ def publish(p: TeacherPlan, model: nn.Module) -> str:
     """The single-process teacher pass: create (or resume), write every missing shard, mark complete."""
     writer = create_store(p, model)
     try:
-        seen = write_shards(p, model, writer, {s: writer.pending(s) for s in SPLITS})
+        scores = {s: ScoreSum() for s in SCORED_SPLITS}
+        seen = write_shards(p, model, writer, {s: writer.pending(s) for s in SPLITS}, scores)
+        record_scores(p, writer, scores, model)
         record_content(p, writer, seen)
         return writer.finish()
     finally:

@@ -49,6 +49,38 @@ def test_loading_a_checkpoint_reproduces_the_store(digits_store, tmp_path):
     assert torch.equal(torch.from_numpy(a.read_logits("train")), torch.from_numpy(b.read_logits("train")))
 
 
+def test_recorded_scores_come_from_the_pass_and_equal_an_evaluation(digits_store, tmp_path, monkeypatch):
+    """The store's val/test accuracy and NLL are summed from the logits pass (no second read of those
+    images) and equal :func:`evaluate` of the same checkpoint; a resumed store evaluates what it did not see."""
+    from pipeline.train import evaluate
+
+    ckpt = SoftTargetStore(digits_store).attrs["teacher"]["checkpoint"]
+    p = teacher.plan(small_teacher_config(str(tmp_path / "a"), checkpoint=ckpt, encoding="float32"))
+    model = teacher.load(p)
+    evaluated = []
+    real = teacher.evaluate_splits
+    monkeypatch.setattr(teacher, "evaluate_splits", lambda m, splits, *a, **k: evaluated.append(sorted(splits))
+                        or real(m, splits, *a, **k))
+    t = SoftTargetStore(teacher.publish(p, model)).meta.teacher
+    assert evaluated == []  # scored from the pass itself
+    for split in ("val", "test"):
+        want = evaluate(model, p.dataset.splits[split], torch.device("cpu"))
+        assert getattr(t, f"{split}_acc") == pytest.approx(want["acc"], abs=1e-6)  # evaluate() means in float32
+        assert getattr(t, f"{split}_nll") == pytest.approx(want["nll"], rel=1e-5)
+        assert 0.0 <= getattr(t, f"{split}_acc") <= 1.0
+
+    # A store resumed with val already written: val is evaluated once, test is scored from the pass.
+    p2 = teacher.plan(small_teacher_config(str(tmp_path / "b"), checkpoint=ckpt, encoding="float32"))
+    writer = teacher.create_store(p2, model)
+    teacher.write_shards(p2, model, writer, {"val": writer.pending("val")})
+    writer.close()
+    writer.abort()  # the lease goes, the staged copy with val written stays: the next publish resumes it
+    t2 = SoftTargetStore(teacher.publish(p2, model)).meta.teacher
+    assert evaluated == [["val"]]
+    assert (t2.val_acc, t2.test_acc) == pytest.approx((t.val_acc, t.test_acc), abs=1e-6)
+    assert (t2.val_nll, t2.test_nll) == pytest.approx((t.val_nll, t.test_nll), rel=1e-5)
+
+
 def test_missing_checkpoint_is_refused(tmp_path):
     with pytest.raises(UserError) as e:
         teacher.plan(small_teacher_config(str(tmp_path), checkpoint=str(tmp_path / "nope.pt")))

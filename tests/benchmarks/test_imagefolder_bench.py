@@ -160,7 +160,7 @@ def plain_inference(root: str, model: torch.nn.Module, *, image_size: int, worke
 
 
 def test_teacher_pass(setup, monkeypatch):
-    """``teacher.publish`` (evaluate val/test, create the store, logits of every split, content hash,
+    """``teacher.publish`` (create the store, logits of every split with val/test scored from them, content hash,
     finish) vs a plain torchvision DataLoader + ``model.eval()`` loop over the same folder."""
     begun = B.begin()
     p, s = PROFILE, setup
@@ -218,7 +218,7 @@ def test_teacher_pass(setup, monkeypatch):
                  per_round=B.rounds(times["plain"], phases["write_shards"])),
     ], {
         "config": {**describe(p), "images_per_pass": n,
-                   "teacher_pass": "teacher.publish: evaluate val+test, create the store, logits of every split "
+                   "teacher_pass": "teacher.publish: create the store, logits of every split (val/test scored from them) "
                                    "(file sha256 digests on the way), content hash, finish",
                    "plain": "torchvision.datasets.ImageFolder + DataLoader(default start method "
                             f"{torch.multiprocessing.get_start_method()!r}), inference_mode, logits to the CPU",
