@@ -376,7 +376,11 @@ def groups(cfg: DistillConfig) -> list[list[StudentSpec]]:
 
     A group shares its data order and augmentation stream, both seeded by its
     seed, so a group never mixes seeds: runs with different seeds must differ
-    in data order too, or their spread would understate the noise.
+    in data order too, or their spread would understate the noise. Every
+    student of a run has the run's architecture, so a group of two or more
+    trains as one batched model wherever that applies (``pipeline.batched``):
+    up to one seed's students per group, the larger the group the less the
+    sweep costs.
     """
     by_seed: dict[int, list[StudentSpec]] = {}
     for spec in cfg.students():
