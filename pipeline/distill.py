@@ -388,6 +388,10 @@ def groups(cfg: DistillConfig) -> list[list[StudentSpec]]:
     return [specs[i:i + cfg.group_size] for specs in by_seed.values() for i in range(0, len(specs), cfg.group_size)]
 
 
+# DistillConfig.batch -> fit_group's `batched`: None lets it decide per group (vectorises, and pays on the device).
+BATCHED = {"auto": None, "on": True, "off": False}
+
+
 def train_students(p: DistillPlan, specs: list[StudentSpec], *, progress: Progress | None = None) -> list[dict]:
     """Train one group from the store, evaluate on test at T = 1, save each chosen checkpoint."""
     cfg, ds, run_dir = p.cfg, p.dataset, p.run_dir
@@ -400,7 +404,8 @@ def train_students(p: DistillPlan, specs: list[StudentSpec], *, progress: Progre
     label = ",".join(s.run_id for s in specs)
     results = fit_group(specs, model_cfg=cfg.model, optim=cfg.optim, augment=cfg.augment, loader=loader,
                         val=ds.splits["val"], input_shape=ds.input_shape, num_classes=ds.num_classes, device=device,
-                        label=label, progress=progress, teacher=load_teacher(p.store) if online else None)
+                        label=label, progress=progress, teacher=load_teacher(p.store) if online else None,
+                        batched=BATCHED[cfg.batch])
     os.makedirs(os.path.join(run_dir, "students"), exist_ok=True)
     rows = []
     for r in results:
