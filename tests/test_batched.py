@@ -145,6 +145,10 @@ def test_early_stopping_drops_a_student_from_the_stack(ds, train):
     alone = fit(ds, None, [learner], model=mlp, optim=optim, batched=False, train=train)
     assert together[0].stopped_epoch == 1 and len(together[0].history) == 2
     assert_same_steps(together[1:], alone)  # the stack carried on without it
+    # select="best" (the default) per student: the same epochs scored alike, the same checkpoint chosen.
+    assert [h["val_acc"] for h in together[1].history] == [h["val_acc"] for h in alone[0].history]
+    assert (together[1].best_epoch, together[1].val_acc) == (alone[0].best_epoch, alone[0].val_acc)
+    assert evaluate(together[1].model, ds.splits["val"], CPU)["acc"] == together[1].val_acc
 
 
 class ItemGate(nn.Module):
