@@ -43,6 +43,16 @@ OPTIMIZERS = {
 COMMON = dict(epochs=2, batch_size=16, schedule="cosine", warmup_epochs=1, clip_grad_norm=0.5, select="last")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Small models on one intra-op thread: as fast as on two, and no spinning threads fighting other
+    # jobs for the cores (on a loaded 2-core machine that multiplied this file's time by five).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def ds():
     return load_dataset(DIGITS)
