@@ -38,7 +38,8 @@ TEMPERATURE_FREE_LOSSES = ("mse",)
 DEVICES = ("auto", "cpu", "cuda")
 MODES = ("offline", "online")
 VIEW_POLICIES = ("uniform", "cycle")
-TRAIN_TRANSFORMS = ("random-resized-crop", "hflip")  # pipeline.transforms.TRAIN_OPS keys (a test keeps them equal)
+BATCH_MODES = ("auto", "on", "off")  # how a group of students trains (pipeline.train.fit_group's `batched`)
+TRAIN_TRANSFORMS = ("random-resized-crop", "hflip")  # the keys of pipeline.transforms.TRAIN_OPS (a test keeps them equal)
 EXPORT_FORMATS = ("torchscript", "onnx")
 BUILTIN_ARCHS = ("mlp", "cnn")  # the keys of pipeline.models.MODELS (a test keeps the two equal)
 
@@ -454,7 +455,11 @@ class DistillConfig:
     report_root: str = option("data/reports", help="where report folders are written")
     run_name: str | None = option(None, help="report folder name", default_text="from the store and the students")
     device: str = option("auto", choices=DEVICES, help="where models train")
-    group_size: int = option(1, help="students per Prefect task; a group shares one pass over the data")
+    group_size: int = option(8, help="students per Prefect task (one seed's at most); a group shares one pass over "
+                                     "the data and, where --batch allows, trains as one batched model")
+    batch: str = option("auto", choices=BATCH_MODES,
+                        help="auto: train a group as one batched model where it vectorises and pays (always on a "
+                             "GPU; small students on a CPU); on: wherever it vectorises; off: the per-student loop")
     cache_mb: float = option(1024.0, help="hold decoded logits in memory up to this size (MB); stream beyond it")
     storage_options: dict | None = option(None, metavar="JSON", help=STORAGE_OPTIONS_HELP)
     mode: str = option("offline", choices=MODES, help="offline: soft targets from the store; online: rerun the "
@@ -474,6 +479,7 @@ class DistillConfig:
         _check(self.verify_views >= 0, "verify_views", f"must be >= 0, got {self.verify_views}", "use 0 or e.g. 32")
         _check(self.group_size > 0, "group_size", f"must be positive, got {self.group_size}",
                "use 1 for a Prefect task per student, more to share one data pass")
+        _check_choice(self.batch, BATCH_MODES, "batch")
         _check(self.cache_mb >= 0, "cache_mb", f"must be >= 0, got {self.cache_mb}", "use e.g. 1024")
         _check(len(self.temperatures) > 0, "temperatures", "is empty", "pass e.g. --temperatures 1 2 4 8")
         _check(len(self.alphas) > 0, "alphas", "is empty", "pass e.g. --alphas 0.9")

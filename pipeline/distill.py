@@ -376,12 +376,20 @@ def groups(cfg: DistillConfig) -> list[list[StudentSpec]]:
 
     A group shares its data order and augmentation stream, both seeded by its
     seed, so a group never mixes seeds: runs with different seeds must differ
-    in data order too, or their spread would understate the noise.
+    in data order too, or their spread would understate the noise. Every
+    student of a run has the run's architecture, so a group of two or more
+    trains as one batched model wherever that applies (``pipeline.batched``):
+    up to one seed's students per group, the larger the group the less the
+    sweep costs.
     """
     by_seed: dict[int, list[StudentSpec]] = {}
     for spec in cfg.students():
         by_seed.setdefault(spec.seed, []).append(spec)
     return [specs[i:i + cfg.group_size] for specs in by_seed.values() for i in range(0, len(specs), cfg.group_size)]
+
+
+# DistillConfig.batch -> fit_group's `batched`: None lets it decide per group (vectorises, and pays on the device).
+BATCHED = {"auto": None, "on": True, "off": False}
 
 
 def train_students(p: DistillPlan, specs: list[StudentSpec], *, progress: Progress | None = None) -> list[dict]:
@@ -396,7 +404,8 @@ def train_students(p: DistillPlan, specs: list[StudentSpec], *, progress: Progre
     label = ",".join(s.run_id for s in specs)
     results = fit_group(specs, model_cfg=cfg.model, optim=cfg.optim, augment=cfg.augment, loader=loader,
                         val=ds.splits["val"], input_shape=ds.input_shape, num_classes=ds.num_classes, device=device,
-                        label=label, progress=progress, teacher=load_teacher(p.store) if online else None)
+                        label=label, progress=progress, teacher=load_teacher(p.store) if online else None,
+                        batched=BATCHED[cfg.batch])
     os.makedirs(os.path.join(run_dir, "students"), exist_ok=True)
     rows = []
     for r in results:

@@ -235,6 +235,7 @@ def test_bad_width():
     ("store", {"store": ""}),
     ("group_size", {"group_size": 0}),
     ("group_size", {"group_size": -1}),
+    ("batch", {"batch": "yes"}),
     ("cache_mb", {"cache_mb": -1.0}),
     ("temperatures", {"temperatures": ()}),
     ("alphas", {"alphas": ()}),

@@ -21,7 +21,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 KD = os.path.join(os.path.dirname(sys.executable), "kd")
 MAX_LINES = 60
 EPOCHS = 3
-GRID = ("--seeds", "0", "1", "--temperatures", "2", "4", "--student-epochs", str(EPOCHS))
+# --group-size 1: one student per task, so each task's log lines name one student (the default groups a seed's).
+GRID = ("--seeds", "0", "1", "--temperatures", "2", "4", "--student-epochs", str(EPOCHS), "--group-size", "1")
 TASKS = [f"{c}-s{s}" for c in ("baseline", "kl-T2-a0.9", "kl-T4-a0.9") for s in (0, 1)]  # one student each
 
 

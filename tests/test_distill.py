@@ -1,6 +1,8 @@
 """Stage 2 in the library: store/dataset refusals, and the teacher is never built."""
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 
 import pytest
@@ -61,7 +63,7 @@ def test_corrupt_store_is_refused_before_training(store_copy, tmp_path):
         distill.plan(_cfg(store_copy, tmp_path))
 
 
-def test_students_train_without_the_teacher(tmp_path, monkeypatch):
+def test_students_train_without_the_teacher(tmp_path, monkeypatch, caplog):
     # An mlp-64 teacher whose checkpoint is then deleted: stage 2 cannot build or run it.
     from tests.conftest import small_teacher_config
     from pipeline import teacher
@@ -79,7 +81,10 @@ def test_students_train_without_the_teacher(tmp_path, monkeypatch):
     monkeypatch.setattr("pipeline.train.build_model", spy)
     cfg = _cfg(store, tmp_path)
     p = distill.plan(cfg)
-    rows = distill.train_students(p, cfg.students())
+    with caplog.at_level(logging.INFO, logger="pipeline.train"):
+        rows = distill.train_students(p, cfg.students())
+    # --batch auto on a CPU: three small students of one seed train as one stack.
+    assert "batched: one stacked cnn of 3 students" in caplog.text
     # One to time the architecture when the plan opens the store, then baseline + 2 temperatures;
     # never the mlp teacher.
     assert built == ["cnn", "cnn", "cnn", "cnn"]
@@ -99,6 +104,22 @@ def test_students_train_without_the_teacher(tmp_path, monkeypatch):
     assert row["params"] == (64 * 64 + 64) + (64 * 64 + 64) + (64 * 10 + 10)  # the mlp-64 teacher, by hand
     assert row["size_mb"] == pytest.approx(row["params"] * 4 / 1e6) and row["size_mb_estimated"] is True
     assert row["latency_ms"] is None and row["width"] == 64
+
+
+def test_the_batch_option_reaches_fit_group(digits_store, tmp_path, monkeypatch):
+    seen = []
+
+    def spy(specs, **kwargs):
+        seen.append(kwargs["batched"])
+        return []
+
+    monkeypatch.setattr(distill, "fit_group", spy)
+    p = distill.plan(_cfg(digits_store, tmp_path))
+    for mode in ("auto", "on", "off"):
+        plan = dataclasses.replace(p, cfg=dataclasses.replace(p.cfg, batch=mode))
+        assert distill.train_students(plan, plan.cfg.students()) == []
+    assert seen == [None, True, False]
+    assert DistillConfig(store="s.zarr").group_size > 1  # grouping (and so batching) is the default
 
 
 def test_groups_cut_the_grid(digits_store, tmp_path):

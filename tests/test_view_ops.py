@@ -1,6 +1,7 @@
 """Real-augmentation and mixed teacher views: drawn per (seed, id, view), stored, replayed bit for bit."""
 from __future__ import annotations
 
+import logging
 import shutil
 
 import numpy as np
@@ -142,11 +143,14 @@ def test_verify_views_covers_mixed_views_and_catches_a_wrong_replay(mixed_store)
     assert e.value.field == "views" and "does not reproduce" in str(e.value)
 
 
-def test_distilling_from_mixed_views_uses_the_mixed_labels(mixed_store, tmp_path):
+def test_distilling_from_mixed_views_uses_the_mixed_labels(mixed_store, tmp_path, caplog):
     cfg = DistillConfig(store=mixed_store, model=ModelConfig("cnn", 4), optim=OptimConfig(epochs=1, lr=1e-2),
                         temperatures=(1.0,), alphas=(1.0,), report_root=str(tmp_path), device="cpu")
-    rows = distill.train_students(distill.plan(cfg), cfg.students())
+    with caplog.at_level(logging.INFO, logger="pipeline.train"):
+        rows = distill.train_students(distill.plan(cfg), cfg.students())
     assert [r["status"] for r in rows] == ["ok", "ok"]
+    # One group of two, not batched: the stacked step has no λ-weighted hard term; the reason is logged.
+    assert "per-student loop: the store's views are mixed" in caplog.text
 
 
 def _tamper(src: str, dst, value: float) -> tuple[str, int, int]:

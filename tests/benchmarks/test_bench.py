@@ -329,6 +329,12 @@ def test_batched_students_cnn(tmp):
     batched_case(tmp, case="batched_cnn", model=STUDENT, n=512)
 
 
+def test_batched_students_small_cnn(tmp):
+    """A small cnn (width 2, 0.3 MFLOP per sample, the size of the digits students): what `--batch auto`
+    batches on a CPU, same figures."""
+    batched_case(tmp, case="batched_cnn_small", model=ModelConfig(arch="cnn", width=2), n=512, budget_s=20)
+
+
 def test_batched_students_mobilenet(tmp):
     """mobilenet_v3_small (BatchNorm, depthwise convolutions, squeeze-excitation, dropout), same figures."""
     batched_case(tmp, case="batched_mobilenet_v3_small", model=ModelConfig(arch="mobilenet_v3_small"),
