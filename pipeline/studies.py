@@ -168,6 +168,17 @@ def fidelity_students(report_root: str, store: str, *, patient: bool, augment: b
     return cfg
 
 
+def patient_label() -> str:
+    """The patient arm's row: the preset's views, how many of them are mixed, and its loss."""
+    from pipeline.presets import PRESETS
+
+    t, d = PRESETS[PATIENT]["teacher"], PRESETS[PATIENT]["distill"]
+    prob = t["view_mix"]["prob"]
+    mixed = "every view but the clean one mixed" if prob == 1 else f"{100 * prob:.0f}% of the views mixed"
+    return (f"patient recipe ({t['views']} views, {mixed}, KL T={d['temperatures'][0]:g}, "
+            f"α={d['alphas'][0]:g})")
+
+
 def gap_share(entry: dict, baseline: dict, teacher: dict) -> dict:
     """How much of the teacher-baseline gap ``entry`` closes: (entry - baseline) / (teacher - baseline).
 
@@ -205,7 +216,7 @@ def fidelity_table(*, standard: str, kview: str, patient: str) -> list[dict]:
          _entry(standard, "student")),
         ("arm", f"K-view store ({FIDELITY_KVIEWS} views replayed, KL T={STANDARD_T:g}, α={STANDARD_ALPHA:g})",
          _entry(kview, "student")),
-        ("arm", "patient recipe (mixed views, KL T=1, α=1)", _entry(patient, "student")),
+        ("arm", patient_label(), _entry(patient, "student")),
         ("control", f"label-only on the {FIDELITY_KVIEWS} replayed views", _entry(kview, "baseline")),
         ("control", "label-only on the mixed views (λ-weighted labels)", _entry(patient, "baseline")),
     ]
