@@ -153,6 +153,29 @@ def test_distilling_from_mixed_views_uses_the_mixed_labels(mixed_store, tmp_path
     assert "per-student loop: the store's views are mixed" in caplog.text
 
 
+def test_a_student_trains_the_same_alone_or_in_a_mixed_view_group(mixed_store):
+    """Replayed mixed views, λ-weighted labels and the shared batch stream leave nothing for group mates to
+    change: a student ends bit-identical alone and beside two others."""
+    from pipeline.config import StudentSpec
+    from pipeline.train import fit_group
+
+    store = SoftTargetStore(mixed_store)
+    ds = load_dataset(store.meta.data_cfg())
+
+    def run(temperatures):
+        loader = SoftTargetLoader(ds.splits["train"], 64, seed=0, store=store)
+        specs = [StudentSpec(loss="kl", temperature=t, alpha=1.0, beta=None, seed=0) for t in temperatures]
+        return fit_group(specs, model_cfg=ModelConfig("cnn", 4), optim=OptimConfig(epochs=2, lr=1e-2),
+                         augment=AugmentConfig(), loader=loader, val=ds.splits["val"], input_shape=ds.input_shape,
+                         num_classes=ds.num_classes, device=torch.device("cpu"))
+
+    (alone,), together = run([2.0]), run([1.0, 2.0, 4.0])
+    assert alone.step_losses == together[1].step_losses
+    for a, b in zip(alone.model.state_dict().values(), together[1].model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert together[0].step_losses != together[1].step_losses  # the temperatures really differ
+
+
 def _tamper(src: str, dst, value: float) -> tuple[str, int, int]:
     """Copy the store and point one mixed train view's partner at ``value``; returns (path, sample id, view)."""
     import zarr
