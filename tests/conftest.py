@@ -103,3 +103,15 @@ def synthetic_provenance(num_classes: int, *, views: int = 1, key: str = "synthe
                             class_names=tuple(str(c) for c in range(num_classes)), input_shape=(1, 1, 1), splits={}),
         data_config={}, transform=TRANSFORM, transform_hash=transform_hash(), software=software_versions(),
         views=view_meta, lineage=())
+
+
+def cli_fails(capsys, *argv: str) -> str:
+    """Run `kd ARGV` in this process; it must exit 2 with one `error: …` line on stderr and no traceback."""
+    from flows.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(list(argv))
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("error: ") and "Traceback" not in err
+    return err

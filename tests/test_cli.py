@@ -12,16 +12,8 @@ import pytest
 
 from flows.cli import main
 from pipeline.config import DataConfig, DistillConfig, OptimConfig, TeacherConfig, from_dict
-from tests.conftest import flip_byte, shard_file
+from tests.conftest import cli_fails, flip_byte, shard_file
 
-
-def _fails(capsys, *argv: str) -> str:
-    with pytest.raises(SystemExit) as e:
-        main(list(argv))
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and err.startswith("error: ") and "Traceback" not in err
-    return err
 
 
 @pytest.mark.parametrize("argv, field", [
@@ -39,7 +31,7 @@ def _fails(capsys, *argv: str) -> str:
     (["--group-size", "0"], "group_size"),
 ])
 def test_bad_distill_options(capsys, digits_store, argv, field):
-    err = _fails(capsys, "distill", "--store", digits_store, *argv)
+    err = cli_fails(capsys, "distill", "--store", digits_store, *argv)
     assert err.startswith(f"error: {field}")
 
 
@@ -57,15 +49,15 @@ def test_bad_distill_options(capsys, digits_store, argv, field):
     (["--label-noise", "0.2"], "label_noise"),  # without --dataset it would be silently ignored
 ])
 def test_bad_new_distill_options(capsys, digits_store, argv, field):
-    err = _fails(capsys, "distill", "--store", digits_store, *argv)
+    err = cli_fails(capsys, "distill", "--store", digits_store, *argv)
     assert err.startswith(f"error: {field}")
 
 
 def test_bad_new_teacher_and_run_options(capsys):
-    assert _fails(capsys, "teacher", "--label-noise", "-0.1").startswith("error: label_noise")
-    assert _fails(capsys, "teacher", "--patience", "0").startswith("error: patience")
-    assert _fails(capsys, "run", "--student-patience", "0").startswith("error: patience")
-    assert _fails(capsys, "run", "--student-optimizer", "adam", "--student-nesterov").startswith("error: nesterov")
+    assert cli_fails(capsys, "teacher", "--label-noise", "-0.1").startswith("error: label_noise")
+    assert cli_fails(capsys, "teacher", "--patience", "0").startswith("error: patience")
+    assert cli_fails(capsys, "run", "--student-patience", "0").startswith("error: patience")
+    assert cli_fails(capsys, "run", "--student-optimizer", "adam", "--student-nesterov").startswith("error: nesterov")
     with pytest.raises(SystemExit) as e:
         main(["distill", "--store", "x.zarr", "--clip-grad-norm", "big"])
     assert e.value.code == 2 and "not a number or 'off'" in capsys.readouterr().err
@@ -113,20 +105,20 @@ def test_export_prints_the_path_and_refuses_one_line(capsys, trained_report, tmp
     out = str(tmp_path / "s.pt")
     main(["export", trained_report, "kl-T4-a0.9-s0", "--format", "torchscript", "--out", out])
     assert capsys.readouterr().out.strip().splitlines()[-1] == f"exported: {out}" and os.path.isfile(out)
-    assert _fails(capsys, "export", str(tmp_path / "gone"), "kl-T4-a0.9-s0").startswith("error: run_dir")
-    assert _fails(capsys, "export", trained_report, "kl-T9-a0.9-s0").startswith("error: run_id")
+    assert cli_fails(capsys, "export", str(tmp_path / "gone"), "kl-T4-a0.9-s0").startswith("error: run_dir")
+    assert cli_fails(capsys, "export", trained_report, "kl-T9-a0.9-s0").startswith("error: run_id")
     with pytest.raises(SystemExit) as e:
         main(["export", trained_report, "kl-T4-a0.9-s0", "--format", "tflite"])
     assert e.value.code == 2
 
 
 def test_missing_store(capsys, tmp_path):
-    err = _fails(capsys, "distill", "--store", str(tmp_path / "nope.zarr"))
+    err = cli_fails(capsys, "distill", "--store", str(tmp_path / "nope.zarr"))
     assert "no soft-target store" in err
 
 
 def test_mismatched_store(capsys, digits_store):
-    err = _fails(capsys, "distill", "--store", digits_store, "--dataset", "digits", "--train-limit", "100")
+    err = cli_fails(capsys, "distill", "--store", digits_store, "--dataset", "digits", "--train-limit", "100")
     assert "splits.train.size" in err
 
 
@@ -134,22 +126,22 @@ def test_incomplete_store(capsys, store_copy):
     import zarr
 
     zarr.open_group(store_copy, mode="r+").attrs["complete"] = False
-    assert "incomplete" in _fails(capsys, "distill", "--store", store_copy)
+    assert "incomplete" in cli_fails(capsys, "distill", "--store", store_copy)
 
 
 def test_corrupt_chunk_via_inspect_verify_and_distill(capsys, store_copy):
     flip_byte(shard_file(store_copy))
     main(["inspect", store_copy])  # metadata alone still reads
     capsys.readouterr()
-    assert "train/logits: chunk" in _fails(capsys, "inspect", store_copy, "--verify")
-    assert "train/logits: chunk" in _fails(capsys, "distill", "--store", store_copy)
+    assert "train/logits: chunk" in cli_fails(capsys, "inspect", store_copy, "--verify")
+    assert "train/logits: chunk" in cli_fails(capsys, "distill", "--store", store_copy)
 
 
 def test_bad_teacher_options(capsys, tmp_path):
-    assert "checkpoint" in _fails(capsys, "teacher", "--checkpoint", str(tmp_path / "x.pt"))
-    assert "data_root: cifar10 not found" in _fails(capsys, "teacher", "--dataset", "cifar10", "--data-root",
+    assert "checkpoint" in cli_fails(capsys, "teacher", "--checkpoint", str(tmp_path / "x.pt"))
+    assert "data_root: cifar10 not found" in cli_fails(capsys, "teacher", "--dataset", "cifar10", "--data-root",
                                                    str(tmp_path))
-    assert "--download" in _fails(capsys, "teacher", "--dataset", "mnist", "--data-root", str(tmp_path))
+    assert "--download" in cli_fails(capsys, "teacher", "--dataset", "mnist", "--data-root", str(tmp_path))
 
 
 def test_unknown_choice_is_argparse_exit_2(capsys, digits_store):
@@ -224,7 +216,7 @@ def test_argparse_errors_are_one_line_with_a_pointer_to_help(capsys, argv, messa
 
 
 def test_data_options_without_dataset_are_refused_not_ignored(capsys, digits_store):
-    err = _fails(capsys, "distill", "--store", digits_store, "--train-limit", "100")
+    err = cli_fails(capsys, "distill", "--store", digits_store, "--train-limit", "100")
     assert err.startswith("error: dataset:")
 
 
@@ -247,9 +239,9 @@ def test_distill_data_options_need_dataset(capsys, digits_store):
     from flows.cli import build_parser, distill_config
 
     for option in ("--val-fraction", "--test-fraction"):
-        err = _fails(capsys, "distill", "--store", digits_store, option, "0.2")
+        err = cli_fails(capsys, "distill", "--store", digits_store, option, "0.2")
         assert err.startswith(f"error: dataset: {option} only applies together with --dataset")
-    err = _fails(capsys, "distill", "--store", digits_store, "--data-root", "elsewhere", "--split-seed", "0")
+    err = cli_fails(capsys, "distill", "--store", digits_store, "--data-root", "elsewhere", "--split-seed", "0")
     assert err.startswith("error: dataset: --data-root, --split-seed only apply together with --dataset")
     a = build_parser().parse_args(["distill", "--store", "s.zarr", "--dataset", "digits", "--train-limit", "9"])
     assert distill_config(a, a.store).data == DataConfig(train_limit=9)
@@ -333,7 +325,7 @@ def test_user_errors_are_refused_before_any_work(capsys, tmp_path, argv, field):
     out = tmp_path / "out"
     common = ["--epochs", "1", "--train-limit", "300", "--device", "cpu", "--store-root", f"{out}/stores",
               "--checkpoint-root", f"{out}/ckpt"] + (["--report-root", f"{out}/reports"] if argv[0] == "run" else [])
-    err = _fails(capsys, argv[0], *common, *[a.format(**places) for a in argv[1:]])
+    err = cli_fails(capsys, argv[0], *common, *[a.format(**places) for a in argv[1:]])
     assert err.startswith(f"error: {field}: "), err
     assert not out.exists()
     if argv[1] == "--checkpoint":
@@ -349,10 +341,10 @@ def test_online_mode_with_a_bad_recorded_checkpoint_is_refused_up_front(capsys, 
     with open(SoftTargetStore(store).meta.teacher.checkpoint, "ab") as f:
         f.write(b"tampered")
     reports = tmp_path / "reports"
-    err = _fails(capsys, "distill", "--store", store, "--mode", "online", "--report-root", str(reports))
+    err = cli_fails(capsys, "distill", "--store", store, "--mode", "online", "--report-root", str(reports))
     assert err.startswith("error: mode: ") and "sha256" in err
     before = sorted(os.listdir(tmp_path / "stores")) + sorted(os.listdir(tmp_path / "checkpoints"))
-    err = _fails(capsys, "run", "--mode", "online", "--epochs", "1", "--train-limit", "300", "--width", "8",
+    err = cli_fails(capsys, "run", "--mode", "online", "--epochs", "1", "--train-limit", "300", "--width", "8",
                  "--chunk-rows", "256", "--device", "cpu", "--store-root", str(tmp_path / "stores"),
                  "--checkpoint-root", str(tmp_path / "checkpoints"), "--report-root", str(reports))
     assert err.startswith("error: mode: ")

@@ -28,7 +28,7 @@ from pipeline.data import load_dataset
 from pipeline.errors import StoreError, UserError
 from pipeline.store import SoftTargetStore, StoreWriter, lease
 from pipeline.train import build_seeded
-from tests.conftest import DIGITS, small_teacher_config, synthetic_provenance
+from tests.conftest import cli_fails, DIGITS, small_teacher_config, synthetic_provenance
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 C = 5
@@ -260,14 +260,6 @@ def test_inf_read_back_is_not_called_a_missing_chunk(tmp_path):
 # ---------------------------------------------------------------- the contract, through the CLI
 
 
-def _fails(capsys, *argv: str) -> str:
-    with pytest.raises(SystemExit) as e:
-        main(list(argv))
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and err.startswith("error: ") and "Traceback" not in err
-    return err
-
 
 def _edit_json(path, edit):
     with open(path) as f:
@@ -311,8 +303,8 @@ DAMAGE = {
 def test_bad_store_metadata_is_one_line_through_inspect_and_distill(capsys, store_copy, damage):
     edit, expected = DAMAGE[damage]
     edit(store_copy)
-    assert _fails(capsys, "inspect", store_copy, "--verify").startswith(f"error: {expected}")
-    assert _fails(capsys, "distill", "--store", store_copy).startswith(f"error: {expected}")
+    assert cli_fails(capsys, "inspect", store_copy, "--verify").startswith(f"error: {expected}")
+    assert cli_fails(capsys, "distill", "--store", store_copy).startswith(f"error: {expected}")
 
 
 def test_stores_lists_a_damaged_store_and_goes_on(capsys, digits_store, tmp_path):
@@ -337,7 +329,7 @@ def test_permuted_logits_with_valid_checksums_fail_the_manifest(capsys, store_co
     arr = zarr.open_group(store_copy, mode="r+")["val"]["logits"]
     arr[:] = arr[:][::-1]  # rewritten through zarr: every chunk checksum is valid
     SoftTargetStore(store_copy).read_logits("val")  # an ordinary read cannot tell
-    err = _fails(capsys, "inspect", store_copy, "--verify")
+    err = cli_fails(capsys, "inspect", store_copy, "--verify")
     assert err.startswith("error: val/logits: shard 0 differs from the manifest")
 
 
@@ -348,14 +340,14 @@ def test_replaced_labels_or_ids_are_caught_even_with_a_forged_manifest(capsys, s
     j = int(np.nonzero(values != values[0])[0][0])
     values[[0, j]] = values[[j, 0]]  # two swapped rows (labels of different classes, or ids)
     g["test"][name][:] = values
-    assert _fails(capsys, "inspect", store_copy, "--verify").startswith(f"error: test/{name}: its content differs")
+    assert cli_fails(capsys, "inspect", store_copy, "--verify").startswith(f"error: test/{name}: its content differs")
 
     from pipeline.store.integrity import digest
 
     forged = json.loads(json.dumps(dict(g.attrs)))
     forged["manifest"]["arrays"][f"test/{name}"] = [digest(values)]
     g.attrs.put(forged)  # the manifest agrees now: only the data's fingerprints can tell
-    err = _fails(capsys, "inspect", store_copy, "--verify")
+    err = cli_fails(capsys, "inspect", store_copy, "--verify")
     assert err.startswith(f"error: test/{name}: differ from the data the store was written from at 2 rows")
 
 
@@ -374,12 +366,12 @@ def test_links_that_leave_the_store_are_refused_and_never_echoed(capsys, store_c
     chunk = os.path.join(store_copy, "train", "labels", "c", "0")
     os.remove(chunk)
     os.symlink(secret, chunk)
-    err = _fails(capsys, "inspect", store_copy, "--verify")
+    err = cli_fails(capsys, "inspect", store_copy, "--verify")
     assert "train/labels/c/0: is a link that leaves the store" in err and "TOPSECRET" not in err
     meta = os.path.join(store_copy, "val", "zarr.json")
     os.remove(meta)
     os.symlink(secret, meta)
-    err = _fails(capsys, "distill", "--store", store_copy)
+    err = cli_fails(capsys, "distill", "--store", store_copy)
     assert "leaves the store" in err and "TOPSECRET" not in err
     # A link inside the store is followed as usual.
     inside = os.path.join(store_copy, "val", "zarr.json")
