@@ -16,7 +16,7 @@ from pipeline.data.verify import verify_data
 from pipeline.errors import StoreError, UserError
 from pipeline.loader import SoftTargetLoader, ordered_batches
 from pipeline.store import SoftTargetStore
-from tests.test_cli import _fails
+from tests.conftest import cli_fails
 
 
 def write_folder(root, *, classes=("a", "b"), n=10, size=(16, 12), fmt="png", seed=0) -> str:
@@ -75,8 +75,8 @@ def test_cli_refuses_bad_folders_in_one_line_and_writes_nothing(capsys, tmp_path
     folder = write_folder(tmp_path / "f")
     (tmp_path / "f" / "b" / "data.csv").write_text("1,2,3")
     out = ["--store-root", str(tmp_path / "stores"), "--checkpoint-root", str(tmp_path / "ckpt")]
-    assert "data.csv" in _fails(capsys, "teacher", "--dataset", f"imagefolder:{folder}", *out)
-    assert "single class" in _fails(capsys, "teacher", "--dataset",
+    assert "data.csv" in cli_fails(capsys, "teacher", "--dataset", f"imagefolder:{folder}", *out)
+    assert "single class" in cli_fails(capsys, "teacher", "--dataset",
                                     f"imagefolder:{write_folder(tmp_path / 'one', classes=('x',))}", *out)
     assert not (tmp_path / "stores").exists() and not (tmp_path / "ckpt").exists()
 
@@ -269,4 +269,4 @@ def test_a_file_modified_in_place_passes_stage2_and_fails_verify_data(folder_sto
     with pytest.raises(StoreError) as exc:
         verify_data(SoftTargetStore(store))
     assert "content" in exc.value.field and "modified in place" in str(exc.value)
-    assert "modified in place" in _fails(capsys, "inspect", store, "--verify-data")
+    assert "modified in place" in cli_fails(capsys, "inspect", store, "--verify-data")
