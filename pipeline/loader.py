@@ -21,6 +21,7 @@ reads splits in order the same way (evaluation and the teacher pass).
 from __future__ import annotations
 
 import collections
+import multiprocessing
 import queue
 import threading
 from dataclasses import dataclass
@@ -184,12 +185,11 @@ class SoftTargetLoader:
                 yield b.pin_memory() if self.pin_memory else b
             return
         if self._dataloader is None:
-            # spawn, not fork: a forked child inherits the parent's threads' locks (zarr's I/O loop, the
-            # prefetch thread) in an unusable state. Persistent workers pay the spawn once for the run.
+            # Persistent workers start once for the run (see worker_context for where they come from).
             self._sampler = _EpochBatches(len(self))
             self._dataloader = torch.utils.data.DataLoader(
                 self._images, sampler=self._sampler, batch_size=None, num_workers=self.workers,
-                persistent_workers=True, multiprocessing_context="spawn", prefetch_factor=4,
+                persistent_workers=True, multiprocessing_context=worker_context(), prefetch_factor=4,
                 pin_memory=self.pin_memory)
         # The DataLoader draws the sampler's items here, in this process, a few batches ahead of the
         # consumer: each item reads its logits (one reader for the epoch) and sends the workers only the
@@ -289,6 +289,19 @@ class SoftTargetLoader:
         return Batch(x, y, None if logits is None else torch.from_numpy(np.ascontiguousarray(logits)), idx, mix)
 
 
+def worker_context() -> multiprocessing.context.BaseContext:
+    """Where DataLoader workers come from: a fork server that has imported torch and this package once.
+
+    Not fork: a forked child inherits this process's threads' locks (zarr's I/O loop, the store writer,
+    the prefetch thread) in an unusable state. Not spawn either: a spawned worker imports torch (and its
+    CUDA libraries) afresh for every DataLoader, seconds per pass; a worker forked from the clean,
+    single-threaded server starts in a fraction of that (README "Workers").
+    """
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "pipeline.loader"])  # only read when the server first starts
+    return ctx
+
+
 class _EpochBatches(torch.utils.data.Sampler):
     """The current epoch's (epoch, rows, view parameters) items, drawn lazily in this process; the loader
     sets ``items`` before each epoch."""
@@ -352,8 +365,8 @@ def read_batches(splits: dict[str, Split], items: list[tuple[str, np.ndarray]], 
     """The (split name, rows) batches ``items``, in order: (images (B, C, H, W), file digests (B, 32) or None).
 
     With ``workers`` > 0 they are read and decoded by that many DataLoader worker processes, which keep
-    the order. Workers are spawned (a forked child would inherit the parent's threads' locks) once per
-    call, so a caller reads all it needs (every split of a pass) in one call.
+    the order. Workers start (:func:`worker_context`) once per call, so a caller reads all it needs (every
+    split of a pass) in one call.
     """
     data = _RowBatches(splits, digests)
     if not workers:
@@ -362,7 +375,7 @@ def read_batches(splits: dict[str, Split], items: list[tuple[str, np.ndarray]], 
             yield (x.pin_memory() if pin_memory else x), d
         return
     loader = torch.utils.data.DataLoader(data, sampler=items, batch_size=None, num_workers=workers,
-                                         multiprocessing_context="spawn", pin_memory=pin_memory,
+                                         multiprocessing_context=worker_context(), pin_memory=pin_memory,
                                          prefetch_factor=4)
     for item in loader:
         x, d = _checked(item)

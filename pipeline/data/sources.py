@@ -5,7 +5,7 @@ raw image (C, H, W) at a time. Pixels are never gathered into one tensor of the
 whole set: ``digits`` is a 460 kB array kept in memory; MNIST's idx files are
 memory-mapped; CIFAR's pickled batches are torchvision's own uint8 arrays;
 image folders are read file by file (:mod:`pipeline.data.folder`). A source
-sent to a spawned worker travels without its pixels and reopens its files
+sent to a DataLoader worker travels without its pixels and reopens its files
 there, on first use.
 """
 from __future__ import annotations

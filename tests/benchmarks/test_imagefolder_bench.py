@@ -222,7 +222,7 @@ def test_teacher_pass(setup, monkeypatch):
                                    "(file sha256 digests on the way), content hash, finish",
                    "plain": "torchvision.datasets.ImageFolder + DataLoader(default start method "
                             f"{torch.multiprocessing.get_start_method()!r}), inference_mode, logits to the CPU",
-                   "pipeline_start_method": "spawn (a new DataLoader per split and per evaluation)",
+                   "pipeline_start_method": "forkserver (torch and pipeline.loader preloaded; one DataLoader per pass)",
                    "teacher_params": count_parameters(s.model), "reps": len(times["plain"])},
         "times_s": times, "process_cpu_s": cpu, "phases_s": {**phases, "record_content+finish+rest": rest},
         "median_s": {**{k: B.med(v) for k, v in times.items()}, **{k: B.med(v) for k, v in phases.items()},
