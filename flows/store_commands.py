@@ -19,6 +19,11 @@ def _human_bytes(n: float) -> str:
     return str(n)
 
 
+def _pct(score: float | None) -> str:
+    """A teacher score as a percentage; "—" while the store is unfinished (it is scored when completed)."""
+    return "—" if score is None else f"{100 * score:.2f}%"
+
+
 def cmd_inspect(a: argparse.Namespace) -> None:
     from pipeline.store import SoftTargetStore
 
@@ -41,8 +46,8 @@ def cmd_inspect(a: argparse.Namespace) -> None:
     t, d = info["teacher"], info["dataset"]
     print(f"store:            {info['path']}")
     print(f"format_version:   {info['format_version']}   complete: {info['complete']}   created: {info['created_at']}")
-    print(f"teacher:          {t['arch']} ({t['params']:,} params)  val acc {100 * t['val_acc']:.2f}%  "
-          f"test acc {100 * t['test_acc']:.2f}%")
+    print(f"teacher:          {t['arch']} ({t['params']:,} params)  val acc {_pct(t['val_acc'])}  "
+          f"test acc {_pct(t['test_acc'])}")
     print(f"checkpoint:       {t['checkpoint']}  sha256 {t['checkpoint_sha256'][:16]}…")
     print(f"dataset:          {d['name']}  {d['num_classes']} classes  input {tuple(d['input_shape'])}")
     for split, n in info["samples"].items():
@@ -96,7 +101,7 @@ def cmd_stores(a: argparse.Namespace) -> None:
         if "damaged" in r:
             print(f"{r['name']:<40} DAMAGED: {r['damaged']}")
             continue
-        print(f"{r['name']:<40} {r['dataset']:<10} {r['teacher']:<12} acc {100 * r['test_acc']:6.2f}%  "
+        print(f"{r['name']:<40} {r['dataset']:<10} {r['teacher']:<12} acc {_pct(r['test_acc']):>7}  "
               f"{r['encoding']:<8} {_human_bytes(r['bytes']):>9}  {r['created']}  "
               f"{'complete' if r['complete'] else 'INCOMPLETE'}")
 

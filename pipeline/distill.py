@@ -195,7 +195,11 @@ def run_dir(cfg: DistillConfig) -> str:
 
 # Fields that change where a run reads or writes, or how fast it goes, never what it trains: they are
 # left out of a run's identity (and of its stable name), so changing them never refuses a finished run.
-EXECUTION_FIELDS = ("store", "report_root", "run_name", "device", "storage_options", "workers", "cache_mb")
+# How a run is executed, not what it trains: left out of its identity and its stable name. `group_size` and
+# `batch` only decide which students share a pass and whether a group is stacked: a student trains the same
+# alone or in a group, and a stacked group equals the per-student loop up to float rounding, as on another device.
+EXECUTION_FIELDS = ("store", "report_root", "run_name", "device", "storage_options", "workers", "cache_mb",
+                    "group_size", "batch")
 
 
 def run_identity(cfg: DistillConfig, *, data_cfg: DataConfig, provenance_key: str | None) -> dict:

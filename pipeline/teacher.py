@@ -174,8 +174,9 @@ def create_store(p: TeacherPlan, model: nn.Module) -> StoreWriter:
             arch=cfg.model.arch, width=cfg.model.width, params=count_parameters(model),
             checkpoint=p.checkpoint_path, checkpoint_sha256=sha256_file(p.checkpoint_path),
             trained_here=cfg.checkpoint is None, config=public_config(cfg),
-            # Scored from the logits pass itself (record_scores) before the store is marked complete; an
-            # unfinished store's placeholders are never read: readers open complete stores only.
+            # Scored from the logits pass itself (record_scores) before the store is marked complete; until
+            # then these placeholders stand in (training readers open complete stores only, and `kd inspect`
+            # / `kd stores` show an unfinished store's scores as "—").
             val_acc=UNSCORED, test_acc=UNSCORED, val_nll=UNSCORED, test_nll=UNSCORED,
         ),
         dataset=DatasetMeta.from_attrs(ds.describe(), at="dataset"),
@@ -290,7 +291,7 @@ def record_scores(p: TeacherPlan, writer: StoreWriter, scores: dict[str, ScoreSu
     A split whose every row went through this process's pass is scored from those logits; one that did
     not (a resumed store, a pass split over tasks) is evaluated now, which reads its images once more.
     """
-    if writer.reused:
+    if writer.reused or writer.meta.complete:  # published, or completed by a run cut off before its rename
         return
     ds = p.dataset
     metrics = {name: {"acc": s.correct / s.rows, "nll": s.nll / s.rows} for name, s in scores.items()

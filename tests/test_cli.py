@@ -127,6 +127,10 @@ def test_incomplete_store(capsys, store_copy):
 
     zarr.open_group(store_copy, mode="r+").attrs["complete"] = False
     assert "incomplete" in cli_fails(capsys, "distill", "--store", store_copy)
+    # Inspecting it works, and shows no teacher score: an unfinished store is scored when it is completed.
+    main(["inspect", store_copy])
+    teacher_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("teacher:"))
+    assert "val acc —  test acc —" in teacher_line
 
 
 def test_corrupt_chunk_via_inspect_verify_and_distill(capsys, store_copy):

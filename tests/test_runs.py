@@ -154,6 +154,8 @@ def test_kd_run_refuses_a_finished_run_with_another_grid_before_any_work(tmp_pat
     assert "another store" in _kd_fails(*common, "--temperatures", "4", "--seed", "1")
     assert _snapshot(root) == before  # nothing trained, written or replaced
     assert _kd(*common, "--temperatures", "4") == first  # the identical run is reused, not retrained
+    # How students are scheduled is not what they learn: another group size or batching mode reuses it too.
+    assert _kd(*common, "--temperatures", "4", "--group-size", "1", "--batch", "off") == first
     assert _snapshot(root) == before
 
 

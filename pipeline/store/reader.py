@@ -248,9 +248,12 @@ class SoftTargetStore:
         logits_stored = self._nbytes(logits_arrays(self.encoding))
         n = sum(self.size(s) for s in self.splits())
         logits_raw = n * self.views * self.num_classes * 4
+        attrs = dict(self.attrs)
+        if not attrs.get("complete"):  # the teacher is scored by the pass that completes the store
+            attrs["teacher"] = {**attrs["teacher"], **dict.fromkeys(("val_acc", "test_acc", "val_nll", "test_nll"))}
         return {
             "path": self.path,
-            **self.attrs,
+            **attrs,
             "samples": {s: self.size(s) for s in self.splits()},
             "bytes_stored": stored,
             "bytes_per_sample": stored / max(n, 1),
