@@ -355,8 +355,12 @@ def finalize(p: TeacherPlan) -> str:
     if there is not None and there.provenance_key == p.provenance_key:
         return p.store_path
     writer = StoreWriter.attach(p.store_path, p.cfg.storage_options)
-    record_scores(p, writer, {})  # the parts' logits stayed in their processes: evaluate val and test here
-    record_content(p, writer, {})  # the parts' digests stayed in their processes: read the files once more
+    try:
+        record_scores(p, writer, {})  # the parts' logits stayed in their processes: evaluate val and test here
+        record_content(p, writer, {})  # the parts' digests stayed in their processes: read the files once more
+    except BaseException:
+        writer.close()  # stop its thread; the lease stays with the run, whose retry finishes the store
+        raise
     return writer.finish()
 
 
