@@ -213,19 +213,25 @@ def mix_pixels(x: torch.Tensor, partner: torch.Tensor, rows: np.ndarray, names: 
     return out
 
 
+def mixed_rows(rows: np.ndarray, names: tuple[str, ...]) -> np.ndarray | None:
+    """Indices of the mixed views among ``rows`` (B, P), or None when the store mixes none or no row is mixed."""
+    if "mix" not in names:
+        return None
+    mixed = np.nonzero(rows[:, names.index("mix")] > 0)[0]  # (M,)
+    return mixed if len(mixed) else None
+
+
 def apply_rows(x: torch.Tensor, rows: np.ndarray, names: tuple[str, ...],
                partner_x: torch.Tensor | None = None) -> torch.Tensor:
     """Pixels of the views ``rows`` (B, P) of ``x`` (B, C, H, W): the view's transform applied to the sample
     and to its partner alike (``partner_x`` (B, C, H, W), only read on mixed rows), then the two mixed."""
     params = _params(rows, names)
     out = apply_params(x, params)
-    if "mix" not in names:
-        return out
-    mixed = rows[:, names.index("mix")] > 0  # (B,)
-    if not mixed.any():
+    mixed = mixed_rows(rows, names)
+    if mixed is None:
         return out
     assert partner_x is not None, "mixed rows need their partners' images"
-    sel = torch.from_numpy(np.nonzero(mixed)[0])
+    sel = torch.from_numpy(mixed)
     moved = apply_params(partner_x[sel], {k: v[sel] for k, v in params.items()})  # (M, C, H, W)
     out[sel] = mix_pixels(out[sel], moved, rows[mixed], names)
     return out
@@ -234,14 +240,12 @@ def apply_rows(x: torch.Tensor, rows: np.ndarray, names: tuple[str, ...],
 def partner_images(x: torch.Tensor, rows: np.ndarray, names: tuple[str, ...],
                    partners: Partners | None) -> torch.Tensor | None:
     """(B, C, H, W) partner images of the mixed rows (zeros elsewhere), or None when no row is mixed."""
-    if "mix" not in names:
-        return None
-    mixed = rows[:, names.index("mix")] > 0  # (B,)
-    if not mixed.any():
+    mixed = mixed_rows(rows, names)
+    if mixed is None:
         return None
     assert partners is not None, "mixed views need the split's partners"
     out = torch.zeros_like(x)
-    out[torch.from_numpy(np.nonzero(mixed)[0])] = partners.images(rows[mixed, names.index("partner")].astype(np.int64))
+    out[torch.from_numpy(mixed)] = partners.images(rows[mixed, names.index("partner")].astype(np.int64))
     return out
 
 

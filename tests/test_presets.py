@@ -44,18 +44,24 @@ def test_explicit_options_beat_the_preset():
     assert distill_config(student_namespace(a), "x.zarr").model.arch == "cnn"
 
 
-@pytest.fixture
-def image_folder(tmp_path):
+def _folder(root, *, seed: int, colours, per_class: int, size: tuple[int, int], suffix: str, **save) -> str:
+    """Two noisy single-colour classes of ``per_class`` images each, ``size`` (H, W), under ``root``."""
     from PIL import Image
 
-    rng = np.random.default_rng(0)
-    for k, colour in enumerate(((200, 30, 30), (30, 30, 200))):
-        d = tmp_path / "imgs" / f"class{k}"
+    rng = np.random.default_rng(seed)
+    for k, colour in enumerate(colours):
+        d = root / f"class{k}"
         d.mkdir(parents=True)
-        for i in range(16):
-            img = np.clip(rng.normal(colour, 40, size=(32, 32, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(img).save(d / f"{i}.png")
-    return str(tmp_path / "imgs")
+        for i in range(per_class):
+            img = np.clip(rng.normal(colour, 40, size=(*size, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(d / f"{i}{suffix}", **save)
+    return str(root)
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    return _folder(tmp_path / "imgs", seed=0, colours=((200, 30, 30), (30, 30, 200)), per_class=16, size=(32, 32),
+                   suffix=".png")
 
 
 @pytest.mark.slow
@@ -76,16 +82,8 @@ def test_preset_architectures_run_end_to_end(image_folder, tmp_path):
 
 @pytest.fixture
 def photo_folder(tmp_path):
-    from PIL import Image
-
-    rng = np.random.default_rng(1)
-    for k, colour in enumerate(((200, 40, 40), (40, 40, 200))):
-        d = tmp_path / "photos" / f"class{k}"
-        d.mkdir(parents=True)
-        for i in range(10):
-            img = np.clip(rng.normal(colour, 40, size=(72, 80, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(img).save(d / f"{i}.jpg", quality=90)
-    return str(tmp_path / "photos")
+    return _folder(tmp_path / "photos", seed=1, colours=((200, 40, 40), (40, 40, 200)), per_class=10, size=(72, 80),
+                   suffix=".jpg", quality=90)
 
 
 def test_imagefolder_preset_sets_the_recipe():
