@@ -171,6 +171,21 @@ class StackedStudents:
             self.optimizer.step(self.grad, lr=lr, live=self.live)
         return losses.detach()
 
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Every student's eval-mode logits on batch ``x`` (B, C, H, W): (S, B, K), one vectorised forward.
+
+        BatchNorm reads each student's own running statistics, as the student's module does in eval mode.
+        """
+        def logits(params: dict, buffers: dict) -> torch.Tensor:
+            return functional_call(self.base, (params, buffers), (x,))  # (B, K)
+
+        self.base.eval()
+        try:
+            return vmap(logits)(self.params, self.buffers)
+        finally:
+            self.base.train()
+
     def keep(self, rows: list[int]) -> None:
         """Continue with the students in ``rows`` only (the others stopped or failed)."""
         if rows == list(range(self.size)):

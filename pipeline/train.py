@@ -264,16 +264,40 @@ def train_one_epoch_stacked(*, stack: StackedStudents, trainees: list[Trainee], 
     return means
 
 
-def validate_and_select(t: Trainee, *, val: Split, device: torch.device, epoch: int, train_loss: float,
-                        select: str) -> float:
-    """Score ``t`` on val, record the epoch in its history, keep its checkpoint if selected; return val accuracy."""
-    metrics = evaluate(t.model, val, device)
+def predict_group(models: list[nn.Module], split: Split, device: torch.device, *,
+                  stack: StackedStudents | None = None, rows: list[int] | None = None,
+                  batch_size: int = 512) -> list[torch.Tensor]:
+    """Each model's raw logits (N, C) on ``split``, float32 on the CPU, with the split read once for all.
+
+    With ``stack``, ``models[i]`` is its row ``rows[i]`` and every row scores in one vectorised
+    forward per batch (:meth:`StackedStudents.predict`), from the stacked weights themselves.
+    """
+    if stack is None:
+        models = [prepare(m, device, fast=False) for m in models]
+    pin = device.type == "cuda"
+    outs: list[list[torch.Tensor]] = [[] for _ in models]
+    for xb, _ in ordered_batches(split, row_batches(np.arange(len(split)), batch_size), pin_memory=pin):
+        if pin and not xb.is_pinned():
+            xb = xb.pin_memory()
+        x = to_input(xb, device, fast=False)  # (b, C, H, W)
+        with torch.no_grad():
+            if stack is not None:
+                logits = stack.predict(x)[rows].float().cpu().unbind(0)  # S x (b, K), one copy to the host
+            else:
+                logits = [m(x).float().cpu() for m in models]
+        for out, lg in zip(outs, logits):
+            out.append(lg)
+    return [torch.cat(out) if out else torch.empty(0) for out in outs]
+
+
+def record_epoch(t: Trainee, *, metrics: dict, epoch: int, train_loss: float, select: str) -> bool:
+    """Record the epoch's val scores in ``t``'s history; True if this epoch's checkpoint is the one to keep."""
     t.history.append({"epoch": epoch, "train_loss": train_loss, "val_acc": metrics["acc"],
                       "val_nll": metrics["nll"]})
     if select == "last" or metrics["acc"] > t.best_acc:
         t.best_acc, t.best_epoch = metrics["acc"], epoch
-        t.best_state = copy.deepcopy(t.model.state_dict())
-    return metrics["acc"]
+        return True
+    return False
 
 
 def early_stop(t: Trainee, *, epoch: int, val_acc: float, patience: int | None) -> None:
@@ -295,8 +319,10 @@ def run_epochs(trainees: list[Trainee], *, loader: SoftTargetLoader, val: Split,
 
     Augmentation is drawn once per batch for the whole group, from a generator
     seeded by ``seed``. With ``stack`` (row i is ``trainees[i]``) the group trains
-    as one batched model, and after each epoch every active student is copied
-    into its own module to be validated and selected as in the per-student loop.
+    as one batched model. After each epoch the group is validated on one read of
+    val (a stack in one vectorised forward) and each student's checkpoint is
+    selected on its own; a stack copies a student's row into its module only when
+    that epoch is selected.
     """
     augmenter = Augmenter(augment)
     generator = torch.Generator().manual_seed(seed)
@@ -315,15 +341,17 @@ def run_epochs(trainees: list[Trainee], *, loader: SoftTargetLoader, val: Split,
             losses = train_one_epoch_stacked(stack=stack, trainees=active, loader=loader, epoch=epoch,
                                              augmenter=augmenter, generator=generator, device=device,
                                              teacher=teacher)
-            for row, t in enumerate(active):
-                if t.failed is None:
+        # Validation reads val once for the whole group; a stack scores all its rows in one forward.
+        scored = [(row, t) for row, t in enumerate(active) if t.failed is None]
+        logits = predict_group([t.model for _, t in scored], val, device, stack=stack,
+                               rows=[row for row, _ in scored])
+        for (row, t), lg in zip(scored, logits):
+            metrics = _metrics(lg, val.y, None)
+            if record_epoch(t, metrics=metrics, epoch=epoch, train_loss=losses[t.name], select=optim.select):
+                if stack is not None:
                     stack.write_back(row, t.model)
-        for t in active:
-            if t.failed is not None:
-                continue
-            acc = validate_and_select(t, val=val, device=device, epoch=epoch, train_loss=losses[t.name],
-                                      select=optim.select)
-            early_stop(t, epoch=epoch, val_acc=acc, patience=optim.patience)
+                t.best_state = copy.deepcopy(t.model.state_dict())
+            early_stop(t, epoch=epoch, val_acc=metrics["acc"], patience=optim.patience)
         if progress is not None:
             best = max((t.best_acc for t in trainees if t.failed is None), default=math.nan)
             progress(label, epoch + 1, optim.epochs, {"best_val_acc": best, "active": len(active)})

@@ -250,3 +250,31 @@ def test_lr_table_follows_each_students_schedule():
     assert table.shape == (13, 2) and table.dtype == torch.float64
     assert table[:, 0].tolist() == pytest.approx([0.2, 0.4, 0.6, 0.8] + [1.0] * 9)
     assert table[:, 1].tolist() == pytest.approx([0.1, 0.2, 0.3, 0.4] + [0.5] * 9)
+
+
+def test_a_stack_scores_each_student_as_its_own_module_does(ds, train):
+    """Validation of a stack: one vectorised eval-mode forward gives every student's module's logits.
+
+    BatchNorm must read each student's own running statistics (trained apart here, so they differ).
+    """
+    from pipeline.batched import StackedStudents
+    from pipeline.train import build_seeded, predict, predict_group
+
+    specs = [StudentSpec(loss="hard", temperature=1.0, alpha=0.0, beta=None, seed=s) for s in range(3)]
+    optim = OptimConfig(name="sgd", lr=0.05, momentum=0.9, batch_size=16, epochs=1)
+    cnn = ModelConfig(arch="cnn", width=4)
+    models = [build_seeded(cnn, ds.input_shape, ds.num_classes, seed=s.seed) for s in specs]
+    stack = StackedStudents(models, specs=specs, optim=optim, lrs=lr_table([optim] * 3, 5), device=CPU,
+                            input_shape=ds.input_shape, num_classes=ds.num_classes)
+    x = train.x[:64]  # (64, 1, 8, 8)
+    for step in range(5):
+        stack.step(x[step * 8:(step + 1) * 8], None, train.y[step * 8:(step + 1) * 8])
+    val = ds.splits["val"]
+    scored = predict_group(models, val, CPU, stack=stack, rows=[2, 0])  # any subset of rows, in any order
+    for row, got in zip([2, 0], scored):
+        stack.write_back(row, models[row])
+        want = torch.cat(list(predict(models[row], val, CPU)))  # (N, C)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(scored[0], scored[1])  # the rows really are different students
+    # The stack keeps training mode: batch statistics, not running ones, in its next step.
+    assert stack.base.training

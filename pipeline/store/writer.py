@@ -19,6 +19,7 @@ discards its own staging copy.
 """
 from __future__ import annotations
 
+
 import dataclasses
 import hashlib
 import json
@@ -147,7 +148,10 @@ class StoreWriter:
             resumable = self._resumable(store, meta)
             self.resumed = resumable is not None
             # A resumed store keeps its own attributes (its created_at above all).
-            self.group, self.meta = resumable or (self._create(store, meta, splits), meta)
+            if resumable is not None:
+                self.group, self.meta, self._handles = resumable
+            else:
+                self.group, self.meta = self._create(store, meta, splits), meta
         except BaseException:
             held.release()
             raise
@@ -167,13 +171,13 @@ class StoreWriter:
         held = require_lease(path, storage_options)
         group = _open(held.writing, mode="r+", storage_options=storage_options)
         meta = StoreMeta.from_attrs(dict(group.attrs))
-        check_arrays(group, meta)
+        handles = check_arrays(group, meta)
         if meta.complete:
             raise StoreError("complete", f"{held.writing!r} is complete", IMMUTABLE)
         self = cls.__new__(cls)
         self.final, self.path, self.storage_options = path, held.writing, storage_options
         self.encoding, self.group, self.meta, self.resumed, self.reused = meta.encoding, group, meta, True, False
-        self._lease, self._token, self._digests = None, held.token, {}
+        self._lease, self._token, self._digests, self._handles = None, held.token, {}, handles
         self.num_classes, self.views = meta.dataset.num_classes, meta.views.count
         self.layouts = {s: SplitLayout(l.rows, self.num_classes, l.chunk_rows, l.shard_rows)
                         for s, l in meta.layout.items()}
@@ -191,7 +195,7 @@ class StoreWriter:
         self._thread.start()
 
     def _resumable(self, store, meta: StoreMeta):
-        """The unfinished copy at ``self.path`` and its metadata, if it holds the same content; else None.
+        """The unfinished copy at ``self.path`` (group, metadata, array handles) if it holds the same content, else None.
 
         A local copy that cannot be resumed (a creation cut off halfway) is moved aside, never deleted; on an
         object store it is refused.
@@ -204,9 +208,9 @@ class StoreWriter:
         try:
             group = zarr.open_group(store, mode="r+", zarr_format=3)
             there = StoreMeta.from_attrs(dict(group.attrs))
-            check_arrays(group, there)
+            handles = check_arrays(group, there)
             if identity(there) == identity(meta):
-                return group, there
+                return group, there, handles
         except StoreError:
             pass
         except Exception:  # noqa: BLE001 unreadable zarr metadata: treated like any other unusable copy
@@ -229,11 +233,13 @@ class StoreWriter:
         # lz4, not zstd: on float16 logits zstd saved ~8% of the bytes but decoded ~3x slower, and
         # stage 2 decodes every logit every epoch. Byte shuffle groups the exponent bytes together.
         compressors = (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"), Crc32cCodec())
+        self._handles = {}  # (split, name) -> array, kept: reopening one reads its metadata again
         for split, (labels, ids) in splits.items():
             g = group.create_group(split)
             for spec in expected_arrays(meta, split):
                 arr = g.create_array(spec.name, shape=spec.shape, dtype=spec.dtype, chunks=spec.chunks,
                                      shards=spec.shards, compressors=compressors, fill_value=spec.fill)
+                self._handles[(split, spec.name)] = arr
                 if spec.name in ("labels", "ids"):
                     arr[:] = np.asarray(labels if spec.name == "labels" else ids, dtype=np.int64)
         return group
@@ -242,7 +248,7 @@ class StoreWriter:
         """Shards of ``split`` not yet recorded as written (all of them for a new store, none for a reused one)."""
         if self.reused or self.meta.complete or not self.layouts[split].num_shards:
             return []
-        return np.nonzero(self.group[split]["written"][:] == 0)[0].tolist()
+        return np.nonzero(self._handles[(split, "written")][:] == 0)[0].tolist()
 
     def _drain(self) -> None:
         while True:
@@ -254,11 +260,10 @@ class StoreWriter:
             split, shard, arrays = item
             try:
                 start, stop = self.layouts[split].shard_range(shard)
-                g = self.group[split]
                 for name, values in arrays.items():
-                    g[name][start:stop] = values
+                    self._handles[(split, name)][start:stop] = values
                     self._digests[(split, name, shard)] = digest(values)  # what a reader will decode
-                g["written"][shard] = 1  # only after the whole shard is on storage
+                self._handles[(split, "written")][shard] = 1  # only after the whole shard is on storage
             except BaseException as exc:  # surfaced to the producer by put()/finish()
                 self._error = exc
 
@@ -356,10 +361,9 @@ class StoreWriter:
         """
         arrays = {}
         for split in self.layouts:
-            g = self.group[split]
             lay = self.meta.layout[split]
             for spec in data_arrays(self.meta, split):
-                arr = g[spec.name]
+                arr = self._handles[(split, spec.name)]
                 arrays[f"{split}/{spec.name}"] = tuple(
                     self._digests.get((split, spec.name, i)) or digest(arr[a:b])
                     for i, (a, b) in enumerate(shard_ranges(lay.rows, lay.shard_rows, spec.per_shard)))
