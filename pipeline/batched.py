@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from pipeline import grouped
 from pipeline.batched_optim import StackedOptimizer, clip_per_student
 from pipeline.config import OptimConfig, StudentSpec
 from pipeline.losses import weighted_distillation_loss
@@ -51,6 +52,14 @@ CPU_MAX_FLOPS = 1e6  # forward FLOPs per sample of one student
 # gradient accumulation warns that such a layout may be slower, but accumulating into them in place
 # is what puts every gradient in one (S, N) tensor.
 warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
+
+
+def _loss_of_logits(out: torch.Tensor, soft: torch.Tensor | None, labels: torch.Tensor, weights: dict) -> torch.Tensor:
+    return weighted_distillation_loss(out, soft, labels, **weights)
+
+
+# (S, B, K) logits, shared soft targets and labels, (S,) weights -> (S,) losses.
+_LOSSES = vmap(_loss_of_logits, in_dims=(0, None, None, 0))
 
 
 class BatchingUnsupported(Exception):
@@ -96,8 +105,12 @@ class StackedStudents:
 
     def __init__(self, models: list[nn.Module], *, specs: list[StudentSpec], optim: OptimConfig,
                  lrs: torch.Tensor, device: torch.device, input_shape: tuple[int, int, int],
-                 num_classes: int) -> None:
-        """``lrs`` is the (steps + 1, S) float64 learning-rate table (see batched_optim.lr_table)."""
+                 num_classes: int, use_grouped: bool = True) -> None:
+        """``lrs`` is the (steps + 1, S) float64 learning-rate table (see batched_optim.lr_table).
+
+        A plain sequential model runs in :mod:`pipeline.grouped`'s native grouped form (unless
+        ``use_grouped`` is False), any other under ``vmap``; :attr:`engine` says which, and why.
+        """
         if len({type(m) for m in models}) != 1 or len({tuple(m.state_dict()) for m in models}) != 1:
             raise BatchingUnsupported("the models differ in architecture")
         self.base = copy.deepcopy(models[0]).to("meta").train()  # the structure only; weights come per call
@@ -118,7 +131,13 @@ class StackedStudents:
         self.weights = loss_weights(specs, device)
         self.live = torch.ones(len(models), 1, dtype=torch.bool, device=device)  # (S, 1)
         self._views()
-        self.loss = vmap(self._student_loss, in_dims=(0, 0, None, None, None, 0), randomness="different")
+        why_not = grouped.why_not_grouped(models[0]) if use_grouped else "grouped layers are off"
+        self.grouped = why_not is None
+        self.engine = "grouped layers" if self.grouped else f"vmap ({why_not})"
+        if self.grouped:
+            self.loss = self._grouped_loss
+        else:
+            self.loss = vmap(self._student_loss, in_dims=(0, 0, None, None, None, 0), randomness="different")
         self._probe(device, input_shape, num_classes)
 
     @property
@@ -144,6 +163,12 @@ class StackedStudents:
         """One student's loss on the shared batch (vmap adds the student axis)."""
         out = functional_call(self.base, (params, buffers), (x,))  # (B, C)
         return weighted_distillation_loss(out, soft, labels, **weights)
+
+    def _grouped_loss(self, params: dict, buffers: dict, x: torch.Tensor, soft: torch.Tensor | None,
+                      labels: torch.Tensor, weights: dict) -> torch.Tensor:
+        """Every student's loss on the shared batch, (S,): one grouped forward, the losses vectorised."""
+        out = grouped.forward(self.base, params, buffers, x, students=self.size, training=True)  # (S, B, K)
+        return _LOSSES(out, soft, labels, weights)
 
     def _probe(self, device: torch.device, input_shape: tuple[int, int, int], num_classes: int) -> None:
         """One forward and backward on two samples, on copies of the buffers: does the model vectorise?"""
@@ -185,6 +210,8 @@ class StackedStudents:
         def logits(params: dict, buffers: dict) -> torch.Tensor:
             return functional_call(self.base, (params, buffers), (x,))  # (B, K)
 
+        if self.grouped:
+            return grouped.forward(self.base, self.params, self.buffers, x, students=self.size, training=False)
         self.base.eval()
         try:
             return vmap(logits)(self.params, self.buffers)

@@ -418,7 +418,7 @@ def fit_group(specs: list[StudentSpec], *, model_cfg: ModelConfig, optim: OptimC
             stack = StackedStudents([t.model for t in trainees], specs=specs, optim=optim,
                                     lrs=lr_table(configs, len(loader)), device=device, input_shape=input_shape,
                                     num_classes=num_classes)
-            why = f"one stacked {model_cfg.arch} of {len(specs)} students"
+            why = f"one stacked {model_cfg.arch} of {len(specs)} students, {stack.engine}"
         except BatchingUnsupported as e:
             why = f"{model_cfg.arch} does not batch ({e})"
     log.info("%s: %s: %s", label, "batched" if stack is not None else "per-student loop", why)

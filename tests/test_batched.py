@@ -252,7 +252,8 @@ def test_lr_table_follows_each_students_schedule():
     assert table[:, 1].tolist() == pytest.approx([0.1, 0.2, 0.3, 0.4] + [0.5] * 9)
 
 
-def test_a_stack_scores_each_student_as_its_own_module_does(ds, train):
+@pytest.mark.parametrize("use_grouped", [True, False], ids=["grouped", "vmap"])
+def test_a_stack_scores_each_student_as_its_own_module_does(ds, train, use_grouped):
     """Validation of a stack: one vectorised eval-mode forward gives every student's module's logits.
 
     BatchNorm must read each student's own running statistics (trained apart here, so they differ).
@@ -265,7 +266,8 @@ def test_a_stack_scores_each_student_as_its_own_module_does(ds, train):
     cnn = ModelConfig(arch="cnn", width=4)
     models = [build_seeded(cnn, ds.input_shape, ds.num_classes, seed=s.seed) for s in specs]
     stack = StackedStudents(models, specs=specs, optim=optim, lrs=lr_table([optim] * 3, 5), device=CPU,
-                            input_shape=ds.input_shape, num_classes=ds.num_classes)
+                            input_shape=ds.input_shape, num_classes=ds.num_classes, use_grouped=use_grouped)
+    assert stack.grouped == use_grouped
     x = train.x[:64]  # (64, 1, 8, 8)
     for step in range(5):
         stack.step(x[step * 8:(step + 1) * 8], None, train.y[step * 8:(step + 1) * 8])
@@ -278,3 +280,44 @@ def test_a_stack_scores_each_student_as_its_own_module_does(ds, train):
     assert not torch.allclose(scored[0], scored[1])  # the rows really are different students
     # The stack keeps training mode: batch statistics, not running ones, in its next step.
     assert stack.base.training
+
+
+def test_plain_sequential_students_take_the_grouped_form_and_others_vmap(ds):
+    from pipeline.grouped import why_not_grouped
+    from pipeline.train import build_seeded
+
+    for arch in ("mlp", "cnn"):
+        assert why_not_grouped(build_seeded(ModelConfig(arch=arch, width=4), ds.input_shape, 10, seed=0)) is None
+    tv = build_seeded(ModelConfig(arch="squeezenet1_1"), ds.input_shape, 10, seed=0)
+    assert "not a plain nn.Sequential" in why_not_grouped(tv)
+    assert "layer 1: LayerNorm" in why_not_grouped(nn.Sequential(nn.Flatten(), nn.LayerNorm(64)))
+    no_stats = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4, track_running_stats=False))
+    assert "running statistics" in why_not_grouped(no_stats)
+
+
+@pytest.mark.parametrize("arch", [ModelConfig(arch="mlp", width=16), ModelConfig(arch="cnn", width=4)],
+                         ids=["mlp", "cnn"])
+def test_the_grouped_form_and_vmap_train_the_same_stack(ds, train, arch):
+    """The two engines of a stack compute the same students: step losses, weights and running statistics."""
+    from pipeline.batched import StackedStudents
+    from pipeline.train import build_seeded
+
+    specs = grid()
+    optim = dataclasses.replace(OPTIMIZERS["adam"], batch_size=16, epochs=1, clip_grad_norm=0.5)
+
+    def stack(use_grouped: bool) -> StackedStudents:
+        models = [build_seeded(arch, ds.input_shape, ds.num_classes, seed=s.seed) for s in specs]
+        return StackedStudents(models, specs=specs, optim=optim, lrs=lr_table([optim] * 4, 20), device=CPU,
+                               input_shape=ds.input_shape, num_classes=ds.num_classes, use_grouped=use_grouped)
+
+    grouped, vmapped = stack(True), stack(False)
+    assert grouped.engine == "grouped layers" and vmapped.engine.startswith("vmap")
+    soft = torch.randn(len(train), ds.num_classes, generator=torch.Generator().manual_seed(0)) * 3  # (N, C)
+    for step in range(20):
+        rows = slice(step * 16, (step + 1) * 16)
+        a = grouped.step(train.x[rows], soft[rows], train.y[rows])
+        b = vmapped.step(train.x[rows], soft[rows], train.y[rows])
+        torch.testing.assert_close(a, b, rtol=RTOL, atol=0)
+    torch.testing.assert_close(grouped.optimizer.params, vmapped.optimizer.params, rtol=1e-4, atol=1e-6)
+    for name, buf in grouped.buffers.items():
+        torch.testing.assert_close(buf, vmapped.buffers[name], rtol=1e-4, atol=1e-6, msg=name)
