@@ -264,30 +264,38 @@ def train_one_epoch_stacked(*, stack: StackedStudents, trainees: list[Trainee], 
     return means
 
 
-def predict_group(models: list[nn.Module], split: Split, device: torch.device, *,
-                  stack: StackedStudents | None = None, rows: list[int] | None = None,
-                  batch_size: int = 512) -> list[torch.Tensor]:
-    """Each model's raw logits (N, C) on ``split``, float32 on the CPU, with the split read once for all.
+def validate_group(models: list[nn.Module], split: Split, device: torch.device, *,
+                   stack: StackedStudents | None = None, rows: list[int] | None = None,
+                   batch_size: int = 512) -> list[dict]:
+    """Each model's accuracy and NLL on ``split`` (as :func:`evaluate` computes them), the split read once for all.
 
-    With ``stack``, ``models[i]`` is its row ``rows[i]`` and every row scores in one vectorised
-    forward per batch (:meth:`StackedStudents.predict`), from the stacked weights themselves.
+    With ``stack``, ``models[i]`` is its row ``rows[i]`` and every row scores in one vectorised forward per
+    batch (:meth:`StackedStudents.predict`), from the stacked weights themselves. Only each sample's
+    prediction and NLL are kept, not its logits: S students on a 1000-class val stay small.
     """
     if stack is None:
         models = [prepare(m, device, fast=False) for m in models]
     pin = device.type == "cuda"
-    outs: list[list[torch.Tensor]] = [[] for _ in models]
-    for xb, _ in ordered_batches(split, row_batches(np.arange(len(split)), batch_size), pin_memory=pin):
+    preds: list[list[torch.Tensor]] = [[] for _ in models]
+    nlls: list[list[torch.Tensor]] = [[] for _ in models]
+    batches = row_batches(np.arange(len(split)), batch_size)
+    for rows_b, (xb, _) in zip(batches, ordered_batches(split, batches, pin_memory=pin), strict=True):
         if pin and not xb.is_pinned():
             xb = xb.pin_memory()
-        x = to_input(xb, device, fast=False)  # (b, C, H, W)
+        x, y = to_input(xb, device, fast=False), split.y[rows_b].to(device)  # (b, C, H, W), (b,)
         with torch.no_grad():
             if stack is not None:
-                logits = stack.predict(x)[rows].float().cpu().unbind(0)  # S x (b, K), one copy to the host
+                logits = stack.predict(x)[rows].float()  # (S, b, K)
             else:
-                logits = [m(x).float().cpu() for m in models]
-        for out, lg in zip(outs, logits):
-            out.append(lg)
-    return [torch.cat(out) if out else torch.empty(0) for out in outs]
+                logits = torch.stack([m(x).float() for m in models])  # (S, b, K)
+            nll = F.cross_entropy(logits.transpose(1, 2), y.expand(len(logits), -1), reduction="none")  # (S, b)
+            pred = logits.argmax(2)  # (S, b)
+        pred, nll = pred.cpu(), nll.cpu()  # one copy to the host per batch for the whole group
+        for i in range(len(models)):
+            preds[i].append(pred[i])
+            nlls[i].append(nll[i])
+    return [{"acc": float((torch.cat(p) == split.y).float().mean()), "nll": float(torch.cat(n).mean())}
+            for p, n in zip(preds, nlls)]
 
 
 def record_epoch(t: Trainee, *, metrics: dict, epoch: int, train_loss: float, select: str) -> bool:
@@ -343,10 +351,9 @@ def run_epochs(trainees: list[Trainee], *, loader: SoftTargetLoader, val: Split,
                                              teacher=teacher)
         # Validation reads val once for the whole group; a stack scores all its rows in one forward.
         scored = [(row, t) for row, t in enumerate(active) if t.failed is None]
-        logits = predict_group([t.model for _, t in scored], val, device, stack=stack,
-                               rows=[row for row, _ in scored])
-        for (row, t), lg in zip(scored, logits):
-            metrics = _metrics(lg, val.y, None)
+        scores = validate_group([t.model for _, t in scored], val, device, stack=stack,
+                                rows=[row for row, _ in scored])
+        for (row, t), metrics in zip(scored, scores):
             if record_epoch(t, metrics=metrics, epoch=epoch, train_loss=losses[t.name], select=optim.select):
                 if stack is not None:
                     stack.write_back(row, t.model)

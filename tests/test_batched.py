@@ -259,7 +259,7 @@ def test_a_stack_scores_each_student_as_its_own_module_does(ds, train, use_group
     BatchNorm must read each student's own running statistics (trained apart here, so they differ).
     """
     from pipeline.batched import StackedStudents
-    from pipeline.train import build_seeded, predict, predict_group
+    from pipeline.train import build_seeded, predict, validate_group
 
     specs = [StudentSpec(loss="hard", temperature=1.0, alpha=0.0, beta=None, seed=s) for s in range(3)]
     optim = OptimConfig(name="sgd", lr=0.05, momentum=0.9, batch_size=16, epochs=1)
@@ -272,12 +272,15 @@ def test_a_stack_scores_each_student_as_its_own_module_does(ds, train, use_group
     for step in range(5):
         stack.step(x[step * 8:(step + 1) * 8], None, train.y[step * 8:(step + 1) * 8])
     val = ds.splits["val"]
-    scored = predict_group(models, val, CPU, stack=stack, rows=[2, 0])  # any subset of rows, in any order
-    for row, got in zip([2, 0], scored):
+    logits = stack.predict(val.x)  # (S, N, C)
+    scores = validate_group([models[2], models[0]], val, CPU, stack=stack, rows=[2, 0])  # any rows, any order
+    for row, got in zip([2, 0], scores):
         stack.write_back(row, models[row])
-        want = torch.cat(list(predict(models[row], val, CPU)))  # (N, C)
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    assert not torch.allclose(scored[0], scored[1])  # the rows really are different students
+        want = torch.cat(list(predict(models[row], val, CPU)))  # (N, C), the student's own module
+        torch.testing.assert_close(logits[row], want, rtol=1e-5, atol=1e-5)
+        plain = evaluate(models[row], val, CPU)
+        assert got["acc"] == plain["acc"] and got["nll"] == pytest.approx(plain["nll"], rel=1e-5)
+    assert not torch.allclose(logits[0], logits[2])  # the rows really are different students
     # The stack keeps training mode: batch statistics, not running ones, in its next step.
     assert stack.base.training
 
