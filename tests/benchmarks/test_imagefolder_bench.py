@@ -290,12 +290,14 @@ def test_stage2_epoch(setup):
     hard_t = trainee(s, StudentSpec(loss="hard", temperature=1.0, alpha=0.0, beta=None, seed=0), len(hard_loader))
     path, root = s.store.path, s.root
 
+    opened = SoftTargetStore(path)
+
     def read_logits() -> None:  # what stage 2 does once per run (cached) or per epoch (streamed)
-        got = SoftTargetStore(path).read_logits("train")
+        got = opened.read_logits("train")
         assert got.shape == (n, s.store.num_classes) and np.isfinite(got).all()
 
-    def startup_check() -> None:  # a new process: list the folder (paths, sizes), split it, compare with the store
-        check_compatible(s.store, load_dataset(s.stage2))
+    def startup_check() -> None:  # a new process: open the store, list the folder (paths, sizes), split, compare
+        check_compatible(SoftTargetStore(path), load_dataset(s.stage2))
 
     def native_listing() -> None:  # the same listing at native resolution also reads every image's header
         assert len(FolderSource(root, native_size=True)) == PROFILE.images
@@ -331,8 +333,9 @@ def test_stage2_epoch(setup):
                    "train_transform": list(TRAIN_TRANSFORM), "reps": len(times["kd_epoch"]),
                    "loader": "SoftTargetLoader, persistent spawned workers; KD: store logits cached (float16)",
                    "timed_epoch": "train_one_epoch of one student (no validation)",
-                   "read_logits": "open the store + read_logits('train')",
-                   "startup_check": "load_dataset (walk: paths, sizes; split; manifest) + check_compatible",
+                   "read_logits": "read_logits('train') from the store stage 2 opened at start-up",
+                   "startup_check": "open the store (metadata, every array's spec) + load_dataset (walk: paths, "
+                                    "sizes; split; manifest) + check_compatible",
                    "native_listing": "FolderSource(native_size=True): the walk plus every header"},
         "times_s": times, "process_cpu_s": cpu, "median_s": {k: B.med(v) for k, v in times.items()},
         "spread": {k: B.spread(v) for k, v in times.items()},
