@@ -208,11 +208,12 @@ class StackedStudents:
 
         BatchNorm reads each student's own running statistics, as the student's module does in eval mode.
         """
+        if self.grouped:
+            return grouped.forward(self.base, self.params, self.buffers, x, students=self.size, training=False)
+
         def logits(params: dict, buffers: dict) -> torch.Tensor:
             return functional_call(self.base, (params, buffers), (x,))  # (B, K)
 
-        if self.grouped:
-            return grouped.forward(self.base, self.params, self.buffers, x, students=self.size, training=False)
         self.base.eval()
         try:
             return vmap(logits)(self.params, self.buffers)

@@ -133,18 +133,23 @@ def predict(model: nn.Module, data: Split | torch.Tensor, device: torch.device, 
     mixed precision and channels_last on CUDA (:mod:`pipeline.precision`); logits leave as float32.
     """
     model = prepare(model, device, fast=fast)
-    pin = device.type == "cuda"
     if isinstance(data, Split):
         batches = (x for x, _ in ordered_batches(data, row_batches(np.arange(len(data)), batch_size),
-                                                 workers=workers, pin_memory=pin))
+                                                 workers=workers, pin_memory=device.type == "cuda"))
     else:
         batches = (data[s:s + batch_size] for s in range(0, data.shape[0], batch_size))
     for xb in batches:
-        if pin and not xb.is_pinned():
-            xb = xb.pin_memory()
+        x = _to_device(xb, device, fast=fast)
         with inference(device, fast=fast):
-            out = model(to_input(xb, device, fast=fast))
+            out = model(x)
         yield out.float().cpu()
+
+
+def _to_device(xb: torch.Tensor, device: torch.device, *, fast: bool) -> torch.Tensor:
+    """A CPU batch on ``device``: on CUDA pinned first (if the reader has not) and copied without blocking."""
+    if device.type == "cuda" and not xb.is_pinned():
+        xb = xb.pin_memory()
+    return to_input(xb, device, fast=fast)
 
 
 def evaluate(model: nn.Module, split: Split, device: torch.device, *, teacher_logits: torch.Tensor | None = None,
@@ -273,16 +278,16 @@ def validate_group(models: list[nn.Module], split: Split, device: torch.device, 
     batch (:meth:`StackedStudents.predict`), from the stacked weights themselves. Only each sample's
     prediction and NLL are kept, not its logits: S students on a 1000-class val stay small.
     """
+    if not models:
+        return []
     if stack is None:
         models = [prepare(m, device, fast=False) for m in models]
-    pin = device.type == "cuda"
     preds: list[list[torch.Tensor]] = [[] for _ in models]
     nlls: list[list[torch.Tensor]] = [[] for _ in models]
     batches = row_batches(np.arange(len(split)), batch_size)
-    for rows_b, (xb, _) in zip(batches, ordered_batches(split, batches, pin_memory=pin), strict=True):
-        if pin and not xb.is_pinned():
-            xb = xb.pin_memory()
-        x, y = to_input(xb, device, fast=False), split.y[rows_b].to(device)  # (b, C, H, W), (b,)
+    for rows_b, (xb, _) in zip(batches, ordered_batches(split, batches, pin_memory=device.type == "cuda"),
+                               strict=True):
+        x, y = _to_device(xb, device, fast=False), split.y[rows_b].to(device)  # (b, C, H, W), (b,)
         with torch.no_grad():
             if stack is not None:
                 logits = stack.predict(x)[rows].float()  # (S, b, K)

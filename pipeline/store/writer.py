@@ -19,7 +19,6 @@ discards its own staging copy.
 """
 from __future__ import annotations
 
-
 import dataclasses
 import hashlib
 import json
@@ -145,13 +144,10 @@ class StoreWriter:
         self._lease, self._token = held, held.token
         try:
             store = zarr_store(self.path, read_only=False, storage_options=storage_options)
-            resumable = self._resumable(store, meta)
-            self.resumed = resumable is not None
+            found = self._resumable(store, meta)
+            self.resumed = found is not None
             # A resumed store keeps its own attributes (its created_at above all).
-            if resumable is not None:
-                self.group, self.meta, self._handles = resumable
-            else:
-                self.group, self.meta = self._create(store, meta, splits), meta
+            self.group, self._handles, self.meta = found or (*self._create(store, meta, splits), meta)
         except BaseException:
             held.release()
             raise
@@ -195,7 +191,7 @@ class StoreWriter:
         self._thread.start()
 
     def _resumable(self, store, meta: StoreMeta):
-        """The unfinished copy at ``self.path`` (group, metadata, array handles) if it holds the same content, else None.
+        """The unfinished copy at ``self.path`` (group, array handles, metadata) if it holds the same content, else None.
 
         A local copy that cannot be resumed (a creation cut off halfway) is moved aside, never deleted; on an
         object store it is refused.
@@ -210,7 +206,7 @@ class StoreWriter:
             there = StoreMeta.from_attrs(dict(group.attrs))
             handles = check_arrays(group, there)
             if identity(there) == identity(meta):
-                return group, there, handles
+                return group, handles, there
         except StoreError:
             pass
         except Exception:  # noqa: BLE001 unreadable zarr metadata: treated like any other unusable copy
@@ -223,7 +219,8 @@ class StoreWriter:
         log.warning("moved an unfinished store that cannot be resumed aside: %s", aside)
         return None
 
-    def _create(self, store, meta: StoreMeta, splits: dict):
+    def _create(self, store, meta: StoreMeta, splits: dict) -> tuple:
+        """The new group and its array handles by (split, name), kept: reopening one reads its metadata again."""
         import zarr
         from zarr.codecs import BloscCodec, Crc32cCodec
 
@@ -233,16 +230,16 @@ class StoreWriter:
         # lz4, not zstd: on float16 logits zstd saved ~8% of the bytes but decoded ~3x slower, and
         # stage 2 decodes every logit every epoch. Byte shuffle groups the exponent bytes together.
         compressors = (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"), Crc32cCodec())
-        self._handles = {}  # (split, name) -> array, kept: reopening one reads its metadata again
+        handles = {}
         for split, (labels, ids) in splits.items():
             g = group.create_group(split)
             for spec in expected_arrays(meta, split):
                 arr = g.create_array(spec.name, shape=spec.shape, dtype=spec.dtype, chunks=spec.chunks,
                                      shards=spec.shards, compressors=compressors, fill_value=spec.fill)
-                self._handles[(split, spec.name)] = arr
+                handles[(split, spec.name)] = arr
                 if spec.name in ("labels", "ids"):
                     arr[:] = np.asarray(labels if spec.name == "labels" else ids, dtype=np.int64)
-        return group
+        return group, handles
 
     def pending(self, split: str) -> list[int]:
         """Shards of ``split`` not yet recorded as written (all of them for a new store, none for a reused one)."""
