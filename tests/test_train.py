@@ -191,3 +191,23 @@ def test_early_stopping_stops_one_student_and_the_group_carries_on(ds):
             break
     assert learner.stopped_epoch == stop
     assert len(accs) == (6 if stop is None else stop + 1) and len(accs) > len(stuck.history)
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["loop", "stack"])
+def test_a_group_reads_val_once_per_epoch(digits_store, ds, monkeypatch, batched):
+    """Validation is one read of val for the whole group, whether it trains as a loop or as a stack."""
+    from pipeline.data import Split
+
+    val = ds.splits["val"]
+    reads = []
+    real = Split.batch
+
+    def counted(self, rows, **kwargs):
+        if self is val:
+            reads.append(len(rows))
+        return real(self, rows, **kwargs)
+
+    monkeypatch.setattr(Split, "batch", counted)
+    results = _run(ds, SoftTargetStore(digits_store), [spec(t=1.0), spec(t=4.0), spec(t=8.0)], batched=batched)
+    assert all(r.failed is None for r in results)
+    assert sum(reads) == FAST.epochs * len(val)  # not once per student
