@@ -219,6 +219,29 @@ def test_a_complete_store_is_never_reopened_for_writing(tmp_path):
     np.testing.assert_array_equal(SoftTargetStore(path).read_logits("train"), logits)
 
 
+def test_finishing_writes_complete_and_the_manifest_in_one_write(tmp_path, monkeypatch):
+    """No zarr.json ever on storage says complete without its manifest: a run killed mid-write leaves
+    either an unfinished store (resumed) or a whole one, never a complete store with nothing to verify."""
+    from zarr.storage import LocalStore
+
+    path = str(tmp_path / "s.zarr")
+    w = StoreWriter(path, synthetic_provenance(C), _splits(100), encoding="float32")
+    _fill(w, _logits(100))
+    written = []
+    real = LocalStore.set
+
+    async def recording(self, key, value):
+        if key == "zarr.json":  # the group's own metadata, attributes included
+            written.append(json.loads(value.to_bytes())["attributes"])
+        return await real(self, key, value)
+
+    monkeypatch.setattr(LocalStore, "set", recording)
+    w.finish()
+    assert len(written) == 1, f"{len(written)} writes of the group's metadata"
+    assert written[0]["complete"] is True and written[0]["manifest"] and written[0]["completed_at"]
+    assert SoftTargetStore(path).verify() == {"train": 100}
+
+
 def test_version_2_stores_are_refused_with_a_rewrite_hint(store_copy):
     zarr.open_group(store_copy, mode="r+").attrs["format_version"] = 2
     with pytest.raises(StoreError) as e:

@@ -344,7 +344,9 @@ class StoreWriter:
                         raise StoreError("store", f"{split} shards {missing} were never written", "rerun the teacher")
                 self.meta = dataclasses.replace(self.meta, complete=True, completed_at=now_iso(),
                                                 manifest=self._manifest())
-                self.group.attrs.update(self.meta.to_attrs())  # `complete` is written last
+                # One write of the group's zarr.json: `complete`, the manifest and the scores land together.
+                # (attrs.update wrote the file once per key, 16 writes, and `complete` before the manifest.)
+                self.group = self.group.update_attributes(self.meta.to_attrs())
             self._publish()
         finally:
             self._release()
