@@ -125,7 +125,8 @@ class StackedStudents:
         self.clip = optim.clip_grad_norm
         with torch.no_grad():
             flat = torch.stack([torch.cat([p.detach().reshape(-1) for p in m.parameters()]) for m in models])
-            self.buffers = {n: torch.stack([dict(m.named_buffers())[n].detach() for m in models]).clone()
+            per_model = [dict(m.named_buffers()) for m in models]  # once each: mobilenet has 102 buffers
+            self.buffers = {n: torch.stack([b[n].detach() for b in per_model]).clone()
                             for n, _ in self.base.named_buffers()}
         self.optimizer = StackedOptimizer(flat.to(device), optim)
         self.lrs = lrs.to(device)

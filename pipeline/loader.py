@@ -16,7 +16,7 @@ With DataLoader workers, the workers read, decode and augment each batch's image
 this process, once, by a single reader, and joined to them by row: every worker
 gets a batch at a time, whatever the chunk size. Batches are pinned when CUDA is
 available, so :meth:`Batch.to` copies them without blocking. :func:`read_batches`
-reads splits in order the same way (evaluation and the teacher pass).
+reads splits in order the same way (evaluation and the teacher pass), a batch spread over the workers.
 """
 from __future__ import annotations
 
@@ -360,26 +360,50 @@ def row_batches(rows: np.ndarray, batch_size: int) -> list[np.ndarray]:
     return [rows[s:s + batch_size] for s in range(0, len(rows), batch_size)]
 
 
+PIECE_ROWS = 64  # images per worker task when read_batches spreads a batch over its workers
+
+
 def read_batches(splits: dict[str, Split], items: list[tuple[str, np.ndarray]], *, workers: int = 0,
-                 pin_memory: bool = False, digests: bool = False) -> Iterator[tuple[torch.Tensor, np.ndarray | None]]:
+                 device: torch.device | None = None, digests: bool = False,
+                 piece_rows: int = PIECE_ROWS) -> Iterator[tuple[torch.Tensor, np.ndarray | None]]:
     """The (split name, rows) batches ``items``, in order: (images (B, C, H, W), file digests (B, 32) or None).
 
     With ``workers`` > 0 they are read and decoded by that many DataLoader worker processes, which keep
     the order. Workers start (:func:`worker_context`) once per call, so a caller reads all it needs (every
-    split of a pass) in one call.
+    split of a pass) in one call. Each batch is read as pieces of at most ``piece_rows`` rows, spread over
+    the workers, and joined here: a worker reads a whole task, so with one task per batch (512 rows) a
+    pass of a few thousand images has barely more tasks than workers, and the workers that draw a second
+    one set the pace (a 4,000-image pass on 8 workers ran at 0.75 of a plain DataLoader on an H100 host).
+    Pieces also bound what the workers hold in flight (``prefetch_factor`` tasks each).
+
+    ``device``: where the batches are wanted. On CUDA the pieces are pinned and copied without blocking,
+    and a batch is joined on the device (no host-side copy of the whole batch); elsewhere on the CPU.
     """
+    device = device or torch.device("cpu")
     data = _RowBatches(splits, digests)
-    if not workers:
+    pin = device.type == "cuda"
+    if not workers:  # read in this process: nothing to balance
         for item in items:
             x, d = _checked(data[item])
-            yield (x.pin_memory() if pin_memory else x), d
+            yield _joined([x.pin_memory() if pin else x], device), d
         return
-    loader = torch.utils.data.DataLoader(data, sampler=items, batch_size=None, num_workers=workers,
-                                         multiprocessing_context=worker_context(), pin_memory=pin_memory,
+    pieces = [(name, piece) for name, rows in items for piece in row_batches(rows, piece_rows)]
+    loader = torch.utils.data.DataLoader(data, sampler=pieces, batch_size=None, num_workers=workers,
+                                         multiprocessing_context=worker_context(), pin_memory=pin,
                                          prefetch_factor=4)
-    for item in loader:
-        x, d = _checked(item)
-        yield x, None if d is None else np.asarray(d)
+    read = iter(loader)
+    for _, rows in items:
+        got = [_checked(next(read)) for _ in range(-(-len(rows) // piece_rows))]
+        xs = _joined([x for x, _ in got], device)
+        yield xs, None if got[0][1] is None else np.concatenate([np.asarray(d) for _, d in got])
+
+
+def _joined(pieces: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """One batch (B, C, H, W) on ``device`` from its pieces (b, C, H, W); CUDA copies are non-blocking."""
+    if device.type == "cpu":
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+    moved = [x.to(device, non_blocking=True) for x in pieces]
+    return moved[0] if len(moved) == 1 else torch.cat(moved)
 
 
 def ordered_batches(split: Split, batches: list[np.ndarray], **kwargs) -> Iterator[tuple[torch.Tensor,

@@ -235,9 +235,11 @@ def write_shards(p: TeacherPlan, model: nn.Module, writer: StoreWriter, work: di
     partners = {name: view_ops.Partners(s, name) if p.cfg.view_mix.ops else None for name, s in splits.items()}
     plan_ = [(name, shard, rows) for name, shards in work.items() for shard in shards
              for rows in row_batches(np.arange(*writer.layouts[name].shard_range(shard)), PASS_BATCH)]
-    # One reader for every split: DataLoader workers are started once for the whole pass.
+    # One reader for every split: DataLoader workers are started once for the whole pass. Extra views are
+    # drawn from the CPU pixels, as stage 2's workers replay them, so only a single view's batch is joined
+    # on the device.
     batches = read_batches(splits, [(name, rows) for name, _, rows in plan_], workers=p.cfg.workers,
-                           pin_memory=device.type == "cuda", digests=True)
+                           device=device if p.cfg.views == 1 else torch.device("cpu"), digests=True)
     parts: list[tuple[np.ndarray, np.ndarray | None]] = []
     bar = tqdm(total=sum(len(v) for v in work.values()), desc="teacher logits", unit="shard",
                disable=not progress_bar())

@@ -135,7 +135,7 @@ def predict(model: nn.Module, data: Split | torch.Tensor, device: torch.device, 
     model = prepare(model, device, fast=fast)
     if isinstance(data, Split):
         batches = (x for x, _ in ordered_batches(data, row_batches(np.arange(len(data)), batch_size),
-                                                 workers=workers, pin_memory=device.type == "cuda"))
+                                                 workers=workers, device=device))
     else:
         batches = (data[s:s + batch_size] for s in range(0, data.shape[0], batch_size))
     for xb in batches:
@@ -146,8 +146,9 @@ def predict(model: nn.Module, data: Split | torch.Tensor, device: torch.device, 
 
 
 def _to_device(xb: torch.Tensor, device: torch.device, *, fast: bool) -> torch.Tensor:
-    """A CPU batch on ``device``: on CUDA pinned first (if the reader has not) and copied without blocking."""
-    if device.type == "cuda" and not xb.is_pinned():
+    """A batch on ``device``: a CPU batch bound for CUDA is pinned first (if the reader has not) and copied
+    without blocking; one the reader joined on the device already is only given the input memory format."""
+    if device.type == "cuda" and xb.device.type == "cpu" and not xb.is_pinned():
         xb = xb.pin_memory()
     return to_input(xb, device, fast=fast)
 
@@ -165,8 +166,7 @@ def evaluate_splits(model: nn.Module, splits: dict[str, Split], device: torch.de
     model = prepare(model, device, fast=fast)
     items = [(name, rows) for name, s in splits.items() for rows in row_batches(np.arange(len(s)), batch_size)]
     outs: dict[str, list[torch.Tensor]] = {name: [] for name in splits}
-    for (name, _), (xb, _) in zip(items, read_batches(splits, items, workers=workers,
-                                                      pin_memory=device.type == "cuda"), strict=True):
+    for (name, _), (xb, _) in zip(items, read_batches(splits, items, workers=workers, device=device), strict=True):
         outs[name].extend(predict(model, xb, device, batch_size=batch_size, fast=fast))
     return {name: _metrics(torch.cat(outs[name]), s.y, None) for name, s in splits.items()}
 
@@ -285,7 +285,7 @@ def validate_group(models: list[nn.Module], split: Split, device: torch.device, 
     preds: list[list[torch.Tensor]] = [[] for _ in models]
     nlls: list[list[torch.Tensor]] = [[] for _ in models]
     batches = row_batches(np.arange(len(split)), batch_size)
-    for rows_b, (xb, _) in zip(batches, ordered_batches(split, batches, pin_memory=device.type == "cuda"),
+    for rows_b, (xb, _) in zip(batches, ordered_batches(split, batches, device=device),
                                strict=True):
         x, y = _to_device(xb, device, fast=False), split.y[rows_b].to(device)  # (b, C, H, W), (b,)
         with torch.no_grad():

@@ -1,12 +1,13 @@
 """The chunk-aware loader: alignment, coverage, reproducible two-level shuffle, streaming = caching."""
 from __future__ import annotations
 
+import os
 
 import numpy as np
 import pytest
 import torch
 
-from pipeline.data import load_dataset
+from pipeline.data import Split, load_dataset
 from pipeline.errors import StoreError
 from pipeline.loader import SoftTargetLoader
 from pipeline.store import SoftTargetStore
@@ -89,6 +90,37 @@ def test_dataloader_workers_cover_every_row_aligned(digits_store, train_split):
             assert torch.equal(b.rows, s.rows) and torch.equal(b.x, s.x)
         epochs.append(rows)
     assert not np.array_equal(epochs[0], epochs[1])
+
+
+class _LoggedSplit(Split):
+    """A real split that appends (reading process, rows read) to a log file at every read: what each
+    DataLoader worker was handed."""
+
+    def __init__(self, split: Split, log: str) -> None:
+        super().__init__(source=split.source, index=split.index, y=split.y, ids=split.ids, preprocess=split.preprocess)
+        self.log = log
+
+    def batch(self, rows, **kwargs):
+        with open(self.log, "a") as f:
+            f.write(f"{os.getpid()} {len(rows)}\n")
+        return super().batch(rows, **kwargs)
+
+
+def test_a_batch_is_spread_over_the_workers_in_pieces(train_split, tmp_path):
+    """Each batch is read as pieces of at most ``piece_rows`` rows by every worker, and joined back in order:
+    the same pixels as one whole read. (One task per batch left a worker with twice the others' work on a
+    pass of a few thousand images.)"""
+    from pipeline.loader import read_batches, row_batches
+
+    log = str(tmp_path / "reads.txt")
+    split = _LoggedSplit(train_split.head(300), log)
+    items = [("a", rows) for rows in row_batches(np.arange(len(split)), 128)]  # 128, 128, 44
+    got = list(read_batches({"a": split}, items, workers=2, piece_rows=32))
+    for (_, rows), (x, d) in zip(items, got, strict=True):
+        assert d is None and torch.equal(x, train_split.batch(rows))
+    reads = [tuple(map(int, line.split())) for line in open(log)]
+    assert sorted(n for _, n in reads) == [12] + [32] * 9  # 128 = 4 × 32, twice; 44 = 32 + 12
+    assert len({pid for pid, _ in reads}) == 2 and os.getpid() not in {pid for pid, _ in reads}
 
 
 @pytest.mark.slow

@@ -381,7 +381,7 @@ def test_batched_students_small_cnn(tmp):
 def test_batched_students_mobilenet(tmp):
     """mobilenet_v3_small (BatchNorm, depthwise convolutions, squeeze-excitation, dropout), same figures."""
     batched_case(tmp, case="batched_mobilenet_v3_small", model=ModelConfig(arch="mobilenet_v3_small"),
-                 n=256 if DEV.type == "cpu" else 512, budget_s=20,
+                 n=256 if DEV.type == "cpu" else BATCHED_TRAIN, budget_s=20,
                  training_only_sides=DEV.type != "cpu")  # on a CPU its rounds take a minute already
 
 

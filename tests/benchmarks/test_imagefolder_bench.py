@@ -232,6 +232,45 @@ def test_teacher_pass(setup, monkeypatch):
     }, begun)
 
 
+def test_worker_balance():
+    """The teacher pass's reader on 8 workers: batches spread over the workers as pieces, against one task per
+    batch (what it did before) and a plain DataLoader; reads that wait 1 ms per image, so that scheduling alone
+    is timed, on any machine. A 4,000-image pass (splits 2,800 / 600 / 600, batches of 512 that never cross a
+    split): 10 batches for 8 workers, so with one task per batch two workers read twice as much."""
+    from pipeline.loader import PIECE_ROWS, read_batches, row_batches
+    from waiting import WaitingSplit, waiting_split
+
+    begun = B.begin()
+    workers, batch = 8, teacher.PASS_BATCH
+    splits = {"train": waiting_split(2800), "val": waiting_split(600), "test": waiting_split(600)}
+    items = [(name, rows) for name, s in splits.items() for rows in row_batches(np.arange(len(s)), batch)]
+    n = sum(len(s) for s in splits.values())
+
+    def reader(piece_rows: int):
+        return lambda: sum(len(x) for x, _ in read_batches(splits, items, workers=workers, piece_rows=piece_rows))
+
+    def plain() -> int:  # one split read the way torchvision users do (batch 512, per-sample reads)
+        loader = torch.utils.data.DataLoader(waiting_split(n), batch_size=batch, num_workers=workers)
+        return sum(len(x) for x, _ in loader)
+
+    times = B.interleaved({"pieces": reader(PIECE_ROWS), "one_task_per_batch": reader(10 ** 9), "plain": plain},
+                          min_reps=5, max_reps=9, budget_s=30)
+    ideal = n * WaitingSplit.wait_s / workers
+    r_old = B.ratio(times["pieces"], times["one_task_per_batch"])
+    r_plain = B.ratio(times["pieces"], times["plain"])
+    B.record("imagefolder_worker_balance", [
+        B.figure(f"pieces of {PIECE_ROWS} rows / one task per batch", r_old, "reported", None,
+                 per_round=B.rounds(times["pieces"], times["one_task_per_batch"])),
+        B.figure(f"pieces of {PIECE_ROWS} rows / plain DataLoader (batch {batch})", r_plain, "reported", None,
+                 per_round=B.rounds(times["pieces"], times["plain"])),
+    ], {
+        "config": {"workers": workers, "batch": batch, "rows": n, "batches": len(items),
+                   "wait_per_image_s": WaitingSplit.wait_s, "ideal_s": ideal,
+                   "reps": len(times["pieces"])},
+        "times_s": times, "median_s": {k: B.med(v) for k, v in times.items()},
+    }, begun)
+
+
 # ---------------------------------------------------------------- b) stage 2: KD epoch, logits, start-up check
 
 
