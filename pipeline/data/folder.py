@@ -163,8 +163,9 @@ class FolderSource(Source):
 
     def hash_rows(self, h, idx: np.ndarray) -> None:
         h.update(self.sizes[idx].tobytes())
+        names, offsets = self._names, self._offsets.tolist()  # the paths' UTF-8 bytes, not decoded and re-encoded
         for s in range(0, len(idx), 4096):
-            h.update(b"\n".join(self.path(int(i)).encode() for i in idx[s:s + 4096]) + b"\n")
+            h.update(b"\n".join(names[offsets[i]:offsets[i + 1]] for i in idx[s:s + 4096].tolist()) + b"\n")
 
     def listing(self) -> list[tuple[str, int]]:
         return [(self.path(i), int(self.sizes[i])) for i in range(len(self))]
