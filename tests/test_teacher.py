@@ -46,6 +46,7 @@ def test_loading_a_checkpoint_reproduces_the_store(digits_store, tmp_path):
     assert p.checkpoint_sha256 == a.attrs["teacher"]["checkpoint_sha256"]
     b = SoftTargetStore(teacher.publish(p, teacher.load(p)))
     assert b.attrs["teacher"]["trained_here"] is False
+    assert b.attrs["teacher"]["checkpoint_sha256"] == sha256_file(ckpt)  # plan()'s hash, not computed twice
     assert torch.equal(torch.from_numpy(a.read_logits("train")), torch.from_numpy(b.read_logits("train")))
 
 
