@@ -232,6 +232,7 @@ def test_teacher_pass(setup, monkeypatch):
     }, begun)
 
 
+@pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")  # 8 waiting workers, on purpose
 def test_worker_balance():
     """The teacher pass's reader on 8 workers: batches spread over the workers as pieces, against one task per
     batch (what it did before) and a plain DataLoader; reads that wait 1 ms per image, so that scheduling alone
