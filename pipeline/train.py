@@ -271,8 +271,9 @@ def train_one_epoch_stacked(*, stack: StackedStudents, trainees: list[Trainee], 
 
 def validate_group(models: list[nn.Module], split: Split, device: torch.device, *,
                    stack: StackedStudents | None = None, rows: list[int] | None = None,
-                   batch_size: int = 512) -> list[dict]:
-    """Each model's accuracy and NLL on ``split`` (as :func:`evaluate` computes them), the split read once for all.
+                   batch_size: int = 512, workers: int = 0) -> list[dict]:
+    """Each model's accuracy and NLL on ``split`` (as :func:`evaluate` computes them), the split read once for all,
+    by ``workers`` DataLoader processes (0: in this process).
 
     With ``stack``, ``models[i]`` is its row ``rows[i]`` and every row scores in one vectorised forward per
     batch (:meth:`StackedStudents.predict`), from the stacked weights themselves. Only each sample's
@@ -285,7 +286,7 @@ def validate_group(models: list[nn.Module], split: Split, device: torch.device, 
     preds: list[list[torch.Tensor]] = [[] for _ in models]
     nlls: list[list[torch.Tensor]] = [[] for _ in models]
     batches = row_batches(np.arange(len(split)), batch_size)
-    for rows_b, (xb, _) in zip(batches, ordered_batches(split, batches, device=device),
+    for rows_b, (xb, _) in zip(batches, ordered_batches(split, batches, workers=workers, device=device),
                                strict=True):
         x, y = _to_device(xb, device, fast=False), split.y[rows_b].to(device)  # (b, C, H, W), (b,)
         with torch.no_grad():
@@ -354,10 +355,12 @@ def run_epochs(trainees: list[Trainee], *, loader: SoftTargetLoader, val: Split,
             losses = train_one_epoch_stacked(stack=stack, trainees=active, loader=loader, epoch=epoch,
                                              augmenter=augmenter, generator=generator, device=device,
                                              teacher=teacher)
-        # Validation reads val once for the whole group; a stack scores all its rows in one forward.
+        # Validation reads val once for the whole group, through the training loader's number of workers
+        # (in this process it would decode a 50,000-image val set on one core every epoch); a stack scores
+        # all its rows in one forward.
         scored = [(row, t) for row, t in enumerate(active) if t.failed is None]
         scores = validate_group([t.model for _, t in scored], val, device, stack=stack,
-                                rows=[row for row, _ in scored])
+                                rows=[row for row, _ in scored], workers=loader.workers)
         for (row, t), metrics in zip(scored, scores):
             if record_epoch(t, metrics=metrics, epoch=epoch, train_loss=losses[t.name], select=optim.select):
                 if stack is not None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 
 import pytest
 import torch
@@ -191,6 +192,27 @@ def test_early_stopping_stops_one_student_and_the_group_carries_on(ds):
             break
     assert learner.stopped_epoch == stop
     assert len(accs) == (6 if stop is None else stop + 1) and len(accs) > len(stuck.history)
+
+
+def test_validation_is_read_by_the_loaders_workers(digits_store, ds, tmp_path):
+    """With DataLoader workers, val is decoded in them too, not in this process, and scores the same."""
+    from tests.test_loader import _LoggedSplit
+
+    log = str(tmp_path / "reads.txt")
+    val = _LoggedSplit(ds.splits["val"], log)
+    store = SoftTargetStore(digits_store)
+
+    def run(workers: int):
+        loader = SoftTargetLoader(ds.splits["train"], FAST.batch_size, seed=0, store=store, workers=workers)
+        return fit_group([spec(t=4.0)], model_cfg=TINY, optim=FAST, augment=AugmentConfig(), loader=loader, val=val,
+                         input_shape=ds.input_shape, num_classes=ds.num_classes, device=CPU)
+
+    (with_workers,) = run(2)
+    reads = [tuple(map(int, line.split())) for line in open(log)]
+    assert sum(n for _, n in reads) == FAST.epochs * len(val)
+    assert os.getpid() not in {pid for pid, _ in reads}
+    (in_process,) = run(0)
+    assert [h["val_acc"] for h in with_workers.history] == [h["val_acc"] for h in in_process.history]
 
 
 @pytest.mark.parametrize("batched", [False, True], ids=["loop", "stack"])
