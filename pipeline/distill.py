@@ -32,7 +32,7 @@ from pipeline.loader import SoftTargetLoader, fits_cache
 from pipeline.metrics import expected_calibration_error
 from pipeline.models import count_parameters, measure_latency_ms, model_size_mb, resolve_device
 from pipeline.store import SoftTargetStore
-from pipeline.train import Progress, build_seeded, evaluate, fit_group
+from pipeline.train import Progress, build_seeded, evaluate_group, fit_group
 
 log = logging.getLogger(__name__)
 
@@ -411,12 +411,16 @@ def train_students(p: DistillPlan, specs: list[StudentSpec], *, progress: Progre
                         label=label, progress=progress, teacher=load_teacher(p.store) if online else None,
                         batched=BATCHED[cfg.batch])
     os.makedirs(os.path.join(run_dir, "students"), exist_ok=True)
+    trained = [r for r in results if r.model is not None]
+    scores = evaluate_group([r.model for r in trained], ds.splits["test"], device,  # test decoded once per group
+                            teacher_logits=p.teacher_test_logits, workers=cfg.workers)
+    test = {id(r): m for r, m in zip(trained, scores)}
     rows = []
     for r in results:
         if r.model is None:
             rows.append({**failed_row(cfg, r.spec, r.failed or "failed"), "seconds": r.seconds})
             continue
-        m = evaluate(r.model, ds.splits["test"], device, teacher_logits=p.teacher_test_logits)
+        m = test[id(r)]
         path = os.path.join(run_dir, "students", f"{r.spec.run_id}.pt")
         torch.save(r.model.state_dict(), path + ".tmp")
         os.replace(path + ".tmp", path)  # never a half-written checkpoint under the student's name

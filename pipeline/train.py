@@ -156,8 +156,26 @@ def _to_device(xb: torch.Tensor, device: torch.device, *, fast: bool) -> torch.T
 def evaluate(model: nn.Module, split: Split, device: torch.device, *, teacher_logits: torch.Tensor | None = None,
              workers: int = 0, fast: bool = False) -> dict:
     """Accuracy, NLL, ECE and (if teacher logits are given) top-1 agreement, all at T = 1, over a DataLoader."""
-    logits = torch.cat(list(predict(model, split, device, workers=workers, fast=fast)))  # (N, C)
-    return _metrics(logits, split.y, teacher_logits)
+    return evaluate_group([model], split, device, teacher_logits=teacher_logits, workers=workers, fast=fast)[0]
+
+
+def evaluate_group(models: list[nn.Module], split: Split, device: torch.device, *,
+                   teacher_logits: torch.Tensor | None = None, workers: int = 0, fast: bool = False,
+                   batch_size: int = 512) -> list[dict]:
+    """:func:`evaluate` of each of ``models`` on one read of ``split``: a group's test images are decoded once,
+    by ``workers`` DataLoader processes, not once per student. Each model's logits (N, C) stay on the host
+    until its metrics are computed, as for a single model."""
+    if not models:
+        return []
+    models = [prepare(m, device, fast=fast) for m in models]
+    outs: list[list[torch.Tensor]] = [[] for _ in models]
+    batches = row_batches(np.arange(len(split)), batch_size)
+    for xb, _ in ordered_batches(split, batches, workers=workers, device=device):
+        x = _to_device(xb, device, fast=fast)  # (b, C, H, W)
+        with inference(device, fast=fast):
+            for out, m in zip(outs, models):
+                out.append(m(x).float().cpu())  # (b, K)
+    return [_metrics(torch.cat(out), split.y, teacher_logits) for out in outs]
 
 
 def evaluate_splits(model: nn.Module, splits: dict[str, Split], device: torch.device, *, workers: int = 0,

@@ -215,6 +215,24 @@ def test_validation_is_read_by_the_loaders_workers(digits_store, ds, tmp_path):
     assert [h["val_acc"] for h in with_workers.history] == [h["val_acc"] for h in in_process.history]
 
 
+def test_a_group_is_evaluated_on_one_read_of_test(ds, tmp_path):
+    """A group's test scores decode the test images once (through the workers), and equal each model's own
+    :func:`evaluate`, teacher agreement included."""
+    from pipeline.train import evaluate_group
+    from tests.test_loader import _LoggedSplit
+
+    log = str(tmp_path / "reads.txt")
+    test = _LoggedSplit(ds.splits["test"], log)
+    models = [build_seeded(TINY, ds.input_shape, ds.num_classes, seed=s) for s in range(3)]
+    teacher_logits = torch.randn(len(test), ds.num_classes, generator=torch.Generator().manual_seed(0))
+    got = evaluate_group(models, test, CPU, teacher_logits=teacher_logits, workers=2)
+    reads = [tuple(map(int, line.split())) for line in open(log)]
+    assert sum(n for _, n in reads) == len(test) and os.getpid() not in {pid for pid, _ in reads}
+    assert got == [evaluate(m, ds.splits["test"], CPU, teacher_logits=teacher_logits) for m in models]
+    assert len({r["acc"] for r in got}) > 1 and all("agreement" in r for r in got)
+    assert evaluate_group([], test, CPU) == []
+
+
 @pytest.mark.parametrize("batched", [False, True], ids=["loop", "stack"])
 def test_a_group_reads_val_once_per_epoch(digits_store, ds, monkeypatch, batched):
     """Validation is one read of val for the whole group, whether it trains as a loop or as a stack."""
