@@ -238,7 +238,12 @@ class StoreWriter:
                                      shards=spec.shards, compressors=compressors, fill_value=spec.fill)
                 handles[(split, spec.name)] = arr
                 if spec.name in ("labels", "ids"):
-                    arr[:] = np.asarray(labels if spec.name == "labels" else ids, dtype=np.int64)
+                    values = np.asarray(labels if spec.name == "labels" else ids, dtype=np.int64)
+                    arr[:] = values
+                    # Hashed as written, like the logits shards: the manifest need not read them back.
+                    lay = meta.layout[split]
+                    for i, (a, b) in enumerate(shard_ranges(lay.rows, lay.shard_rows, spec.per_shard)):
+                        self._digests[(split, spec.name, i)] = digest(values[a:b])
         return group, handles
 
     def pending(self, split: str) -> list[int]:
