@@ -411,16 +411,15 @@ def train_students(p: DistillPlan, specs: list[StudentSpec], *, progress: Progre
                         label=label, progress=progress, teacher=load_teacher(p.store) if online else None,
                         batched=BATCHED[cfg.batch])
     os.makedirs(os.path.join(run_dir, "students"), exist_ok=True)
-    trained = [r for r in results if r.model is not None]
-    scores = evaluate_group([r.model for r in trained], ds.splits["test"], device,  # test decoded once per group
-                            teacher_logits=p.teacher_test_logits, workers=cfg.workers)
-    test = {id(r): m for r, m in zip(trained, scores)}
+    # The trained students' test scores, in order, from one read of test for the whole group.
+    scores = iter(evaluate_group([r.model for r in results if r.model is not None], ds.splits["test"], device,
+                                 teacher_logits=p.teacher_test_logits, workers=cfg.workers))
     rows = []
     for r in results:
         if r.model is None:
             rows.append({**failed_row(cfg, r.spec, r.failed or "failed"), "seconds": r.seconds})
             continue
-        m = test[id(r)]
+        m = next(scores)
         path = os.path.join(run_dir, "students", f"{r.spec.run_id}.pt")
         torch.save(r.model.state_dict(), path + ".tmp")
         os.replace(path + ".tmp", path)  # never a half-written checkpoint under the student's name

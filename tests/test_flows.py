@@ -69,6 +69,20 @@ def test_distill_flow_reports_a_failed_student_and_finishes(digits_store, tmp_pa
     assert status["baseline-lr0.01-s0"] == "ok" and status["kl-T2-a0.9-lr0.01-s0"] == "ok"
     assert status["baseline-lr1e+30-s0"] == "failed" and status["kl-T2-a0.9-lr1e+30-s0"] == "failed"
     assert "Failed runs" in open(tmp_path / "partial" / "report.md").read()
+    # Each trained student's test score is its own checkpoint's, whichever of its group failed.
+    import torch
+
+    from pipeline.data import load_dataset
+    from pipeline.models import build_model
+    from pipeline.train import evaluate
+
+    ds = load_dataset(SoftTargetStore(digits_store).meta.data_cfg())
+    students = [r for r in rows if r["status"] == "ok" and r["kind"] != "teacher"]
+    assert len(students) == 2
+    for r in students:
+        model = build_model(cfg.model, ds.input_shape, ds.num_classes)
+        model.load_state_dict(torch.load(tmp_path / "partial" / "students" / f"{r['run_id']}.pt", weights_only=True))
+        assert evaluate(model, ds.splits["test"], torch.device("cpu"))["acc"] == r["test_acc"], r["run_id"]
 
 
 def test_distill_flow_fails_only_when_every_student_fails(digits_store, tmp_path):
