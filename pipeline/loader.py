@@ -378,20 +378,31 @@ def read_batches(splits: dict[str, Split], items: list[tuple[str, np.ndarray]], 
 
     ``device``: where the batches are wanted. On CUDA the pieces are pinned and copied without blocking,
     and a batch is joined on the device (no host-side copy of the whole batch); elsewhere on the CPU.
+
+    The workers start when this is called, not at the first batch: the caller can do other work (the
+    teacher pass creates its store) while they start and read the first pieces.
     """
     device = device or torch.device("cpu")
     data = _RowBatches(splits, digests)
     pin = device.type == "cuda"
     if not workers:  # read in this process: nothing to balance
-        for item in items:
-            x, d = _checked(data[item])
-            yield _joined([x.pin_memory() if pin else x], device), d
-        return
+        return _read_here(data, items, pin, device)
     pieces = [(name, piece) for name, rows in items for piece in row_batches(rows, piece_rows)]
     loader = torch.utils.data.DataLoader(data, sampler=pieces, batch_size=None, num_workers=workers,
                                          multiprocessing_context=worker_context(), pin_memory=pin,
                                          prefetch_factor=4)
-    read = iter(loader)
+    return _join_pieces(iter(loader), items, piece_rows, device)  # the workers start reading now
+
+
+def _read_here(data: _RowBatches, items: list[tuple[str, np.ndarray]], pin: bool,
+               device: torch.device) -> Iterator[tuple[torch.Tensor, np.ndarray | None]]:
+    for item in items:
+        x, d = _checked(data[item])
+        yield _joined([x.pin_memory() if pin else x], device), d
+
+
+def _join_pieces(read: Iterator, items: list[tuple[str, np.ndarray]], piece_rows: int,
+                 device: torch.device) -> Iterator[tuple[torch.Tensor, np.ndarray | None]]:
     for _, rows in items:
         got = [_checked(next(read)) for _ in range(-(-len(rows) // piece_rows))]
         xs = _joined([x for x, _ in got], device)

@@ -164,8 +164,11 @@ def load(p: TeacherPlan) -> nn.Module:
     return model.to(resolve_device(cfg.device))
 
 
-def create_store(p: TeacherPlan, model: nn.Module) -> StoreWriter:
-    """Create the store (or reopen an incomplete one to resume it); the teacher's scores come with the pass."""
+def create_store(p: TeacherPlan, model: nn.Module, *, defer: bool = False) -> StoreWriter:
+    """Create the store (or reopen an incomplete one to resume it); the teacher's scores come with the pass.
+
+    ``defer``: a new store's files are written later, by :func:`write_shards` once its reader has started.
+    """
     cfg, ds = p.cfg, p.dataset
     provenance = Provenance(
         created_at=now_iso(),
@@ -192,7 +195,7 @@ def create_store(p: TeacherPlan, model: nn.Module) -> StoreWriter:
     )
     splits = {s: (ds.splits[s].y.numpy(), ds.splits[s].ids.numpy()) for s in SPLITS}
     writer = StoreWriter(p.store_path, provenance, splits, encoding=cfg.encoding, chunk_rows=cfg.chunk_rows,
-                         shard_chunks=cfg.shard_chunks, storage_options=cfg.storage_options)
+                         shard_chunks=cfg.shard_chunks, storage_options=cfg.storage_options, defer_create=defer)
     if writer.reused:
         log.info("%s was published by a concurrent run meanwhile; reusing it", p.store_path)
     elif writer.resumed:
@@ -243,6 +246,7 @@ def write_shards(p: TeacherPlan, model: nn.Module, writer: StoreWriter, work: di
     # on the device.
     batches = read_batches(splits, [(name, rows) for name, _, rows in plan_], workers=p.cfg.workers,
                            device=device if p.cfg.views == 1 else torch.device("cpu"), digests=True)
+    writer.create()  # a new store's files, written while the workers start and read the first images
     parts: list[tuple[np.ndarray, np.ndarray | None]] = []
     bar = tqdm(total=sum(len(v) for v in work.values()), desc="teacher logits", unit="shard",
                disable=not progress_bar())
@@ -371,7 +375,7 @@ def finalize(p: TeacherPlan) -> str:
 
 def publish(p: TeacherPlan, model: nn.Module) -> str:
     """The single-process teacher pass: create (or resume), write every missing shard, mark complete."""
-    writer = create_store(p, model)
+    writer = create_store(p, model, defer=True)
     try:
         scores = {s: ScoreSum() for s in SCORED_SPLITS}
         seen = write_shards(p, model, writer, {s: writer.pending(s) for s in SPLITS}, scores)

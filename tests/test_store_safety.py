@@ -242,6 +242,38 @@ def test_finishing_writes_complete_and_the_manifest_in_one_write(tmp_path, monke
     assert SoftTargetStore(path).verify() == {"train": 100}
 
 
+def test_a_creation_cut_off_halfway_says_unfinished_and_is_moved_aside(tmp_path, monkeypatch):
+    """The store is built in memory and copied: the root's zarr.json (complete: false) lands first, so a copy
+    cut off before its arrays is recognisably unfinished; the next writer moves it aside and starts again."""
+    from zarr.storage import LocalStore
+
+    path = str(tmp_path / "s.zarr")
+    order, real = [], LocalStore.set
+
+    async def failing(self, key, value):
+        order.append(key)
+        if key.startswith("train/labels/"):
+            raise OSError("disk full")
+        return await real(self, key, value)
+
+    monkeypatch.setattr(LocalStore, "set", failing)
+    with pytest.raises(OSError, match="disk full"):
+        StoreWriter(path, synthetic_provenance(C), _splits(100), encoding="float32")
+    # The root first, then the rest: the split's group, its 4 arrays, and the labels' and ids' shards.
+    assert order[0] == "zarr.json" and len(order) == 8
+    [copy] = glob.glob(f"{path}.partial-*")
+    assert json.load(open(f"{copy}/zarr.json"))["attributes"]["complete"] is False
+    assert not os.path.exists(path) and not glob.glob(f"{path}*.lease*")  # nothing published, lease given up
+
+    monkeypatch.setattr(LocalStore, "set", real)
+    w = StoreWriter(path, synthetic_provenance(C), _splits(100), encoding="float32")
+    assert not w.resumed and w.pending("train") == [0]
+    _fill(w, _logits(100))
+    w.finish()
+    assert len(glob.glob(f"{copy}.unusable-*")) == 1  # the cut-off copy, kept aside, never deleted
+    assert SoftTargetStore(path).verify() == {"train": 100}
+
+
 def test_version_2_stores_are_refused_with_a_rewrite_hint(store_copy):
     zarr.open_group(store_copy, mode="r+").attrs["format_version"] = 2
     with pytest.raises(StoreError) as e:

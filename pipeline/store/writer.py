@@ -19,6 +19,7 @@ discards its own staging copy.
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import json
@@ -108,7 +109,8 @@ class StoreWriter:
 
     def __init__(self, path: str, provenance: Provenance, splits: dict[str, tuple[np.ndarray, np.ndarray]], *,
                  encoding: str, chunk_rows: int | None = DEFAULT_CHUNK_ROWS,
-                 shard_chunks: int = DEFAULT_SHARD_CHUNKS, storage_options: dict | None = None) -> None:
+                 shard_chunks: int = DEFAULT_SHARD_CHUNKS, storage_options: dict | None = None,
+                 defer_create: bool = False) -> None:
         num_classes, views = provenance.dataset.num_classes, provenance.views.count
         kind, k = parse_encoding(encoding)
         if k is not None and k >= num_classes:
@@ -125,6 +127,7 @@ class StoreWriter:
         self.path = staging_path(path, identity(meta)) if local else path
         self.resumed = self.reused = False
         self._digests: dict[tuple[str, str, int], str] = {}
+        self._to_create: tuple | None = None  # (zarr store, splits) of a new store whose files are not written yet
         self._init_thread()
 
         def published() -> bool:
@@ -146,12 +149,29 @@ class StoreWriter:
             store = zarr_store(self.path, read_only=False, storage_options=storage_options)
             found = self._resumable(store, meta)
             self.resumed = found is not None
-            # A resumed store keeps its own attributes (its created_at above all).
-            self.group, self._handles, self.meta = found or (*self._create(store, meta, splits), meta)
+            if found is not None:  # a resumed store keeps its own attributes (its created_at above all)
+                self.group, self._handles, self.meta = found
+            else:
+                self.group, self._handles, self.meta, self._to_create = None, {}, meta, (store, splits)
+                if not defer_create:
+                    self.create()
         except BaseException:
             held.release()
             raise
         self._start_thread()
+
+    def create(self) -> None:
+        """Write the new store's files (nothing to do for a resumed or reused one, or once done).
+
+        ``defer_create`` leaves this to the caller (or to the first :meth:`put` or :meth:`finish`): the
+        teacher pass calls it while its DataLoader workers start and read the first images, time its main
+        thread would otherwise spend waiting.
+        """
+        if self._to_create is None:
+            return
+        store, splits = self._to_create
+        self.group, self._handles = self._create(store, self.meta, splits)
+        self._to_create = None
 
     @classmethod
     def attach(cls, path: str, storage_options: dict | None = None) -> "StoreWriter":
@@ -174,6 +194,7 @@ class StoreWriter:
         self.final, self.path, self.storage_options = path, held.writing, storage_options
         self.encoding, self.group, self.meta, self.resumed, self.reused = meta.encoding, group, meta, True, False
         self._lease, self._token, self._digests, self._handles = None, held.token, {}, handles
+        self._to_create = None
         self.num_classes, self.views = meta.dataset.num_classes, meta.views.count
         self.layouts = {s: SplitLayout(l.rows, self.num_classes, l.chunk_rows, l.shard_rows)
                         for s, l in meta.layout.items()}
@@ -220,36 +241,59 @@ class StoreWriter:
         return None
 
     def _create(self, store, meta: StoreMeta, splits: dict) -> tuple:
-        """The new group and its array handles by (split, name), kept: reopening one reads its metadata again."""
+        """The new group and its array handles by (split, name), kept: reopening one reads its metadata again.
+
+        zarr builds the whole new store (every node's metadata, the labels and ids) in memory, and its files
+        are then copied to ``store``: the root's ``zarr.json`` first, the rest concurrently. Built in place,
+        node by node, each of its ~150 existence checks, folder creations and writes was a round trip through
+        zarr's event loop and a thread: ~50 ms on a local disk, a request each on an object store.
+        """
         import zarr
+        from zarr.core.sync import sync
+        from zarr.storage import MemoryStore
+
+        built: dict = {}
+        group, handles = sync(self._build(MemoryStore(built), meta, splits))
+        sync(_copy_new(built, store, self.path))
+        return _rebound(group, store), {key: _rebound(arr, store) for key, arr in handles.items()}
+
+    async def _build(self, draft, meta: StoreMeta, splits: dict) -> tuple:
+        import zarr
+        from zarr.api.asynchronous import open_group
         from zarr.codecs import BloscCodec, Crc32cCodec
 
-        # The attributes go first (complete: false): whoever finds this copy knows what it is and that it is
-        # unfinished. mode "w-": creating never deletes anything.
-        group = zarr.open_group(store, mode="w-", zarr_format=3, attributes=meta.to_attrs())
+        # The attributes are the root's (complete: false): whoever finds a copy knows what it is and that it
+        # is unfinished.
+        group = await open_group(store=draft, mode="w-", zarr_format=3, attributes=meta.to_attrs())
+        subgroups = dict(zip(splits, await asyncio.gather(*(group.create_group(s) for s in splits))))
         # lz4, not zstd: on float16 logits zstd saved ~8% of the bytes but decoded ~3x slower, and
         # stage 2 decodes every logit every epoch. Byte shuffle groups the exponent bytes together.
         compressors = (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"), Crc32cCodec())
-        handles = {}
-        for split, (labels, ids) in splits.items():
-            g = group.create_group(split)
-            for spec in expected_arrays(meta, split):
-                arr = g.create_array(spec.name, shape=spec.shape, dtype=spec.dtype, chunks=spec.chunks,
-                                     shards=spec.shards, compressors=compressors, fill_value=spec.fill)
-                handles[(split, spec.name)] = arr
-                if spec.name in ("labels", "ids"):
-                    values = np.asarray(labels if spec.name == "labels" else ids, dtype=np.int64)
-                    arr[:] = values
-                    # Hashed as written, like the logits shards: the manifest need not read them back.
-                    lay = meta.layout[split]
-                    for i, (a, b) in enumerate(shard_ranges(lay.rows, lay.shard_rows, spec.per_shard)):
-                        self._digests[(split, spec.name, i)] = digest(values[a:b])
-        return group, handles
+        specs = [(split, spec) for split in splits for spec in expected_arrays(meta, split)]
+        arrays = await asyncio.gather(*(
+            subgroups[split].create_array(spec.name, shape=spec.shape, dtype=spec.dtype, chunks=spec.chunks,
+                                          shards=spec.shards, compressors=compressors, fill_value=spec.fill)
+            for split, spec in specs))
+        handles = {(split, spec.name): arr for (split, spec), arr in zip(specs, arrays)}
+        filled = []
+        for split, spec in specs:
+            if spec.name in ("labels", "ids"):
+                labels, ids = splits[split]
+                values = np.asarray(labels if spec.name == "labels" else ids, dtype=np.int64)
+                filled.append(handles[(split, spec.name)].setitem(slice(None), values))
+                # Hashed as written, like the logits shards: the manifest need not read them back.
+                lay = meta.layout[split]
+                for i, (a, b) in enumerate(shard_ranges(lay.rows, lay.shard_rows, spec.per_shard)):
+                    self._digests[(split, spec.name, i)] = digest(values[a:b])
+        await asyncio.gather(*filled)
+        return zarr.Group(group), {key: zarr.Array(arr) for key, arr in handles.items()}
 
     def pending(self, split: str) -> list[int]:
         """Shards of ``split`` not yet recorded as written (all of them for a new store, none for a reused one)."""
         if self.reused or self.meta.complete or not self.layouts[split].num_shards:
             return []
+        if self._to_create is not None:
+            return list(range(self.layouts[split].num_shards))
         return np.nonzero(self._handles[(split, "written")][:] == 0)[0].tolist()
 
     def _drain(self) -> None:
@@ -295,6 +339,7 @@ class StoreWriter:
                             "the teacher diverged; lower its lr or check the checkpoint. Nothing was published")
         if self._error is not None:
             raise self._error
+        self.create()
         with np.errstate(over="ignore"):  # an overflowing cast is expected here, and refused just below
             arrays = encode(logits, self.encoding)
         # Finite float32 logits can still overflow the encoding (float16 tops out at 65504): check what is stored.
@@ -342,6 +387,7 @@ class StoreWriter:
         if self.reused:
             return self.path
         try:
+            self.create()  # (a store with no shard to write, created late)
             if not self.meta.complete:  # (a local copy completed by a run cut off before it renamed it)
                 for split in self.layouts:
                     missing = self.pending(split)
@@ -391,6 +437,31 @@ class StoreWriter:
         else:
             _sync_dir(os.path.dirname(os.path.abspath(final)))
         self.path = self.final
+
+
+async def _copy_new(built: dict, store, where: str) -> None:
+    """Write the files of a store built in memory (``built``: key → zarr buffer) to the empty ``store``.
+
+    The root's ``zarr.json`` goes first, so a copy cut off halfway is still recognisably an unfinished
+    store (and moved aside by the next writer); creating never overwrites anything.
+    """
+    if await store.exists("zarr.json"):
+        raise StoreError("store", f"{where!r} appeared while this writer created it", IMMUTABLE)
+    await store.set("zarr.json", built["zarr.json"])
+    await asyncio.gather(*(store.set(key, value) for key, value in built.items() if key != "zarr.json"))
+
+
+def _rebound(node, store):
+    """The same group or array (metadata already known: nothing is read) on ``store`` instead of its draft."""
+    import zarr
+    from zarr.core.group import AsyncGroup
+    from zarr.storage import StorePath
+
+    inner = node._async_array if isinstance(node, zarr.Array) else node._async_group
+    at = StorePath(store, inner.store_path.path)
+    if isinstance(node, zarr.Array):
+        return zarr.Array(zarr.AsyncArray(inner.metadata, at, config=inner.config))
+    return zarr.Group(AsyncGroup(inner.metadata, at))
 
 
 def _sync_dir(path: str) -> None:
