@@ -50,7 +50,7 @@ def check_compatible(store: SoftTargetStore, ds: Dataset) -> None:
         raise StoreError("dataset", f"store was written from {meta.dataset.name!r}, not {ds.name!r}", fix)
     if store.num_classes != ds.num_classes:
         raise StoreError("num_classes", f"store has {store.num_classes} classes, dataset has {ds.num_classes}", fix)
-    if meta.dataset.files is not None and ds.manifest is not None and meta.dataset.files != ds.manifest:
+    if meta.dataset.files is not None and ds.files is not None and not ds.files.matches(meta.dataset.files):
         from pipeline.data.folder import first_difference, read_manifest
 
         changed = first_difference(read_manifest(meta.dataset.files), read_manifest(ds.manifest))

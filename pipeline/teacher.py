@@ -145,7 +145,7 @@ def train(p: TeacherPlan, progress: Progress | None = None) -> nn.Module:
                          device=resolve_device(cfg.device), seed=cfg.seed, progress=progress, workers=cfg.workers)
     if result.model is None:
         raise UserError("teacher", f"training failed: {result.failed}", "lower --lr or change the optimizer")
-    if ds.manifest is not None:
+    if ds.files is not None:
         # Training decoded train and val; decode the test images too before anything is written, so an
         # unreadable file fails the run with nothing on disk (the store's evaluation reads them next anyway).
         evaluate(result.model, ds.splits["test"], resolve_device(cfg.device), workers=cfg.workers)
@@ -323,7 +323,7 @@ def record_content(p: TeacherPlan, writer: StoreWriter, seen: dict[str, tuple[np
     writers) are read now.
     """
     ds = p.dataset
-    if ds.manifest is None:
+    if ds.files is None:
         return
     meta = writer.meta.dataset
     splits = {}

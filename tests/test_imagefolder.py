@@ -81,6 +81,15 @@ def test_cli_refuses_bad_folders_in_one_line_and_writes_nothing(capsys, tmp_path
     assert not (tmp_path / "stores").exists() and not (tmp_path / "ckpt").exists()
 
 
+def test_a_dangling_link_in_a_class_folder_is_one_line_naming_it(capsys, tmp_path):
+    folder = write_folder(tmp_path / "f")
+    os.symlink(tmp_path / "gone.png", tmp_path / "f" / "a" / "zz-dangling.png")  # listed as an image, no file
+    out = ["--store-root", str(tmp_path / "stores"), "--checkpoint-root", str(tmp_path / "ckpt")]
+    msg = cli_fails(capsys, "teacher", "--dataset", f"imagefolder:{folder}", *out)
+    assert os.path.join("a", "zz-dangling.png") in msg and "No such file" in msg
+    assert not (tmp_path / "stores").exists() and not (tmp_path / "ckpt").exists()
+
+
 # --- decoding: in whichever process reads the batch --------------------------------------------------
 
 

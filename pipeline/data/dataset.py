@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pipeline.data.folder import FolderSource
 from pipeline.data.sources import ArraySource, Source
 from pipeline.transforms import Preprocess, apply_seeded, sample_seed
 
@@ -130,7 +131,15 @@ class Dataset:
     splits: dict[str, Split]
     preprocess: Preprocess
     channels: int
-    manifest: str | None = None  # image folders: their listing, to name what changed (folder.read_manifest)
+    files: FolderSource | None = None  # image folders: the folder, whose listing a store records
+
+    @functools.cached_property
+    def manifest(self) -> str | None:
+        """The folder's listing as a store records it (folder.read_manifest reads it); None for other data.
+
+        Built on demand: stage 2 compares listings without it (:meth:`FolderSource.matches`).
+        """
+        return None if self.files is None else self.files.manifest()
 
     @property
     def num_classes(self) -> int:
@@ -162,6 +171,6 @@ class Dataset:
             "input_shape": list(self.input_shape),
             "splits": {n: {"size": len(s), "fingerprint": s.fingerprint()} for n, s in self.splits.items()},
         }
-        if self.manifest is not None:
+        if self.files is not None:
             out["files"] = self.manifest
         return out

@@ -53,12 +53,12 @@ def _split(source: Source, index: np.ndarray, ids: np.ndarray, pre: Preprocess) 
 
 
 def _three_way(name: str, cfg: DataConfig, source: Source, *, channels: int, legacy: bool,
-               manifest: str | None = None) -> Dataset:
+               files: FolderSource | None = None) -> Dataset:
     """One source cut into train / val / test."""
     pre = _preprocess(cfg, source, legacy=legacy)
     train, val, test = _stratified_split(source.labels, (cfg.val_fraction, cfg.test_fraction), cfg.split_seed)
     splits = {n: _split(source, i, i, pre) for n, i in (("train", train), ("val", val), ("test", test))}
-    return Dataset(name, list(source.classes), splits, pre, channels, manifest)
+    return Dataset(name, list(source.classes), splits, pre, channels, files)
 
 
 def load_digits(cfg: DataConfig) -> Dataset:
@@ -83,7 +83,7 @@ def load_imagefolder(cfg: DataConfig) -> Dataset:
     """``imagefolder:PATH``: one sub-folder per class, RGB, at native resolution unless ``image_size``."""
     path = cfg.name[len(IMAGEFOLDER):]
     source = FolderSource(path, native_size=cfg.image_size is None)
-    return _three_way(cfg.name, cfg, source, channels=3, legacy=False, manifest=source.manifest())
+    return _three_way(cfg.name, cfg, source, channels=3, legacy=False, files=source)
 
 
 DATASETS: dict[str, Callable[[DataConfig], Dataset]] = {

@@ -16,6 +16,7 @@ objects, since a store outlives the config classes that wrote it; the
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import platform
 import types
@@ -38,6 +39,12 @@ def _problem(path: str, problem: str) -> StoreError:
     return StoreError(path, problem, REWRITE)
 
 
+@functools.cache
+def _hints(tp: type) -> dict[str, Any]:
+    """The resolved field annotations of a record class (resolving them took a tenth of opening a store)."""
+    return typing.get_type_hints(tp)
+
+
 def _parse(tp: Any, value: Any, path: str) -> Any:
     """``value`` (decoded JSON) checked against the annotation ``tp`` and converted to it."""
     if value is _ABSENT:
@@ -49,7 +56,7 @@ def _parse(tp: Any, value: Any, path: str) -> Any:
     if is_dataclass(tp):
         if not isinstance(value, dict):
             raise _problem(path, f"expected a JSON object, got {_shown(value)}")
-        hints = typing.get_type_hints(tp)
+        hints = _hints(tp)
         return tp(**{f.name: _parse(hints[f.name], value.get(f.name, None if _optional(hints[f.name]) else _ABSENT),
                                     f"{path}.{f.name}" if path else f.name)
                      for f in fields(tp)})
