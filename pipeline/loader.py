@@ -382,16 +382,40 @@ def read_batches(splits: dict[str, Split], items: list[tuple[str, np.ndarray]], 
     The workers start when this is called, not at the first batch: the caller can do other work (the
     teacher pass creates its store) while they start and read the first pieces.
     """
-    device = device or torch.device("cpu")
-    data = _RowBatches(splits, digests)
-    pin = device.type == "cuda"
-    if not workers:  # read in this process: nothing to balance
-        return _read_here(data, items, pin, device)
-    pieces = [(name, piece) for name, rows in items for piece in row_batches(rows, piece_rows)]
-    loader = torch.utils.data.DataLoader(data, sampler=pieces, batch_size=None, num_workers=workers,
-                                         multiprocessing_context=worker_context(), pin_memory=pin,
-                                         prefetch_factor=4)
-    return _join_pieces(iter(loader), items, piece_rows, device)  # the workers start reading now
+    return iter(BatchReader(splits, items, workers=workers, device=device, digests=digests, piece_rows=piece_rows))
+
+
+class BatchReader:
+    """:func:`read_batches` that can be read again: each iteration yields the same batches, in order.
+
+    ``persistent``: the DataLoader workers outlive an iteration and serve the next one (validation reads
+    val after every epoch; starting its workers anew each time cost ~0.15 s on this 2-core CPU with 2
+    fork-server workers, more with 8). They exit when the reader is closed or dropped.
+    """
+
+    def __init__(self, splits: dict[str, Split], items: list[tuple[str, np.ndarray]], *, workers: int = 0,
+                 device: torch.device | None = None, digests: bool = False, piece_rows: int = PIECE_ROWS,
+                 persistent: bool = False) -> None:
+        self.items, self.piece_rows = items, piece_rows
+        self.device = device or torch.device("cpu")
+        self._data = _RowBatches(splits, digests)
+        self._pin = self.device.type == "cuda"
+        self._loader = None
+        if workers:
+            pieces = [(name, piece) for name, rows in items for piece in row_batches(rows, piece_rows)]
+            self._loader = torch.utils.data.DataLoader(
+                self._data, sampler=pieces, batch_size=None, num_workers=workers,
+                multiprocessing_context=worker_context(), pin_memory=self._pin, prefetch_factor=4,
+                persistent_workers=persistent)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, np.ndarray | None]]:
+        if self._loader is None:  # read in this process: nothing to balance
+            return _read_here(self._data, self.items, self._pin, self.device)
+        return _join_pieces(iter(self._loader), self.items, self.piece_rows, self.device)  # workers read now
+
+    def close(self) -> None:
+        """Stop persistent workers now rather than when the reader is collected."""
+        self._loader = None
 
 
 def _read_here(data: _RowBatches, items: list[tuple[str, np.ndarray]], pin: bool,

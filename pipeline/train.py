@@ -19,6 +19,7 @@ split is only ever evaluated, never used to choose.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
@@ -38,7 +39,7 @@ from pipeline.batched import BatchingUnsupported, StackedStudents, cpu_reason_no
 from pipeline.batched_optim import lr_table
 from pipeline.config import AugmentConfig, ModelConfig, OptimConfig, StudentSpec
 from pipeline.data import Split
-from pipeline.loader import Batch, SoftTargetLoader, ordered_batches, read_batches, row_batches
+from pipeline.loader import Batch, BatchReader, SoftTargetLoader, ordered_batches, read_batches, row_batches
 from pipeline.losses import distillation_loss
 from pipeline.metrics import expected_calibration_error
 from pipeline.models import build_model
@@ -287,11 +288,23 @@ def train_one_epoch_stacked(*, stack: StackedStudents, trainees: list[Trainee], 
     return means
 
 
+VAL_BATCH = 512  # images per validation forward
+
+
+def val_reader(split: Split, device: torch.device, *, workers: int, batch_size: int = VAL_BATCH,
+               persistent: bool = True) -> BatchReader:
+    """The reader of ``split`` that validation iterates after every epoch: with ``workers``, their processes are
+    started once for the whole run (``persistent``), not once per epoch."""
+    items = [("", rows) for rows in row_batches(np.arange(len(split)), batch_size)]
+    return BatchReader({"": split}, items, workers=workers, device=device, persistent=persistent)
+
+
 def validate_group(models: list[nn.Module], split: Split, device: torch.device, *,
                    stack: StackedStudents | None = None, rows: list[int] | None = None,
-                   batch_size: int = 512, workers: int = 0) -> list[dict]:
+                   batch_size: int = VAL_BATCH, workers: int = 0, reader: BatchReader | None = None) -> list[dict]:
     """Each model's accuracy and NLL on ``split`` (as :func:`evaluate` computes them), the split read once for all,
-    by ``workers`` DataLoader processes (0: in this process).
+    by ``workers`` DataLoader processes (0: in this process), or by ``reader`` (:func:`val_reader`, whose
+    workers serve every epoch).
 
     With ``stack``, ``models[i]`` is its row ``rows[i]`` and every row scores in one vectorised forward per
     batch (:meth:`StackedStudents.predict`), from the stacked weights themselves. Only each sample's
@@ -303,9 +316,9 @@ def validate_group(models: list[nn.Module], split: Split, device: torch.device, 
         models = [prepare(m, device, fast=False) for m in models]
     preds: list[list[torch.Tensor]] = [[] for _ in models]
     nlls: list[list[torch.Tensor]] = [[] for _ in models]
-    batches = row_batches(np.arange(len(split)), batch_size)
-    for rows_b, (xb, _) in zip(batches, ordered_batches(split, batches, workers=workers, device=device),
-                               strict=True):
+    if reader is None:
+        reader = val_reader(split, device, workers=workers, batch_size=batch_size, persistent=False)
+    for (_, rows_b), (xb, _) in zip(reader.items, reader, strict=True):
         x, y = _to_device(xb, device, fast=False), split.y[rows_b].to(device)  # (b, C, H, W), (b,)
         with torch.no_grad():
             if stack is not None:
@@ -359,35 +372,36 @@ def run_epochs(trainees: list[Trainee], *, loader: SoftTargetLoader, val: Split,
     augmenter = Augmenter(augment)
     generator = torch.Generator().manual_seed(seed)
     rows = list(trainees)  # the trainee in each row of the stack
-    for epoch in range(optim.epochs):
-        active = [t for t in trainees if t.active]
-        if not active:
-            break
-        if stack is None:
-            losses = train_one_epoch(trainees=active, loader=loader, epoch=epoch, augmenter=augmenter,
-                                     generator=generator, device=device, teacher=teacher,
-                                     clip_grad_norm=optim.clip_grad_norm)
-        else:
-            stack.keep([i for i, t in enumerate(rows) if t.active])
-            rows = active
-            losses = train_one_epoch_stacked(stack=stack, trainees=active, loader=loader, epoch=epoch,
-                                             augmenter=augmenter, generator=generator, device=device,
-                                             teacher=teacher)
-        # Validation reads val once for the whole group, through the training loader's number of workers
-        # (in this process it would decode a 50,000-image val set on one core every epoch); a stack scores
-        # all its rows in one forward.
-        scored = [(row, t) for row, t in enumerate(active) if t.failed is None]
-        scores = validate_group([t.model for _, t in scored], val, device, stack=stack,
-                                rows=[row for row, _ in scored], workers=loader.workers)
-        for (row, t), metrics in zip(scored, scores):
-            if record_epoch(t, metrics=metrics, epoch=epoch, train_loss=losses[t.name], select=optim.select):
-                if stack is not None:
-                    stack.write_back(row, t.model)
-                t.best_state = copy.deepcopy(t.model.state_dict())
-            early_stop(t, epoch=epoch, val_acc=metrics["acc"], patience=optim.patience)
-        if progress is not None:
-            best = max((t.best_acc for t in trainees if t.failed is None), default=math.nan)
-            progress(label, epoch + 1, optim.epochs, {"best_val_acc": best, "active": len(active)})
+    # Validation reads val once per epoch for the whole group, through as many workers as the training loader
+    # (in this process it would decode a 50,000-image val set on one core every epoch), started once.
+    with contextlib.closing(val_reader(val, device, workers=loader.workers)) as reader:
+        for epoch in range(optim.epochs):
+            active = [t for t in trainees if t.active]
+            if not active:
+                break
+            if stack is None:
+                losses = train_one_epoch(trainees=active, loader=loader, epoch=epoch, augmenter=augmenter,
+                                         generator=generator, device=device, teacher=teacher,
+                                         clip_grad_norm=optim.clip_grad_norm)
+            else:
+                stack.keep([i for i, t in enumerate(rows) if t.active])
+                rows = active
+                losses = train_one_epoch_stacked(stack=stack, trainees=active, loader=loader, epoch=epoch,
+                                                 augmenter=augmenter, generator=generator, device=device,
+                                                 teacher=teacher)
+            # A stack scores all its rows in one forward.
+            scored = [(row, t) for row, t in enumerate(active) if t.failed is None]
+            scores = validate_group([t.model for _, t in scored], val, device, stack=stack,
+                                    rows=[row for row, _ in scored], reader=reader)
+            for (row, t), metrics in zip(scored, scores):
+                if record_epoch(t, metrics=metrics, epoch=epoch, train_loss=losses[t.name], select=optim.select):
+                    if stack is not None:
+                        stack.write_back(row, t.model)
+                    t.best_state = copy.deepcopy(t.model.state_dict())
+                early_stop(t, epoch=epoch, val_acc=metrics["acc"], patience=optim.patience)
+            if progress is not None:
+                best = max((t.best_acc for t in trainees if t.failed is None), default=math.nan)
+                progress(label, epoch + 1, optim.epochs, {"best_val_acc": best, "active": len(active)})
 
 
 def collect_results(trainees: list[Trainee], *, seconds: float) -> list[TrainResult]:

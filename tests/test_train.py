@@ -195,7 +195,8 @@ def test_early_stopping_stops_one_student_and_the_group_carries_on(ds):
 
 
 def test_validation_is_read_by_the_loaders_workers(digits_store, ds, tmp_path):
-    """With DataLoader workers, val is decoded in them too, not in this process, and scores the same."""
+    """With DataLoader workers, val is decoded in them too, not in this process, by the same worker processes
+    every epoch (started once per run), and scores the same."""
     from tests.test_loader import _LoggedSplit
 
     log = str(tmp_path / "reads.txt")
@@ -211,6 +212,7 @@ def test_validation_is_read_by_the_loaders_workers(digits_store, ds, tmp_path):
     reads = [tuple(map(int, line.split())) for line in open(log)]
     assert sum(n for _, n in reads) == FAST.epochs * len(val)
     assert os.getpid() not in {pid for pid, _ in reads}
+    assert FAST.epochs == 2 and len({pid for pid, _ in reads}) == 2  # not 2 new workers per epoch
     (in_process,) = run(0)
     assert [h["val_acc"] for h in with_workers.history] == [h["val_acc"] for h in in_process.history]
 
