@@ -221,18 +221,25 @@ def prepare_batch(batch: Batch, *, augmenter: Augmenter, generator: torch.Genera
     return b
 
 
+LOSS_READ_STEPS = 32  # steps between reads of the group's losses to the host: each read waits for the device
+
+
 def train_one_epoch(*, trainees: list[Trainee], loader: SoftTargetLoader, epoch: int, augmenter: Augmenter,
                     generator: torch.Generator, device: torch.device, teacher: nn.Module | None = None,
                     clip_grad_norm: float | None = None) -> dict[str, float]:
     """One pass over ``loader``: every active trainee steps on every batch. Returns each one's mean loss.
 
-    A trainee whose loss goes non-finite is marked failed and skips the rest of
-    the pass; the others carry on.
+    A trainee whose loss goes non-finite is marked failed, with the step where it happened, and skips the
+    rest of the pass; the others carry on. Losses stay on the device and are read every
+    :data:`LOSS_READ_STEPS` steps: reading each one (``float(loss)``, ``if not isfinite(loss)``) made the
+    host wait for the device once per student per step, so a group's students could not queue their work
+    behind one another. A failed student may take up to that many more (discarded) steps.
     """
     active = [t for t in trainees if t.active]
     for t in active:
         t.model.train()
     sums = {t.name: 0.0 for t in active}
+    unread: dict[str, list[tuple[int, torch.Tensor]]] = {t.name: [] for t in active}  # (step, () loss on the device)
     steps = 0
     for batch in loader.epoch(epoch):
         b = prepare_batch(batch, augmenter=augmenter, generator=generator, device=device, teacher=teacher)
@@ -242,10 +249,6 @@ def train_one_epoch(*, trainees: list[Trainee], loader: SoftTargetLoader, epoch:
                 continue
             out = t.model(b.x)  # (B, C)
             loss = t.objective(out, b.logits, b.y, b.mix)
-            if not torch.isfinite(loss):
-                t.failed = f"loss became {float(loss.detach())} at epoch {epoch} step {steps}"
-                log.warning("%s failed: %s", t.name, t.failed)
-                continue
             t.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if clip_grad_norm is not None:
@@ -254,10 +257,32 @@ def train_one_epoch(*, trainees: list[Trainee], loader: SoftTargetLoader, epoch:
             if t.schedule is not None and t.schedule_steps_left > 0:
                 t.schedule.step()
                 t.schedule_steps_left -= 1
-            value = float(loss.detach())
-            sums[t.name] += value
-            t.step_losses.append(value)
+            unread[t.name].append((steps, loss.detach()))
+        if steps % LOSS_READ_STEPS == 0:
+            _read_losses(active, unread, sums, epoch=epoch)
+    _read_losses(active, unread, sums, epoch=epoch)
     return {name: total / max(steps, 1) for name, total in sums.items()}
+
+
+def _read_losses(active: list[Trainee], unread: dict[str, list[tuple[int, torch.Tensor]]], sums: dict[str, float],
+                 *, epoch: int) -> None:
+    """Move the losses of the last steps to the host (one copy per student), and fail a student at its first
+    non-finite one: its step losses end before it, as if it had stopped there."""
+    for t in active:
+        if not unread[t.name]:
+            continue
+        at = [step for step, _ in unread[t.name]]
+        values = torch.stack([loss for _, loss in unread[t.name]]).cpu().tolist()
+        unread[t.name] = []
+        if t.failed is not None:
+            continue
+        bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
+        if bad is not None:
+            t.failed = f"loss became {values[bad]} at epoch {epoch} step {at[bad]}"
+            log.warning("%s failed: %s", t.name, t.failed)
+            values = values[:bad]
+        sums[t.name] += sum(values)
+        t.step_losses.extend(values)
 
 
 def train_one_epoch_stacked(*, stack: StackedStudents, trainees: list[Trainee], loader: SoftTargetLoader,
