@@ -206,7 +206,10 @@ class SoftTargetLoader:
         self._sampler.items = items()
         for x in self._dataloader:
             rows, logits, params = pending.popleft()
-            yield self._batch(rows, logits, params, _checked(x))
+            b = self._batch(rows, logits, params, _checked(x))
+            # The images come pinned from DataLoader's pin thread; labels and logits are pinned here, since a
+            # copy from pageable memory to the GPU first waits for all the work queued there (a sync per batch).
+            yield b.pin_memory() if self.pin_memory else b
         assert not pending, "every batch read was joined to its logits"
 
     @property
