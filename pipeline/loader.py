@@ -404,7 +404,7 @@ class BatchReader:
         self._data = _RowBatches(splits, digests)
         self._pin = self.device.type == "cuda"
         self._loader = None
-        if workers:
+        if workers and items:  # (nothing to read: no worker started)
             pieces = [(name, piece) for name, rows in items for piece in row_batches(rows, piece_rows)]
             self._loader = torch.utils.data.DataLoader(
                 self._data, sampler=pieces, batch_size=None, num_workers=workers,
