@@ -248,7 +248,6 @@ class StoreWriter:
         node by node, each of its ~150 existence checks, folder creations and writes was a round trip through
         zarr's event loop and a thread: ~50 ms on a local disk, a request each on an object store.
         """
-        import zarr
         from zarr.core.sync import sync
         from zarr.storage import MemoryStore
 
@@ -258,7 +257,7 @@ class StoreWriter:
         return _rebound(group, store), {key: _rebound(arr, store) for key, arr in handles.items()}
 
     async def _build(self, draft, meta: StoreMeta, splits: dict) -> tuple:
-        import zarr
+        """The store's root group and array nodes (async), created in ``draft``, the labels and ids written."""
         from zarr.api.asynchronous import open_group
         from zarr.codecs import BloscCodec, Crc32cCodec
 
@@ -286,7 +285,7 @@ class StoreWriter:
                 for i, (a, b) in enumerate(shard_ranges(lay.rows, lay.shard_rows, spec.per_shard)):
                     self._digests[(split, spec.name, i)] = digest(values[a:b])
         await asyncio.gather(*filled)
-        return zarr.Group(group), {key: zarr.Array(arr) for key, arr in handles.items()}
+        return group, handles
 
     def pending(self, split: str) -> list[int]:
         """Shards of ``split`` not yet recorded as written (all of them for a new store, none for a reused one)."""
@@ -452,16 +451,16 @@ async def _copy_new(built: dict, store, where: str) -> None:
 
 
 def _rebound(node, store):
-    """The same group or array (metadata already known: nothing is read) on ``store`` instead of its draft."""
+    """An async group or array of the draft as the same node on ``store``, with a synchronous handle; its
+    metadata is known, so nothing is read."""
     import zarr
     from zarr.core.group import AsyncGroup
     from zarr.storage import StorePath
 
-    inner = node._async_array if isinstance(node, zarr.Array) else node._async_group
-    at = StorePath(store, inner.store_path.path)
-    if isinstance(node, zarr.Array):
-        return zarr.Array(zarr.AsyncArray(inner.metadata, at, config=inner.config))
-    return zarr.Group(AsyncGroup(inner.metadata, at))
+    at = StorePath(store, node.store_path.path)
+    if isinstance(node, zarr.AsyncArray):
+        return zarr.Array(zarr.AsyncArray(node.metadata, at, config=node.config))
+    return zarr.Group(AsyncGroup(node.metadata, at))
 
 
 def _sync_dir(path: str) -> None:
