@@ -53,7 +53,7 @@ def check_compatible(store: SoftTargetStore, ds: Dataset) -> None:
     if meta.dataset.files is not None and ds.files is not None and not ds.files.matches(meta.dataset.files):
         from pipeline.data.folder import first_difference, read_manifest
 
-        changed = first_difference(read_manifest(meta.dataset.files), read_manifest(ds.manifest))
+        changed = first_difference(read_manifest(meta.dataset.files), ds.files.listing())
         raise StoreError("dataset.files", f"the image folder changed since the store was written: {changed}",
                          "restore the folder, or rerun `kd teacher` on it")
     for split, info in meta.dataset.splits.items():
