@@ -274,15 +274,20 @@ def _read_losses(active: list[Trainee], unread: dict[str, list[tuple[int, torch.
         at = [step for step, _ in unread[t.name]]
         values = torch.stack([loss for _, loss in unread[t.name]]).cpu().tolist()
         unread[t.name] = []
-        if t.failed is not None:
-            continue
-        bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
-        if bad is not None:
-            t.failed = f"loss became {values[bad]} at epoch {epoch} step {at[bad]}"
-            log.warning("%s failed: %s", t.name, t.failed)
-            values = values[:bad]
-        sums[t.name] += sum(values)
-        t.step_losses.extend(values)
+        if t.failed is None:
+            sums[t.name] += sum(record_losses(t, values, steps=at, epoch=epoch))
+
+
+def record_losses(t: Trainee, values: list[float], *, steps: list[int], epoch: int) -> list[float]:
+    """Append a student's step losses (``values``, taken at ``steps`` of ``epoch``) to its record, up to the first
+    non-finite one, which fails it with that step; returns the losses kept."""
+    bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
+    if bad is not None:
+        t.failed = f"loss became {values[bad]} at epoch {epoch} step {steps[bad]}"
+        log.warning("%s failed: %s", t.name, t.failed)
+        values = values[:bad]
+    t.step_losses.extend(values)
+    return values
 
 
 def train_one_epoch_stacked(*, stack: StackedStudents, trainees: list[Trainee], loader: SoftTargetLoader,
@@ -303,13 +308,8 @@ def train_one_epoch_stacked(*, stack: StackedStudents, trainees: list[Trainee], 
     table = torch.stack(losses).cpu() if losses else torch.empty(0, len(trainees))  # (steps, S)
     means = {}
     for t, column in zip(trainees, table.T.tolist()):
-        bad = next((i for i, v in enumerate(column) if not math.isfinite(v)), None)
-        if bad is not None:
-            t.failed = f"loss became {column[bad]} at epoch {epoch} step {bad + 1}"
-            log.warning("%s failed: %s", t.name, t.failed)
-            column = column[:bad]
-        t.step_losses.extend(column)
-        means[t.name] = sum(column) / max(len(losses), 1)
+        kept = record_losses(t, column, steps=list(range(1, len(column) + 1)), epoch=epoch)
+        means[t.name] = sum(kept) / max(len(losses), 1)
     return means
 
 
