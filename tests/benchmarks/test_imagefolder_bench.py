@@ -6,8 +6,8 @@ the time ``make bench`` is allowed, while a GPU should be measured at a real res
 
 - **cpu**: 400 images, read at ``--image-size 32`` (decode 160 px, resize), teacher ``cnn`` width 16,
   students ``cnn`` width 8, no DataLoader workers (decoding in the process): on the shared 2-core box
-  this was sized on, a spawned 2-worker DataLoader took ~72 s to its first batch under load (210 images
-  that take 1.6 s in the process), and the teacher pass starts five of them;
+  this was sized on, a spawned 2-worker DataLoader (the workers' start method then) took ~72 s to its
+  first batch under load (210 images that take 1.6 s in the process);
 - **cuda**: 20,000 images at 160 px, teacher ``resnet18`` (autocast, channels_last, as the pipeline
   runs it), students ``mobilenet_v3_small``, up to 8 workers.
 
@@ -377,7 +377,7 @@ def test_stage2_epoch(setup):
     ], {
         "config": {**describe(PROFILE), "train": n, "steps_per_epoch": len(kd_loader), "kd": kd_t.name,
                    "train_transform": list(TRAIN_TRANSFORM), "reps": len(times["kd_epoch"]),
-                   "loader": "SoftTargetLoader, persistent spawned workers; KD: store logits cached (float16)",
+                   "loader": "SoftTargetLoader, persistent fork-server workers; KD: store logits cached (float16)",
                    "timed_epoch": "train_one_epoch of one student (no validation)",
                    "read_logits": "read_logits('train') from the store stage 2 opened at start-up",
                    "startup_check": "open the store (metadata, every array's spec) + load_dataset (walk: paths, "
@@ -426,7 +426,7 @@ def test_shared_pass(setup):
     ], {
         "config": {**describe(PROFILE), "students": [t.name for t in group], "train": n, "steps_per_epoch": steps,
                    "train_transform": list(TRAIN_TRANSFORM), "reps": len(times["group"]),
-                   "loader": "one SoftTargetLoader (persistent spawned workers) for all three sides"},
+                   "loader": "one SoftTargetLoader (persistent fork-server workers) for all three sides"},
         "times_s": times, "process_cpu_s": cpu, "median_s": {k_: B.med(v) for k_, v in times.items()},
         "spread": {k_: B.spread(v) for k_, v in times.items()},
         "analysis": {
