@@ -103,6 +103,13 @@ def preset_defaults(name: str) -> dict:
 # ---------------------------------------------------------------- commands
 
 
+def _run_flow(flow, *args) -> object:
+    """Run ``flow`` (its module has imported Prefect) and return its value; a user error raised inside it is
+    kept off Prefect's console and raised here, for :func:`main` to print in one line."""
+    console.hide_user_errors()
+    return _finish(flow(*args, return_state=True))
+
+
 def _finish(state) -> object:
     """The flow's return value, or a one-line failure (exit 1)."""
     if state.is_failed() or state.is_crashed():
@@ -128,7 +135,7 @@ def cmd_teacher(a: argparse.Namespace) -> None:
     from flows.teacher_flow import teacher_flow
 
     flow = teacher_flow.with_options(task_runner=task_runner(runner_config(a)))
-    store = _finish(flow(cfg, return_state=True))
+    store = _run_flow(flow, cfg)
     print(f"store: {store}")
 
 
@@ -141,7 +148,7 @@ def cmd_distill(a: argparse.Namespace) -> None:
     from flows.distill_flow import distill_flow
 
     flow = distill_flow.with_options(task_runner=task_runner(runner_config(a)))
-    run_dir = _finish(flow(cfg, return_state=True))
+    run_dir = _run_flow(flow, cfg)
     _print_leaderboard(run_dir)
     print(f"report: {run_dir}")
 
@@ -169,7 +176,7 @@ def cmd_run(a: argparse.Namespace) -> None:
         cfg = generation_config(t_plan.store_path, d_cfg, g if a.generations > 1 else None)
         distill.preflight(cfg, data_cfg=d_cfg.data or t_cfg.data,
                           provenance_key=t_plan.provenance_key if g == 1 else None)
-    run_dir = _finish(kd_pipeline(t_cfg, d_cfg, runner_config(a), a.generations, return_state=True))
+    run_dir = _run_flow(kd_pipeline, t_cfg, d_cfg, runner_config(a), a.generations)
     _print_leaderboard(run_dir)
     print(f"report: {run_dir}")
 

@@ -6,12 +6,14 @@ handler's level changes: the run loggers still send every line to Prefect's back
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from dataclasses import dataclass
 
 from flows import CONSOLE_LEVEL, QUIET_LEVEL
 from pipeline.config import option
+from pipeline.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -33,3 +35,38 @@ def apply(cfg: ConsoleConfig) -> None:
         # process (in-process callers, tests), redo it: incrementally, so only levels change.
         if PROCESS_LOGGING_CONFIG:
             setup_logging()
+
+
+class UserErrorsOffConsole(logging.Filter):
+    """Keeps Prefect's reports of a user error off the console: the task's and the flow's tracebacks, and the
+    failed run's final state. The command prints the error once, in one line, as it exits with 2; Prefect's
+    backend (the UI's logs) still receives every record.
+
+    Prefect names the run on each record (``task_run_id``/``flow_run_id``, from its log adapters): a run whose
+    exception was a user error has its "Finished in state Failed(…)" line dropped too, nothing else.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed_runs: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        run = getattr(record, "task_run_id", None) or getattr(record, "flow_run_id", None)
+        if record.exc_info and isinstance(record.exc_info[1], UserError):
+            if run is not None:
+                self.failed_runs.add(str(run))
+            return False
+        return not (run is not None and str(run) in self.failed_runs
+                    and record.getMessage().startswith("Finished in state"))
+
+
+def hide_user_errors() -> None:
+    """Add :class:`UserErrorsOffConsole` to Prefect's console handlers (once); call it after Prefect is imported,
+    which sets them up, and before a flow runs."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values()
+                                       if isinstance(lg, logging.Logger)]
+    for handler in {h for lg in loggers for h in lg.handlers if isinstance(h, PrefectConsoleHandler)}:
+        if not any(isinstance(f, UserErrorsOffConsole) for f in handler.filters):
+            handler.addFilter(UserErrorsOffConsole())

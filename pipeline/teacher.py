@@ -382,5 +382,9 @@ def publish(p: TeacherPlan, model: nn.Module) -> str:
         record_scores(p, writer, scores, model)
         record_content(p, writer, seen)
         return writer.finish()
+    except UserError as exc:
+        if not isinstance(exc, StoreError):  # the input is bad (an image that cannot be decoded): keep nothing
+            writer.discard()
+        raise
     finally:
         writer.abort()

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime
 
+import numpy as np
 import pytest
 
 import flows
@@ -129,3 +130,32 @@ def test_verbose_in_process_changes_only_the_console_level():
         console.apply(console.ConsoleConfig())
     quiet = logging.getLevelName(flows.QUIET_LEVEL)  # WARNING, unless the environment set another
     assert levels() == ({quiet}, {logging.NOTSET})  # the API still gets every INFO line
+
+
+def test_an_unreadable_image_met_inside_a_task_is_one_line(tmp_path):
+    """A JPEG cut off after its header passes the checks before Prefect starts (they read headers only) and
+    fails in the teacher's training task: Prefect's tracebacks of it (the task's, the flow's) and the failed
+    state stay off the console, which shows the command's one line; exit 2, nothing written. The API still
+    gets the records (the UI shows the traceback)."""
+    from PIL import Image
+    from prefect.settings import PREFECT_API_URL
+
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (tmp_path / "f" / cls).mkdir(parents=True)
+        for i in range(8):
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "f" / cls / f"{i}.jpg")
+    broken = tmp_path / "f" / "a" / "3.jpg"
+    broken.write_bytes(broken.read_bytes()[: len(broken.read_bytes()) * 6 // 10])
+    env = {k: v for k, v in os.environ.items() if k != flows.CONSOLE_LEVEL}
+    env["PREFECT_API_URL"] = PREFECT_API_URL.value()
+    # --image-size: no header is read before Prefect starts (at native size every header is, and this one fails)
+    argv = [KD, "teacher", "--dataset", f"imagefolder:{tmp_path / 'f'}", "--image-size", "16", "--epochs", "1",
+            "--width", "4",
+            "--store-root", str(tmp_path / "stores"), "--checkpoint-root", str(tmp_path / "ckpt"), "--device", "cpu"]
+    proc = subprocess.run(argv, check=False, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=600)
+    lines = proc.stdout.splitlines()
+    assert proc.returncode == 2, proc.stdout[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("error: dataset: cannot decode image a/3.jpg ("), proc.stdout[-3000:]
+    assert not (tmp_path / "stores").exists() and not (tmp_path / "ckpt").exists()

@@ -116,6 +116,27 @@ def test_corrupt_jpeg_is_refused_naming_it_and_nothing_is_written(tmp_path, kind
     assert not (tmp_path / "stores").exists() and not (tmp_path / "ckpt").exists()
 
 
+def test_corrupt_jpeg_met_by_the_pass_of_a_loaded_teacher_leaves_no_copy_behind(tmp_path):
+    """With --checkpoint nothing is trained: the teacher pass is the first to decode every image. Its half-written
+    copy is deleted and its lease given up (a crash would keep the copy, to resume)."""
+    from pipeline.train import build_seeded
+
+    folder, rel = _broken(tmp_path, "truncated")
+    data = _data(folder, image_size=12)
+    ds = load_dataset(data)
+    ckpt = tmp_path / "teacher.pt"
+    model_cfg = ModelConfig(arch="cnn", width=4)
+    torch.save(build_seeded(model_cfg, ds.input_shape, ds.num_classes, seed=0).state_dict(), ckpt)
+    stores = tmp_path / "stores"
+    cfg = TeacherConfig(data=data, model=model_cfg, checkpoint=str(ckpt), store_root=str(stores),
+                        checkpoint_root=str(tmp_path / "ckpt"), device="cpu", chunk_rows=2, shard_chunks=1)
+    p = teacher.plan(cfg)
+    with pytest.raises(UserError) as exc:
+        teacher.publish(p, teacher.load(p))
+    assert exc.value.field == "dataset" and rel in str(exc.value) and "\n" not in str(exc.value)
+    assert not stores.exists() or os.listdir(stores) == []
+
+
 @pytest.mark.slow
 def test_corrupt_image_read_in_a_worker_is_the_same_one_line_error(tmp_path):
     folder, rel = _broken(tmp_path, "truncated")

@@ -375,6 +375,27 @@ class StoreWriter:
         self._stop_thread()
         self._release()
 
+    def discard(self) -> None:
+        """Stop the writer, delete this writer's unpublished copy, and give up the lease.
+
+        For a pass whose input turned out to be bad (an image that cannot be decoded): its copy is not worth
+        resuming (the fixed input is another store, or the same one to write afresh), and bad input must leave
+        nothing behind. A published or reused store is never touched.
+        """
+        self._stop_thread()
+        if self._token is not None and not self.reused and not self.meta.complete:
+            staging = local_path(self.path)
+            if staging is not None:
+                if staging != local_path(self.final):  # never the final name (an object store writes in place)
+                    shutil.rmtree(staging, ignore_errors=True)
+            else:  # an object store: written in place, under this writer's lease
+                import fsspec
+
+                fs, root = fsspec.core.url_to_fs(self.path, **(self.storage_options or {}))
+                if fs.exists(root):
+                    fs.rm(root, recursive=True)
+        self._release()
+
     def _release(self) -> None:
         if self._token is not None:
             release_lease(lease_path(self.final), self._token, self.storage_options)
