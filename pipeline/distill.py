@@ -9,6 +9,7 @@ for each group of students, then to the report functions.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -112,7 +113,7 @@ class DistillPlan:
 
     @property
     def dataset(self) -> Dataset:
-        return open_dataset(self.data_cfg)
+        return open_dataset(students_data(self.data_cfg, self.store))
 
     @property
     def teacher_test_logits(self) -> torch.Tensor:
@@ -159,13 +160,25 @@ def check_views_augment(views: int, augment: AugmentConfig) -> None:
                         "exactly)", "drop --augment, or distill from a clean-view store")
 
 
+def students_data(data: DataConfig, store: SoftTargetStore) -> DataConfig:
+    """The data the students read, from the run's data config (the store's own unless one was given).
+
+    A store with teacher views is the students' augmentation: each view is replayed exactly. The teacher's own
+    training transforms, recorded with the store's data (and shared by `kd run`'s teacher and students), are
+    therefore not drawn again on top of the views; other train transforms are refused (:func:`check_compatible`).
+    """
+    if store.views > 1 and data.train_transform and data.train_transform == store.meta.data_cfg().train_transform:
+        data = dataclasses.replace(data, train_transform=())
+    return data
+
+
 def plan(cfg: DistillConfig) -> DistillPlan:
     """Validate everything a run needs (report folder, store, data, device, online teacher) before any training."""
     check_output_folder(cfg.report_root, field="report_root", fix="pass a folder for reports, e.g. data/reports")
     resolve_device(cfg.device)
     store = open_store(cfg.store, cfg.storage_options)
     data_cfg = cfg.data or store.meta.data_cfg()
-    ds = open_dataset(data_cfg)
+    ds = open_dataset(students_data(data_cfg, store))
     check_compatible(store, ds)
     check_views_augment(store.views, cfg.augment)
     if store.views > 1:  # every view's parameters decoded now (checksums, partners of mixed views)

@@ -30,12 +30,17 @@ PRESETS: dict[str, dict] = {
         },
     },
     # The same recipe on your own photos: an image folder (one sub-folder per class; pass
-    # --dataset imagefolder:PATH) at 160 px, RandomResizedCrop + flips drawn per sample in 4 DataLoader
-    # workers, evaluation and the teacher's logits on the resized, center-cropped image.
+    # --dataset imagefolder:PATH) at 160 px, read by 4 DataLoader workers. The teacher trains on
+    # RandomResizedCrop + flips drawn per sample, then scores 8 views per image: the clean view 0 (resized,
+    # center-cropped) and 7 RandomResizedCrop boxes with flips, drawn per (store seed, sample id, view) and
+    # stored. The students train on those views, replayed exactly, so their crops always carry the
+    # teacher's logits for those very pixels (no stale targets; see "Teacher views").
     "resnet-mobilenet-imagefolder": {
         "teacher": {
             "data": {"name": "imagefolder:data/images", "image_size": 160,
                      "train_transform": ("random-resized-crop", "hflip")},
+            "views": 8,
+            "view_augment": {"ops": ("crop", "flip")},
             "model": {"arch": "resnet18"},
             "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-4,
                       "epochs": 30, "batch_size": 64, "schedule": "cosine", "warmup_epochs": 1},

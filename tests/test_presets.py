@@ -11,6 +11,7 @@ from flows.cli import distill_config, parse_args, student_namespace, teacher_con
 from pipeline import distill, teacher
 from pipeline.config import DistillConfig, TeacherConfig, from_dict
 from pipeline.presets import PRESETS
+from pipeline.store import SoftTargetStore
 
 
 def _args(*argv):
@@ -90,11 +91,13 @@ def test_imagefolder_preset_sets_the_recipe():
     t = teacher_config(_args("--preset", "resnet-mobilenet-imagefolder"))
     assert t.data.name.startswith("imagefolder:") and 160 <= t.data.image_size <= 224
     assert t.data.train_transform == ("random-resized-crop", "hflip") and t.model.arch == "resnet18"
+    assert t.views > 1 and t.view_augment.ops == ("crop", "flip")  # RandomResizedCrop views, stored and replayed
 
 
 @pytest.mark.slow
 def test_imagefolder_preset_runs_end_to_end_at_64px(photo_folder, tmp_path):
-    """resnet18 -> mobilenet_v3_small on a generated folder at 64 px, RandomResizedCrop drawn per sample."""
+    """resnet18 -> mobilenet_v3_small on a generated folder at 64 px: the teacher trains on RandomResizedCrop drawn
+    per sample, and stores 8 views (RandomResizedCrop boxes, flips) that the students replay."""
     torch.set_num_threads(1)
     a = _args("--preset", "resnet-mobilenet-imagefolder", "--dataset", f"imagefolder:{photo_folder}",
               "--image-size", "64", "--epochs", "1", "--warmup-epochs", "0", "--student-epochs", "1",
@@ -106,7 +109,9 @@ def test_imagefolder_preset_runs_end_to_end_at_64px(photo_folder, tmp_path):
     store = teacher.publish(p, teacher.train(p))
     cfg = distill_config(student_namespace(a), store)
     plan = distill.plan(cfg)
-    assert plan.dataset.preprocess.train_ops == ("random-resized-crop", "hflip")  # the store's data config
+    store_data = SoftTargetStore(store).meta.data_cfg()
+    assert store_data.train_transform == ("random-resized-crop", "hflip")  # the teacher's training transforms
+    assert plan.store.views == 8 and plan.dataset.preprocess.train_ops == ()  # the students train on the views
     rows = distill.train_students(plan, cfg.students())
     assert [r["status"] for r in rows] == ["ok"] * 2 and all(r["arch"] == "mobilenet_v3_small" for r in rows)
     assert rows[0]["input_shape"] == [3, 64, 64]
