@@ -27,7 +27,7 @@ from pipeline.config import (AugmentConfig, DataConfig, DistillConfig, StudentSp
                              to_dict)
 from pipeline.checkpoints import load_store_teacher
 from pipeline.checks import check_output_folder
-from pipeline.data import Dataset, open_dataset
+from pipeline.data import Dataset, store_dataset
 from pipeline.errors import StoreError, UserError
 from pipeline.loader import SoftTargetLoader, fits_cache
 from pipeline.metrics import expected_calibration_error
@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 
 def check_compatible(store: SoftTargetStore, ds: Dataset) -> None:
     """Refuse a store written from other data, naming the first field that differs (for an image folder
-    changed since, the first file added, removed or resized)."""
+    changed since, the first file added, removed or resized). Open ``ds`` with
+    :func:`pipeline.data.store_dataset`, so that a changed folder is refused before any of its images is read."""
     meta = store.meta
     fix = "distill with the dataset the teacher saw, or rerun `kd teacher` on this data"
     if meta.transform_hash != ds.transform_hash:
@@ -51,12 +52,8 @@ def check_compatible(store: SoftTargetStore, ds: Dataset) -> None:
         raise StoreError("dataset", f"store was written from {meta.dataset.name!r}, not {ds.name!r}", fix)
     if store.num_classes != ds.num_classes:
         raise StoreError("num_classes", f"store has {store.num_classes} classes, dataset has {ds.num_classes}", fix)
-    if meta.dataset.files is not None and ds.files is not None and not ds.files.matches(meta.dataset.files):
-        from pipeline.data.folder import first_difference, read_manifest
-
-        changed = first_difference(read_manifest(meta.dataset.files), ds.files.listing())
-        raise StoreError("dataset.files", f"the image folder changed since the store was written: {changed}",
-                         "restore the folder, or rerun `kd teacher` on it")
+    if meta.dataset.files is not None and ds.files is not None:
+        ds.files.check_unchanged(meta.dataset.files)  # free when store_dataset compared them already
     for split, info in meta.dataset.splits.items():
         if split not in ds.splits:
             continue
@@ -99,7 +96,7 @@ class DistillPlan:
     """What every task of one distill run shares: small, frozen and serialisable (it travels to Dask workers).
 
     The store and the dataset are not carried: each process opens them once, through caches keyed by
-    their path and config (:func:`open_store`, :func:`pipeline.data.open_dataset`).
+    their path and config (:func:`open_store`, :func:`pipeline.data.store_dataset`).
     """
 
     cfg: DistillConfig
@@ -113,7 +110,8 @@ class DistillPlan:
 
     @property
     def dataset(self) -> Dataset:
-        return open_dataset(students_data(self.data_cfg, self.store))
+        store = self.store
+        return store_dataset(store.meta, students_data(self.data_cfg, store))
 
     @property
     def teacher_test_logits(self) -> torch.Tensor:
@@ -178,7 +176,7 @@ def plan(cfg: DistillConfig) -> DistillPlan:
     resolve_device(cfg.device)
     store = open_store(cfg.store, cfg.storage_options)
     data_cfg = cfg.data or store.meta.data_cfg()
-    ds = open_dataset(students_data(data_cfg, store))
+    ds = store_dataset(store.meta, students_data(data_cfg, store))
     check_compatible(store, ds)
     check_views_augment(store.views, cfg.augment)
     if store.views > 1:  # every view's parameters decoded now (checksums, partners of mixed views)

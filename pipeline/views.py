@@ -13,7 +13,7 @@ import torch
 
 from pipeline import view_ops
 from pipeline.checkpoints import load_store_teacher
-from pipeline.data import open_dataset
+from pipeline.data import store_dataset
 from pipeline.errors import StoreError
 from pipeline.store import SoftTargetStore, parse_encoding
 from pipeline.train import predict
@@ -39,7 +39,7 @@ def verify_views(store: SoftTargetStore, samples: int = 32, seed: int = 0, model
         raise StoreError("encoding", "views of a topk store are approximations and cannot be compared exactly",
                          "check views on a float16/float32 store")
     augment, _ = store.meta.views.replay()
-    ds = open_dataset(store.meta.data_cfg())
+    ds = store_dataset(store.meta)
     split = ds.splits["train"]
     rows = np.sort(np.random.default_rng(seed).choice(len(split), size=min(samples, len(split)), replace=False))
     model = model if model is not None else load_store_teacher(store)

@@ -3,6 +3,7 @@ transforms replayed in any worker, and a folder changed after its store was writ
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -300,3 +301,50 @@ def test_a_file_modified_in_place_passes_stage2_and_fails_verify_data(folder_sto
         verify_data(SoftTargetStore(store))
     assert "content" in exc.value.field and "modified in place" in str(exc.value)
     assert "modified in place" in cli_fails(capsys, "inspect", store, "--verify-data")
+
+
+def test_stage2_at_native_resolution_reads_no_image_when_the_folder_is_unchanged(folder_store, capsys, monkeypatch):
+    """The teacher pass read every header; stage 2 compares the listing and takes the size from the store."""
+    from PIL import Image
+
+    from pipeline.data import open_dataset
+
+    folder, store, p = folder_store
+    for cls in ("a", "b"):  # every header made unreadable, every byte size kept: the listing still matches
+        for path in Path(folder, cls).iterdir():
+            path.write_bytes(bytes(16) + path.read_bytes()[16:])
+    opened = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda *a, **kw: opened.append(a[0]) or real_open(*a, **kw))
+    open_dataset.cache_clear()  # a new process would see the folder afresh
+    _stage2(store)
+    assert opened == []
+    assert distill.plan(DistillConfig(store=store, model=ModelConfig(arch="cnn", width=4), device="cpu",
+                                      report_root="unused")).dataset.input_shape == (3, 12, 16)
+    assert "modified in place" in cli_fails(capsys, "inspect", store, "--verify-data")  # the full check reads them
+    with pytest.raises(UserError) as exc:  # a teacher pass still reads every header
+        teacher.plan(p.cfg)
+    assert exc.value.field == "dataset" and "cannot read image" in str(exc.value)
+    assert opened
+
+
+def test_a_file_replaced_by_another_size_at_native_resolution_is_a_changed_folder(folder_store, capsys):
+    """Not "images differ in size ... pass --image-size": the folder changed since the store was written."""
+    from PIL import Image
+
+    from pipeline.data import open_dataset
+
+    folder, store, _ = folder_store
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(os.path.join(folder, "a", "001.png"))
+    open_dataset.cache_clear()
+    with pytest.raises(StoreError) as exc:
+        _stage2(store)
+    says = os.path.join("a", "001.png") + " changed"
+    assert exc.value.field == "dataset.files" and says in str(exc.value), str(exc.value)
+    for argv in (["distill", "--store", store, "--report-root", os.path.join(folder, "..", "reports")],
+                 ["inspect", store, "--verify-data"]):
+        msg = cli_fails(capsys, *argv)
+        assert msg.startswith("error: dataset.files: ") and says in msg and "--image-size" not in msg, msg
+    with pytest.raises(StoreError) as exc:  # `kd inspect --verify` compares the listing too
+        SoftTargetStore(store).verify_fingerprints()
+    assert exc.value.field == "dataset.files"

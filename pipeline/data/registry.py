@@ -15,7 +15,7 @@ import torch
 
 from pipeline.config import DataConfig
 from pipeline.data.dataset import Dataset, Split
-from pipeline.data.folder import FolderSource
+from pipeline.data.folder import FolderSource, RecordedFolder
 from pipeline.data.sources import TORCHVISION, Source, cifar_sources, digits_source, locate, mnist_sources
 from pipeline.errors import UserError
 from pipeline.transforms import Preprocess
@@ -79,10 +79,11 @@ def _torchvision_loader(read: Callable[[str, str], tuple[Source, Source]]) -> Ca
     return load
 
 
-def load_imagefolder(cfg: DataConfig) -> Dataset:
-    """``imagefolder:PATH``: one sub-folder per class, RGB, at native resolution unless ``image_size``."""
+def load_imagefolder(cfg: DataConfig, recorded: RecordedFolder | None = None) -> Dataset:
+    """``imagefolder:PATH``: one sub-folder per class, RGB, at native resolution unless ``image_size``;
+    ``recorded``: the store's record of the folder, checked first (see :class:`FolderSource`)."""
     path = cfg.name[len(IMAGEFOLDER):]
-    source = FolderSource(path, native_size=cfg.image_size is None)
+    source = FolderSource(path, native_size=cfg.image_size is None, recorded=recorded)
     return _three_way(cfg.name, cfg, source, channels=3, legacy=False, files=source)
 
 
@@ -124,18 +125,31 @@ def add_label_noise(split: Split, rate: float, num_classes: int, seed: int) -> S
 
 
 @functools.lru_cache(maxsize=4)
-def open_dataset(cfg: DataConfig) -> Dataset:
+def open_dataset(cfg: DataConfig, recorded: RecordedFolder | None = None) -> Dataset:
     """The dataset of ``cfg``, opened once per process (every task of a run, Dask workers included, shares it).
 
     Callers must treat it as read-only. It holds labels, ids and (for folders) paths; never pixels.
+    ``recorded``: for the image folder a store was written from, what the store recorded of it
+    (``RecordedFolder.of(store.meta, cfg)``): the folder is compared with it before any image is read.
     """
-    return load_dataset(cfg)
+    return load_dataset(cfg, recorded)
 
 
-def load_dataset(cfg: DataConfig) -> Dataset:
+def store_dataset(meta, cfg: DataConfig | None = None, *, cached: bool = True) -> Dataset:
+    """The dataset a store's checks and stage 2 use: ``cfg`` (default: the one the store was written from),
+    given what the store's metadata ``meta`` recorded of its image folder (:meth:`RecordedFolder.of`), so that
+    a folder changed since is refused before any image is read, and a native-resolution folder that has not
+    changed takes the store's image size instead of reading every header again. ``cached``: through
+    :func:`open_dataset` (once per process), else opened afresh."""
+    cfg = cfg if cfg is not None else meta.data_cfg()
+    recorded = RecordedFolder.of(meta, cfg)
+    return open_dataset(cfg, recorded) if cached else load_dataset(cfg, recorded)
+
+
+def load_dataset(cfg: DataConfig, recorded: RecordedFolder | None = None) -> Dataset:
     """Open ``cfg``'s dataset afresh; prefer :func:`open_dataset`."""
     check_dataset_name(cfg.name)
-    ds = load_imagefolder(cfg) if cfg.name.startswith(IMAGEFOLDER) else DATASETS[cfg.name](cfg)
+    ds = load_imagefolder(cfg, recorded) if cfg.name.startswith(IMAGEFOLDER) else DATASETS[cfg.name](cfg)
     # Noise only ever touches train labels (what the teacher and the hard-label term see); val and
     # test keep the true labels, so selection and accuracy are measured against the truth. It is
     # drawn over the whole train split before the limit, so a limited split is a prefix of the full one.

@@ -7,7 +7,7 @@ same name and same size, is caught too.
 """
 from __future__ import annotations
 
-from pipeline.data.registry import load_dataset
+from pipeline.data.registry import store_dataset
 from pipeline.errors import StoreError
 
 
@@ -16,7 +16,7 @@ def verify_data(store) -> dict[str, str]:
     from pipeline.distill import check_compatible  # the identity checks of stage 2, first
 
     meta = store.meta
-    ds = load_dataset(meta.data_cfg())
+    ds = store_dataset(meta, cached=False)  # an image folder's listing compared first, before any image is read
     check_compatible(store, ds)
     out = {}
     for name, info in meta.dataset.splits.items():

@@ -48,10 +48,12 @@ def check_fingerprints(store) -> str:
     meta = store.meta
     if not meta.dataset.splits:
         return "not checked: the store records no dataset fingerprints"
-    from pipeline.data import load_dataset
+    from pipeline.data import store_dataset
 
     try:
-        ds = load_dataset(meta.data_cfg())
+        ds = store_dataset(meta, cached=False)
+    except StoreError:  # the data is there but differs from the store's (an image folder changed since)
+        raise
     except (UserError, OSError, ValueError, RuntimeError) as exc:
         reason = exc.one_line() if isinstance(exc, UserError) else type(exc).__name__
         return f"not checked: the data the store was written from is not available here ({reason[:160]})"
