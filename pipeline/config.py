@@ -150,6 +150,8 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check(bool(self.name), "dataset", "is empty", "pass e.g. --dataset digits")
+        _check(self.name.strip() != "imagefolder:", "dataset", "imagefolder: names no folder",
+               "pass --dataset imagefolder:PATH, PATH holding one sub-folder per class")
         _check(self.image_size is None or self.image_size > 0, "image_size",
                f"must be positive, got {self.image_size}", "use e.g. 224, or omit it for native resolution")
         for op in self.train_transform:

@@ -79,6 +79,8 @@ def test_cli_refuses_bad_folders_in_one_line_and_writes_nothing(capsys, tmp_path
     assert "data.csv" in cli_fails(capsys, "teacher", "--dataset", f"imagefolder:{folder}", *out)
     assert "single class" in cli_fails(capsys, "teacher", "--dataset",
                                     f"imagefolder:{write_folder(tmp_path / 'one', classes=('x',))}", *out)
+    # no path at all: refused, not the current folder scanned
+    assert "names no folder" in cli_fails(capsys, "teacher", "--dataset", "imagefolder:", *out)
     assert not (tmp_path / "stores").exists() and not (tmp_path / "ckpt").exists()
 
 
