@@ -78,6 +78,20 @@ def _check(cond: bool, field_name: str, problem: str, fix: str) -> None:
         raise UserError(field_name, problem, fix)
 
 
+# --augment ops (drawn per batch on the device) that repeat a --train-transform op (drawn per sample in the workers)
+AUGMENT_REPEATS = {"crop": "random-resized-crop", "flip": "hflip"}
+
+
+def check_augment_overlap(data: "DataConfig", augment: "AugmentConfig") -> None:
+    """Refuse a crop or flip asked for twice, once per sample (``--train-transform``) and once per batch
+    (``--augment``): every image would be cropped or flipped twice over."""
+    for op in augment.ops:
+        repeated = AUGMENT_REPEATS.get(op)
+        _check(repeated not in data.train_transform, "augment", f"{op} repeats --train-transform {repeated} "
+               "(each image would get both)", f"keep one: drop {op} from --augment, or {repeated} from "
+               "--train-transform (drawn per sample in the data loader's workers)")
+
+
 def _check_choice(value: str, choices: tuple[str, ...], field_name: str) -> None:
     _check(value in choices, field_name, f"unknown value {value!r}", f"choose one of: {', '.join(choices)}")
 
@@ -381,6 +395,7 @@ class TeacherConfig:
                "is empty, so every view is clean", "pass e.g. --view-augment translate,rotate")
         _check(self.views > 1 or not self.view_mix.ops, "view_mix", "mixes teacher views, but --views is 1 "
                "(view 0 is always the clean image)", "pass e.g. --views 8, or drop --view-mix")
+        check_augment_overlap(self.data, self.augment)
 
 
 @dataclass(frozen=True)

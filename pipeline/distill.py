@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline.config import (AugmentConfig, DataConfig, DistillConfig, StudentSpec, config_hash, is_plain_name,
+from pipeline.config import (AugmentConfig, DataConfig, DistillConfig, StudentSpec, check_augment_overlap, config_hash,
+                             is_plain_name,
                              to_dict)
 from pipeline.checkpoints import load_store_teacher
 from pipeline.checks import check_output_folder
@@ -176,7 +177,9 @@ def plan(cfg: DistillConfig) -> DistillPlan:
     resolve_device(cfg.device)
     store = open_store(cfg.store, cfg.storage_options)
     data_cfg = cfg.data or store.meta.data_cfg()
-    ds = store_dataset(store.meta, students_data(data_cfg, store))
+    students = students_data(data_cfg, store)
+    check_augment_overlap(students, cfg.augment)
+    ds = store_dataset(store.meta, students)
     check_compatible(store, ds)
     check_views_augment(store.views, cfg.augment)
     if store.views > 1:  # every view's parameters decoded now (checksums, partners of mixed views)
@@ -415,7 +418,7 @@ def train_students(p: DistillPlan, specs: list[StudentSpec], *, progress: Progre
     loader = SoftTargetLoader(ds.splits["train"], cfg.optim.batch_size, seed=specs[0].seed,
                               store=None if online else p.store, cache_mb=cfg.cache_mb, cached=p.train_logits(),
                               chunk_rows=p.store.chunk_rows("train"), workers=cfg.workers,
-                              view_policy=cfg.view_policy)
+                              view_policy=cfg.view_policy, pin_memory=device.type == "cuda")
     label = ",".join(s.run_id for s in specs)
     results = fit_group(specs, model_cfg=cfg.model, optim=cfg.optim, augment=cfg.augment, loader=loader,
                         val=ds.splits["val"], input_shape=ds.input_shape, num_classes=ds.num_classes, device=device,

@@ -507,7 +507,8 @@ def fit_teacher(*, model_cfg: ModelConfig, optim: OptimConfig, augment: AugmentC
 
     Its loss going non-finite is reported in the result (``failed``), as for a student.
     """
-    loader = SoftTargetLoader(train, optim.batch_size, seed=seed, workers=workers)  # labels only: no store
+    loader = SoftTargetLoader(train, optim.batch_size, seed=seed, workers=workers,  # labels only: no store
+                              pin_memory=device.type == "cuda")
     start = time.perf_counter()
     trainee = build_trainee(name="teacher", objective=label_objective, seed=seed, model_cfg=model_cfg, optim=optim,
                             input_shape=input_shape, num_classes=num_classes, device=device,

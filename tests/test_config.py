@@ -206,6 +206,14 @@ def test_bad_augment_op(ops):
     assert "translate" in err.fix
 
 
+@pytest.mark.parametrize("ops,transform", [(("crop",), ("random-resized-crop",)), (("translate", "flip"), ("hflip",))])
+def test_a_crop_or_flip_asked_per_batch_and_per_sample_is_refused(ops, transform):
+    data = DataConfig(name="imagefolder:x", image_size=32, train_transform=transform)
+    err = refused("augment", lambda: TeacherConfig(data=data, augment=AugmentConfig(ops=ops)))
+    assert transform[0] in err.problem
+    TeacherConfig(data=data, augment=AugmentConfig(ops=("translate", "rotate")))  # other ops combine
+
+
 def test_bad_translate():
     refused("translate", lambda: AugmentConfig(ops=("translate",), translate=-1))
 
