@@ -27,7 +27,7 @@ from pipeline.data import Dataset, open_dataset
 from pipeline.errors import StoreError, UserError
 from pipeline.loader import read_batches, row_batches
 from pipeline.models import count_parameters, resolve_device
-from pipeline.precision import prepare
+from pipeline.precision import compute_dtype, precision_name, prepare, widest
 from pipeline.store import (SPLITS, DatasetMeta, LineageEntry, Provenance, SoftTargetStore, StoreWriter, TeacherMeta,
                             ViewsMeta, join, now_iso, published_meta, software_versions)
 from pipeline.train import Progress, evaluate, evaluate_splits, fit_teacher, predict
@@ -68,10 +68,18 @@ class TeacherPlan:
     store_path: str
     checkpoint_path: str
     checkpoint_sha256: str | None  # known up front only when loading a given checkpoint
+    # The precision the logits pass computes in: None, the device's choice (pipeline.precision: float32 on the
+    # CPU, autocast on CUDA). Tests set "bfloat16" to write a store under CPU autocast.
+    precision: str | None = None
 
     @property
     def dataset(self) -> Dataset:
         return open_dataset(self.cfg.data)
+
+    @property
+    def pass_precision(self) -> str:
+        """What the logits pass computes in on this process's device, as the store records it."""
+        return precision_name(compute_dtype(resolve_device(self.cfg.device), fast=True, precision=self.precision))
 
     @property
     def checkpoint_ready(self) -> bool:
@@ -184,6 +192,7 @@ def create_store(p: TeacherPlan, model: nn.Module, *, defer: bool = False) -> St
             # then these placeholders stand in (training readers open complete stores only, and `kd inspect`
             # / `kd stores` show an unfinished store's scores as "—").
             val_acc=UNSCORED, test_acc=UNSCORED, val_nll=UNSCORED, test_nll=UNSCORED,
+            precision=p.pass_precision,
         ),
         dataset=DatasetMeta.from_attrs(ds.describe(), at="dataset"),
         data_config=asdict(cfg.data),
@@ -201,6 +210,12 @@ def create_store(p: TeacherPlan, model: nn.Module, *, defer: bool = False) -> St
     elif writer.resumed:
         log.info("resuming incomplete store %s: %s shards left", p.store_path,
                  {s: len(writer.pending(s)) for s in splits})
+        # A resumed store keeps its own attributes; if it was started on another device, its logits mix two
+        # precisions and the record keeps the less precise (a version 3 store records none: left unknown).
+        recorded = writer.meta.teacher.precision
+        if recorded is not None and widest(recorded, p.pass_precision) != recorded:
+            writer.meta = dataclasses.replace(writer.meta, teacher=dataclasses.replace(
+                writer.meta.teacher, precision=widest(recorded, p.pass_precision)))
     return writer
 
 
@@ -255,7 +270,7 @@ def write_shards(p: TeacherPlan, model: nn.Module, writer: StoreWriter, work: di
             digests, known = seen[name]
             digests[rows], known[rows] = d, True
         parts.append(teacher_views(p.cfg, model, x, splits[name].ids[torch.from_numpy(rows)], device,
-                                   partners=partners[name]))
+                                   partners=partners[name], precision=p.precision))
         if scores is not None and name in scores:
             scores[name].add(parts[-1][0][:, 0], splits[name].y[torch.from_numpy(rows)])  # view 0: clean
         if rows[-1] + 1 == writer.layouts[name].shard_range(shard)[1]:  # the shard's last batch: queue it whole
@@ -272,23 +287,26 @@ PASS_BATCH = 512  # images per teacher forward in the logits pass
 
 
 def teacher_views(cfg: TeacherConfig, model: nn.Module, x: torch.Tensor, ids: torch.Tensor, device: torch.device,
-                  partners: view_ops.Partners | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+                  partners: view_ops.Partners | None = None,
+                  precision: str | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Teacher logits of every view of ``x``: (R, V, C) float32, and the views' drawn parameters (R, V, P) when V > 1.
 
     ``partners``: the samples' own split, where mixed views draw and fetch their partners (read through
     the lazy split, only the partners a batch needs). On CUDA the teacher runs under autocast,
     channels_last (:mod:`pipeline.precision`); logits are cast to float32 before they are encoded.
+    ``precision``: :attr:`TeacherPlan.precision` (None: the device's choice).
     """
     if cfg.views == 1:
-        return torch.cat(list(predict(model, x, device, batch_size=PASS_BATCH, fast=True))).numpy()[:, None, :], None
+        return torch.cat(list(predict(model, x, device, batch_size=PASS_BATCH, fast=True,
+                                      precision=precision))).numpy()[:, None, :], None
     names = view_ops.columns(cfg.view_augment, cfg.view_mix)
     logits, params = [], []
     for v in range(cfg.views):
         rows = view_ops.draw_rows(cfg.view_augment, cfg.view_mix, ids=ids, view=v, seed=cfg.seed,
                                   size=(x.shape[-2], x.shape[-1]), partners=partners)  # (R, P)
         xv = view_ops.view_pixels(x, rows, names, partners)  # the pixels replay will rebuild from the rows
-        logits.append(torch.cat(list(predict(model, xv, device, batch_size=PASS_BATCH,
-                                             fast=True))).numpy())  # (R, C)
+        logits.append(torch.cat(list(predict(model, xv, device, batch_size=PASS_BATCH, fast=True,
+                                             precision=precision))).numpy())  # (R, C)
         params.append(rows)
     return np.stack(logits, axis=1), np.stack(params, axis=1)
 

@@ -126,12 +126,13 @@ class StudentResult(TrainResult):
 
 
 def predict(model: nn.Module, data: Split | torch.Tensor, device: torch.device, *, batch_size: int = 512,
-            workers: int = 0, fast: bool = False) -> Iterator[torch.Tensor]:
+            workers: int = 0, fast: bool = False, precision: str | None = None) -> Iterator[torch.Tensor]:
     """Raw logits (T = 1) in order, one (b, C) float32 CPU tensor per batch.
 
     ``data`` is a lazy split, read in order through a DataLoader (``workers`` processes decode its
     images, pinned on CUDA), or a tensor (B, C, H, W) already in memory. ``fast``: the teacher pass's
     mixed precision and channels_last on CUDA (:mod:`pipeline.precision`); logits leave as float32.
+    ``precision``: overrides the device's autocast choice of a ``fast`` pass (:func:`pipeline.precision.compute_dtype`).
     """
     model = prepare(model, device, fast=fast)
     if isinstance(data, Split):
@@ -141,7 +142,7 @@ def predict(model: nn.Module, data: Split | torch.Tensor, device: torch.device, 
         batches = (data[s:s + batch_size] for s in range(0, data.shape[0], batch_size))
     for xb in batches:
         x = _to_device(xb, device, fast=fast)
-        with inference(device, fast=fast):
+        with inference(device, fast=fast, precision=precision):
             out = model(x)
         yield out.float().cpu()
 

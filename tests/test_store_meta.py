@@ -12,7 +12,7 @@ import pytest
 import zarr
 
 from pipeline.errors import StoreError
-from pipeline.store import SoftTargetStore, StoreMeta
+from pipeline.store import FORMAT_VERSION, SoftTargetStore, StoreMeta
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 
@@ -97,3 +97,22 @@ def test_mistyped_attributes_are_named(store_copy):
 def test_unknown_format_version_is_refused_before_the_fields(store_copy):
     err = _damage(store_copy, lambda a: (a.pop("teacher"), a.update(format_version=1)))
     assert err.field == "format_version"
+
+
+def test_teacher_precision_is_required_from_version_4_and_checked(store_copy):
+    err = _damage(store_copy, lambda a: a["teacher"].pop("precision"))
+    assert err.field == "teacher.precision" and "missing" in err.problem
+    err = _damage(store_copy, lambda a: a["teacher"].update(precision="float64"))
+    assert err.field == "teacher.precision" and "float64" in err.problem
+
+
+def test_a_version_3_store_is_read_without_a_precision(store_copy):
+    g = zarr.open_group(store_copy, mode="r+")
+    attrs = dict(g.attrs)
+    assert attrs["format_version"] == FORMAT_VERSION == 4 and attrs["teacher"]["precision"] == "float32"
+    attrs["format_version"] = 3
+    attrs["teacher"] = {k: v for k, v in attrs["teacher"].items() if k != "precision"}
+    g.attrs.put(attrs)
+    meta = SoftTargetStore(store_copy).meta
+    assert meta.format_version == 3 and meta.teacher.precision is None
+    assert meta.to_attrs() == attrs  # read back exactly as it is on disk

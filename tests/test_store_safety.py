@@ -26,7 +26,7 @@ from pipeline import teacher
 from pipeline.config import ModelConfig
 from pipeline.data import load_dataset
 from pipeline.errors import StoreError, UserError
-from pipeline.store import SoftTargetStore, StoreWriter, lease
+from pipeline.store import FORMAT_VERSION, SoftTargetStore, StoreWriter, lease
 from pipeline.train import build_seeded
 from tests.conftest import cli_fails, DIGITS, small_teacher_config, synthetic_provenance
 
@@ -213,7 +213,7 @@ def test_a_complete_store_is_never_reopened_for_writing(tmp_path):
     with pytest.raises(StoreError, match="cannot use") as e:  # an older store at the name: refused, kept
         StoreWriter(path, synthetic_provenance(C), _splits(100), encoding="float32")
     assert "version 2" in str(e.value) and "\n" not in str(e.value)
-    g.attrs["format_version"] = 3
+    g.attrs["format_version"] = FORMAT_VERSION
     assert {f: os.stat(f).st_mtime_ns for f in stamp if not f.endswith("/s.zarr/zarr.json")} == \
         {f: t for f, t in stamp.items() if not f.endswith("/s.zarr/zarr.json")}
     np.testing.assert_array_equal(SoftTargetStore(path).read_logits("train"), logits)

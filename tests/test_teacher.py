@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -36,6 +37,31 @@ def test_store_records_provenance(digits_store):
     assert set(a["dataset"]["splits"]) == {"train", "val", "test"}
     assert {"torch", "zarr", "numcodecs", "python"} <= set(a["software"])
     assert a["encoding"] == "float32" and a["complete"] is True
+    assert t["precision"] == "float32"  # a CPU pass never autocasts
+
+
+def test_a_pass_resumed_in_a_less_precise_dtype_records_it(digits_store, tmp_path):
+    """A store started in float32 and finished under bfloat16 autocast (as when a CPU run is resumed on a GPU)
+    holds logits of both: it records the less precise, which `--verify-views` sizes its tolerance by."""
+    import dataclasses
+
+    ckpt = SoftTargetStore(digits_store).attrs["teacher"]["checkpoint"]
+    p = teacher.plan(small_teacher_config(str(tmp_path), checkpoint=ckpt, encoding="float32"))
+    model = teacher.load(p)
+    writer = teacher.create_store(p, model)
+    assert writer.meta.teacher.precision == "float32"
+    teacher.write_shards(p, model, writer, {"val": writer.pending("val")})
+    writer.close()
+    writer.abort()  # cut off: the staged copy with val written stays
+    resumed = dataclasses.replace(p, precision="bfloat16")
+    assert resumed.pass_precision == "bfloat16"
+    path = teacher.publish(resumed, model)
+    s = SoftTargetStore(path)
+    assert s.meta.teacher.precision == "bfloat16"
+    # val was written in float32, the rest under bfloat16: val matches the float32 store exactly, train does not.
+    ref = SoftTargetStore(digits_store)
+    assert np.array_equal(s.read_logits("val"), ref.read_logits("val"))
+    assert not np.array_equal(s.read_logits("train"), ref.read_logits("train"))
 
 
 def test_loading_a_checkpoint_reproduces_the_store(digits_store, tmp_path):

@@ -1,16 +1,19 @@
 """Teacher views: replayable augmentations stored per sample, replayed exactly in stage 2."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
+import zarr
 
-from pipeline import distill, teacher
+from pipeline import distill, teacher, views
 from pipeline.augment import Augmenter
 from pipeline.config import AugmentConfig, DistillConfig, ModelConfig, OptimConfig
 from pipeline.data import load_dataset
@@ -116,3 +119,69 @@ def test_inspect_verify_views(views_store, capsys):
     main(["inspect", views_store, "--verify-views", "8", "--json"])
     info = json.loads(capsys.readouterr().out)
     assert info["views"] == 3 and info["verified_views"]["samples"] == 8
+
+
+@pytest.fixture(scope="module")
+def bf16_store(views_store, tmp_path_factory):
+    """The views store's teacher, its logits pass run under CPU bfloat16 autocast (as a GPU's runs under CUDA's)."""
+    root = str(tmp_path_factory.mktemp("bf16"))
+    ckpt = SoftTargetStore(views_store).meta.teacher.checkpoint
+    p = teacher.plan(small_teacher_config(root, views=3, view_augment=AUG, encoding="float32", checkpoint=ckpt))
+    assert p.pass_precision == "float32"  # a CPU pass computes in float32 unless told otherwise
+    p = dataclasses.replace(p, precision="bfloat16")
+    return teacher.publish(p, teacher.load(p))
+
+
+def _recorded_as(store: str, precision: str | None):
+    """Rewrite ``teacher.precision`` in place (None: a version 3 store, which did not record it)."""
+    g = zarr.open_group(store, mode="r+")
+    attrs = dict(g.attrs)
+    if precision is None:
+        attrs["teacher"] = {k: v for k, v in attrs["teacher"].items() if k != "precision"}
+        attrs["format_version"] = 3
+    else:
+        attrs["teacher"] = {**attrs["teacher"], "precision": precision}
+    g.attrs.put(attrs)
+
+
+def test_a_bfloat16_store_passes_only_with_its_precision_recorded(views_store, bf16_store, tmp_path):
+    assert SoftTargetStore(views_store).meta.teacher.precision == "float32"
+    s = SoftTargetStore(bf16_store)
+    assert s.meta.teacher.precision == "bfloat16"
+    # The same teacher and views; bfloat16 really moved the logits, beyond the float32 tolerance.
+    f32, b16 = SoftTargetStore(views_store).read_views("train"), s.read_views("train")
+    assert np.abs(b16 - f32).max() > 1e-3
+    ok = verify_views(s, samples=16)
+    assert ok["views"] == 3 and ok["precision"] == "bfloat16" and ok["max_abs_diff"] > 1e-3
+    # The same logits recorded as float32 are rejected: the recorded precision is what lets them pass.
+    copy = str(tmp_path / "as-float32.zarr")
+    shutil.copytree(bf16_store, copy)
+    _recorded_as(copy, "float32")
+    with pytest.raises(StoreError) as e:
+        verify_views(SoftTargetStore(copy), samples=16)
+    assert e.value.field == "views" and "float32 compute tolerance" in str(e.value)
+    # A version 3 store records no precision: one written on the CPU (device: cpu) is held to float32, any
+    # other to the widest, bfloat16.
+    _recorded_as(copy, None)
+    assert SoftTargetStore(copy).meta.format_version == 3
+    with pytest.raises(StoreError):
+        verify_views(SoftTargetStore(copy), samples=16)
+    g = zarr.open_group(copy, mode="r+")
+    g.attrs.put({**dict(g.attrs), "teacher": {**g.attrs["teacher"], "config": {**g.attrs["teacher"]["config"],
+                                                                                 "device": "auto"}}})
+    assert verify_views(SoftTargetStore(copy), samples=16)["precision"] == "bfloat16 (unrecorded, assumed)"
+
+
+def test_the_bfloat16_tolerance_still_catches_a_wrong_replay(bf16_store):
+    """A redrawn view moves this teacher's logits far beyond the bfloat16 bound, not just beyond float32's."""
+    s = SoftTargetStore(bf16_store)
+    assert views.tolerance(s)[2] == 2.0**-3  # 1/8 of each row's largest logit
+    with pytest.raises(StoreError) as e:
+        verify_views(s, samples=16, replay_seed=s.meta.views.seed + 1)
+    assert e.value.field == "views" and "does not reproduce" in str(e.value)
+    # Not a near miss: a bound 8x as wide still catches it.
+    wide = {**views.COMPUTE_TOLERANCE, "bfloat16": 8 * views.COMPUTE_TOLERANCE["bfloat16"]}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(views, "COMPUTE_TOLERANCE", wide)
+        with pytest.raises(StoreError):
+            verify_views(s, samples=16, replay_seed=s.meta.views.seed + 1)

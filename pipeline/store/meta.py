@@ -28,9 +28,11 @@ from pipeline.config import AugmentConfig, DataConfig, MixConfig, ModelConfig, f
 from pipeline.errors import StoreError
 
 # 2: a views axis (N, V, C) on every logits array. 3: a manifest of per-shard content hashes, and each split's
-# row count in its layout (the shape every array must have).
-FORMAT_VERSION = 3
-SUPPORTED_VERSIONS = (3,)
+# row count in its layout (the shape every array must have). 4: teacher.precision, the precision the logits were
+# computed in (version 3 stores are still read: their precision is unknown, see pipeline.views).
+FORMAT_VERSION = 4
+SUPPORTED_VERSIONS = (3, 4)
+PRECISIONS = ("float32", "bfloat16", "float16")  # pipeline.precision.PRECISIONS (this module imports no torch)
 REWRITE = "the store's attributes are damaged or from another version; rewrite it with `kd teacher`"
 _ABSENT = object()
 
@@ -130,9 +132,14 @@ class TeacherMeta(_Record):
     test_acc: float
     val_nll: float
     test_nll: float
+    # What the logits were computed in: "float32" (CPU), "bfloat16" or "float16" (CUDA autocast). Present from
+    # format_version 4 on (StoreMeta checks it); None only in a version 3 store, which did not record it.
+    precision: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "config", _json(self.config))
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise _problem("teacher.precision", f"expected one of {', '.join(PRECISIONS)}, got {_shown(self.precision)}")
 
     def model_cfg(self) -> ModelConfig:
         """The teacher's architecture, rebuilt from its recorded config."""
@@ -266,6 +273,8 @@ class StoreMeta(Provenance):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.format_version >= 4 and self.teacher.precision is None:
+            raise _problem("teacher.precision", "missing from the store's attributes")
         if self.complete and self.manifest is None:
             raise _problem("manifest", "missing from a complete store's attributes")
 
