@@ -449,7 +449,30 @@ def test_cifar10_pickled_batches_in_torchvision_layout(tmp_path, no_network):
     # The split is sent to DataLoader workers without its pixels: they reload the files there.
     import pickle
 
-    assert len(pickle.dumps(ds.splits["train"])) < train_images.nbytes / 4
+    sent = pickle.dumps(ds.splits["train"])
+    assert len(sent) < train_images.nbytes / 4
+    # This process and every worker map one cache file written beside the batches, instead of each
+    # unpickling its own copy of the whole set.
+    assert isinstance(ds.splits["train"].source.array, np.memmap)
+    in_worker = pickle.loads(sent).source.array
+    assert isinstance(in_worker, np.memmap) and in_worker.filename == ds.splits["train"].source.array.filename
+    np.testing.assert_array_equal(in_worker[ds.splits["train"].ids.numpy()], train_images[ds.splits["train"].ids.numpy()])
+    assert [f for f in os.listdir(tmp_path / "cifar-10-batches-py") if f.startswith(".kd-pixels-")] != []
+
+
+def test_cifar10_without_a_writable_cache_reads_its_batches(tmp_path, no_network):
+    """Where no cache can be written (here: its name is taken by a folder), every process unpickles its own."""
+    from pipeline.data.sources import _cache_path
+
+    data = _fake_cifar10(str(tmp_path))
+    folder = str(tmp_path / "cifar-10-batches-py")
+    os.makedirs(_cache_path(folder, tuple(f"data_batch_{i}" for i in range(1, 6))))
+    ds = load_dataset(DataConfig(name="cifar10", root=str(tmp_path)))
+    import pickle
+
+    for source in (ds.splits["train"].source, pickle.loads(pickle.dumps(ds.splits["train"])).source):
+        assert not isinstance(source.array, np.memmap)
+        np.testing.assert_array_equal(source.array[:3].reshape(3, -1), data["data_batch_1"][0][:3])
 
 
 def test_truncated_idx_file_is_a_one_line_error(tmp_path):

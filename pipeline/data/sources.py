@@ -3,13 +3,15 @@
 A source knows its labels (a small int array, always in memory) and reads one
 raw image (C, H, W) at a time. Pixels are never gathered into one tensor of the
 whole set: ``digits`` is a 460 kB array kept in memory; MNIST's idx files are
-memory-mapped; CIFAR's pickled batches are torchvision's own uint8 arrays;
-image folders are read file by file (:mod:`pipeline.data.folder`). A source
+memory-mapped; CIFAR's pickled batches (torchvision's own uint8 arrays) are
+unpickled once and memory-mapped from a cache written beside them; image
+folders are read file by file (:mod:`pipeline.data.folder`). A source
 sent to a DataLoader worker travels without its pixels and reopens its files
 there, on first use.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -200,9 +202,49 @@ def _unpickle(path: str) -> dict:
 
 
 def cifar_pixels(folder: str, files: tuple[str, ...]) -> np.ndarray:
-    """CIFAR batches as (N, 3, 32, 32) uint8: the rows of its pickles are already channel-major."""
+    """CIFAR batches as (N, 3, 32, 32) uint8 (the rows of its pickles are already channel-major): memory-mapped
+    from the cache beside them when it is there (:func:`cached_pixels`), else unpickled."""
+    try:
+        return np.load(_cache_path(folder, files), mmap_mode="r")
+    except (OSError, ValueError):  # no cache (a read-only folder), or a damaged one: the batches themselves
+        return _unpickled_pixels(folder, files)
+
+
+def _unpickled_pixels(folder: str, files: tuple[str, ...]) -> np.ndarray:
     return np.concatenate([np.asarray(_unpickle(os.path.join(folder, f))["data"], dtype=np.uint8)
                            for f in files]).reshape(-1, 3, 32, 32)
+
+
+def _cache_path(folder: str, files: tuple[str, ...]) -> str:
+    """``folder/.kd-pixels-<key>.npy``, keyed by the batches' names, sizes and modification times: a batch
+    replaced since gets another key (the stale cache is then never read)."""
+    h = hashlib.sha256()
+    for f in files:
+        st = os.stat(os.path.join(folder, f))
+        h.update(f"{f}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return os.path.join(folder, f".kd-pixels-{h.hexdigest()[:16]}.npy")
+
+
+def cached_pixels(folder: str, files: tuple[str, ...], pixels: np.ndarray) -> np.ndarray:
+    """``pixels`` (unpickled from ``files``) as a read-only memory map of a cache file written once beside the
+    batches (a temporary file, then a rename), so that this process and every DataLoader worker share one
+    copy in the page cache instead of each holding its own (CIFAR-10's train set is 150 MB). Where the folder
+    cannot be written, ``pixels`` itself (each worker then unpickles its own copy, as torchvision does)."""
+    path = _cache_path(folder, files)
+    if not os.path.exists(path):
+        tmp = f"{path}.tmp-{os.getpid()}"
+        try:
+            with open(tmp, "wb") as f:
+                np.save(f, pixels)
+            os.replace(tmp, path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            return pixels
+    try:
+        return np.load(path, mmap_mode="r")
+    except (OSError, ValueError):
+        return pixels
 
 
 def cifar_sources(name: str, root: str) -> tuple[ArraySource, ArraySource]:
@@ -217,5 +259,6 @@ def cifar_sources(name: str, root: str) -> tuple[ArraySource, ArraySource]:
         if len(pixels) != len(labels):
             raise UserError("data_root", f"{folder}: {files[0]} holds {len(pixels)} images and {len(labels)} labels",
                             "restore the files, or pass --download once")
-        out.append(ArraySource(functools.partial(cifar_pixels, folder, tuple(files)), labels, classes, array=pixels))
+        out.append(ArraySource(functools.partial(cifar_pixels, folder, tuple(files)), labels, classes,
+                               array=cached_pixels(folder, tuple(files), pixels)))
     return out[0], out[1]
