@@ -350,3 +350,12 @@ def test_a_file_replaced_by_another_size_at_native_resolution_is_a_changed_folde
     with pytest.raises(StoreError) as exc:  # `kd inspect --verify` compares the listing too
         SoftTargetStore(store).verify_fingerprints()
     assert exc.value.field == "dataset.files"
+
+
+@pytest.mark.parametrize("recorded", ["not base64 at all!", "aGVsbG8="])  # the second: base64, but not zlib
+def test_a_damaged_recorded_listing_is_a_store_error(recorded):
+    from pipeline.data.folder import read_manifest
+
+    with pytest.raises(StoreError) as exc:
+        read_manifest(recorded)
+    assert exc.value.field == "dataset.files" and "damaged" in exc.value.fix

@@ -248,8 +248,13 @@ class FolderSource(Source):
 
 
 def read_manifest(manifest: str) -> list[tuple[str, int]]:
-    lines = zlib.decompress(base64.b64decode(manifest)).decode().splitlines()
-    return [(p, int(s)) for p, _, s in (line.rpartition("\t") for line in lines)]
+    """A store's recorded listing (``dataset.files``) as (relative path, byte size) pairs."""
+    try:
+        lines = zlib.decompress(base64.b64decode(manifest)).decode().splitlines()
+        return [(p, int(s)) for p, _, s in (line.rpartition("\t") for line in lines)]
+    except (ValueError, zlib.error) as exc:  # (binascii.Error and UnicodeDecodeError are ValueErrors)
+        raise StoreError("dataset.files", f"the store's listing of its image folder cannot be read ({exc})",
+                         "the store is damaged: rerun `kd teacher`") from None
 
 
 def first_difference(old: list[tuple[str, int]], new: list[tuple[str, int]]) -> str | None:
