@@ -167,6 +167,8 @@ def test_image_modes_are_converted_to_rgb_not_refused(tmp_path):
             Image.new("CMYK", (6, 6), (0, 255, 255, 0)).save(root / cls / f"c{i}.jpg")  # red in CMYK
             Image.fromarray(np.full((6, 6), 100 * 256 + 7, np.uint16)).save(root / cls / f"w{i}.png")  # 16-bit
             Image.new("P", (6, 6), 3).save(root / cls / f"p{i}.png")
+            Image.fromarray(np.full((6, 6), 0.5, np.float32), "F").save(root / cls / f"f{i}.tif")  # float, [0, 1]
+            Image.fromarray(np.full((6, 6), 200.0, np.float32), "F").save(root / cls / f"g{i}.tif")  # float, [0, 255]
     ds = load_dataset(_data(root))
     assert ds.input_shape == (3, 6, 6)
     split = ds.splits["train"]
@@ -178,6 +180,8 @@ def test_image_modes_are_converted_to_rgb_not_refused(tmp_path):
     assert px["a"][0] > 0.7 and px["a"][1] < 0.1  # RGBA: alpha dropped, colour kept
     assert px["c"][0] > 0.9 and px["c"][1] < 0.1  # CMYK red is RGB red
     assert px["l"][0] == px["l"][1] == px["l"][2]  # grey: three equal channels
+    assert torch.allclose(px["f"], torch.full((3,), 128 / 255))  # a float image in [0, 1] is not black
+    assert torch.allclose(px["g"], torch.full((3,), 200 / 255))  # one in [0, 255] keeps its values
 
 
 # --- train transforms: drawn per sample, the same in any worker --------------------------------------

@@ -78,7 +78,8 @@ def _walk(root: str) -> tuple[list[str], list[str], list[int], list[int]]:
 
 
 def to_rgb(img) -> np.ndarray:
-    """Any PIL image as (H, W, 3) uint8: 16- and 32-bit greys keep their top 8 bits, alpha is dropped."""
+    """Any PIL image as (H, W, 3) uint8: 16- and 32-bit greys keep their top 8 bits, float greys are read as
+    [0, 1] when none exceeds 1 (else as [0, 255]), alpha is dropped."""
     from PIL import Image
 
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -86,7 +87,11 @@ def to_rgb(img) -> np.ndarray:
         grey = (np.asarray(img).astype(np.uint32) >> 8).clip(0, 255).astype(np.uint8)
         img = Image.fromarray(grey, mode="L")
     elif img.mode == "F":
-        img = Image.fromarray(np.asarray(img).clip(0, 255).astype(np.uint8), mode="L")
+        # Float images are [0, 1] by the usual convention (scientific TIFFs, numpy exports); clipped at 255 as
+        # before they came out black. One whose values exceed 1 is taken as [0, 255].
+        grey = np.asarray(img, dtype=np.float32)
+        scale = 255.0 if np.nanmax(grey, initial=0.0) <= 1.0 else 1.0
+        img = Image.fromarray(np.nan_to_num(grey * scale).clip(0, 255).round().astype(np.uint8), mode="L")
     elif img.mode in ("P", "PA") and "transparency" in img.info:
         img = img.convert("RGBA")
     return np.asarray(img.convert("RGB"))
