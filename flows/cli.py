@@ -127,6 +127,18 @@ def _print_leaderboard(run_dir: str) -> None:
     print(leaderboard_text(read_report(run_dir)))
 
 
+def _fail_if_unfinished(run_dir: str) -> None:
+    """Exit 1, in one line, when students failed from a data or I/O error: the run is not finished (a rerun
+    retrains them)."""
+    from pipeline.distill import unfinished_note
+    from pipeline.report import read_report
+
+    note = unfinished_note(read_report(run_dir)["runs"])
+    if note is not None:
+        print(f"error: {note}", file=sys.stderr)
+        sys.exit(EXIT_RUN_FAILED)
+
+
 def cmd_teacher(a: argparse.Namespace) -> None:
     from pipeline import teacher
 
@@ -145,12 +157,16 @@ def cmd_distill(a: argparse.Namespace) -> None:
     cfg = distill_config(a, a.store)
     p = distill.plan(cfg)  # opens, validates and decodes the store before Prefect starts
     distill.preflight(cfg, data_cfg=p.data_cfg, provenance_key=p.store.meta.provenance_key, path=p.run_dir)
+    kept = distill.kept_rows(p.run_dir, p.identity())
+    if kept is not None:
+        print(distill.resume_line(p.run_dir, kept, distill.groups(cfg, skip={r["run_id"] for r in kept})))
     from flows.distill_flow import distill_flow
 
     flow = distill_flow.with_options(task_runner=task_runner(runner_config(a)))
     run_dir = _run_flow(flow, cfg)
     _print_leaderboard(run_dir)
     print(f"report: {run_dir}")
+    _fail_if_unfinished(run_dir)
 
 
 def cmd_run(a: argparse.Namespace) -> None:
@@ -179,6 +195,7 @@ def cmd_run(a: argparse.Namespace) -> None:
     run_dir = _run_flow(kd_pipeline, t_cfg, d_cfg, runner_config(a), a.generations)
     _print_leaderboard(run_dir)
     print(f"report: {run_dir}")
+    _fail_if_unfinished(run_dir)
 
 
 def cmd_export(a: argparse.Namespace) -> None:

@@ -36,9 +36,12 @@ def train_students(p: distill.DistillPlan, specs: list[StudentSpec], n: int) -> 
     try:
         with reporter(specs[0].run_id) as progress:
             return distill.train_students(p, specs, progress=progress)
-    except UserError as exc:  # e.g. a chunk found corrupt mid-run: fail these rows, keep the others
-        get_run_logger().error(exc.one_line())
-        return [distill.failed_row(p.cfg, s, exc.one_line()) for s in specs]
+    except (UserError, OSError) as exc:  # a corrupt image or chunk, a full disk: fail these rows, keep the others
+        error = exc.one_line() if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"[:300]
+        # INFO, for the UI: the command prints what failed once, when the run ends (never twice on the console).
+        get_run_logger().info("%s failed: %s", ", ".join(s.run_id for s in specs), error)
+        # Not a result: the run is unfinished, and running it again retrains these students (and only them).
+        return [distill.failed_row(p.cfg, s, error, retry=True) for s in specs]
 
 
 @task(cache_policy=NO_CACHE)
@@ -58,10 +61,15 @@ def distill_flow(config: DistillConfig):
         if done is not None:
             logger.info("an identical run has finished in %s; not retraining", done)
             return done
+        kept = distill.kept_rows(run_dir, p.identity())  # an identical run some of whose students failed
+        todo = distill.groups(config, skip={r["run_id"] for r in kept or ()})
+        if kept is not None:
+            logger.info(distill.resume_line(run_dir, kept, todo))
         if config.verify_views:
             verify_views(p)
-        futures = [train_students.submit(p, g, len(g)) for g in distill.groups(config)]
-        rows = [p.teacher_row()] + [row for f in futures for row in f.result()]
+        futures = [train_students.submit(p, g, len(g)) for g in todo]
+        done_rows = {r["run_id"]: r for r in kept or ()} | {row["run_id"]: row for f in futures for row in f.result()}
+        rows = [p.teacher_row()] + [done_rows[s.run_id] for s in config.students()]
         paths = write_report(run_dir, rows, p.report_meta())
     # For the UI: the leaderboard as the terminal shows it (accuracy next to the config), and the
     # report with its plot inlined, since a web page may not load a file:// image.
@@ -71,6 +79,7 @@ def distill_flow(config: DistillConfig):
                              description=f"report: {run_dir}")
     students = [r for r in rows if r["kind"] != "teacher"]
     if all(r["status"] != "ok" for r in students):
-        return Failed(message=f"every student failed; see {paths['md']}")
+        return Failed(message=f"every student failed ({students[0].get('error')}); "
+                      + (distill.RERUN if distill.retry_rows(students) else f"see {paths['md']}"))
     logger.info("report: %s", run_dir)
     return run_dir

@@ -293,7 +293,9 @@ def write_report(run_dir: str, rows: list[dict], meta: dict) -> dict[str, str]:
         md.append(note + "\n\n")
     md.append("![accuracy vs temperature](accuracy_vs_temperature.png)\n")
     if failed:
-        md.append("\n## Failed runs\n\n" + "\n".join(f"- `{r['run_id']}`: {r.get('error')}" for r in failed) + "\n")
+        md.append("\n## Failed runs\n\n" + "\n".join(f"- `{r['run_id']}`: {r.get('error')}" + (
+            " (a data or I/O error, not training: rerunning the same command retrains it)" if r.get("retry") else "")
+            for r in failed) + "\n")
     write_text_atomic(paths["md"], "".join(md))
     write_text_atomic(paths["json"], json.dumps({"meta": meta, "leaderboard": board, "runs": rows}, indent=2,
                                                 default=str))
