@@ -10,6 +10,7 @@ the data, which needs the data itself (rebuilt from the store's ``data_config``)
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -33,8 +34,14 @@ def shard_ranges(rows: int, shard_rows: int, per_shard: bool) -> list[tuple[int,
     return [(a, min(a + shard_rows, rows)) for a in range(0, rows, shard_rows)]
 
 
-def check_digest(at: str, shard: int, expected: str, values: np.ndarray, whole: bool) -> None:
-    if digest(values) != expected:
+def check_digest(at: str, shard: int, expected: str, pieces: Iterable[np.ndarray], shape: tuple[int, ...],
+                 dtype: np.dtype, *, whole: bool) -> None:
+    """Compare a shard's :func:`digest` with the manifest's, hashing its rows piece by piece (``pieces``, in
+    order, together of ``shape`` and ``dtype``): memory stays at one piece whatever the shard's size."""
+    h = hashlib.sha256(f"{np.dtype(dtype).str}{tuple(int(n) for n in shape)}".encode())
+    for piece in pieces:
+        h.update(np.ascontiguousarray(piece).tobytes())
+    if h.hexdigest() != expected:
         where = "its content" if whole else f"shard {shard}"
         raise StoreError(at, f"{where} differs from the manifest recorded at completion (rewritten after "
                              "publishing, with valid checksums)", "rewrite the store with `kd teacher`")
@@ -61,6 +68,10 @@ def check_fingerprints(store) -> str:
         data = ds.splits.get(split)
         if data is None:
             return f"not checked: the rebuilt data has no {split} split"
+        if store.size(split) != len(data):  # compared before the stored rows are read
+            raise StoreError(f"{split}/labels", f"the store holds {store.size(split)} {split} rows, the data it was "
+                             f"written from has {len(data)}", "the store was edited after writing; rewrite it with "
+                             "`kd teacher`")
         labels, ids = store.labels(split), store.ids(split)
         for name, stored, truth in (("ids", ids, data.ids.numpy()), ("labels", labels, data.y.numpy())):
             if stored.shape != truth.shape or not np.array_equal(stored, truth):

@@ -10,7 +10,7 @@ import numpy as np
 from pipeline.config import parse_encoding
 from pipeline.errors import StoreError
 from pipeline.store.codec import decode_topk, logits_arrays
-from pipeline.store.contract import check_arrays, data_arrays
+from pipeline.store.contract import check_arrays, data_arrays, num_shards
 from pipeline.store.integrity import check_digest, check_fingerprints, shard_ranges
 from pipeline.store.layout import SPLITS
 from pipeline.store.meta import StoreMeta
@@ -204,22 +204,35 @@ class SoftTargetStore:
         checked = {}
         for split in self.splits():
             lay = self.meta.layout[split]
-            if not self._read(split, "written", slice(None)).all():
-                raise StoreError(f"{split}/written", "some shards are flagged unwritten in a complete store",
-                                 "rewrite the store with `kd teacher`")
-            for spec in data_arrays(self.meta, split):
+            specs = data_arrays(self.meta, split)
+            # Sizes against each other before anything is read: the manifest lists one digest per shard the
+            # layout defines (checking them reads at most one chunk at a time, so a store claiming more rows
+            # than it holds fails at its first missing chunk, never by allocating its claimed size).
+            for spec in specs:
+                at, count = f"{split}/{spec.name}", num_shards(lay.rows, lay.shard_rows) if spec.per_shard else 1
+                if len(manifest[at]) != count:
+                    raise StoreError(f"manifest.arrays.{at}", f"lists {len(manifest[at])} shards, the layout has "
+                                     f"{count}", "rewrite the store with `kd teacher`")
+            self._check_written(split)
+            for spec in specs:
                 at = f"{split}/{spec.name}"
-                ranges = shard_ranges(lay.rows, lay.shard_rows, spec.per_shard)
-                expected = manifest[at]
-                if len(expected) != len(ranges):
-                    raise StoreError(f"manifest.arrays.{at}", f"lists {len(expected)} shards, the layout has "
-                                     f"{len(ranges)}", "rewrite the store with `kd teacher`")
-                for i, (a, b) in enumerate(ranges):
-                    check_digest(at, i, expected[i], self._read(split, spec.name, slice(a, b)), not spec.per_shard)
+                for i, (a, b) in enumerate(shard_ranges(lay.rows, lay.shard_rows, spec.per_shard)):
+                    pieces = (self._read(split, spec.name, slice(r, min(r + step, b)))
+                              for step in [int(self._array(split, spec.name).chunks[0])] for r in range(a, b, step))
+                    check_digest(at, i, manifest[at][i], pieces, (b - a, *spec.shape[1:]), spec.dtype,
+                                 whole=not spec.per_shard)
             if self.views > 1:
                 self.verify_view_params(split)  # mixed views: every partner is a sample of the split
             checked[split] = self.size(split)
         return checked
+
+    def _check_written(self, split: str, step: int = 65536) -> None:
+        """Every shard of a complete store is flagged written; the flags are read ``step`` at a time."""
+        n = self._array(split, "written").shape[0]
+        for start in range(0, n, step):
+            if not self._read(split, "written", slice(start, min(start + step, n))).all():
+                raise StoreError(f"{split}/written", "some shards are flagged unwritten in a complete store",
+                                 "rewrite the store with `kd teacher`")
 
     def verify_fingerprints(self) -> str:
         """The stored labels and ids against the data's recorded fingerprints (needs the data; see integrity)."""
