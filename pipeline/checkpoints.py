@@ -6,6 +6,8 @@ the field the caller passes, so the CLI shows the user what to fix.
 """
 from __future__ import annotations
 
+import io
+
 import torch
 from torch import nn
 
@@ -37,6 +39,25 @@ def load_model(path: str, *, model: ModelConfig, input_shape: tuple[int, int, in
         raise UserError(field, f"cannot load {path!r} into {model.arch} width {model.width} "
                         f"({(str(exc).splitlines() or [type(exc).__name__])[0][:160]})", fix) from None
     return net.eval()
+
+
+def save_state_dict(model: nn.Module, path: str, *, field: str) -> None:
+    """Write ``model``'s state dict to ``path`` atomically: never a half-written checkpoint under its name, nor a
+    temporary file left behind. A full disk is one line naming ``field``, the option that chose the folder.
+
+    Serialised in memory first, then written by Python: torch's own file writer reports a full disk as an
+    opaque stream error, without its errno.
+    """
+    from pipeline.report import write_atomic
+
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(buf.getbuffer())
+
+    write_atomic(path, write, field=field)
 
 
 def load_store_teacher(store: SoftTargetStore, *, field: str = "checkpoint",

@@ -26,7 +26,7 @@ import torch
 from pipeline.config import (AugmentConfig, DataConfig, DistillConfig, StudentSpec, check_augment_overlap, config_hash,
                              is_plain_name,
                              to_dict)
-from pipeline.checkpoints import load_store_teacher
+from pipeline.checkpoints import load_store_teacher, save_state_dict
 from pipeline.checks import check_output_folder
 from pipeline.data import Dataset, store_dataset
 from pipeline.errors import StoreError, UserError
@@ -489,8 +489,7 @@ def train_students(p: DistillPlan, specs: list[StudentSpec], *, progress: Progre
             continue
         m = next(scores)
         path = os.path.join(run_dir, "students", f"{r.spec.run_id}.pt")
-        torch.save(r.model.state_dict(), path + ".tmp")
-        os.replace(path + ".tmp", path)  # never a half-written checkpoint under the student's name
+        save_state_dict(r.model, path, field="report_root")  # atomic; a full disk is one line
         rows.append({**_row(cfg, r.spec), "status": "ok", "seconds": r.seconds, "test_acc": m["acc"],
                      "test_nll": m["nll"], "test_ece": m["ece"], "agreement": m["agreement"], "val_acc": r.val_acc,
                      "best_epoch": r.best_epoch, "params": count_parameters(r.model),

@@ -19,12 +19,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pipeline import view_ops
-from pipeline.checkpoints import load_model
+from pipeline.checkpoints import load_model, save_state_dict
 from pipeline.checks import check_output_folder, check_store_root
 from pipeline.checksums import sha256_file
 from pipeline.config import TeacherConfig, config_hash, parse_encoding, to_dict
 from pipeline.data import Dataset, open_dataset
-from pipeline.errors import StoreError, UserError
+from pipeline.errors import StoreError, UserError, disk_full_is_a_user_error
 from pipeline.loader import read_batches, row_batches
 from pipeline.models import count_parameters, resolve_device
 from pipeline.precision import compute_dtype, precision_name, prepare, widest
@@ -33,6 +33,10 @@ from pipeline.store import (SPLITS, DatasetMeta, LineageEntry, Provenance, SoftT
 from pipeline.train import Progress, evaluate, evaluate_splits, fit_teacher, predict
 
 log = logging.getLogger(__name__)
+
+# A full disk while the store is written: one line; the unfinished copy stays, and the same command resumes it.
+_store_disk_full = disk_full_is_a_user_error("store_root", lambda p, *a, **k: f"the store {p.store_path}")
+
 
 def view_record(cfg: TeacherConfig) -> ViewsMeta:
     """How the stored views were drawn: seed, ops and the names of their stored parameters (pipeline.view_ops)."""
@@ -158,9 +162,7 @@ def train(p: TeacherPlan, progress: Progress | None = None) -> nn.Module:
         # unreadable file fails the run with nothing on disk (the store's evaluation reads them next anyway).
         evaluate(result.model, ds.splits["test"], resolve_device(cfg.device), workers=cfg.workers)
     os.makedirs(os.path.dirname(p.checkpoint_path) or ".", exist_ok=True)
-    tmp = p.checkpoint_path + ".tmp"
-    torch.save(result.model.state_dict(), tmp)
-    os.replace(tmp, p.checkpoint_path)  # never leave a half-written checkpoint under the real name
+    save_state_dict(result.model, p.checkpoint_path, field="checkpoint_root")
     return result.model
 
 
@@ -172,6 +174,7 @@ def load(p: TeacherPlan) -> nn.Module:
     return model.to(resolve_device(cfg.device))
 
 
+@_store_disk_full
 def create_store(p: TeacherPlan, model: nn.Module, *, defer: bool = False) -> StoreWriter:
     """Create the store (or reopen an incomplete one to resume it); the teacher's scores come with the pass.
 
@@ -364,6 +367,7 @@ def pending_work(writer: StoreWriter, parts: int) -> list[dict[str, list[int]]]:
     return [piece for piece in pieces if piece]
 
 
+@_store_disk_full
 def write_part(p: TeacherPlan, work: dict[str, list[int]]) -> None:
     """One writer of a split teacher pass: attach to the created store and write only ``work``."""
     writer = StoreWriter.attach(p.store_path, p.cfg.storage_options)
@@ -373,6 +377,7 @@ def write_part(p: TeacherPlan, work: dict[str, list[int]]) -> None:
         writer.close()
 
 
+@_store_disk_full
 def finalize(p: TeacherPlan) -> str:
     """After every part is written: check the bitmap, mark the store complete and publish it.
 
@@ -391,6 +396,7 @@ def finalize(p: TeacherPlan) -> str:
     return writer.finish()
 
 
+@_store_disk_full
 def publish(p: TeacherPlan, model: nn.Module) -> str:
     """The single-process teacher pass: create (or resume), write every missing shard, mark complete."""
     writer = create_store(p, model, defer=True)
