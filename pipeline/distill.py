@@ -53,6 +53,9 @@ def check_compatible(store: SoftTargetStore, ds: Dataset) -> None:
         raise StoreError("dataset", f"store was written from {meta.dataset.name!r}, not {ds.name!r}", fix)
     if store.num_classes != ds.num_classes:
         raise StoreError("num_classes", f"store has {store.num_classes} classes, dataset has {ds.num_classes}", fix)
+    if list(meta.dataset.class_names) != list(ds.class_names):  # same count, other names or order: other labels
+        raise StoreError("dataset.class_names", f"the store's classes {_listed(meta.dataset.class_names)} are not "
+                         f"this data's {_listed(ds.class_names)}", fix)
     if meta.dataset.files is not None and ds.files is not None:
         ds.files.check_unchanged(meta.dataset.files)  # free when store_dataset compared them already
     for split, info in meta.dataset.splits.items():
@@ -70,6 +73,11 @@ def check_compatible(store: SoftTargetStore, ds: Dataset) -> None:
     if store.views > 1 and ds.preprocess.train_ops:
         raise UserError("train_transform", "this store's teacher views define the augmentation (each view is "
                         "replayed exactly)", "drop --train-transform, or distill from a clean-view store")
+
+
+def _listed(names) -> str:
+    text = ", ".join(names)
+    return f"({text if len(text) <= 60 else text[:57] + '...'})"
 
 
 def _shown(record: dict) -> str:

@@ -433,3 +433,36 @@ def test_links_that_leave_the_store_are_refused_and_never_echoed(capsys, store_c
     os.remove(inside)
     os.symlink(os.path.join(store_copy, "test", "zarr.json"), inside)
     SoftTargetStore(store_copy)
+
+
+def test_nan_written_through_zarr_is_not_called_a_missing_chunk(capsys, store_copy):
+    arr = zarr.open_group(store_copy, mode="r+")["train"]["logits"]
+    arr[1030, 0, 3] = np.nan  # valid checksums: only the values tell
+    err = cli_fails(capsys, "inspect", store_copy, "--verify")
+    assert err.startswith("error: train/logits: row 1030 (chunk 4) holds NaN beside finite values"), err
+    assert "missing" not in err
+    arr[1024:1257] = np.nan  # the whole (last) chunk NaN: what a missing chunk reads back as
+    assert "chunk 4 (row 1024) is missing" in cli_fails(capsys, "inspect", store_copy, "--verify")
+
+
+EDITS = {  # what the store says of its data, edited: the data rebuilt from data_config disagrees
+    "dataset.name": (lambda a: a["dataset"].update(name="digitz"), "dataset.name: the store records \"digitz\"",
+                     "dataset: store was written from 'digitz'"),
+    "class_names": (lambda a: a["dataset"].update(class_names=["1", "0", *map(str, range(2, 10))]),
+                    "dataset.class_names: the store records [\"1\", \"0\"", "dataset.class_names: "),
+    "transform_hash": (lambda a: a.update(transform_hash="0123456789abcdef"),
+                       "transform_hash: '0123456789abcdef' is not the hash of the recorded transform",
+                       "transform_hash: "),
+    "transform and its hash": (lambda a: (a["transform"].update(size=[9, 9]), a.update(
+        transform_hash=__import__("pipeline.transforms").transforms.transform_hash(a["transform"]))),
+        "transform_hash: the store records preprocessing", "transform_hash: "),
+}
+
+
+@pytest.mark.parametrize("edit", list(EDITS))
+def test_verify_notices_edits_to_what_the_store_records_of_its_data(capsys, store_copy, edit):
+    change, says, stage2 = EDITS[edit]
+    _attrs(store_copy, change)
+    err = cli_fails(capsys, "inspect", store_copy, "--verify")
+    assert err.startswith(f"error: {says}") and "rewrite it with `kd teacher`" in err, err
+    assert cli_fails(capsys, "distill", "--store", store_copy).startswith(f"error: {stage2}")  # stage 2 refuses it too

@@ -11,7 +11,7 @@ from pipeline.config import parse_encoding
 from pipeline.errors import StoreError
 from pipeline.store.codec import decode_topk, logits_arrays
 from pipeline.store.contract import check_arrays, data_arrays, num_shards
-from pipeline.store.integrity import check_digest, check_fingerprints, shard_ranges
+from pipeline.store.integrity import check_digest, check_fingerprints, check_transform, shard_ranges
 from pipeline.store.layout import SPLITS
 from pipeline.store.meta import StoreMeta
 from pipeline.store.paths import exists, local_path, zarr_store
@@ -106,6 +106,13 @@ class SoftTargetStore:
                 raise StoreError(f"{split}/{name}", f"row {row} (chunk {chunk}) holds non-finite values (inf); a "
                                  "published store never does", "rewrite the store with `kd teacher --encoding "
                                  "float32`")
+            # A missing chunk reads back as the NaN fill, every value of it; NaN beside other values was written.
+            start = rows.start or 0
+            lo, hi = max(chunk * arr.chunks[0], start) - start, min((chunk + 1) * arr.chunks[0] - start, len(values))
+            if values.dtype.kind == "f" and not np.isnan(values[lo:hi]).all():
+                raise StoreError(f"{split}/{name}", f"row {row} (chunk {chunk}) holds NaN beside finite values: it "
+                                 "was rewritten after publishing (a published store holds none)",
+                                 "rewrite the store with `kd teacher`")
             raise StoreError(f"{split}/{name}", f"chunk {chunk} (row {row}) is missing from the store",
                              "the store was damaged after writing; re-run `kd teacher`")
         return values
@@ -200,6 +207,7 @@ class SoftTargetStore:
         if not self.meta.complete or self.meta.manifest is None:
             raise StoreError("complete", f"store {self.path!r} is incomplete: it has no manifest to verify against",
                              "rerun the same `kd teacher` command to finish it")
+        check_transform(self.meta)
         manifest = self.meta.manifest.arrays
         checked = {}
         for split in self.splits():
