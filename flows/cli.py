@@ -65,7 +65,18 @@ class Parser(argparse.ArgumentParser):
 
 
 def teacher_config(a: argparse.Namespace) -> TeacherConfig:
-    return from_dict(TeacherConfig, values(a, TEACHER))
+    given = values(a, TEACHER)
+    cfg = from_dict(TeacherConfig, given)
+    _check_data_root(given, cfg.data.name)
+    return cfg
+
+
+def _check_data_root(given: dict, dataset: str) -> None:
+    """A --data-root given for a dataset that reads nothing under it is refused, not silently ignored."""
+    if "root" in given.get("data", {}):
+        from pipeline.data import check_data_root
+
+        check_data_root(dataset)
 
 
 def distill_config(a: argparse.Namespace, store: str) -> DistillConfig:
@@ -81,7 +92,10 @@ def distill_config(a: argparse.Namespace, store: str) -> DistillConfig:
             raise UserError("dataset", f"{', '.join(others)} only {verb} together with --dataset",
                             "pass --dataset too, or omit them: the store records how its data was split")
         given["data"] = None
-    return from_dict(DistillConfig, given)
+    cfg = from_dict(DistillConfig, given)
+    if cfg.data is not None:
+        _check_data_root(given, cfg.data.name)
+    return cfg
 
 
 def student_namespace(a: argparse.Namespace) -> argparse.Namespace:

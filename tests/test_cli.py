@@ -354,3 +354,12 @@ def test_online_mode_with_a_bad_recorded_checkpoint_is_refused_up_front(capsys, 
     assert err.startswith("error: mode: ")
     assert sorted(os.listdir(tmp_path / "stores")) + sorted(os.listdir(tmp_path / "checkpoints")) == before
     assert not reports.exists()
+
+
+@pytest.mark.parametrize("argv", [("teacher",), ("teacher", "--dataset", "digits"), ("run", "--dataset", "digits"),
+                                  ("distill", "--store", "s.zarr", "--dataset", "digits"),
+                                  ("teacher", "--dataset", "imagefolder:somewhere")])
+def test_data_root_for_a_dataset_that_reads_nothing_under_it_is_refused(capsys, argv):
+    err = cli_fails(capsys, *argv, "--data-root", "/etc/passwd")
+    assert err.startswith("error: data_root: ") and "nothing is read under --data-root" in err, err
+    assert "drop --data-root" in err
