@@ -19,7 +19,7 @@ from flows import console
 from flows.options import Option, add_options, config_options, dests, values
 from flows.runners import RunnerConfig, task_runner
 from flows.store_commands import add_store_commands
-from pipeline.config import EXPORT_FORMATS, DistillConfig, TeacherConfig, from_dict
+from pipeline.config import EXPORT_FORMATS, DataConfig, DistillConfig, TeacherConfig, from_dict
 from pipeline.errors import UserError
 from pipeline.presets import PRESETS, check_preset
 
@@ -65,18 +65,18 @@ class Parser(argparse.ArgumentParser):
 
 
 def teacher_config(a: argparse.Namespace) -> TeacherConfig:
-    given = values(a, TEACHER)
-    cfg = from_dict(TeacherConfig, given)
-    _check_data_root(given, cfg.data.name)
+    cfg = from_dict(TeacherConfig, values(a, TEACHER))
+    _check_data_root(cfg.data)
     return cfg
 
 
-def _check_data_root(given: dict, dataset: str) -> None:
-    """A --data-root given for a dataset that reads nothing under it is refused, not silently ignored."""
-    if "root" in given.get("data", {}):
+def _check_data_root(data: DataConfig) -> None:
+    """A --data-root given for a dataset that reads nothing under it is refused, not silently ignored. (Here, not
+    in DataConfig: a store written so records it in its data config, and must stay readable.)"""
+    if data.root != DataConfig().root:
         from pipeline.data import check_data_root
 
-        check_data_root(dataset)
+        check_data_root(data.name)
 
 
 def distill_config(a: argparse.Namespace, store: str) -> DistillConfig:
@@ -94,7 +94,7 @@ def distill_config(a: argparse.Namespace, store: str) -> DistillConfig:
         given["data"] = None
     cfg = from_dict(DistillConfig, given)
     if cfg.data is not None:
-        _check_data_root(given, cfg.data.name)
+        _check_data_root(cfg.data)
     return cfg
 
 

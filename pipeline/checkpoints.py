@@ -20,6 +20,9 @@ from pipeline.models import build_model
 from pipeline.store import SoftTargetStore
 
 
+DAMAGED = "pass a checkpoint written by torch.save; a truncated or damaged file cannot be loaded"
+
+
 def load_model(path: str, *, model: ModelConfig, input_shape: tuple[int, int, int], num_classes: int,
                sha256: str | None = None, field: str = "checkpoint", fix: str = "") -> nn.Module:
     """Build ``model`` and load the weights at ``path``; in eval mode, on the CPU.
@@ -37,16 +40,18 @@ def load_model(path: str, *, model: ModelConfig, input_shape: tuple[int, int, in
     net = build_model(model, input_shape, num_classes)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:  # objects weights_only refuses to build: loading them could run code
+    except pickle.UnpicklingError as exc:
         called = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        raise UserError(field, f"{path!r} is not a plain state dict: it holds pickled objects ("
-                        + (f"it would call {called.group(1)}" if called else "code to run")
-                        + "), so it was not loaded", "pass a checkpoint saved as torch.save(model.state_dict(), "
-                        "PATH), from a source you trust") from None
+        if called is None:  # not a pickle torch can read at all: damaged, or not a checkpoint
+            why = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(exc))
+            raise UserError(field, f"cannot read {path!r} as a checkpoint ("
+                            f"{why.group(1).strip() if why else _first_sentence(exc)})", DAMAGED) from None
+        # An object weights_only refuses to build: loading it unrestricted would call this.
+        raise UserError(field, f"{path!r} is not a plain state dict: it holds pickled objects (it would call "
+                        f"{called.group(1)}), so it was not loaded", "pass a checkpoint saved as "
+                        "torch.save(model.state_dict(), PATH), from a source you trust") from None
     except Exception as exc:  # a missing, truncated or damaged file
-        raise UserError(field, f"cannot read {path!r} as a checkpoint ({_first_sentence(exc)})",
-                        "pass a checkpoint written by torch.save; a truncated or damaged file cannot be "
-                        "loaded") from None
+        raise UserError(field, f"cannot read {path!r} as a checkpoint ({_first_sentence(exc)})", DAMAGED) from None
     if not isinstance(state, dict):
         raise UserError(field, f"{path!r} holds a {type(state).__name__}, not a state dict",
                         "pass a checkpoint saved as torch.save(model.state_dict(), PATH)")
