@@ -383,9 +383,21 @@ def test_stores_lists_a_damaged_store_and_goes_on(capsys, digits_store, tmp_path
 def test_permuted_logits_with_valid_checksums_fail_the_manifest(capsys, store_copy):
     arr = zarr.open_group(store_copy, mode="r+")["val"]["logits"]
     arr[:] = arr[:][::-1]  # rewritten through zarr: every chunk checksum is valid
-    SoftTargetStore(store_copy).read_logits("val")  # an ordinary read cannot tell
+    SoftTargetStore(store_copy).read_logits("val", 0, 256)  # a chunk read cannot tell
     err = cli_fails(capsys, "inspect", store_copy, "--verify")
     assert err.startswith("error: val/logits: shard 0 differs from the manifest")
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_stage2_refuses_logits_rewritten_through_zarr_in_what_it_decodes_whole(capsys, store_copy, split):
+    """Stage 2 decodes its test split, and its train split when it fits the cache, whole: every shard of them is
+    checked against the manifest before any student trains. Streamed, train is checked by `kd inspect --verify`."""
+    arr = zarr.open_group(store_copy, mode="r+")[split]["logits"]
+    arr[:] = arr[:][::-1]  # valid checksums
+    err = cli_fails(capsys, "distill", "--store", store_copy)
+    assert err.startswith(f"error: {split}/logits: shard 0 differs from the manifest"), err
+    if split == "train":
+        SoftTargetStore(store_copy).read_logits("train", 0, 256)  # streamed a chunk at a time: not hashed
 
 
 @pytest.mark.parametrize("name", ["labels", "ids"])

@@ -137,9 +137,32 @@ class SoftTargetStore:
         stop = self.size(split) if stop is None else stop
         rows = slice(start, stop)
         if parse_encoding(self.encoding)[0] == "topk":
-            return decode_topk(self._read(split, "topk_values", rows), self._read(split, "topk_indices", rows),
-                               self._read(split, "lse", rows), self.num_classes)
-        return self._read(split, "logits", rows).astype(np.float32, copy=False)
+            return decode_topk(self._read_checked(split, "topk_values", rows),
+                               self._read_checked(split, "topk_indices", rows),
+                               self._read_checked(split, "lse", rows), self.num_classes)
+        return self._read_checked(split, "logits", rows).astype(np.float32, copy=False)
+
+    def _read_checked(self, split: str, name: str, rows: slice) -> np.ndarray:
+        """:meth:`_read`, and every whole shard among the rows read checked against the manifest.
+
+        A read of whole shards (a split decoded at once: stage 2's test split, and its train split when it
+        fits the cache) costs one sha256 of bytes already in memory; rows streamed a chunk at a time are not
+        hashed (a shard's digest needs all of it): `kd inspect --verify` checks those.
+        """
+        values = self._read(split, name, rows)
+        manifest = self.meta.manifest
+        if manifest is None:  # an incomplete store: nothing recorded yet
+            return values
+        lay, start = self.meta.layout[split], rows.start or 0
+        first = -(-start // lay.shard_rows)
+        for shard in range(first, num_shards(lay.rows, lay.shard_rows)):
+            a, b = shard * lay.shard_rows, min((shard + 1) * lay.shard_rows, lay.rows)
+            if b > start + len(values):
+                break
+            part = values[a - start:b - start]
+            check_digest(f"{split}/{name}", shard, manifest.arrays[f"{split}/{name}"][shard], [part], part.shape,
+                         part.dtype, whole=False)
+        return values
 
     def read_logits(self, split: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Logits of the clean view (view 0), (rows, C) float32, verified."""
