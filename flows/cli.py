@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from typing import NoReturn
 
@@ -141,6 +142,16 @@ def _print_leaderboard(run_dir: str) -> None:
     print(leaderboard_text(read_report(run_dir)))
 
 
+def _say_if_completing(cfg: DistillConfig, identity: dict) -> None:
+    """One line when the run's folder holds an identical run left unfinished by a data or I/O error."""
+    from pipeline import distill
+
+    path = distill.run_dir(cfg)
+    kept = distill.kept_rows(path, identity)
+    if kept is not None:
+        print(distill.resume_line(path, kept, distill.groups(cfg, skip={r["run_id"] for r in kept})))
+
+
 def _fail_if_unfinished(run_dir: str) -> None:
     """Exit 1, in one line, when students failed from a data or I/O error: the run is not finished (a rerun
     retrains them)."""
@@ -171,9 +182,7 @@ def cmd_distill(a: argparse.Namespace) -> None:
     cfg = distill_config(a, a.store)
     p = distill.plan(cfg)  # opens, validates and decodes the store before Prefect starts
     distill.preflight(cfg, data_cfg=p.data_cfg, provenance_key=p.store.meta.provenance_key, path=p.run_dir)
-    kept = distill.kept_rows(p.run_dir, p.identity())
-    if kept is not None:
-        print(distill.resume_line(p.run_dir, kept, distill.groups(cfg, skip={r["run_id"] for r in kept})))
+    _say_if_completing(dataclasses.replace(cfg, run_name=os.path.basename(p.run_dir)), p.identity())
     from flows.distill_flow import distill_flow
 
     flow = distill_flow.with_options(task_runner=task_runner(runner_config(a)))
@@ -206,6 +215,9 @@ def cmd_run(a: argparse.Namespace) -> None:
         cfg = generation_config(t_plan.store_path, d_cfg, g if a.generations > 1 else None)
         distill.preflight(cfg, data_cfg=d_cfg.data or t_cfg.data,
                           provenance_key=t_plan.provenance_key if g == 1 else None)
+        if g == 1:
+            _say_if_completing(cfg, distill.run_identity(cfg, data_cfg=d_cfg.data or t_cfg.data,
+                                                         provenance_key=t_plan.provenance_key))
     run_dir = _run_flow(kd_pipeline, t_cfg, d_cfg, runner_config(a), a.generations)
     _print_leaderboard(run_dir)
     print(f"report: {run_dir}")
