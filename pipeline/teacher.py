@@ -30,6 +30,7 @@ from pipeline.models import count_parameters, resolve_device
 from pipeline.precision import compute_dtype, precision_name, prepare, widest
 from pipeline.store import (SPLITS, DatasetMeta, LineageEntry, Provenance, SoftTargetStore, StoreWriter, TeacherMeta,
                             ViewsMeta, join, now_iso, published_meta, software_versions)
+from pipeline.store.layout import MAX_CHUNK_BYTES, chunk_bytes
 from pipeline.train import Progress, evaluate, evaluate_splits, fit_teacher, predict
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,13 @@ def plan(cfg: TeacherConfig) -> TeacherPlan:
         raise UserError("encoding", f"topk:{k} keeps every one of {ds.name}'s {ds.num_classes} classes",
                         f"use topk:K with K < {ds.num_classes}, or float32 to keep all logits")
     view_ops.check_mixable(cfg.view_mix, ds.splits)
+    if cfg.chunk_rows is not None:
+        rows = min(cfg.chunk_rows, max(len(split) for split in ds.splits.values()))
+        size = chunk_bytes(rows, cfg.views, ds.num_classes)
+        if size > MAX_CHUNK_BYTES:
+            raise UserError("chunk_rows", f"{cfg.chunk_rows} rows of {cfg.views} x {ds.num_classes} logits are "
+                            f"{size / 2**20:.0f} MiB per chunk, over the {MAX_CHUNK_BYTES >> 20} MiB a reader allocates "
+                            "for one", "pass a smaller --chunk-rows, or omit it for about 1 MB per chunk")
     ckpt_sha = sha256_file(cfg.checkpoint) if cfg.checkpoint else None
     parent = lineage_of(cfg.parent_store, cfg.storage_options) if cfg.parent_store else ()
     teacher_part = {"parent": parent[0].provenance_key if parent else None,

@@ -517,9 +517,9 @@ def test_verify_data_names_the_file_modified_in_place(tmp_path, capsys):
     from tests.test_imagefolder import write_folder
 
     folder = write_folder(tmp_path / "f", n=12)
-    p = teacher.plan(TeacherConfig(data=DataConfig(name=f"imagefolder:{folder}"), model=ModelConfig(arch="cnn", width=4),
-                                   optim=OptimConfig(epochs=1, batch_size=8), store_root=str(tmp_path / "s"),
-                                   checkpoint_root=str(tmp_path / "c"), device="cpu"))
+    p = teacher.plan(TeacherConfig(data=DataConfig(name=f"imagefolder:{folder}"),
+                                   model=ModelConfig(arch="cnn", width=4), optim=OptimConfig(epochs=1, batch_size=8),
+                                   store_root=str(tmp_path / "s"), checkpoint_root=str(tmp_path / "c"), device="cpu"))
     store = teacher.publish(p, teacher.train(p))
     path = os.path.join(folder, "b", "002.png")
     raw = bytearray(open(path, "rb").read())

@@ -286,7 +286,8 @@ def test_a_run_with_students_failed_by_a_data_error_is_unfinished_and_keeps_the_
     note = distill.unfinished_note([TEACHER_ROW, ok, diverged, unreadable])
     assert note.startswith("1 of 3 students failed from a data or I/O error (first: other: dataset: cannot decode")
     with pytest.raises(UserError, match="temperatures"):  # an unfinished run of another grid is not completed
-        distill.kept_rows(path, _identity(DistillConfig(store="s.zarr", report_root=str(tmp_path), run_name="fixed", temperatures=(2.0,))))
+        distill.kept_rows(path, _identity(DistillConfig(store="s.zarr", report_root=str(tmp_path), run_name="fixed",
+                                                        temperatures=(2.0,))))
     os.remove(os.path.join(path, "students", "baseline-s0.pt"))  # a trained student without its checkpoint
     assert [r["run_id"] for r in distill.kept_rows(path, _identity(cfg))] == [spec.run_id]
     write_report(path, [TEACHER_ROW, ok, diverged], _identity(cfg))  # a divergence is a result: finished

@@ -351,6 +351,10 @@ DAMAGE = {
     "dataset removed": (lambda s: _attrs(s, lambda a: a.pop("dataset")), "dataset: missing"),
     "layout rows changed": (lambda s: _attrs(s, lambda a: a["layout"]["val"].update(rows=260)),
                             "dataset.splits.val.size:"),
+    # Consistent attributes, but one chunk would decode to 381 MiB: refused before any is allocated.
+    "oversized logits chunks": (lambda s: _attrs(s, lambda a: (
+        a["layout"]["train"].update(rows=10 ** 8, chunk_rows=10 ** 7, shard_rows=10 ** 7),
+        a["dataset"]["splits"]["train"].update(size=10 ** 8))), "layout.train.chunk_rows: 10000000 rows decode to"),
 }
 
 

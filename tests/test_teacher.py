@@ -173,3 +173,14 @@ def test_a_checkpoint_with_pickled_code_is_refused_in_one_whole_line(digits_stor
     err = cli_fails(capsys, "teacher", "--checkpoint", str(cut), "--store-root", str(tmp_path / "s"),
                     "--checkpoint-root", str(tmp_path / "c"))
     assert "cannot read" in err and "truncated or damaged" in err and "--arch" not in err and err.count(" …)") == 1
+
+
+def test_chunks_larger_than_a_reader_allocates_are_refused_before_any_work(tmp_path, monkeypatch):
+    """The bound every reader enforces (pipeline.store.layout.MAX_CHUNK_BYTES) is checked when the store is
+    planned, so no store is written that no reader would open. (Lowered here: digits' chunks are far smaller.)"""
+    monkeypatch.setattr(teacher, "MAX_CHUNK_BYTES", 1000)
+    with pytest.raises(UserError) as e:
+        teacher.plan(small_teacher_config(str(tmp_path), chunk_rows=256))
+    assert e.value.field == "chunk_rows" and "--chunk-rows" in e.value.fix
+    assert not (tmp_path / "stores").exists()
+    teacher.plan(small_teacher_config(str(tmp_path), chunk_rows=16))  # 16 rows x 10 classes x 4 B: under it
