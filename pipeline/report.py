@@ -270,6 +270,12 @@ def read_report(run_dir: str) -> dict:
 REPORT_KEYS = {"meta": dict, "leaderboard": list, "runs": list}
 
 
+def report_paths(run_dir: str) -> dict[str, str]:
+    """The files of a report folder: leaderboard.json, report.md and the plot."""
+    return {"json": os.path.join(run_dir, LEADERBOARD), "md": os.path.join(run_dir, "report.md"),
+            "plot": os.path.join(run_dir, "accuracy_vs_temperature.png")}
+
+
 def write_report(run_dir: str, rows: list[dict], meta: dict) -> dict[str, str]:
     """Write accuracy_vs_temperature.png, report.md, then leaderboard.json; return their paths.
 
@@ -278,8 +284,7 @@ def write_report(run_dir: str, rows: list[dict], meta: dict) -> dict[str, str]:
     """
     os.makedirs(run_dir, exist_ok=True)
     board = leaderboard(rows)
-    paths = {"json": os.path.join(run_dir, LEADERBOARD), "md": os.path.join(run_dir, "report.md"),
-             "plot": os.path.join(run_dir, "accuracy_vs_temperature.png")}
+    paths = report_paths(run_dir)
     plot(board, paths["plot"])
     failed = [r for r in rows if r["status"] != "ok"]
     md = [f"# Distillation report: {os.path.basename(run_dir)}\n\n",
