@@ -31,13 +31,13 @@ bench: $(STAMP)  ## performance benchmarks (not part of `make test`); JSON under
 	$(BIN)/python -m pytest -q -s -p no:cacheprovider -o addopts="" -ra --strict-markers tests/benchmarks
 
 reproduce: $(STAMP)  ## the literature's claims on digits, 3 seeds each → data/reports/reproduce/
-	$(BIN)/python -m flows.reproduce_flow
+	$(BIN)/python -m experiments.reproduce_flow
 
 views-study: $(STAMP)  ## stale vs K-view vs online soft targets under augmentation → data/reports/views-study/
-	$(BIN)/python -m flows.views_study
+	$(BIN)/python -m experiments.views_study
 
 fidelity: $(STAMP)  ## how much of the teacher-student gap each recipe closes, on digits → data/reports/fidelity/
-	$(BIN)/python -m flows.fidelity_flow
+	$(BIN)/python -m experiments.fidelity_flow
 
 serve: $(STAMP)  ## serve the teacher, distill and pipeline flows from this process (Prefect)
 	$(BIN)/python -m flows.serve
