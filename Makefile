@@ -26,9 +26,10 @@ distill: $(STAMP)  ## both stages on digits, then print the leaderboard
 test: $(STAMP)  ## the whole suite (benchmarks excluded)
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)  ## performance benchmarks (not part of `make test`); JSON under data/bench/
+bench: $(STAMP)  ## performance benchmarks (not part of `make test`); JSON under data/bench/, then docs/performance.md
 	mkdir -p data/bench
-	$(BIN)/python -m pytest -q -s -p no:cacheprovider -o addopts="" -ra --strict-markers tests/benchmarks
+	$(BIN)/python -m pytest -q -s -p no:cacheprovider -o addopts="" -ra --strict-markers tests/benchmarks; \
+	status=$$?; $(BIN)/python tests/benchmarks/report.py && exit $$status
 
 reproduce: $(STAMP)  ## the literature's claims on digits, 3 seeds each → data/reports/reproduce/
 	$(BIN)/python -m experiments.reproduce_flow
