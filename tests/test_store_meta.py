@@ -1,4 +1,4 @@
-"""The store's attributes as a type: documented exactly by docs/store-format.md, round-tripped, and refused field by field."""
+"""The store's attributes as a type: documented by docs/store-format.md, round-tripped, refused field by field."""
 from __future__ import annotations
 
 import copy

@@ -104,7 +104,8 @@ def case_table(case: dict) -> str:
 
 def render(cases: list[dict], bench_dir: str = "data/bench") -> str:
     if not cases:
-        return INTRO + f"\nNo benchmark results were under `{bench_dir}/` when this page was generated: run `make bench`.\n"
+        return (INTRO + f"\nNo benchmark results were under `{bench_dir}/` when this page was generated: "
+                "run `make bench`.\n")
     toc = "\n".join(f"- [{c['case']}](#{c['case'].lower().replace(' ', '-')})" for c in cases)
     return INTRO + "\n## Cases\n\n" + toc + "\n\n" + "\n\n".join(case_table(c) for c in cases) + "\n"
 
