@@ -153,7 +153,7 @@ def gap_note(board: list[dict], test_size: int | None) -> str | None:
     gap = teacher["test_acc_mean"] - base["test_acc_mean"]
     noise = math.sqrt(2) * base["test_acc_std"]
     images = "" if not test_size else f" ({gap * test_size:.1f} of {test_size} test images)"
-    pointer = "see the fidelity study (`make fidelity`, README \"Fidelity study\") for a setting where it is measurable"
+    pointer = "see the fidelity study (`make fidelity`, docs/studies.md) for a setting where it is measurable"
     if gap <= 0:
         return (f"note: the baseline already matches the teacher ({-gap * 100:+.2f} points){images}: there is no gap "
                 f"for distillation to close at this size; {pointer}.")
