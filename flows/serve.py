@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -84,7 +85,10 @@ def prefect_server(port: int) -> Iterator[str]:
     print(f"starting a Prefect server on 127.0.0.1:{port} (database under {os.environ['PREFECT_HOME']})", flush=True)
     proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "prefect"), "server", "start",
                              "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                            # Its own session: Ctrl-C stops the serving first, which still needs the server
+                            # to pause the schedules; the server is stopped after.
+                            start_new_session=True)
     try:
         deadline = time.monotonic() + 120
         while not _healthy(api):
@@ -198,6 +202,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="port of the Prefect server started when PREFECT_API_URL is not set "
                              "(default: %(default)s, or KD_SERVE_PORT)")
     args = parser.parse_args(argv)
+    # A service manager stops us with SIGTERM: exit as on Ctrl-C, so the server we started is stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     specs = read_deployments(args.file)
     if not specs:
         sys.exit(f"error: {args.file} lists no deployments")
