@@ -26,18 +26,19 @@ distill: $(STAMP)  ## both stages on digits, then print the leaderboard
 test: $(STAMP)  ## the whole suite (benchmarks excluded)
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)  ## performance benchmarks (not part of `make test`); JSON under data/bench/
+bench: $(STAMP)  ## performance benchmarks (not part of `make test`); JSON under data/bench/, then docs/performance.md
 	mkdir -p data/bench
-	$(BIN)/python -m pytest -q -s -p no:cacheprovider -o addopts="" -ra --strict-markers tests/benchmarks
+	$(BIN)/python -m pytest -q -s -p no:cacheprovider -o addopts="" -ra --strict-markers tests/benchmarks; \
+	status=$$?; $(BIN)/python tests/benchmarks/report.py && exit $$status
 
 reproduce: $(STAMP)  ## the literature's claims on digits, 3 seeds each → data/reports/reproduce/
-	$(BIN)/python -m flows.reproduce_flow
+	$(BIN)/python -m experiments.reproduce_flow
 
 views-study: $(STAMP)  ## stale vs K-view vs online soft targets under augmentation → data/reports/views-study/
-	$(BIN)/python -m flows.views_study
+	$(BIN)/python -m experiments.views_study
 
 fidelity: $(STAMP)  ## how much of the teacher-student gap each recipe closes, on digits → data/reports/fidelity/
-	$(BIN)/python -m flows.fidelity_flow
+	$(BIN)/python -m experiments.fidelity_flow
 
 serve: $(STAMP)  ## serve the teacher, distill and pipeline flows from this process (Prefect)
 	$(BIN)/python -m flows.serve

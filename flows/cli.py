@@ -118,10 +118,13 @@ def preset_defaults(name: str) -> dict:
 # ---------------------------------------------------------------- commands
 
 
-def _run_flow(flow, *args) -> object:
-    """Run ``flow`` (its module has imported Prefect) and return its value; a user error raised inside it is
-    kept off Prefect's console and raised here, for :func:`main` to print in one line."""
+def _run_flow(flow, *args, name: str | None = None) -> object:
+    """Run ``flow`` (its module has imported Prefect), as a run named ``name`` when given, and return its
+    value; a user error raised inside it is kept off Prefect's console and raised here, for :func:`main`
+    to print in one line."""
     console.hide_user_errors()
+    if name is not None:
+        flow = flow.with_options(flow_run_name=name)
     return _finish(flow(*args, return_state=True))
 
 
@@ -140,6 +143,16 @@ def _print_leaderboard(run_dir: str) -> None:
     from pipeline.report import leaderboard_text, read_report
 
     print(leaderboard_text(read_report(run_dir)))
+    print(f"report: {run_dir}")
+
+
+def _reprint_finished(done: str | None) -> bool:
+    """Reprint a finished identical run, found before Prefect starts: a rerun then needs no server."""
+    if done is None:
+        return False
+    print(f"an identical run has finished; not retraining (delete {done} to train it again)", file=sys.stderr)
+    _print_leaderboard(done)
+    return True
 
 
 def _say_if_completing(cfg: DistillConfig, identity: dict) -> None:
@@ -180,15 +193,16 @@ def cmd_distill(a: argparse.Namespace) -> None:
     from pipeline import distill
 
     cfg = distill_config(a, a.store)
+    if cfg.run_name is not None and _reprint_finished(distill.completed_run(cfg)):
+        return
     p = distill.plan(cfg)  # opens, validates and decodes the store before Prefect starts
     distill.preflight(cfg, data_cfg=p.data_cfg, provenance_key=p.store.meta.provenance_key, path=p.run_dir)
     _say_if_completing(dataclasses.replace(cfg, run_name=os.path.basename(p.run_dir)), p.identity())
     from flows.distill_flow import distill_flow
 
     flow = distill_flow.with_options(task_runner=task_runner(runner_config(a)))
-    run_dir = _run_flow(flow, cfg)
+    run_dir = _run_flow(flow, cfg, name=cfg.run_name)
     _print_leaderboard(run_dir)
-    print(f"report: {run_dir}")
     _fail_if_unfinished(run_dir)
 
 
@@ -206,21 +220,24 @@ def cmd_run(a: argparse.Namespace) -> None:
     distill.check_views_augment(t_cfg.views, d_cfg.augment)
     if d_cfg.mode == "online" and t_plan.reusable:  # the teacher that online KD reruns is the store's
         distill.load_teacher(distill.open_store(t_plan.store_path, t_cfg.storage_options))
-    from flows.pipeline_flow import generation_config, kd_pipeline
-
+    first = distill.generation_config(t_plan.store_path, d_cfg, 1 if a.generations > 1 else None)
+    if a.generations == 1 and t_plan.reusable and _reprint_finished(distill.completed_run(first)):
+        return
     # The report folders, before the teacher trains. The first generation's store is known by its
     # provenance key already; a later one's is not, so only its config is compared, and only under a
     # given --run-name (the default name of a later generation comes from a store not written yet).
     for g in range(1, (a.generations if d_cfg.run_name else 1) + 1):
-        cfg = generation_config(t_plan.store_path, d_cfg, g if a.generations > 1 else None)
+        cfg = distill.generation_config(t_plan.store_path, d_cfg, g if a.generations > 1 else None)
         distill.preflight(cfg, data_cfg=d_cfg.data or t_cfg.data,
                           provenance_key=t_plan.provenance_key if g == 1 else None)
         if g == 1:
             _say_if_completing(cfg, distill.run_identity(cfg, data_cfg=d_cfg.data or t_cfg.data,
                                                          provenance_key=t_plan.provenance_key))
-    run_dir = _run_flow(kd_pipeline, t_cfg, d_cfg, runner_config(a), a.generations)
+    from flows.pipeline_flow import kd_pipeline
+
+    name = first.run_name.removesuffix("-gen1")
+    run_dir = _run_flow(kd_pipeline, t_cfg, d_cfg, runner_config(a), a.generations, name=name)
     _print_leaderboard(run_dir)
-    print(f"report: {run_dir}")
     _fail_if_unfinished(run_dir)
 
 

@@ -4,13 +4,16 @@ The teacher is never constructed here; every soft target comes from the store.
 """
 from __future__ import annotations
 
+import os
+
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed
 
+from flows.parameters import DistillParameter
 from flows.progress import reporter
 from flows.retries import IO_RETRIES
+from flows.run_labels import label_run, publish_report, run_tags
 from pipeline import distill, report
 from pipeline.config import DistillConfig, StudentSpec
 from pipeline.errors import UserError
@@ -50,16 +53,19 @@ def write_report(run_dir: str, rows: list[dict], meta: dict) -> dict:
 
 
 @flow(name="distill", log_prints=True)
-def distill_flow(config: DistillConfig):
+def distill_flow(config: DistillParameter):
     """Train every student of the grid from the store and report a leaderboard."""
     logger = get_run_logger()
     p = plan_run(config)
     run_dir = p.run_dir
+    label_run(name=os.path.basename(run_dir),
+              tags=run_tags(dataset=p.data_cfg.name, store_key=p.store.meta.provenance_key))
     # Held until the report is written: a second run on this folder is refused, not merged into it.
     with distill.run_lock(run_dir):
         done = distill.finished_run(run_dir, p.identity())  # a differing finished run is refused
         if done is not None:
             logger.info("an identical run has finished in %s; not retraining", done)
+            publish_report(done)
             return done
         kept = distill.kept_rows(run_dir, p.identity())  # an identical run some of whose students failed
         todo = distill.groups(config, skip={r["run_id"] for r in kept or ()})
@@ -71,12 +77,7 @@ def distill_flow(config: DistillConfig):
         done_rows = {r["run_id"]: r for r in kept or ()} | {row["run_id"]: row for f in futures for row in f.result()}
         rows = [p.teacher_row()] + [done_rows[s.run_id] for s in config.students()]
         paths = write_report(run_dir, rows, p.report_meta())
-    # For the UI: the leaderboard as the terminal shows it (accuracy next to the config), and the
-    # report with its plot inlined, since a web page may not load a file:// image.
-    create_table_artifact(key="leaderboard", table=report.table_rows(report.leaderboard(rows)),
-                          description=f"Leaderboard of {run_dir}")
-    create_markdown_artifact(key="distill-report", markdown=report.embedded_report(paths["md"], paths["plot"]),
-                             description=f"report: {run_dir}")
+    publish_report(run_dir)
     students = [r for r in rows if r["kind"] != "teacher"]
     if all(r["status"] != "ok" for r in students):
         return Failed(message=f"every student failed ({students[0].get('error')}); "

@@ -8,13 +8,14 @@ of the next (born-again distillation).
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.distill_flow import distill_flow
+from flows.parameters import FROM_TEACHER, PipelineDistillParameter, RunnerParameter, TeacherParameter
+from flows.run_labels import label_run, publish_report, run_tags
 from flows.runners import RunnerConfig, task_runner
 from flows.teacher_flow import teacher_flow
 from pipeline import distill as distill_lib
@@ -23,16 +24,23 @@ from pipeline.config import DistillConfig, TeacherConfig
 
 
 @flow(name="kd-pipeline", log_prints=True)
-def kd_pipeline(teacher: TeacherConfig, distill: DistillConfig, runner: RunnerConfig = RunnerConfig(),
-                generations: int = 1):
+def kd_pipeline(teacher: TeacherParameter = TeacherConfig(),
+                distill: PipelineDistillParameter = DistillConfig(store=FROM_TEACHER),
+                runner: RunnerParameter = RunnerConfig(), generations: int = 1):
     """Teacher → soft-target store → students → leaderboard (× generations)."""
     rows = []
     for g in range(1, generations + 1):
         store = teacher_flow.with_options(task_runner=task_runner(runner))(teacher)
+        if g == 1:  # named after its report folder, found by its dataset and first store
+            label_run(name=distill_lib.generation_config(store, distill, None).run_name,
+                      tags=run_tags(dataset=teacher.data.name,
+                                    store_key=distill_lib.open_store(store, teacher.storage_options)
+                                    .meta.provenance_key))
         run_dir = distill_generation(store, distill, runner, g if generations > 1 else None)
         rows.append(sequential.generation_row(g, store, run_dir))
         if g < generations:
             teacher = next_generation_teacher(teacher, distill, run_dir, store)
+    publish_report(run_dir)  # the parent run shows the leaderboard too, not only its distill subflow
     if generations == 1:
         return run_dir
     base = os.path.basename(rows[0]["report"]).removesuffix("-gen1")
@@ -41,15 +49,8 @@ def kd_pipeline(teacher: TeacherConfig, distill: DistillConfig, runner: RunnerCo
     return run_dir
 
 
-def generation_config(store: str, distill: DistillConfig, generation: int | None) -> DistillConfig:
-    """The students' config of one generation (None: the only one), with its report folder's name."""
-    cfg = dataclasses.replace(distill, store=store)
-    name = cfg.run_name or distill_lib.stable_run_name(cfg)
-    return dataclasses.replace(cfg, run_name=name if generation is None else f"{name}-gen{generation}")
-
-
 def distill_generation(store: str, distill: DistillConfig, runner: RunnerConfig, generation: int | None) -> str:
-    cfg = generation_config(store, distill, generation)
+    cfg = distill_lib.generation_config(store, distill, generation)
     done = distill_lib.completed_run(cfg)  # a finished run with another config or store is refused
     if done is not None:
         get_run_logger().info("an identical run (same store and config) has finished; not retraining. "

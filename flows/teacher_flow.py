@@ -6,10 +6,14 @@ creates the store, fans the parts out, then marks it complete.
 """
 from __future__ import annotations
 
+import os
+
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.parameters import TeacherParameter
 from flows.progress import reporter
+from flows.run_labels import label_run, run_tags
 from flows.retries import IO_RETRIES
 from pipeline import teacher
 from pipeline.config import TeacherConfig
@@ -53,10 +57,11 @@ def finalize_store(p: teacher.TeacherPlan) -> str:
 
 
 @flow(name="teacher", log_prints=True)
-def teacher_flow(config: TeacherConfig) -> str:
+def teacher_flow(config: TeacherParameter) -> str:
     """Train (or load) the teacher once and write its raw logits to a soft-target store."""
     logger = get_run_logger()
     p, reusable, checkpoint_ready = plan_teacher(config)
+    label_run(name=os.path.basename(p.store_path.rstrip("/")).removesuffix(".zarr"), tags=run_tags(dataset=config.data.name, store_key=p.provenance_key))
     if reusable:
         logger.info("a complete store with this provenance already exists; not retraining: %s", p.store_path)
         return p.store_path

@@ -245,6 +245,14 @@ def stable_run_name(cfg: DistillConfig) -> str:
     return f"{stem}-{cfg.model.arch}-{config_hash(shaping)[:8]}"
 
 
+def generation_config(store: str, cfg: DistillConfig, generation: int | None) -> DistillConfig:
+    """The students' config of one generation of `kd run` (None: the only one), on the teacher's ``store``,
+    with its report folder's name: ``--run-name``, or the stable name of the store and the students."""
+    cfg = dataclasses.replace(cfg, store=store)
+    name = cfg.run_name or stable_run_name(cfg)
+    return dataclasses.replace(cfg, run_name=name if generation is None else f"{name}-gen{generation}")
+
+
 def _first_difference(recorded: object, wanted: object, path: str = "") -> tuple[str, object, object] | None:
     """The first field (dotted path, in config order) whose value differs, with both values."""
     if isinstance(recorded, dict) and isinstance(wanted, dict):

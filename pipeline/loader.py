@@ -298,7 +298,7 @@ def worker_context() -> multiprocessing.context.BaseContext:
     Not fork: a forked child inherits this process's threads' locks (zarr's I/O loop, the store writer,
     the prefetch thread) in an unusable state. Not spawn either: a spawned worker imports torch (and its
     CUDA libraries) afresh for every DataLoader, seconds per pass; a worker forked from the clean,
-    single-threaded server starts in a fraction of that (README "Workers").
+    single-threaded server starts in a fraction of that (docs/design.md, "How stage 2 reads the store").
     """
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["torch", "pipeline.loader"])  # only read when the server first starts

@@ -56,7 +56,7 @@ PRESETS: dict[str, dict] = {
     # ICCV 2023): many augmented views per sample, every one after the clean view 0 mixed with a partner
     # (MixUp or CutMix), each replayed exactly so the student always sees the pixels the teacher scored;
     # pure distillation (α = 1) at T = 2 over a long cosine schedule. Mixing every view and T = 2 are what
-    # the fidelity study's screening chose on val (README "Fidelity study"), over half the views mixed,
+    # the fidelity study's screening chose on val (docs/studies.md, "Fidelity study"), over half the views mixed,
     # MixUp alone, 64 views, and T = 1 or 4 (128 views at T = 4 tied on val; the smaller store was kept).
     # No dataset or architecture: it applies to any.
     "patient": {

@@ -153,7 +153,7 @@ def gap_note(board: list[dict], test_size: int | None) -> str | None:
     gap = teacher["test_acc_mean"] - base["test_acc_mean"]
     noise = math.sqrt(2) * base["test_acc_std"]
     images = "" if not test_size else f" ({gap * test_size:.1f} of {test_size} test images)"
-    pointer = "see the fidelity study (`make fidelity`, README \"Fidelity study\") for a setting where it is measurable"
+    pointer = "see the fidelity study (`make fidelity`, docs/studies.md) for a setting where it is measurable"
     if gap <= 0:
         return (f"note: the baseline already matches the teacher ({-gap * 100:+.2f} points){images}: there is no gap "
                 f"for distillation to close at this size; {pointer}.")
@@ -276,6 +276,12 @@ def read_report(run_dir: str) -> dict:
 REPORT_KEYS = {"meta": dict, "leaderboard": list, "runs": list}
 
 
+def report_paths(run_dir: str) -> dict[str, str]:
+    """The files of a report folder: leaderboard.json, report.md and the plot."""
+    return {"json": os.path.join(run_dir, LEADERBOARD), "md": os.path.join(run_dir, "report.md"),
+            "plot": os.path.join(run_dir, "accuracy_vs_temperature.png")}
+
+
 def write_report(run_dir: str, rows: list[dict], meta: dict) -> dict[str, str]:
     """Write accuracy_vs_temperature.png, report.md, then leaderboard.json; return their paths.
 
@@ -284,8 +290,7 @@ def write_report(run_dir: str, rows: list[dict], meta: dict) -> dict[str, str]:
     """
     os.makedirs(run_dir, exist_ok=True)
     board = leaderboard(rows)
-    paths = {"json": os.path.join(run_dir, LEADERBOARD), "md": os.path.join(run_dir, "report.md"),
-             "plot": os.path.join(run_dir, "accuracy_vs_temperature.png")}
+    paths = report_paths(run_dir)
     plot(board, paths["plot"])
     failed = [r for r in rows if r["status"] != "ok"]
     md = [f"# Distillation report: {os.path.basename(run_dir)}\n\n",

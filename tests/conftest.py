@@ -34,6 +34,61 @@ def digits_store(tmp_path_factory) -> str:
     return build_store(str(tmp_path_factory.mktemp("shared")), encoding="float32")
 
 
+def prefect_server_env(home, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a real Prefect server on a free loopback port, its state under ``home``."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.makedirs(os.path.join(home, "prefect"), exist_ok=True)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return {**os.environ, "PREFECT_HOME": os.path.join(home, "prefect"),
+            "PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "DO_NOT_TRACK": "1",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PWD": root, **(extra or {})}
+
+
+def start_prefect_server(env: dict[str, str], timeout: float = 90):
+    """`prefect server start` with ``env``, once its API answers; stop it with :func:`stop_processes`."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    url = env["PREFECT_API_URL"]
+    port = url.rsplit(":", 1)[1].split("/")[0]
+    log = os.path.join(env["PREFECT_HOME"], "server.log")  # a file, not a pipe that nobody drains
+    with open(log, "w") as out:
+        proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "prefect"), "server", "start",
+                                 "--host", "127.0.0.1", "--port", port], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"prefect server exited: {open(log).read()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
+            time.sleep(0.5)
+    stop_processes([proc])
+    raise TimeoutError("prefect server did not become healthy")
+
+
+def stop_processes(procs: list) -> None:
+    """Terminate ``procs`` (last started first), killing any that do not exit."""
+    import subprocess
+
+    for p in reversed(procs):
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
     """Prefect's temporary server, started once for every flow test."""

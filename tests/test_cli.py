@@ -268,12 +268,11 @@ def test_every_config_field_has_one_option():
 
 
 def test_kd_run_make_serve_and_prefect_yaml_agree_on_defaults():
-    """One set of defaults: `kd run` (as `make distill` runs it), `make serve`'s deployments and prefect.yaml's
-    parameters (merged over the configs' defaults, as Prefect does) build the same configs."""
-    import yaml
-
+    """One set of defaults: `kd run` (as `make distill` runs it) and prefect.yaml's parameters (merged over the
+    configs' defaults, as Prefect does; `make serve` serves prefect.yaml's deployments) build the same configs."""
     from flows.cli import build_parser, distill_config, student_namespace, teacher_config
-    from flows.serve import FROM_TEACHER, deployment_parameters
+    from flows.parameters import FROM_TEACHER
+    from flows.serve import read_deployments
 
     a = build_parser().parse_args(["run"])
     kd_teacher = teacher_config(a)
@@ -284,18 +283,13 @@ def test_kd_run_make_serve_and_prefect_yaml_agree_on_defaults():
     # names it (--dataset digits): the same data.
     nightly = (teacher_config(a), dataclasses.replace(distill_config(student_namespace(a), FROM_TEACHER), data=None))
 
-    served = deployment_parameters()
-    assert served["nightly-teacher-refresh"] == {"config": kd_teacher}
-    assert (served["nightly-pipeline"]["teacher"], served["nightly-pipeline"]["distill"]) == nightly
-
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    deployments = {d["name"]: d["parameters"] for d in yaml.safe_load(open(os.path.join(root, "prefect.yaml")))
-                   ["deployments"]}
+    deployments = {d["name"]: d["parameters"] for d in read_deployments(os.path.join(root, "prefect.yaml"))}
     assert from_dict(TeacherConfig, deployments["nightly-teacher-refresh"]["config"]) == kd_teacher
     p = deployments["nightly-pipeline"]
     assert (from_dict(TeacherConfig, p["teacher"]), from_dict(DistillConfig, p["distill"])) == nightly
     store = deployments["distill"]["config"]["store"]
-    a = build_parser().parse_args(["distill", "--store", store, "--seeds", "0", "1", "2"])
+    a = build_parser().parse_args(["distill", "--store", store])
     assert from_dict(DistillConfig, deployments["distill"]["config"]) == distill_config(a, store)
     assert _make_distill_args() == ["--seeds", "0", "1", "2"]
 

@@ -1,4 +1,4 @@
-"""The store's attributes as a type: documented exactly by the README, round-tripped, and refused field by field."""
+"""The store's attributes as a type: documented by docs/store-format.md, round-tripped, refused field by field."""
 from __future__ import annotations
 
 import copy
@@ -14,11 +14,11 @@ import zarr
 from pipeline.errors import StoreError
 from pipeline.store import FORMAT_VERSION, SoftTargetStore, StoreMeta
 
-README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+STORE_FORMAT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "store-format.md")
 
 
 def field_paths(cls: type, prefix: str = "") -> set[str]:
-    """Every leaf field of a record as the README names it: ``teacher.arch``, ``layout.<split>.chunk_rows``,
+    """Every leaf field of a record as the format reference names it: ``teacher.arch``, ``layout.<split>.chunk_rows``,
     ``lineage[].store``. Config snapshots (plain JSON objects) are leaves."""
     paths = set()
     for name, tp in typing.get_type_hints(cls).items():
@@ -37,19 +37,24 @@ def field_paths(cls: type, prefix: str = "") -> set[str]:
     return paths
 
 
-def readme_attributes() -> set[str]:
-    """The names in the first column of the README's group-attribute table."""
-    text = open(README, encoding="utf-8").read()
+def documented_attributes() -> set[str]:
+    """The names in the first column of docs/store-format.md's group-attribute table."""
+    text = open(STORE_FORMAT, encoding="utf-8").read()
     table = text[text.index("Group attributes"):].split("\n\n")[1]
     rows = [line for line in table.splitlines() if line.startswith("|")][2:]  # after the header and its rule
-    assert rows, "the README's group-attribute table is empty"
+    assert rows, "the group-attribute table of docs/store-format.md is empty"
     return {name for row in rows for name in re.findall(r"`([^`]+)`", row.split("|")[1])}
 
 
-def test_readme_documents_every_attribute_and_no_other():
-    fields, documented = field_paths(StoreMeta), readme_attributes()
-    assert fields - documented == set(), "fields of StoreMeta missing from the README's attribute table"
-    assert documented - fields == set(), "the README's attribute table names fields that StoreMeta does not have"
+def test_the_format_reference_documents_every_attribute_and_no_other():
+    fields, documented = field_paths(StoreMeta), documented_attributes()
+    assert fields - documented == set(), "fields of StoreMeta missing from docs/store-format.md's attribute table"
+    assert documented - fields == set(), "docs/store-format.md's attribute table names fields StoreMeta does not have"
+
+
+def test_the_format_reference_names_the_current_version():
+    title = open(STORE_FORMAT, encoding="utf-8").readline()
+    assert title.strip() == f"# Store format (`format_version` {FORMAT_VERSION})", title
 
 
 def test_round_trip_on_a_real_store(digits_store):

@@ -56,7 +56,7 @@ def _decode_rows(values: np.ndarray, indices: np.ndarray, lse: np.ndarray, num_c
     The classes that were not kept share the remaining probability mass
     equally: each gets logit ``lse + log((1 - sum p_kept) / (C - K))``. At
     T = 1 the normaliser is then exactly ``exp(lse)``; at other temperatures
-    the flat tail is an approximation (see the README).
+    the flat tail is an approximation (see docs/store-format.md, "Encodings").
     """
     rows, k = values.shape
     kept_mass = np.exp(values.astype(np.float64) - lse[:, None]).sum(axis=1)  # (R,)

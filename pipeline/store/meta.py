@@ -1,6 +1,6 @@
 """The store's group attributes as types: :class:`StoreMeta` and its nested records.
 
-The attributes are plain JSON (the README's "Store format" table documents
+The attributes are plain JSON (docs/store-format.md's attribute table documents
 every field). Nothing else reads or writes them as dicts: the writer builds
 them with :meth:`StoreMeta.to_attrs` and every reader gets a
 :meth:`StoreMeta.from_attrs`, which checks each field's presence and type and
@@ -262,7 +262,7 @@ class Provenance(_Record):
 
 @dataclass(frozen=True)
 class StoreMeta(Provenance):
-    """Every group attribute of a store, typed; see the README's "Store format" table."""
+    """Every group attribute of a store, typed; see docs/store-format.md's attribute table."""
 
     format_version: int
     encoding: str

@@ -18,7 +18,7 @@ from prefect import flow, get_run_logger
 from flows.pipeline_flow import distill_generation
 from flows.runners import RunnerConfig
 from flows.teacher_flow import teacher_flow
-from pipeline import studies
+from experiments import studies
 from pipeline.report import read_report
 from pipeline.store import SoftTargetStore
 

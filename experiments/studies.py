@@ -57,7 +57,7 @@ def table(sweep: str, mse: str, generations: list[dict], noisy: str) -> list[dic
 
 def write(path: str, rows: list[dict], name: str = "reproduce",
           title: str = "Reproduction on digits") -> str:
-    """``<name>.json`` and ``<name>.md`` (the table the README quotes) under ``path``."""
+    """``<name>.json`` and ``<name>.md`` (the table docs/studies.md quotes) under ``path``."""
     os.makedirs(path, exist_ok=True)
     write_text_atomic(os.path.join(path, f"{name}.json"), json.dumps(rows, indent=2))
     table = markdown_table(["study", "configuration", "test acc % (mean ± std)", "seeds"],
@@ -101,7 +101,7 @@ def views_table(stale: str, consistent: str, online: str) -> list[dict]:
 
 # --- fidelity: how much of the teacher-student gap each recipe closes ----------------------------
 #
-# The setting (README "Fidelity study"): a cnn width 32 teacher trained on the whole digits train split
+# The setting (docs/studies.md, "Fidelity study"): a cnn width 32 teacher trained on the whole digits train split
 # with the study's augmentation; the default cnn width 8 student sees only the first FIDELITY_LABELS
 # labelled train images (the store holds the teacher's logits for those alone). On the whole split
 # the student reaches the teacher within about three test images, so nothing could show; with 150

@@ -1,4 +1,4 @@
-"""pipeline.studies, the fidelity study: its configs, the share of the gap each arm closes, its table and verdict."""
+"""experiments.studies, the fidelity study: its configs, the share of the gap each arm closes, its table and verdict."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from pipeline import studies
+from experiments import studies
 from pipeline.presets import PRESETS
 
 

@@ -13,7 +13,7 @@ from prefect import flow, get_run_logger
 
 from flows.distill_flow import distill_flow
 from flows.teacher_flow import teacher_flow
-from pipeline import studies
+from experiments import studies
 from pipeline.config import AugmentConfig
 from pipeline.store import SoftTargetStore
 

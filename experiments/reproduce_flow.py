@@ -12,7 +12,7 @@ import flows  # noqa: F401  (Prefect environment defaults)
 from prefect import flow, get_run_logger
 
 from flows.pipeline_flow import kd_pipeline
-from pipeline import studies
+from experiments import studies
 
 
 @flow(name="reproduce", log_prints=True)
