@@ -255,9 +255,13 @@ class OptimConfig:
                "use e.g. 10")
         _check(math.isfinite(self.gamma) and 0.0 < self.gamma <= 1.0, "gamma", f"must be in (0, 1], got {self.gamma}",
                "use e.g. 0.1")
-        _check(0 <= self.warmup_epochs < self.epochs, "warmup_epochs",
-               f"must be in [0, epochs={self.epochs}), got {self.warmup_epochs}",
-               "use e.g. 1, and leave epochs after the warm-up")
+        _check(self.warmup_epochs >= 0, "warmup_epochs", f"must be >= 0, got {self.warmup_epochs}",
+               "pass --warmup-epochs 0 for no warm-up")
+        # The hint depends on --epochs: a single epoch leaves no room for any warm-up.
+        _check(self.warmup_epochs < self.epochs, "warmup_epochs",
+               f"must be less than --epochs ({self.epochs}), got {self.warmup_epochs}",
+               "pass --warmup-epochs 0: one epoch leaves no room for a warm-up, or more --epochs" if self.epochs == 1
+               else f"pass --warmup-epochs {self.epochs - 1} or fewer, or more --epochs")
         _check(self.schedule != "step" or self.warmup_epochs < self.step_size, "warmup_epochs",
                f"warm-up ({self.warmup_epochs} epochs) must end before the first decay (epoch {self.step_size})",
                "shorten the warm-up or raise --step-size")
