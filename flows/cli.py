@@ -13,7 +13,9 @@ import argparse
 import contextlib
 import dataclasses
 import difflib
+import os
 import re
+import shutil
 import sys
 from collections.abc import Iterator
 from typing import NoReturn
@@ -266,10 +268,18 @@ def _finish(state) -> object:
     return state.result()
 
 
+def terminal_width() -> int | None:
+    """The columns the leaderboard may fill: ``COLUMNS`` if set, else the terminal's; None for a pipe or a file."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    return shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+
+
 def _print_leaderboard(run_dir: str) -> None:
     from pipeline.report import leaderboard_text, read_report
 
-    print(leaderboard_text(read_report(run_dir)))
+    print(leaderboard_text(read_report(run_dir), terminal_width()))
 
 
 def cmd_teacher(a: argparse.Namespace) -> None:
@@ -283,6 +293,20 @@ def cmd_teacher(a: argparse.Namespace) -> None:
     starting(f"teacher {cfg.model.arch} on {cfg.data.name} ({cfg.optim.epochs} epochs)")
     store = _run_flow(flow, cfg)
     print(f"store: {store}")
+    _warn_failed_teacher(store, cfg.storage_options)
+
+
+def _warn_failed_teacher(store: str, storage_options: dict | None) -> None:
+    """One line on stderr when the store's teacher learnt nothing (at chance, or a non-finite NLL)."""
+    from pipeline.report import teacher_warning
+    from pipeline.store import SoftTargetStore
+
+    meta = SoftTargetStore(store, storage_options=storage_options).meta
+    test = meta.dataset.splits.get("test")
+    warning = teacher_warning(acc=meta.teacher.test_acc, nll=meta.teacher.test_nll,
+                              num_classes=meta.dataset.num_classes, test_size=test.size if test else None)
+    if warning:
+        print(warning, file=sys.stderr)
 
 
 def cmd_distill(a: argparse.Namespace) -> None:

@@ -32,7 +32,7 @@ from pipeline.data import Dataset, store_dataset
 from pipeline.errors import StoreError, UserError
 from pipeline.loader import SoftTargetLoader, fits_cache
 from pipeline.metrics import expected_calibration_error
-from pipeline.models import count_parameters, measure_latency_ms, model_size_mb, resolve_device
+from pipeline.models import count_parameters, measure_latency, model_size_mb, resolve_device
 from pipeline.store import SoftTargetStore
 from pipeline.train import Progress, build_seeded, evaluate_group, fit_group
 
@@ -104,6 +104,7 @@ class DistillPlan:
     data_cfg: DataConfig
     run_dir: str
     student_latency_ms: float
+    student_latency_busy: bool = False  # timed on a busy CPU: unreliable (pipeline.models.measure_latency)
 
     @property
     def store(self) -> SoftTargetStore:
@@ -136,6 +137,7 @@ class DistillPlan:
         return {"store": cfg.store, "teacher": f"{t.arch} (test acc {100 * t.test_acc:.2f}%)",
                 "student": f"{cfg.model.arch} width {cfg.model.width}", "dataset": self.dataset.name,
                 "encoding": self.store.encoding, "test_size": len(self.dataset.splits["test"]),
+                "num_classes": self.store.num_classes,
                 **self.identity()}
 
     def teacher_row(self) -> dict:
@@ -189,8 +191,12 @@ def plan(cfg: DistillConfig) -> DistillPlan:
     # CPU latency depends on the architecture, not on the trained weights, so it is measured once,
     # here, before any student trains: timed between training threads (which hold the GIL and the
     # cores) the same network measured anywhere from 1x to 100x its real time.
-    latency = measure_latency_ms(build_seeded(cfg.model, ds.input_shape, ds.num_classes, seed=0), ds.input_shape)
-    p = DistillPlan(cfg=cfg, data_cfg=data_cfg, run_dir=run_dir(cfg), student_latency_ms=latency)
+    latency = measure_latency(build_seeded(cfg.model, ds.input_shape, ds.num_classes, seed=0), ds.input_shape)
+    if latency.busy:
+        log.warning("the CPU is busy: the students' latency (%.3g ms) is marked unreliable in the leaderboard",
+                    latency.ms)
+    p = DistillPlan(cfg=cfg, data_cfg=data_cfg, run_dir=run_dir(cfg), student_latency_ms=latency.ms,
+                    student_latency_busy=latency.busy)
     # Decoding the train logits now, when they fit the cache, verifies every chunk before any
     # training starts; larger stores are streamed and verified as they are read.
     p.train_logits()
@@ -441,6 +447,7 @@ def train_students(p: DistillPlan, specs: list[StudentSpec], *, progress: Progre
                      "test_nll": m["nll"], "test_ece": m["ece"], "agreement": m["agreement"], "val_acc": r.val_acc,
                      "best_epoch": r.best_epoch, "params": count_parameters(r.model),
                      "size_mb": model_size_mb(r.model), "latency_ms": p.student_latency_ms,
+                     "latency_busy": p.student_latency_busy,
                      "epochs_trained": len(r.history), "stopped_epoch": r.stopped_epoch,
                      # What `kd export` needs to rebuild the student from its checkpoint.
                      "input_shape": list(ds.input_shape), "num_classes": ds.num_classes, "checkpoint": path})
