@@ -412,6 +412,27 @@ def groups(cfg: DistillConfig) -> list[list[StudentSpec]]:
     return [specs[i:i + cfg.group_size] for specs in by_seed.values() for i in range(0, len(specs), cfg.group_size)]
 
 
+def group_names(cfg: DistillConfig) -> list[str]:
+    """What each group of :func:`groups` trains, in the same order, for its progress bar, progress artifact and
+    task run: a lone student's run id (``kl-T4-a0.9-s0``), a seed's students (``seed 0: 5 students``), or part
+    of them when a seed's students take several groups (``seed 0: students 1-8 of 10``)."""
+    out, done = [], {}
+    per_seed = {s.seed: 0 for s in cfg.students()}
+    for s in cfg.students():
+        per_seed[s.seed] += 1
+    for group in groups(cfg):
+        seed, n = group[0].seed, len(group)
+        first = done.get(seed, 0) + 1
+        done[seed] = first - 1 + n
+        if n == 1:
+            out.append(group[0].run_id)
+        elif n == per_seed[seed]:
+            out.append(f"seed {seed}: {n} students")
+        else:
+            out.append(f"seed {seed}: students {first}-{first + n - 1} of {per_seed[seed]}")
+    return out
+
+
 # DistillConfig.batch -> fit_group's `batched`: None lets it decide per group (vectorises, and pays on the device).
 BATCHED = {"auto": None, "on": True, "off": False}
 

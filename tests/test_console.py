@@ -72,7 +72,7 @@ def test_default_run_prints_the_leaderboard_and_verbose_brings_prefect_lines_bac
     loud = _kd_run(root, "loud", "--verbose")
     assert sum("Finished in state Completed()" in line for line in loud) >= len(TASKS)
     for task in TASKS:
-        epochs = [line for line in loud if f"| INFO    | Task run 'students[{task}+1]' - {task} epoch " in line]
+        epochs = [line for line in loud if f"| INFO    | Task run 'students[{task}]' - {task} epoch " in line]
         assert len(epochs) == EPOCHS, task
     assert loud[-1] == f"report: {root}/reports/loud"
 
@@ -91,7 +91,7 @@ def test_progress_bar_only_on_a_terminal(monkeypatch):
     def train(label: str) -> None:
         with reporter(label) as progress:
             for epoch in (1, 2, 3):
-                progress(label, epoch, 3, {"best_val_acc": 0.5 * epoch / 3, "active": 1})
+                progress(label, epoch, 3, {"best_val_acc": 0.5 * epoch / 3, "training": 4, "trainees": 5})
 
     @flow
     def run(label: str) -> None:
@@ -99,13 +99,15 @@ def test_progress_bar_only_on_a_terminal(monkeypatch):
 
     for stream, shown in ((Terminal(), True), (io.StringIO(), False)):
         monkeypatch.setattr(sys, "stderr", stream)
-        run("probe-s0")
+        run("seed 0: 5 students")
         monkeypatch.undo()
         out = stream.getvalue()
         if not shown:
             assert out == ""
             continue
-        assert "probe-s0:" in out and "3/3" in out and "best_val_acc=0.5" in out
+        # Accuracy in percent, as in the leaderboard; how many of the group still train, in words.
+        assert "seed 0: 5 students:" in out and "3/3" in out
+        assert "best val acc 50.00%, 4 of 5 students training" in out
         assert out.rstrip(" ").endswith("\r")  # leave=False: the finished bar is erased
 
 
