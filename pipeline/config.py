@@ -161,6 +161,10 @@ class DataConfig:
     train_transform: tuple[str, ...] = option((), separator=",", choices=TRAIN_TRANSFORMS, metavar="OPS",
                                               help="per-sample training augmentation, drawn in the data loader's "
                                                    "workers")
+    # Off in every store written before the option existed (their data_config lacks it: see
+    # pipeline.store.meta.Provenance.data_cfg), so those are still read and reproduced exactly.
+    exif_orientation: bool = option(True, help="image folders: turn each photo upright by its EXIF orientation "
+                                               "tag, as photo viewers show it, before any resize or crop")
 
     def __post_init__(self) -> None:
         _check(bool(self.name), "dataset", "is empty", "pass e.g. --dataset digits")
@@ -189,11 +193,30 @@ class DataConfig:
     def effective_noise_seed(self) -> int:
         return self.split_seed if self.noise_seed is None else self.noise_seed
 
+    @property
+    def applies_exif(self) -> bool:
+        """Whether images are turned upright by their EXIF orientation: image folders only (the other datasets'
+        images carry no EXIF)."""
+        return self.exif_orientation and self.name.startswith("imagefolder:")
+
     def key(self) -> dict:
         """The config as a provenance key hashes it. Fields added after the key was first defined are left
-        out while at their defaults, so the stores of an unchanged dataset keep their keys (and names)."""
+        out while they change nothing the key's first definition did not cover (at their defaults, or for
+        EXIF orientation, off or without effect), so the stores of an unchanged dataset keep their keys (and
+        names), and an image folder read upright gets stores of its own."""
         later = {"image_size": None, "train_transform": ()}
-        return {k: v for k, v in asdict(self).items() if k not in later or v != later[k]}
+        out = {k: v for k, v in asdict(self).items() if k not in later or v != later[k]}
+        if not self.applies_exif:
+            del out["exif_orientation"]
+        return out
+
+    def snapshot(self) -> dict:
+        """The config as a report records it (run identities): every field, EXIF orientation only where it
+        applies, so reports written before the option compare equal."""
+        out = asdict(self)
+        if not self.applies_exif:
+            del out["exif_orientation"]
+        return out
 
 
 @dataclass(frozen=True)

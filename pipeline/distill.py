@@ -48,7 +48,8 @@ def check_compatible(store: SoftTargetStore, ds: Dataset) -> None:
     if meta.transform_hash != ds.transform_hash:
         raise StoreError("transform_hash", f"store preprocessing {meta.transform_hash} ({_shown(meta.transform)}) "
                          f"differs from this data's {ds.transform_hash} ({_shown(ds.transform)})",
-                         "pass the --image-size the store was written with, or rerun `kd teacher`")
+                         "pass the --image-size and --exif-orientation (or --no-exif-orientation) the store was "
+                         "written with, or rerun `kd teacher`")
     if meta.dataset.name != ds.name:
         raise StoreError("dataset", f"store was written from {meta.dataset.name!r}, not {ds.name!r}", fix)
     if store.num_classes != ds.num_classes:
@@ -228,7 +229,7 @@ def run_identity(cfg: DistillConfig, *, data_cfg: DataConfig, provenance_key: st
     not known yet, e.g. a later generation's). Recorded in leaderboard.json's ``meta``."""
     shaping = {k: v for k, v in to_dict(cfg).items()  # type: ignore[union-attr]
                if k not in EXECUTION_FIELDS}
-    shaping["data"] = to_dict(data_cfg)
+    shaping["data"] = data_cfg.snapshot()
     # Through JSON, so tuples compare equal to the lists a finished report reads back.
     return {"config": json.loads(json.dumps(shaping, default=str)), "store_provenance_key": provenance_key}
 

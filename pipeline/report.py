@@ -185,9 +185,14 @@ def teacher_warning(*, acc: float, nll: float, num_classes: int | None, test_siz
     noise = CHANCE_SE * math.sqrt(chance * (1 - chance) / test_size) if test_size else 0.0
     if acc > chance + noise:
         return None
+    fix = "Train it longer (--epochs), lower --lr, or check the data."
+    if test_size and acc > chance + 1 / test_size:  # above chance, by less than the noise of so few images
+        return (f"warning: the teacher's test accuracy ({acc * 100:.2f}% on {test_size} images, {num_classes} "
+                f"classes) cannot be told from chance ({chance * 100:.2f}%) on so few test images: no student "
+                "comparison with it means anything. Use more data (a larger test split) to judge it.")
     return (f"warning: the teacher is at chance level ({acc * 100:.2f}% on {num_classes} classes, chance "
             f"{chance * 100:.2f}%; test NLL {nll:,.4g}): it learnt nothing to distil, and no student comparison "
-            "with it means anything. Train it longer (--epochs), lower --lr, or check the data.")
+            f"with it means anything. {fix}")
 
 
 def gap_note(board: list[dict], test_size: int | None) -> str | None:

@@ -48,14 +48,27 @@ def _refused(folder, field="dataset", **kw) -> str:
 # --- structure: refused before any work ------------------------------------------------------------
 
 
-def test_empty_class_folder_single_class_and_non_image_are_refused(tmp_path):
+def test_empty_class_folder_and_single_class_are_refused_and_non_images_skipped(tmp_path, caplog):
     folder = write_folder(tmp_path / "f")
     os.makedirs(tmp_path / "f" / "c")
     assert "'c'" in _refused(folder) and "holds no images" in _refused(folder)
+    (tmp_path / "f" / "c" / "Thumbs.db").write_bytes(b"\0" * 64)  # a class folder of non-images holds no images
+    assert "'c'" in _refused(folder) and "holds no images" in _refused(folder)
+    os.remove(tmp_path / "f" / "c" / "Thumbs.db")
     os.rmdir(tmp_path / "f" / "c")
-    (tmp_path / "f" / "a" / "notes.txt").write_text("not a picture")
-    assert os.path.join("a", "notes.txt") in _refused(folder)
-    os.remove(tmp_path / "f" / "a" / "notes.txt")
+    # What Windows and notes leave in photo folders: skipped like torchvision's ImageFolder does, and counted.
+    (tmp_path / "f" / "a" / "Thumbs.db").write_bytes(b"\0" * 64)
+    (tmp_path / "f" / "b" / "desktop.ini").write_text("[.ShellClassInfo]")
+    (tmp_path / "f" / "b" / "notes.txt").write_text("not a picture")
+    with caplog.at_level("WARNING", logger="pipeline.data.folder"):
+        ds = load_dataset(_data(folder))
+        load_dataset(_data(folder))  # said once per process
+    assert sum(len(s) for s in ds.splits.values()) == 20  # the images alone
+    said = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert said == [f"dataset: skipped 3 files that are not images (by extension, as torchvision's ImageFolder "
+                    f"does) in image folder {folder}: Thumbs.db, desktop.ini, notes.txt"]
+    for name in ("a/Thumbs.db", "b/desktop.ini", "b/notes.txt"):
+        os.remove(tmp_path / "f" / name)
     (tmp_path / "f" / "a" / ".DS_Store").write_bytes(b"\0")  # hidden files are ignored
     (tmp_path / "f" / "README.txt").write_text("beside the class folders: ignored")
     assert len(load_dataset(_data(folder)).splits["train"]) > 0
@@ -74,14 +87,39 @@ def test_mixed_sizes_need_image_size_and_get_it(tmp_path):
 
 def test_cli_refuses_bad_folders_in_one_line_and_writes_nothing(capsys, tmp_path):
     folder = write_folder(tmp_path / "f")
-    (tmp_path / "f" / "b" / "data.csv").write_text("1,2,3")
+    os.makedirs(tmp_path / "f" / "c")
+    (tmp_path / "f" / "c" / "data.csv").write_text("1,2,3")
     out = ["--store-root", str(tmp_path / "stores"), "--checkpoint-root", str(tmp_path / "ckpt")]
-    assert "data.csv" in cli_fails(capsys, "teacher", "--dataset", f"imagefolder:{folder}", *out)
+    assert "'c'" in cli_fails(capsys, "teacher", "--dataset", f"imagefolder:{folder}", *out)
     assert "single class" in cli_fails(capsys, "teacher", "--dataset",
                                     f"imagefolder:{write_folder(tmp_path / 'one', classes=('x',))}", *out)
     # no path at all: refused, not the current folder scanned
     assert "names no folder" in cli_fails(capsys, "teacher", "--dataset", "imagefolder:", *out)
     assert not (tmp_path / "stores").exists() and not (tmp_path / "ckpt").exists()
+
+
+def test_cli_says_once_how_many_files_it_skipped(tmp_path):
+    """`kd teacher` on a folder with Windows' files: not refused; one line says what was skipped."""
+    import subprocess
+    import sys
+
+    import flows
+
+    folder = write_folder(tmp_path / "f")
+    (tmp_path / "f" / "a" / "Thumbs.db").write_bytes(b"\0" * 64)
+    (tmp_path / "f" / "b" / "desktop.ini").write_text("[.ShellClassInfo]")
+    kd = os.path.join(os.path.dirname(sys.executable), "kd")
+    env = {k: v for k, v in os.environ.items() if k != flows.CONSOLE_LEVEL}
+    # topk:2 keeps both classes: refused right after the folder is listed, before any training.
+    proc = subprocess.run([kd, "teacher", "--dataset", f"imagefolder:{folder}", "--encoding", "topk:2",
+                           "--store-root", str(tmp_path / "stores"), "--checkpoint-root", str(tmp_path / "ckpt")],
+                          env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"dataset: skipped 2 files that are not images (by extension, as torchvision's ImageFolder does) in image "
+        f"folder {folder}: Thumbs.db, desktop.ini",
+        f"error: encoding: topk:2 keeps every one of imagefolder:{folder}'s 2 classes (use topk:K with K < 2, or "
+        "float32 to keep all logits)"]
 
 
 def test_a_dangling_link_in_a_class_folder_is_one_line_naming_it(capsys, tmp_path):
