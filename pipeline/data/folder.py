@@ -64,7 +64,8 @@ def _quiet_pillow() -> None:
     are the user's own and decoded anyway, and :func:`_check_pixels` says so once per file instead."""
     from PIL import Image
 
-    if _once("pillow-warning-off"):
+    # Checked at every call, not once: a caller's warnings.catch_warnings() restores the filters it found.
+    if not any(f[0] == "ignore" and f[2] is Image.DecompressionBombWarning for f in warnings.filters):
         warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
@@ -74,8 +75,8 @@ def _check_pixels(img, rel: str) -> None:
     limit = Image.MAX_IMAGE_PIXELS
     w, h = img.size
     if limit and w * h > limit and _once(("large", rel)):
-        log.warning("dataset: %s is %dx%d (%.0f megapixels, over Pillow's decompression-bomb warning limit of "
-                    "%.0f): decoded anyway, at %.0f MB a read; shrink it if that is not intended",
+        log.warning("dataset: %s is %dx%d (%.1f megapixels, over Pillow's decompression-bomb warning limit of "
+                    "%.1f): decoded anyway, at %.0f MB a read; shrink it if that is not intended",
                     rel, w, h, w * h / 1e6, limit / 1e6, w * h * 3 / 1e6)
 
 
