@@ -290,7 +290,7 @@ def cmd_teacher(a: argparse.Namespace) -> None:
     from flows.teacher_flow import teacher_flow
 
     flow = teacher_flow.with_options(task_runner=task_runner(runner_config(a)))
-    starting(f"teacher {cfg.model.arch} on {cfg.data.name} ({cfg.optim.epochs} epochs)")
+    starting(f"teacher {cfg.model.arch} on {cfg.data.name} ({_epochs(cfg.optim.epochs)})")
     store = _run_flow(flow, cfg)
     print(f"store: {store}")
     _warn_failed_teacher(store, cfg.storage_options)
@@ -318,7 +318,7 @@ def cmd_distill(a: argparse.Namespace) -> None:
     from flows.distill_flow import distill_flow
 
     flow = distill_flow.with_options(task_runner=task_runner(runner_config(a)))
-    starting(f"{len(cfg.students())} {cfg.model.arch} students ({cfg.optim.epochs} epochs) from {cfg.store}")
+    starting(f"{len(cfg.students())} {cfg.model.arch} students ({_epochs(cfg.optim.epochs)}) from {cfg.store}")
     run_dir = _run_flow(flow, cfg)
     _print_leaderboard(run_dir)
     print(f"report: {run_dir}")
@@ -352,12 +352,16 @@ def cmd_run(a: argparse.Namespace) -> None:
             cfg = generation_config(t_plan.store_path, d_cfg, g if a.generations > 1 else None)
             distill.preflight(cfg, data_cfg=d_cfg.data or t_cfg.data,
                               provenance_key=t_plan.provenance_key if g == 1 else None)
-    starting(f"teacher {t_cfg.model.arch} on {t_cfg.data.name} ({t_cfg.optim.epochs} epochs"
+    starting(f"teacher {t_cfg.model.arch} on {t_cfg.data.name} ({_epochs(t_cfg.optim.epochs)}"
              f"{', or its finished store' if t_plan.reusable else ''}), then {len(d_cfg.students())} "
-             f"{d_cfg.model.arch} students ({d_cfg.optim.epochs} epochs)")
+             f"{d_cfg.model.arch} students ({_epochs(d_cfg.optim.epochs)})")
     run_dir = _run_flow(kd_pipeline, t_cfg, d_cfg, runner_config(a), a.generations)
     _print_leaderboard(run_dir)
     print(f"report: {run_dir}")
+
+
+def _epochs(n: int) -> str:
+    return f"{n} epoch" + ("" if n == 1 else "s")
 
 
 def starting(what: str) -> None:
