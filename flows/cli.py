@@ -352,9 +352,11 @@ def cmd_run(a: argparse.Namespace) -> None:
             cfg = generation_config(t_plan.store_path, d_cfg, g if a.generations > 1 else None)
             distill.preflight(cfg, data_cfg=d_cfg.data or t_cfg.data,
                               provenance_key=t_plan.provenance_key if g == 1 else None)
-    starting(f"teacher {t_cfg.model.arch} on {t_cfg.data.name} ({_epochs(t_cfg.optim.epochs)}"
-             f"{', or its finished store' if t_plan.reusable else ''}), then {len(d_cfg.students())} "
-             f"{d_cfg.model.arch} students ({_epochs(d_cfg.optim.epochs)})")
+    teacher_part = f"teacher {t_cfg.model.arch} on {t_cfg.data.name}"
+    teacher_part = f"the finished store of the {teacher_part}" if t_plan.reusable else \
+        f"{teacher_part} ({_epochs(t_cfg.optim.epochs)})"
+    starting(f"{teacher_part}, then {len(d_cfg.students())} {d_cfg.model.arch} students "
+             f"({_epochs(d_cfg.optim.epochs)})")
     run_dir = _run_flow(kd_pipeline, t_cfg, d_cfg, runner_config(a), a.generations)
     _print_leaderboard(run_dir)
     print(f"report: {run_dir}")

@@ -262,7 +262,8 @@ def test_exif_orientation_turns_photos_upright_and_is_recorded(tmp_path):
     assert upright.transform_hash != stored.transform_hash
     assert _data(folder).key() != _data(folder, exif_orientation=False).key()
     # The other datasets carry no EXIF: the option changes nothing of theirs, their stores keep their keys.
-    assert DataConfig(exif_orientation=False).key() == DataConfig().key() and "exif_orientation" not in DataConfig().key()
+    assert DataConfig(exif_orientation=False).key() == DataConfig().key()
+    assert "exif_orientation" not in DataConfig().key()
     # At a fixed --image-size too: turned before the resize and crop.
     assert load_dataset(_data(folder, image_size=8)).transform["eval"][:2] == ["ExifTranspose", "ToImage"]
 
