@@ -34,10 +34,11 @@ def verify_views(p: distill.DistillPlan) -> dict:
     return result
 
 
-@task(cache_policy=NO_CACHE, task_run_name="students[{specs[0].run_id}+{n}]")
-def train_students(p: distill.DistillPlan, specs: list[StudentSpec], n: int) -> list[dict]:
+@task(cache_policy=NO_CACHE, task_run_name="students[{name}]")
+def train_students(p: distill.DistillPlan, specs: list[StudentSpec], name: str) -> list[dict]:
+    """One group of students; ``name`` says which (distill.group_names), for its run, artifact and bar."""
     try:
-        with reporter(specs[0].run_id) as progress:
+        with reporter(name) as progress:
             return distill.train_students(p, specs, progress=progress)
     except UserError as exc:  # e.g. a chunk found corrupt mid-run: fail these rows, keep the others
         get_run_logger().error(exc.one_line())
@@ -66,7 +67,8 @@ def distill_flow(config: DistillParameter):
             return done
         if config.verify_views:
             verify_views(p)
-        futures = [train_students.submit(p, g, len(g)) for g in distill.groups(config)]
+        futures = [train_students.submit(p, g, name) for g, name in zip(distill.groups(config),
+                                                                          distill.group_names(config))]
         rows = [p.teacher_row()] + [row for f in futures for row in f.result()]
         paths = write_report(run_dir, rows, p.report_meta())
     publish_report(run_dir)
