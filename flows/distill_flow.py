@@ -34,10 +34,11 @@ def verify_views(p: distill.DistillPlan) -> dict:
     return result
 
 
-@task(cache_policy=NO_CACHE, task_run_name="students[{specs[0].run_id}+{n}]")
-def train_students(p: distill.DistillPlan, specs: list[StudentSpec], n: int) -> list[dict]:
+@task(cache_policy=NO_CACHE, task_run_name="students[{name}]")
+def train_students(p: distill.DistillPlan, specs: list[StudentSpec], name: str) -> list[dict]:
+    """One group of students; ``name`` says which (distill.group_names), for its run, artifact and bar."""
     try:
-        with reporter(specs[0].run_id) as progress:
+        with reporter(name) as progress:
             return distill.train_students(p, specs, progress=progress)
     except (UserError, OSError) as exc:  # a corrupt image or chunk, a full disk: fail these rows, keep the others
         error = exc.one_line() if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"[:300]
@@ -68,12 +69,15 @@ def distill_flow(config: DistillParameter):
             publish_report(done)
             return done
         kept = distill.kept_rows(run_dir, p.identity())  # an identical run some of whose students failed
-        todo = distill.groups(config, skip={r["run_id"] for r in kept or ()})
+        skip = {r["run_id"] for r in kept or ()}
+        todo = [(g, name if len(g) == len(full) else ", ".join(s.run_id for s in g))
+                for full, name in zip(distill.groups(config), distill.group_names(config))
+                for g in [[s for s in full if s.run_id not in skip]] if g]
         if kept is not None:
-            logger.info(distill.resume_line(run_dir, kept, todo))
+            logger.info(distill.resume_line(run_dir, kept, [g for g, _ in todo]))
         if config.verify_views:
             verify_views(p)
-        futures = [train_students.submit(p, g, len(g)) for g in todo]
+        futures = [train_students.submit(p, g, name) for g, name in todo]
         done_rows = {r["run_id"]: r for r in kept or ()} | {row["run_id"]: row for f in futures for row in f.result()}
         rows = [p.teacher_row()] + [done_rows[s.run_id] for s in config.students()]
         paths = write_report(run_dir, rows, p.report_meta())

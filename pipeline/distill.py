@@ -32,7 +32,7 @@ from pipeline.data import Dataset, store_dataset
 from pipeline.errors import StoreError, UserError
 from pipeline.loader import SoftTargetLoader, fits_cache
 from pipeline.metrics import expected_calibration_error
-from pipeline.models import count_parameters, measure_latency_ms, model_size_mb, resolve_device
+from pipeline.models import count_parameters, measure_latency, model_size_mb, resolve_device
 from pipeline.store import SoftTargetStore
 from pipeline.train import Progress, build_seeded, evaluate_group, fit_group
 
@@ -48,7 +48,8 @@ def check_compatible(store: SoftTargetStore, ds: Dataset) -> None:
     if meta.transform_hash != ds.transform_hash:
         raise StoreError("transform_hash", f"store preprocessing {meta.transform_hash} ({_shown(meta.transform)}) "
                          f"differs from this data's {ds.transform_hash} ({_shown(ds.transform)})",
-                         "pass the --image-size the store was written with, or rerun `kd teacher`")
+                         "pass the --image-size and --exif-orientation (or --no-exif-orientation) the store was "
+                         "written with, or rerun `kd teacher`")
     if meta.dataset.name != ds.name:
         raise StoreError("dataset", f"store was written from {meta.dataset.name!r}, not {ds.name!r}", fix)
     if store.num_classes != ds.num_classes:
@@ -112,6 +113,7 @@ class DistillPlan:
     data_cfg: DataConfig
     run_dir: str
     student_latency_ms: float
+    student_latency_busy: bool = False  # timed on a busy CPU: unreliable (pipeline.models.measure_latency)
 
     @property
     def store(self) -> SoftTargetStore:
@@ -144,6 +146,7 @@ class DistillPlan:
         return {"store": cfg.store, "teacher": f"{t.arch} (test acc {100 * t.test_acc:.2f}%)",
                 "student": f"{cfg.model.arch} width {cfg.model.width}", "dataset": self.dataset.name,
                 "encoding": self.store.encoding, "test_size": len(self.dataset.splits["test"]),
+                "num_classes": self.store.num_classes,
                 **self.identity()}
 
     def teacher_row(self) -> dict:
@@ -197,8 +200,12 @@ def plan(cfg: DistillConfig) -> DistillPlan:
     # CPU latency depends on the architecture, not on the trained weights, so it is measured once,
     # here, before any student trains: timed between training threads (which hold the GIL and the
     # cores) the same network measured anywhere from 1x to 100x its real time.
-    latency = measure_latency_ms(build_seeded(cfg.model, ds.input_shape, ds.num_classes, seed=0), ds.input_shape)
-    p = DistillPlan(cfg=cfg, data_cfg=data_cfg, run_dir=run_dir(cfg), student_latency_ms=latency)
+    latency = measure_latency(build_seeded(cfg.model, ds.input_shape, ds.num_classes, seed=0), ds.input_shape)
+    if latency.busy:
+        log.warning("the CPU is busy: the students' latency (%.3g ms) is marked unreliable in the leaderboard",
+                    latency.ms)
+    p = DistillPlan(cfg=cfg, data_cfg=data_cfg, run_dir=run_dir(cfg), student_latency_ms=latency.ms,
+                    student_latency_busy=latency.busy)
     # Decoding the train logits now, when they fit the cache, verifies every chunk before any
     # training starts; larger stores are streamed and verified as they are read.
     p.train_logits()
@@ -230,7 +237,7 @@ def run_identity(cfg: DistillConfig, *, data_cfg: DataConfig, provenance_key: st
     not known yet, e.g. a later generation's). Recorded in leaderboard.json's ``meta``."""
     shaping = {k: v for k, v in to_dict(cfg).items()  # type: ignore[union-attr]
                if k not in EXECUTION_FIELDS}
-    shaping["data"] = to_dict(data_cfg)
+    shaping["data"] = data_cfg.snapshot()
     # Through JSON, so tuples compare equal to the lists a finished report reads back.
     return {"config": json.loads(json.dumps(shaping, default=str)), "store_provenance_key": provenance_key}
 
@@ -476,6 +483,27 @@ def groups(cfg: DistillConfig, *, skip: frozenset[str] | set[str] = frozenset())
     return [g for g in ([s for s in specs if s.run_id not in skip] for specs in cut) if g]
 
 
+def group_names(cfg: DistillConfig) -> list[str]:
+    """What each group of :func:`groups` trains, in the same order, for its progress bar, progress artifact and
+    task run: a lone student's run id (``kl-T4-a0.9-s0``), a seed's students (``seed 0: 5 students``), or part
+    of them when a seed's students take several groups (``seed 0: students 1-8 of 10``)."""
+    out, done = [], {}
+    per_seed = {s.seed: 0 for s in cfg.students()}
+    for s in cfg.students():
+        per_seed[s.seed] += 1
+    for group in groups(cfg):
+        seed, n = group[0].seed, len(group)
+        first = done.get(seed, 0) + 1
+        done[seed] = first - 1 + n
+        if n == 1:
+            out.append(group[0].run_id)
+        elif n == per_seed[seed]:
+            out.append(f"seed {seed}: {n} students")
+        else:
+            out.append(f"seed {seed}: students {first}-{first + n - 1} of {per_seed[seed]}")
+    return out
+
+
 # DistillConfig.batch -> fit_group's `batched`: None lets it decide per group (vectorises, and pays on the device).
 BATCHED = {"auto": None, "on": True, "off": False}
 
@@ -510,6 +538,7 @@ def train_students(p: DistillPlan, specs: list[StudentSpec], *, progress: Progre
                      "test_nll": m["nll"], "test_ece": m["ece"], "agreement": m["agreement"], "val_acc": r.val_acc,
                      "best_epoch": r.best_epoch, "params": count_parameters(r.model),
                      "size_mb": model_size_mb(r.model), "latency_ms": p.student_latency_ms,
+                     "latency_busy": p.student_latency_busy,
                      "epochs_trained": len(r.history), "stopped_epoch": r.stopped_epoch,
                      # What `kd export` needs to rebuild the student from its checkpoint.
                      "input_shape": list(ds.input_shape), "num_classes": ds.num_classes, "checkpoint": path})

@@ -274,8 +274,8 @@ def write_shards(p: TeacherPlan, model: nn.Module, writer: StoreWriter, work: di
                            device=device if p.cfg.views == 1 else torch.device("cpu"), digests=True)
     writer.create()  # a new store's files, written while the workers start and read the first images
     parts: list[tuple[np.ndarray, np.ndarray | None]] = []
-    bar = tqdm(total=sum(len(v) for v in work.values()), desc="teacher logits", unit="shard",
-               disable=not progress_bar())
+    bar = tqdm(total=sum(len(v) for v in work.values()), desc="teacher logits", unit="shard", leave=False,
+               disable=not progress_bar())  # leave=False: a finished pass is erased, like the training bars
     for (name, shard, rows), (x, d) in zip(plan_, batches, strict=True):
         if d is not None:
             digests, known = seen[name]

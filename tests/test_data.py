@@ -341,7 +341,7 @@ def test_imagefolder_image_size_resizes_the_shorter_side_and_center_crops(tmp_pa
     x = ds.splits["train"].x
     assert ds.input_shape == (3, 10, 10) and x.shape[1:] == (3, 10, 10)
     assert float(x.max()) == 0.0  # 40x20 -> 20x10 -> center 10x10: the white strip is gone
-    assert ds.transform["eval"] == ["ToImage", "Resize(10, antialias=True)", "CenterCrop(10)",
+    assert ds.transform["eval"] == ["ExifTranspose", "ToImage", "Resize(10, antialias=True)", "CenterCrop(10)",
                                     "ToDtype(float32, scale=True)"]
 
 

@@ -149,7 +149,7 @@ def test_kd_run_refuses_a_finished_run_with_another_grid_before_any_work(tmp_pat
     err = _kd_fails(*common, "--temperatures", "2", "--student-width", "16")
     assert err.startswith(f"error: model.width: {root}/reports/fixed holds a finished run with model.width 8, "
                           "this run asks for 16")
-    assert _kd_fails(*common, "--temperatures", "2").startswith("error: temperatures: ")
+    assert _kd_fails(*common, "--temperatures", "2").startswith("error: --temperatures (students): ")
     # Another teacher (so another store) for the same folder: refused before that teacher trains.
     assert "another store" in _kd_fails(*common, "--temperatures", "4", "--seed", "1")
     assert _snapshot(root) == before  # nothing trained, written or replaced

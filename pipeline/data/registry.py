@@ -44,7 +44,9 @@ def _stratified_split(labels: np.ndarray, fractions: tuple[float, float], seed: 
 
 def _preprocess(cfg: DataConfig, source: Source, *, legacy: bool) -> Preprocess:
     native = None if source.shape is None else (source.shape[1], source.shape[2])
-    return Preprocess(image_size=cfg.image_size, train_ops=tuple(cfg.train_transform), native=native, legacy=legacy)
+    exif = isinstance(source, FolderSource) and source.exif
+    return Preprocess(image_size=cfg.image_size, train_ops=tuple(cfg.train_transform), native=native, legacy=legacy,
+                      exif=exif)
 
 
 def _split(source: Source, index: np.ndarray, ids: np.ndarray, pre: Preprocess) -> Split:
@@ -83,7 +85,7 @@ def load_imagefolder(cfg: DataConfig, recorded: RecordedFolder | None = None) ->
     """``imagefolder:PATH``: one sub-folder per class, RGB, at native resolution unless ``image_size``;
     ``recorded``: the store's record of the folder, checked first (see :class:`FolderSource`)."""
     path = cfg.name[len(IMAGEFOLDER):]
-    source = FolderSource(path, native_size=cfg.image_size is None, recorded=recorded)
+    source = FolderSource(path, native_size=cfg.image_size is None, recorded=recorded, exif=cfg.applies_exif)
     return _three_way(cfg.name, cfg, source, channels=3, legacy=False, files=source)
 
 

@@ -256,8 +256,9 @@ class Provenance(_Record):
         object.__setattr__(self, "transform", _json(self.transform))
 
     def data_cfg(self) -> DataConfig:
-        """The data config the store was written from."""
-        return cast(DataConfig, from_dict(DataConfig, self.data_config))
+        """The data config the store was written from. A store written before ``exif_orientation`` existed read
+        its images as stored (no EXIF transposition): its config reads back with the option off."""
+        return cast(DataConfig, from_dict(DataConfig, {"exif_orientation": False, **self.data_config}))
 
 
 @dataclass(frozen=True)
