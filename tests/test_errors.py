@@ -35,9 +35,14 @@ def kd(*argv: str, file_limit: int | None = None) -> subprocess.CompletedProcess
 
 
 def one_line(proc: subprocess.CompletedProcess, code: int = 2) -> str:
+    """The command's one error line: no traceback, and no other line repeating it (Prefect's failed states).
+    Other lines may precede it: `starting: …`, and a warning such as a busy CPU's about the latency."""
     assert proc.returncode == code, proc.stderr[-3000:]
-    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: "), proc.stderr[-3000:]
-    return proc.stderr.strip()
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    problem = errors[0].split(": ", 2)[2][:60]
+    assert proc.stderr.count(problem) == 1, proc.stderr[-3000:]
+    return errors[0]
 
 
 def files(root) -> list[str]:
