@@ -13,6 +13,7 @@ import re
 import torch
 from torch import nn
 
+from pipeline.atomic import write_atomic
 from pipeline.checksums import sha256_file
 from pipeline.config import ModelConfig
 from pipeline.errors import UserError
@@ -78,8 +79,6 @@ def save_state_dict(model: nn.Module, path: str, *, field: str) -> None:
     Serialised in memory first, then written by Python: torch's own file writer reports a full disk as an
     opaque stream error, without its errno.
     """
-    from pipeline.report import write_atomic
-
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
 

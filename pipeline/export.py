@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from pipeline.atomic import write_atomic
 from pipeline.checkpoints import load_model
 from pipeline.checks import check_output_folder
 from pipeline.config import EXPORT_FORMATS, ModelConfig
@@ -157,11 +158,11 @@ def export(run_dir: str, run_id: str, fmt: str = "torchscript", out: str | None 
     example, check = _sample(shape, TRACE_BATCH, 0), _sample(shape, CHECK_BATCH, 1)
     # Written under a temporary name and renamed only once verified: a failed or wrong export never
     # leaves a file under the student's name, nor replaces an earlier good one.
-    stem, suffix = os.path.splitext(out)
-    partial = f"{stem}.partial{suffix}"
-    try:
+    checked: list[float] = []
+
+    def write_and_check(tmp: str) -> None:
         try:
-            got = EXPORTERS[fmt](model, example, check, partial)
+            got = EXPORTERS[fmt](model, example, check, tmp)
         except UserError:
             raise
         except Exception as exc:  # torch's exporters raise anything; the CLI shows one line, exit 1
@@ -173,8 +174,8 @@ def export(run_dir: str, run_id: str, fmt: str = "torchscript", out: str | None 
         if not diff <= ATOL:
             raise ExportMismatch(f"{fmt} export of {run_id} differs from the PyTorch student (max |Δ| {diff:.3g} > "
                                  f"{ATOL:g}, shapes {tuple(got.shape)} vs {tuple(want.shape)}); nothing was kept")
-        os.replace(partial, out)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
+        checked.append(diff)
+
+    write_atomic(out, write_and_check, field="out")
+    diff = checked[0]
     return Exported(out, fmt, diff)

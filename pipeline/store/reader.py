@@ -11,7 +11,7 @@ from pipeline.config import parse_encoding
 from pipeline.errors import StoreError
 from pipeline.store.codec import decode_topk, logits_arrays
 from pipeline.store.contract import check_arrays, data_arrays, num_shards
-from pipeline.store.integrity import check_digest, check_fingerprints, check_transform, shard_ranges
+from pipeline.store.integrity import check_digest, check_transform, shard_ranges
 from pipeline.store.layout import SPLITS
 from pipeline.store.meta import StoreMeta
 from pipeline.store.paths import exists, local_path, zarr_store
@@ -264,10 +264,6 @@ class SoftTargetStore:
             if not self._read(split, "written", slice(start, min(start + step, n))).all():
                 raise StoreError(f"{split}/written", "some shards are flagged unwritten in a complete store",
                                  "rewrite the store with `kd teacher`")
-
-    def verify_fingerprints(self) -> str:
-        """The stored labels and ids against the data's recorded fingerprints (needs the data; see integrity)."""
-        return check_fingerprints(self)
 
     # --- size -----------------------------------------------------------
     def _nbytes(self, names: tuple[str, ...], stored: bool = True) -> int:
