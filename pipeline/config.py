@@ -29,7 +29,6 @@ SCHEDULES = ("none", "cosine", "step", "onecycle")
 SELECTIONS = ("best", "last")
 AUGMENT_OPS = ("translate", "flip", "rotate", "crop", "jitter")
 MIX_OPS = ("mixup", "cutmix")  # teacher views only: a sample mixed with a stored partner from its own split
-ENCODINGS = ("float16", "float32", "topk:K")  # K: classes kept per sample
 SOFT_LOSSES = ("kl", "soft_ce", "mse")
 # Soft losses that ignore the temperature (pipeline.losses.mse_loss matches raw logits): trained once per
 # (alpha, seed), not once per temperature, and their config_id carries no T (a test keeps this in step with
@@ -111,16 +110,6 @@ def check_arch(name: str) -> None:
     close = difflib.get_close_matches(name, list(BUILTIN_ARCHS) + _torchvision_archs(), n=3)
     hint = f"did you mean {', '.join(close)}?" if close else f"use {', '.join(BUILTIN_ARCHS)} or a torchvision model name"
     raise UserError("arch", f"unknown architecture {name!r}", hint)
-
-
-def parse_encoding(encoding: str) -> tuple[str, int | None]:
-    """``float16`` | ``float32`` | ``topk:K`` -> (kind, K)."""
-    if encoding in ("float16", "float32"):
-        return encoding, None
-    kind, _, k = encoding.partition(":")
-    if kind == "topk" and k.isdigit() and int(k) > 0:
-        return "topk", int(k)
-    raise UserError("encoding", f"unknown encoding {encoding!r}", "use float16, float32 or topk:K (e.g. topk:20)")
 
 
 def _num(v: float) -> str:
@@ -391,7 +380,8 @@ class TeacherConfig:
     checkpoint_root: str = option("data/checkpoints", help="where teacher checkpoints are written")
     workers: int = option(0, help="DataLoader worker processes reading and decoding images for the teacher's "
                                   "training, evaluation and logits pass (0: in this process)")
-    encoding: str = option("float16", help=f"how logits are stored: {' | '.join(ENCODINGS)}")
+    encoding: str = option("float16", help="how logits are stored: float16 | float32 | topk:K (the K largest per "
+                                           "sample; pipeline/store/codec.py)")
     device: str = option("auto", choices=DEVICES, help="where models train")
     storage_options: dict | None = option(None, metavar="JSON", help=STORAGE_OPTIONS_HELP)
     chunk_rows: int | None = option(None, help="samples per compressed chunk",
@@ -407,7 +397,9 @@ class TeacherConfig:
                                  help="teacher views (--views > 1): mixed with a partner from the same split")
 
     def __post_init__(self) -> None:
-        parse_encoding(self.encoding)
+        from pipeline.store.codec import encoding  # here: the store package is not needed to build a parser
+
+        encoding(self.encoding)
         _check_choice(self.device, DEVICES, "device")
         _check(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}", "use e.g. 0")
         _check(bool(self.store_root), "store_root", "is empty", "pass a folder or URL, e.g. data/stores")

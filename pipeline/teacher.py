@@ -22,7 +22,7 @@ from pipeline import view_ops
 from pipeline.checkpoints import load_model, save_state_dict
 from pipeline.checks import check_output_folder, check_store_root
 from pipeline.checksums import sha256_file
-from pipeline.config import TeacherConfig, config_hash, parse_encoding, to_dict
+from pipeline.config import TeacherConfig, config_hash, to_dict
 from pipeline.data import Dataset, open_dataset
 from pipeline.errors import StoreError, UserError, disk_full_is_a_user_error
 from pipeline.loader import read_batches, row_batches
@@ -30,6 +30,7 @@ from pipeline.models import count_parameters, resolve_device
 from pipeline.precision import compute_dtype, precision_name, prepare, widest
 from pipeline.store import (SPLITS, DatasetMeta, LineageEntry, Provenance, SoftTargetStore, StoreWriter, TeacherMeta,
                             ViewsMeta, join, now_iso, published_meta, software_versions)
+from pipeline.store.codec import encoding
 from pipeline.store.layout import MAX_CHUNK_BYTES, chunk_bytes
 from pipeline.train import Progress, evaluate, evaluate_splits, fit_teacher, predict
 
@@ -119,10 +120,7 @@ def plan(cfg: TeacherConfig) -> TeacherPlan:
                         fix="pass a folder for teacher checkpoints, e.g. data/checkpoints")
     resolve_device(cfg.device)
     ds = open_dataset(cfg.data)
-    _, k = parse_encoding(cfg.encoding)
-    if k is not None and k >= ds.num_classes:
-        raise UserError("encoding", f"topk:{k} keeps every one of {ds.name}'s {ds.num_classes} classes",
-                        f"use topk:K with K < {ds.num_classes}, or float32 to keep all logits")
+    encoding(cfg.encoding).validate(ds.num_classes)
     view_ops.check_mixable(cfg.view_mix, ds.splits)
     if cfg.chunk_rows is not None:
         rows = min(cfg.chunk_rows, max(len(split) for split in ds.splits.values()))
