@@ -18,7 +18,7 @@ from torch import nn
 
 from pipeline.checkpoints import load_model
 from pipeline.checks import check_output_folder
-from pipeline.config import EXPORT_FORMATS, ModelConfig
+from pipeline.config import EXPORT_FORMATS, ModelConfig, from_dict
 from pipeline.errors import UserError
 from pipeline.report import LEADERBOARD, read_report
 
@@ -79,7 +79,11 @@ def load_student(run_dir: str, run_id: str) -> tuple[nn.Module, dict]:
     ckpt = local if os.path.isfile(local) else row.get("checkpoint")
     if not ckpt or not os.path.isfile(ckpt):
         raise UserError("checkpoint", f"{local!r} does not exist", "the report folder lost its students/ folder")
-    model = load_model(ckpt, model=ModelConfig(arch=row["arch"], width=int(row["width"])),
+    # The row's whole model config (weights, preprocessing) where it records one: the student normalises and
+    # resizes its input itself, and the export must too.
+    extra = row["model"] if isinstance(row.get("model"), dict) else {}
+    model_cfg = from_dict(ModelConfig, {**extra, "arch": row["arch"], "width": int(row["width"])})
+    model = load_model(ckpt, model=model_cfg,
                        input_shape=tuple(row["input_shape"]), num_classes=int(row["num_classes"]),
                        fix="rerun `kd distill`")
     return model, row

@@ -59,10 +59,12 @@ Mix = tuple[torch.Tensor, torch.Tensor] | None
 Objective = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor, Mix], torch.Tensor]
 
 
-def build_seeded(cfg: ModelConfig, shape: tuple[int, int, int], num_classes: int, *, seed: int) -> nn.Module:
+def build_seeded(cfg: ModelConfig, shape: tuple[int, int, int], num_classes: int, *, seed: int,
+                 **kwargs) -> nn.Module:
+    """:func:`pipeline.models.build_model` (``kwargs`` passed on) with its random initialisation seeded."""
     with _INIT_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return build_model(cfg, shape, num_classes)
+        return build_model(cfg, shape, num_classes, **kwargs)
 
 
 def student_objective(spec: StudentSpec) -> Objective:

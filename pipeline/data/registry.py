@@ -15,7 +15,7 @@ import torch
 
 from pipeline.config import DataConfig
 from pipeline.data.dataset import Dataset, Split
-from pipeline.data.folder import FolderSource, RecordedFolder
+from pipeline.data.folder import FolderSource, RecordedFolder, native_size
 from pipeline.data.sources import TORCHVISION, Source, cifar_sources, digits_source, locate, mnist_sources
 from pipeline.errors import UserError
 from pipeline.transforms import Preprocess
@@ -44,7 +44,8 @@ def _stratified_split(labels: np.ndarray, fractions: tuple[float, float], seed: 
 
 def _preprocess(cfg: DataConfig, source: Source, *, legacy: bool) -> Preprocess:
     native = None if source.shape is None else (source.shape[1], source.shape[2])
-    return Preprocess(image_size=cfg.image_size, train_ops=tuple(cfg.train_transform), native=native, legacy=legacy)
+    return Preprocess(image_size=cfg.image_size, train_ops=tuple(cfg.train_transform), native=native, legacy=legacy,
+                      model=cfg.model_preprocessing)
 
 
 def _split(source: Source, index: np.ndarray, ids: np.ndarray, pre: Preprocess) -> Split:
@@ -83,7 +84,7 @@ def load_imagefolder(cfg: DataConfig, recorded: RecordedFolder | None = None) ->
     """``imagefolder:PATH``: one sub-folder per class, RGB, at native resolution unless ``image_size``;
     ``recorded``: the store's record of the folder, checked first (see :class:`FolderSource`)."""
     path = cfg.name[len(IMAGEFOLDER):]
-    source = FolderSource(path, native_size=cfg.image_size is None, recorded=recorded)
+    source = FolderSource(path, native_size=native_size(cfg), recorded=recorded)
     return _three_way(cfg.name, cfg, source, channels=3, legacy=False, files=source)
 
 
