@@ -74,7 +74,8 @@ def class_map(dataset: list[str], model: list[tuple[str, ...]]) -> tuple[int, ..
     if missing:
         shown = ", ".join(repr(c) for c in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         examples = ", ".join(repr(a[0]) for a in model[:3])
-        raise UserError("model_classes", f"the dataset's classes {shown} are not among the model's {len(model)} "
+        are = "class {} is" if len(missing) == 1 else "classes {} are"
+        raise UserError("model_classes", f"the dataset's {are.format(shown)} not among the model's {len(model)} "
                         f"classes (e.g. {examples})", "rename the class folders, pass --model-classes FILE, or "
                         "fine-tune instead of --as-is")
     ambiguous = [c for c in dataset if len(index[normal(c)]) > 1]

@@ -226,10 +226,6 @@ def check_source(cfg: ModelConfig, *, shape: InputShape, num_classes: int, class
     if source == "torchvision" and shape[0] != 3:
         raise UserError("arch", f"{cfg.arch} takes 3-channel images; this data has {shape[0]}",
                         f"use the bare name {name} (adapted to any input), or RGB data")
-    if preprocessing.needs_preprocessing(cfg):
-        raise UserError("preprocessing", f"the weights {cfg.weights} say nothing of the preprocessing {cfg.arch} was "
-                        "trained with", "pass --preprocessing ENUM (e.g. IMAGENET1K_V1: that enum's transforms), "
-                        "--mean/--std (and --resize/--crop), or --preprocessing none")
     pre = preprocessing.resolve(cfg)
     if pre is not None and pre.mean is not None and len(pre.mean) not in (1, shape[0]):
         raise UserError("mean", f"has {len(pre.mean)} values for {shape[0]}-channel images",

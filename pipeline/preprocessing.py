@@ -136,6 +136,10 @@ def is_weights_file(weights: str) -> bool:
 
 def resolve(cfg: ModelConfig) -> Preprocessing | None:
     """The model's evaluation preprocessing: its source's, with every explicit option overriding it."""
+    if needs_preprocessing(cfg):
+        raise UserError("preprocessing", f"the weights {cfg.weights} say nothing of the preprocessing {cfg.arch} was "
+                        "trained with", "pass --preprocessing ENUM (e.g. IMAGENET1K_V1: that enum's transforms), "
+                        "--mean/--std (and --resize/--crop), or --preprocessing none")
     base = source_preprocessing(cfg)
     _checked_interpolation(base, base.origin if base else "")
     given = {k: getattr(cfg, k) for k in ("resize", "crop", "interpolation", "mean", "std")

@@ -183,3 +183,84 @@ def test_a_torch_export_program_matches_its_stated_preprocessing(tmp_path):
     meta = SoftTargetStore(path).meta
     assert meta.teacher.source == "file" and meta.teacher.checkpoint == str(tmp_path / "teacher.pt2")
     assert not meta.teacher.trained_here
+
+
+# --- bad input: one line naming the field and the fix, exit 2, and nothing written ---------------------------
+
+
+def _teacher_fails(capsys, tmp_path, folder, *args) -> str:
+    from tests.conftest import cli_fails
+
+    err = cli_fails(capsys, "teacher", "--dataset", f"imagefolder:{folder}", "--device", "cpu",
+                    "--store-root", str(tmp_path / "stores"), "--checkpoint-root", str(tmp_path / "ckpt"), *args)
+    written = [f for d in ("stores", "ckpt") for _, _, fs in os.walk(tmp_path / d) for f in fs]
+    assert written == [], written
+    return err
+
+
+def test_weights_of_another_architecture_are_refused_naming_the_key(capsys, tmp_path):
+    torch.save(torchvision.models.mobilenet_v3_small().state_dict(), tmp_path / "mobilenet.pt")
+    folder = photos(tmp_path / "photos", ["a", "b"])
+    err = _teacher_fails(capsys, tmp_path, folder, "--arch", "torchvision:resnet18", "--weights",
+                         str(tmp_path / "mobilenet.pt"), "--preprocessing", "IMAGENET1K_V1")
+    assert err.startswith("error: weights: ") and "key conv1.weight is missing" in err, err
+    # A weights file for torchvision says nothing of its preprocessing: it must be stated.
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "resnet18.pt")
+    err = _teacher_fails(capsys, tmp_path, folder, "--arch", "torchvision:resnet18", "--weights",
+                         str(tmp_path / "resnet18.pt"))
+    assert err.startswith("error: preprocessing: ") and "--preprocessing" in err, err
+
+
+def test_no_cached_weights_without_download_is_refused(capsys, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-hf"))
+    folder = photos(tmp_path / "photos", ["a", "b"])
+    err = _teacher_fails(capsys, tmp_path, folder, "--arch", "torchvision:resnet18", "--weights", "IMAGENET1K_V1")
+    assert "not in torchvision's cache" in err and "--download" in err, err
+    err = _teacher_fails(capsys, tmp_path, folder, "--arch", "timm:resnet18", "--weights", "pretrained")
+    assert "not in the Hugging Face cache" in err and "--download" in err, err
+    err = _teacher_fails(capsys, tmp_path, folder, "--arch", "torchvision:resnet18", "--weights", "IMAGENET1K_V9")
+    assert "IMAGENET1K_V1" in err, err  # the members that exist are named
+    assert not os.path.exists(tmp_path / "empty-torch") and not os.path.exists(tmp_path / "empty-hf")
+
+
+def test_a_missing_factory_or_one_returning_no_module_is_refused(capsys, tmp_path, monkeypatch):
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "bad_factories.py").write_text("def number(num_classes):\n    return 3\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "code"))
+    folder = photos(tmp_path / "photos", ["a", "b"])
+    err = _teacher_fails(capsys, tmp_path, folder, "--image-size", "32", "--arch", "py:no_such_package.nets:make")
+    assert "cannot import" in err and "no_such_package" in err, err
+    err = _teacher_fails(capsys, tmp_path, folder, "--image-size", "32", "--arch", "py:bad_factories:missing")
+    assert "has no function 'missing'" in err, err
+    err = _teacher_fails(capsys, tmp_path, folder, "--image-size", "32", "--arch", "py:bad_factories:number")
+    assert "returned int, not a torch.nn.Module" in err, err
+    err = _teacher_fails(capsys, tmp_path, folder, "--arch", "py:bad_factories")
+    assert err.startswith("error: arch: ") and "py:package.module:function" in err, err
+
+
+def test_a_program_exported_for_another_input_size_is_refused(capsys, tmp_path):
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=2).eval()
+    program = torch.export.export(net, (torch.rand(2, 3, 64, 64),), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, str(tmp_path / "t.pt2"))
+    folder = photos(tmp_path / "photos", ["a", "b"])
+    err = _teacher_fails(capsys, tmp_path, folder, "--arch", f"file:{tmp_path / 't.pt2'}", "--model-classes", "a,b",
+                         "--image-size", "32")
+    assert err.startswith("error: arch: ") and "(3, 32, 32)" in err and "torch.export.Dim" in err, err
+    err = _teacher_fails(capsys, tmp_path, folder, "--arch", f"file:{tmp_path / 't.pt2'}", "--image-size", "64")
+    assert err.startswith("error: model_classes: ") and "--model-classes" in err, err  # names unknown
+
+
+def test_class_names_that_do_not_match_are_refused_naming_them(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+    cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
+    os.makedirs(os.path.dirname(cached))
+    torch.save(torchvision.models.resnet18().state_dict(), cached)
+    folder = photos(tmp_path / "photos", ["goldfish", "spaceship"])
+    err = _teacher_fails(capsys, tmp_path, folder, "--arch", "torchvision:resnet18", "--weights", "IMAGENET1K_V1",
+                         "--as-is")
+    assert err.startswith("error: model_classes: the dataset's class 'spaceship' is not among the model's 1000"), err
