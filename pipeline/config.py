@@ -41,7 +41,7 @@ MODES = ("offline", "online")
 VIEW_POLICIES = ("uniform", "cycle")
 BATCH_MODES = ("auto", "on", "off")  # how a group of students trains (pipeline.train.fit_group's `batched`)
 TRAIN_TRANSFORMS = ("random-resized-crop", "hflip")  # the keys of pipeline.transforms.TRAIN_OPS (a test keeps them equal)
-EXPORT_FORMATS = ("torchscript", "onnx")
+EXPORT_FORMATS = ("torchscript", "onnx", "safetensors")
 BUILTIN_ARCHS = ("mlp", "cnn")  # the keys of pipeline.models.MODELS (a test keeps the two equal)
 # Where a model comes from, named as the prefix of --arch (`timm:resnet18`); a bare name is a built-in (mlp, cnn)
 # or a torchvision classifier built from scratch and adapted to the input (the keys of pipeline.models.SOURCES).

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import warnings
+from copy import deepcopy
 from dataclasses import dataclass
 
 import torch
@@ -23,7 +24,7 @@ from pipeline.errors import UserError
 from pipeline.report import LEADERBOARD, read_report
 
 FORMATS = EXPORT_FORMATS
-SUFFIXES = {"torchscript": ".pt", "onnx": ".onnx"}
+SUFFIXES = {"torchscript": ".pt", "onnx": ".onnx", "safetensors": ".safetensors"}
 ATOL = 1e-5
 REBUILD_FIELDS = ("arch", "width", "input_shape", "num_classes")
 TRACE_BATCH, CHECK_BATCH = 2, 3  # different sizes, so a batch size baked into the graph is caught
@@ -141,7 +142,19 @@ def _onnx(model: nn.Module, example: torch.Tensor, check: torch.Tensor, out: str
     return torch.from_numpy(result)  # (B, C)
 
 
-EXPORTERS = {"torchscript": _torchscript, "onnx": _onnx}
+def _safetensors(model: nn.Module, example: torch.Tensor, check: torch.Tensor, out: str) -> torch.Tensor:
+    """The student's weights alone (no code, no pickle), as its source library names them: what --weights
+    FILE.safetensors reads back. Checked by loading the file into a copy of the student."""
+    from safetensors.torch import load_file, save_file
+
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out)
+    copy = deepcopy(model)
+    copy.load_state_dict(load_file(out))
+    with torch.inference_mode():
+        return copy.eval()(check)
+
+
+EXPORTERS = {"torchscript": _torchscript, "onnx": _onnx, "safetensors": _safetensors}
 
 
 def export(run_dir: str, run_id: str, fmt: str = "torchscript", out: str | None = None) -> Exported:
