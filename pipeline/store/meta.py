@@ -25,7 +25,7 @@ from dataclasses import dataclass, fields, is_dataclass
 from typing import Any, cast
 
 from pipeline.config import MODEL_SOURCES, AugmentConfig, DataConfig, MixConfig, ModelConfig, from_dict
-from pipeline.errors import StoreError
+from pipeline.errors import StoreError, UserError
 
 # 2: a views axis (N, V, C) on every logits array. 3: a manifest of per-shard content hashes, and each split's
 # row count in its layout (the shape every array must have). 4: teacher.precision, the precision the logits were
@@ -277,8 +277,13 @@ class Provenance(_Record):
         object.__setattr__(self, "transform", _json(self.transform))
 
     def data_cfg(self) -> DataConfig:
-        """The data config the store was written from."""
-        return cast(DataConfig, from_dict(DataConfig, self.data_config))
+        """The data config the store was written from; one this pipeline cannot rebuild (a preprocessing it cannot
+        reproduce) is refused naming the store's field."""
+        try:
+            return cast(DataConfig, from_dict(DataConfig, self.data_config))
+        except UserError as exc:
+            raise StoreError(f"data_config.{exc.field}", f"the store's data cannot be reproduced here: {exc.problem}",
+                             "rewrite the store with `kd teacher`, or use the pipeline version that wrote it") from None
 
 
 @dataclass(frozen=True)
