@@ -87,3 +87,26 @@ def test_a_fine_tuned_teacher_is_recorded_with_its_weights(tmp_path, cached_resn
                os.path.join(torch.hub.get_dir(), "checkpoints", "resnet18-f37072fd.pth"))
     assert teacher.plan(cfg).provenance_key != p.provenance_key
     assert np.isfinite(SoftTargetStore(path).read_logits("test")).all()
+
+
+def test_the_finetune_preset_and_its_offline_demo_plan_without_network(tmp_path, monkeypatch):
+    """`make finetune-demo`'s command: the preset with CPU-sized overrides, on a generated folder and stand-in
+    weights in a local torch cache, plans (weights found, preprocessing resolved) with no network."""
+    from experiments.finetune_demo import write_photos, write_stand_ins
+    from flows.cli import distill_config, parse_args, student_namespace, teacher_config
+
+    write_photos(str(tmp_path / "photos"), n=6)
+    write_stand_ins(str(tmp_path / "torch"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    a = parse_args(["run", "--preset", "finetune", "--dataset", f"imagefolder:{tmp_path / 'photos'}",
+                    "--arch", "torchvision:resnet18", "--weights", "IMAGENET1K_V1", "--resize", "72", "--crop", "64",
+                    "--epochs", "2", "--student-arch", "torchvision:mobilenet_v3_small", "--student-crop", "64",
+                    "--store-root", str(tmp_path / "stores"), "--checkpoint-root", str(tmp_path / "ckpt")])
+    t = teacher_config(a)
+    assert t.optim.freeze_epochs == 1 and t.optim.backbone_lr == 0.001 and t.views == 8
+    d = distill_config(student_namespace(a), "x.zarr")
+    assert d.model.weights == "IMAGENET1K_V1" and d.model.crop == 64 and d.optim.freeze_epochs is None
+    p = teacher.plan(t)
+    assert p.cfg.data.model_preprocessing.crop == 64 and p.cfg.data.model_preprocessing.mean == (0.485, 0.456, 0.406)
+    assert p.source.weights == "IMAGENET1K_V1" and os.path.basename(p.store_path).startswith(
+        "imagefolder_") and "-torchvision-resnet18-" in p.store_path
