@@ -20,24 +20,38 @@ from pipeline.train import Progress
 
 @contextmanager
 def reporter(what: str) -> Iterator[Progress]:
-    """A ``pipeline.train.Progress`` callback for the current task run; its bar goes when the block ends."""
+    """A ``pipeline.train.Progress`` callback for the current task run; ``what`` names what it tracks (the teacher,
+    a group of students), for its progress artifact, bar and log lines. Its bar goes when the block ends."""
     logger = get_run_logger()
     artifact = create_progress_artifact(progress=0.0, description=f"{what}: epochs done (%)")
     lock = threading.Lock()
-    # leave=False: a finished task's bar is cleared, so the terminal shows only the tasks still running.
-    # mininterval=0: epochs are seconds apart, so every one is drawn. The total comes with the first report.
-    bar = tqdm(desc=what, unit="epoch", leave=False, dynamic_ncols=True, mininterval=0, disable=not progress_bar())
+    bar = open_bar(what)
 
     def report(label: str, epoch: int, epochs: int, metrics: dict) -> None:
+        shown = describe(metrics)
         with lock:
             update_progress_artifact(artifact_id=artifact, progress=100.0 * epoch / epochs)
             bar.total = epochs
-            bar.set_postfix({k: f"{v:.4g}" if isinstance(v, float) else v for k, v in metrics.items()}, refresh=False)
+            bar.set_postfix_str(shown, refresh=False)
             bar.update(epoch - bar.n)
-        shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
-        logger.info("%s epoch %d/%d %s", label, epoch, epochs, shown)
+        logger.info("%s epoch %d/%d: %s", label, epoch, epochs, shown)
 
     try:
         yield report
     finally:
-        bar.close()
+        bar.close()  # leave=False: erased, so the terminal shows only the tasks still running
+
+
+def describe(metrics: dict) -> str:
+    """An epoch's metrics as a person reads them: ``best val acc 97.22%``, and for a group, how many of its
+    students still train (the others stopped early or failed)."""
+    text = f"best val acc {100 * metrics['best_val_acc']:.2f}%"
+    if metrics.get("trainees", 1) > 1:
+        text += f", {metrics['training']} of {metrics['trainees']} students training"
+    return text
+
+
+def open_bar(what: str) -> tqdm:
+    """A bar for one task, on a terminal only. mininterval=0: epochs are seconds apart, so every one is drawn.
+    The total comes with the first report."""
+    return tqdm(desc=what, unit="epoch", leave=False, dynamic_ncols=True, mininterval=0, disable=not progress_bar())

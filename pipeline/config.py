@@ -250,6 +250,10 @@ class DataConfig:
     train_transform: tuple[str, ...] = option((), separator=",", choices=TRAIN_TRANSFORMS, metavar="OPS",
                                               help="per-sample training augmentation, drawn in the data loader's "
                                                    "workers")
+    # Off in every store written before the option existed (their data_config lacks it: see
+    # pipeline.store.meta.Provenance.data_cfg), so those are still read and reproduced exactly.
+    exif_orientation: bool = option(True, help="image folders: turn each photo upright by its EXIF orientation "
+                                               "tag, as photo viewers show it, before any resize or crop")
     # The teacher's evaluation preprocessing (its resize, crop and interpolation shape the pixels every stage
     # reads; its mean and std are applied by the model itself). Resolved from the teacher's model options by
     # `kd teacher`, recorded with the store's data, and so rebuilt by stage 2 from the store alone.
@@ -288,11 +292,30 @@ class DataConfig:
     def effective_noise_seed(self) -> int:
         return self.split_seed if self.noise_seed is None else self.noise_seed
 
+    @property
+    def applies_exif(self) -> bool:
+        """Whether images are turned upright by their EXIF orientation: image folders only (the other datasets'
+        images carry no EXIF)."""
+        return self.exif_orientation and self.name.startswith("imagefolder:")
+
     def key(self) -> dict:
         """The config as a provenance key hashes it. Fields added after the key was first defined are left
-        out while at their defaults, so the stores of an unchanged dataset keep their keys (and names)."""
+        out while they change nothing the key's first definition did not cover (at their defaults, or for
+        EXIF orientation, off or without effect), so the stores of an unchanged dataset keep their keys (and
+        names), and an image folder read upright gets stores of its own."""
         later = {"image_size": None, "train_transform": (), "model_preprocessing": None}
-        return {k: v for k, v in asdict(self).items() if k not in later or v != later[k]}
+        out = {k: v for k, v in asdict(self).items() if k not in later or v != later[k]}
+        if not self.applies_exif:
+            del out["exif_orientation"]
+        return out
+
+    def snapshot(self) -> dict:
+        """The config as a report records it (run identities): every field, EXIF orientation only where it
+        applies, so reports written before the option compare equal."""
+        out = asdict(self)
+        if not self.applies_exif:
+            del out["exif_orientation"]
+        return out
 
 
 @dataclass(frozen=True)
@@ -417,9 +440,13 @@ class OptimConfig:
                "use e.g. 10")
         _check(math.isfinite(self.gamma) and 0.0 < self.gamma <= 1.0, "gamma", f"must be in (0, 1], got {self.gamma}",
                "use e.g. 0.1")
-        _check(0 <= self.warmup_epochs < self.epochs, "warmup_epochs",
-               f"must be in [0, epochs={self.epochs}), got {self.warmup_epochs}",
-               "use e.g. 1, and leave epochs after the warm-up")
+        _check(self.warmup_epochs >= 0, "warmup_epochs", f"must be >= 0, got {self.warmup_epochs}",
+               "pass --warmup-epochs 0 for no warm-up")
+        # The hint depends on --epochs: a single epoch leaves no room for any warm-up.
+        _check(self.warmup_epochs < self.epochs, "warmup_epochs",
+               f"must be less than --epochs ({self.epochs}), got {self.warmup_epochs}",
+               "pass --warmup-epochs 0: one epoch leaves no room for a warm-up, or more --epochs" if self.epochs == 1
+               else f"pass --warmup-epochs {self.epochs - 1} or fewer, or more --epochs")
         _check(self.schedule != "step" or self.warmup_epochs < self.step_size, "warmup_epochs",
                f"warm-up ({self.warmup_epochs} epochs) must end before the first decay (epoch {self.step_size})",
                "shorten the warm-up or raise --step-size")

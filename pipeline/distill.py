@@ -26,13 +26,13 @@ import torch
 from pipeline.config import (AugmentConfig, DataConfig, DistillConfig, StudentSpec, check_augment_overlap, config_hash,
                              is_plain_name,
                              to_dict)
-from pipeline.checkpoints import load_store_teacher
+from pipeline.checkpoints import load_store_teacher, save_state_dict
 from pipeline.checks import check_output_folder
 from pipeline.data import Dataset, store_dataset
 from pipeline.errors import StoreError, UserError
 from pipeline.loader import SoftTargetLoader, fits_cache
 from pipeline.metrics import expected_calibration_error
-from pipeline.models import check_source, count_parameters, measure_latency_ms, model_size_mb, resolve_device
+from pipeline.models import check_source, count_parameters, measure_latency, model_size_mb, resolve_device
 from pipeline.store import SoftTargetStore
 from pipeline.train import Progress, build_seeded, evaluate_group, fit_group
 
@@ -48,11 +48,15 @@ def check_compatible(store: SoftTargetStore, ds: Dataset) -> None:
     if meta.transform_hash != ds.transform_hash:
         raise StoreError("transform_hash", f"store preprocessing {meta.transform_hash} ({_shown(meta.transform)}) "
                          f"differs from this data's {ds.transform_hash} ({_shown(ds.transform)})",
-                         "pass the --image-size the store was written with, or rerun `kd teacher`")
+                         "pass the --image-size and --exif-orientation (or --no-exif-orientation) the store was "
+                         "written with, or rerun `kd teacher`")
     if meta.dataset.name != ds.name:
         raise StoreError("dataset", f"store was written from {meta.dataset.name!r}, not {ds.name!r}", fix)
     if store.num_classes != ds.num_classes:
         raise StoreError("num_classes", f"store has {store.num_classes} classes, dataset has {ds.num_classes}", fix)
+    if list(meta.dataset.class_names) != list(ds.class_names):  # same count, other names or order: other labels
+        raise StoreError("dataset.class_names", f"the store's classes {_listed(meta.dataset.class_names)} are not "
+                         f"this data's {_listed(ds.class_names)}", fix)
     if meta.dataset.files is not None and ds.files is not None:
         ds.files.check_unchanged(meta.dataset.files)  # free when store_dataset compared them already
     for split, info in meta.dataset.splits.items():
@@ -70,6 +74,11 @@ def check_compatible(store: SoftTargetStore, ds: Dataset) -> None:
     if store.views > 1 and ds.preprocess.train_ops:
         raise UserError("train_transform", "this store's teacher views define the augmentation (each view is "
                         "replayed exactly)", "drop --train-transform, or distill from a clean-view store")
+
+
+def _listed(names) -> str:
+    text = ", ".join(names)
+    return f"({text if len(text) <= 60 else text[:57] + '...'})"
 
 
 def _shown(record: dict) -> str:
@@ -104,6 +113,7 @@ class DistillPlan:
     data_cfg: DataConfig
     run_dir: str
     student_latency_ms: float
+    student_latency_busy: bool = False  # timed on a busy CPU: unreliable (pipeline.models.measure_latency)
 
     @property
     def store(self) -> SoftTargetStore:
@@ -136,6 +146,7 @@ class DistillPlan:
         return {"store": cfg.store, "teacher": f"{t.arch} (test acc {100 * t.test_acc:.2f}%)",
                 "student": f"{cfg.model.arch} width {cfg.model.width}", "dataset": self.dataset.name,
                 "encoding": self.store.encoding, "test_size": len(self.dataset.splits["test"]),
+                "num_classes": self.store.num_classes,
                 **self.identity()}
 
     def teacher_row(self) -> dict:
@@ -197,8 +208,12 @@ def plan(cfg: DistillConfig) -> DistillPlan:
     # CPU latency depends on the architecture, not on the trained weights, so it is measured once,
     # here, before any student trains: timed between training threads (which hold the GIL and the
     # cores) the same network measured anywhere from 1x to 100x its real time.
-    latency = measure_latency_ms(build_seeded(cfg.model, ds.input_shape, ds.num_classes, seed=0), ds.input_shape)
-    p = DistillPlan(cfg=cfg, data_cfg=data_cfg, run_dir=run_dir(cfg), student_latency_ms=latency)
+    latency = measure_latency(build_seeded(cfg.model, ds.input_shape, ds.num_classes, seed=0), ds.input_shape)
+    if latency.busy:
+        log.warning("the CPU is busy: the students' latency (%.3g ms) is marked unreliable in the leaderboard",
+                    latency.ms)
+    p = DistillPlan(cfg=cfg, data_cfg=data_cfg, run_dir=run_dir(cfg), student_latency_ms=latency.ms,
+                    student_latency_busy=latency.busy)
     # Decoding the train logits now, when they fit the cache, verifies every chunk before any
     # training starts; larger stores are streamed and verified as they are read.
     p.train_logits()
@@ -229,7 +244,7 @@ def run_identity(cfg: DistillConfig, *, data_cfg: DataConfig, provenance_key: st
     really trains on (the store's when ``cfg.data`` is None), and the store's provenance key (None when
     not known yet, e.g. a later generation's). Recorded in leaderboard.json's ``meta``."""
     shaping = _shaping(cfg)
-    shaping["data"] = to_dict(data_cfg)
+    shaping["data"] = data_cfg.snapshot()
     # Through JSON, so tuples compare equal to the lists a finished report reads back.
     return {"config": json.loads(json.dumps(shaping, default=str)), "store_provenance_key": provenance_key}
 
@@ -274,20 +289,72 @@ def _first_difference(recorded: object, wanted: object, path: str = "") -> tuple
 def finished_run(path: str, identity: dict) -> str | None:
     """``path`` when it holds a finished run with this identity (reuse it); None when it holds no finished run.
 
-    A finished run is one with a valid leaderboard.json, which is written last and atomically; without one
-    (a run cut off, or a file damaged outside the pipeline) the folder is an unfinished run, to be
-    overwritten. A finished run that differs (grid, model, optimisation, data or store) is refused, naming
-    the first differing field: reusing it would print another run's results, and overwriting it would lose them.
+    A finished run is one with a valid leaderboard.json, which is written last and atomically, where no
+    student failed from a data or I/O error (:func:`failed_row`'s ``retry``); without one (a run cut off,
+    or a file damaged outside the pipeline) the folder is an unfinished run, to be overwritten, and with
+    such failures it is an unfinished run to complete (:func:`kept_rows`). A run that differs (grid, model,
+    optimisation, data or store) is refused, finished or not, naming the first differing field: reusing
+    it would print another run's results, and overwriting it would lose them.
     """
+    report = _identical_report(path, identity)
+    if report is None or retry_rows(report["runs"]):
+        return None
+    return path
+
+
+def kept_rows(path: str, identity: dict) -> list[dict] | None:
+    """The student rows of an identical, unfinished run at ``path`` that need no retraining, in its order;
+    None when ``path`` holds no such run (nothing to complete).
+
+    Every student that failed from a data or I/O error is retrained; so is a trained one whose checkpoint
+    is gone. The others keep their rows: trained ones with their checkpoints, and those that failed in
+    training itself (a loss that became NaN), which is a result, reproduced by retraining them.
+    """
+    report = _identical_report(path, identity, quiet=True)
+    if report is None or not retry_rows(report["runs"]):
+        return None
+    return [r for r in report["runs"] if r.get("kind") != "teacher" and not r.get("retry")
+            and (r.get("status") != "ok" or os.path.isfile(os.path.join(path, "students", f"{r['run_id']}.pt")))]
+
+
+def resume_line(path: str, kept: list[dict], todo: list[list[StudentSpec]]) -> str:
+    """What completing an unfinished run does, in one line."""
+    n = sum(map(len, todo))
+    return (f"completing the unfinished run in {path}: retraining the {n} student{'s' * (n != 1)} that failed from "
+            f"a data or I/O error, keeping the other {len(kept)}")
+
+
+def retry_rows(rows: list[dict]) -> list[dict]:
+    """The students that failed from a data or I/O error: the rows a rerun retrains."""
+    return [r for r in rows if r.get("status") != "ok" and r.get("retry")]
+
+
+RERUN = "fix the cause and run the same command again: only the students that failed from it are retrained"
+
+
+def unfinished_note(rows: list[dict]) -> str | None:
+    """One line saying which students failed from a data or I/O error and what to do; None for a finished run."""
+    retry = retry_rows(rows)
+    if not retry:
+        return None
+    students = [r for r in rows if r.get("kind") != "teacher"]
+    return (f"{len(retry)} of {len(students)} students failed from a data or I/O error (first: {retry[0]['run_id']}: "
+            f"{retry[0].get('error')}), so this run is not finished; {RERUN}")
+
+
+def _identical_report(path: str, identity: dict, *, quiet: bool = False) -> dict | None:
+    """The report at ``path`` when its run has this identity; None without a valid one; a differing one is refused."""
     from pipeline.report import LEADERBOARD, read_report
 
     if not os.path.isfile(os.path.join(path, LEADERBOARD)):
         return None
     try:
-        meta = read_report(path)["meta"]
+        report = read_report(path)
     except UserError as exc:
-        log.warning("%s; treating %s as an unfinished run", exc.one_line(), path)
+        if not quiet:
+            log.warning("%s; treating %s as an unfinished run", exc.one_line(), path)
         return None
+    meta = report["meta"]
     fix = "pass another --run-name, or delete the folder to train this grid there"
     if "config" not in meta:
         raise UserError("run_name", f"{path} holds a finished run that does not record its config (an older "
@@ -297,7 +364,7 @@ def finished_run(path: str, identity: dict) -> str | None:
         recorded["store_provenance_key"] = None
     diff = _first_difference(recorded, identity)
     if diff is None:
-        return path
+        return report
     field, old, new = diff
     field = field.removeprefix("config.")
     if field == "store_provenance_key":
@@ -412,7 +479,7 @@ def _busy(path: str, holder: dict) -> UserError:
                      f"wait for it, or pass another --run-name; if no run is using it, delete {LOCK} there")
 
 
-def groups(cfg: DistillConfig) -> list[list[StudentSpec]]:
+def groups(cfg: DistillConfig, *, skip: frozenset[str] | set[str] = frozenset()) -> list[list[StudentSpec]]:
     """The student grid cut into groups that each train in one shared pass.
 
     A group shares its data order and augmentation stream, both seeded by its
@@ -421,12 +488,35 @@ def groups(cfg: DistillConfig) -> list[list[StudentSpec]]:
     student of a run has the run's architecture, so a group of two or more
     trains as one batched model wherever that applies (``pipeline.batched``):
     up to one seed's students per group, the larger the group the less the
-    sweep costs.
+    sweep costs. Students named in ``skip`` (run ids) are left out of their groups (see :func:`kept_rows`);
+    a student trains the same in any group.
     """
     by_seed: dict[int, list[StudentSpec]] = {}
     for spec in cfg.students():
         by_seed.setdefault(spec.seed, []).append(spec)
-    return [specs[i:i + cfg.group_size] for specs in by_seed.values() for i in range(0, len(specs), cfg.group_size)]
+    cut = [specs[i:i + cfg.group_size] for specs in by_seed.values() for i in range(0, len(specs), cfg.group_size)]
+    return [g for g in ([s for s in specs if s.run_id not in skip] for specs in cut) if g]
+
+
+def group_names(cfg: DistillConfig) -> list[str]:
+    """What each group of :func:`groups` trains, in the same order, for its progress bar, progress artifact and
+    task run: a lone student's run id (``kl-T4-a0.9-s0``), a seed's students (``seed 0: 5 students``), or part
+    of them when a seed's students take several groups (``seed 0: students 1-8 of 10``)."""
+    out, done = [], {}
+    per_seed = {s.seed: 0 for s in cfg.students()}
+    for s in cfg.students():
+        per_seed[s.seed] += 1
+    for group in groups(cfg):
+        seed, n = group[0].seed, len(group)
+        first = done.get(seed, 0) + 1
+        done[seed] = first - 1 + n
+        if n == 1:
+            out.append(group[0].run_id)
+        elif n == per_seed[seed]:
+            out.append(f"seed {seed}: {n} students")
+        else:
+            out.append(f"seed {seed}: students {first}-{first + n - 1} of {per_seed[seed]}")
+    return out
 
 
 # DistillConfig.batch -> fit_group's `batched`: None lets it decide per group (vectorises, and pays on the device).
@@ -458,12 +548,12 @@ def train_students(p: DistillPlan, specs: list[StudentSpec], *, progress: Progre
             continue
         m = next(scores)
         path = os.path.join(run_dir, "students", f"{r.spec.run_id}.pt")
-        torch.save(r.model.state_dict(), path + ".tmp")
-        os.replace(path + ".tmp", path)  # never a half-written checkpoint under the student's name
+        save_state_dict(r.model, path, field="report_root")  # atomic; a full disk is one line
         rows.append({**_row(cfg, r.spec), "status": "ok", "seconds": r.seconds, "test_acc": m["acc"],
                      "test_nll": m["nll"], "test_ece": m["ece"], "agreement": m["agreement"], "val_acc": r.val_acc,
                      "best_epoch": r.best_epoch, "params": count_parameters(r.model),
                      "size_mb": model_size_mb(r.model), "latency_ms": p.student_latency_ms,
+                     "latency_busy": p.student_latency_busy,
                      "epochs_trained": len(r.history), "stopped_epoch": r.stopped_epoch,
                      # What `kd export` needs to rebuild the student from its checkpoint.
                      "input_shape": list(ds.input_shape), "num_classes": ds.num_classes, "checkpoint": path})
@@ -483,5 +573,7 @@ def _row(cfg: DistillConfig, s: StudentSpec) -> dict:
             "alpha": None if s.is_baseline else s.alpha, "beta": s.beta, "seed": s.seed}
 
 
-def failed_row(cfg: DistillConfig, s: StudentSpec, error: str) -> dict:
-    return {**_row(cfg, s), "status": "failed", "error": error}
+def failed_row(cfg: DistillConfig, s: StudentSpec, error: str, *, retry: bool = False) -> dict:
+    """A student that failed. ``retry``: from a data or I/O error (an unreadable image or chunk, a full disk),
+    not from training itself: its run is not finished, and running it again retrains this student."""
+    return {**_row(cfg, s), "status": "failed", "error": error, **({"retry": True} if retry else {})}

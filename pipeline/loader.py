@@ -21,7 +21,9 @@ reads splits in order the same way (evaluation and the teacher pass), a batch sp
 from __future__ import annotations
 
 import collections
+import logging
 import multiprocessing
+import os
 import queue
 import threading
 from dataclasses import dataclass
@@ -33,6 +35,35 @@ import torch
 from pipeline.data import Split
 from pipeline.errors import UserError
 from pipeline.store import SoftTargetStore
+
+log = logging.getLogger(__name__)
+_capped: set[tuple[int, int]] = set()  # (asked, cores) already logged by this process
+_capped_lock = threading.Lock()
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity mask, as torch's DataLoader counts them)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # (not Linux)
+        return os.cpu_count() or 1
+
+
+def usable_workers(asked: int) -> int:
+    """DataLoader workers to start for ``asked``: at most one per available core.
+
+    More workers than cores only queue for them, and torch warns about it once per loader (a preset's 4
+    workers on a 2-core machine printed some 30 lines). The cap is logged once per process.
+    """
+    cores = available_cores()
+    if asked <= cores:
+        return asked
+    with _capped_lock:
+        if (asked, cores) not in _capped:
+            _capped.add((asked, cores))
+            log.warning("workers: %d asked for, %d CPU cores available: using %d DataLoader workers",
+                        asked, cores, cores)
+    return cores
 
 
 def fits_cache(rows: int, classes: int, cache_mb: float) -> bool:
@@ -107,7 +138,7 @@ class SoftTargetLoader:
         self.prefetch_chunks = prefetch_chunks
         self.n = len(split)
         self.num_chunks = -(-self.n // self.chunk_rows)
-        self.workers, self._dataloader, self._sampler = workers, None, None
+        self.workers, self._dataloader, self._sampler = usable_workers(workers), None, None
         # Stores with K teacher views: each epoch picks a view per sample and replays its transform,
         # so the student sees exactly the pixels the teacher scored.
         self.views = 1 if store is None else store.views
@@ -407,7 +438,7 @@ class BatchReader:
         if workers and items:  # (nothing to read: no worker started)
             pieces = [(name, piece) for name, rows in items for piece in row_batches(rows, piece_rows)]
             self._loader = torch.utils.data.DataLoader(
-                self._data, sampler=pieces, batch_size=None, num_workers=workers,
+                self._data, sampler=pieces, batch_size=None, num_workers=usable_workers(workers),
                 multiprocessing_context=worker_context(), pin_memory=self._pin, prefetch_factor=4,
                 persistent_workers=persistent)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import os
-import statistics
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -268,32 +267,50 @@ def model_size_mb(model: nn.Module) -> float:
     return total / 1e6
 
 
-def measure_latency_ms(model: nn.Module, input_shape: InputShape, runs: int = 30, warmup: int = 5) -> float:
-    """CPU wall time of one forward pass at batch 1, in ms: the median of ``runs`` timed passes.
+# The share of a core the timing thread must get for a latency to be trusted (CPU time over wall time).
+BUSY_SHARE = 0.8
 
-    The first ``warmup`` passes are not timed (allocator and kernel selection settle there); the
-    median keeps a stray slow pass (another thread training, a GC) from moving the figure. Uses
-    whatever intra-op thread count torch is set to. A model on another device is timed on a CPU
-    copy; the caller's model is left where it is, in the mode it was in.
+
+@dataclass(frozen=True)
+class Latency:
+    ms: float  # the fastest timed forward pass, in ms
+    busy: bool  # the timing thread got under BUSY_SHARE of a core: other work competed, the figure is unreliable
+
+
+def measure_latency(model: nn.Module, input_shape: InputShape, runs: int = 30, warmup: int = 5) -> Latency:
+    """CPU wall time of one forward pass at batch 1 on one thread: the fastest of ``runs`` timed passes.
+
+    The first ``warmup`` passes are not timed (allocator and kernel selection settle there). torch's intra-op
+    threads are pinned to one while timing (restored after): with several, a pass waits for every thread, and
+    on a loaded machine one descheduled thread made the same network measure up to 100x slower. The fastest
+    pass is the one least disturbed by other work; a median or mean moves with the load. Whether the load still
+    got in the way is measured, not guessed: ``busy`` when the timing thread's CPU time was under
+    ``BUSY_SHARE`` of the wall time. A model on another device is timed on a CPU copy; the caller's model is
+    left where it is, in the mode it was in.
     """
     if runs < 1 or warmup < 0:
         raise ValueError(f"runs must be >= 1 and warmup >= 0, got {runs}, {warmup}")
     on_cpu = all(t.device.type == "cpu" for t in list(model.parameters()) + list(model.buffers()))
     m = model if on_cpu else copy.deepcopy(model).cpu()
-    was_training = m.training
+    was_training, threads = m.training, torch.get_num_threads()
     m.eval()
     x = torch.rand(1, *input_shape)  # (1, C, H, W)
     times = []
+    torch.set_num_threads(1)
     try:
         with torch.inference_mode():
-            for i in range(warmup + runs):
+            for i in range(warmup):
+                m(x)
+            wall, cpu = time.perf_counter(), time.thread_time()
+            for i in range(runs):
                 start = time.perf_counter()
                 m(x)
-                if i >= warmup:
-                    times.append(time.perf_counter() - start)
+                times.append(time.perf_counter() - start)
+            wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
     finally:
+        torch.set_num_threads(threads)
         m.train(was_training)
-    return statistics.median(times) * 1e3
+    return Latency(ms=min(times) * 1e3, busy=cpu < BUSY_SHARE * wall)
 
 
 def resolve_device(name: str) -> torch.device:

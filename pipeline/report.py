@@ -1,13 +1,19 @@
 """The leaderboard: per-run rows aggregated over seeds, written as JSON, Markdown and a plot.
 
 Every configuration is reported as mean ± std over its seeds (std is the
-sample standard deviation, 0 for a single seed). A student's gain over the
-label-only baseline is flagged ``within_noise`` when it is no larger than the
-two spreads combined, sqrt(std_student^2 + std_baseline^2). Each configuration
-also shows its parameter count, size in MB (``≈`` when estimated, as for the
-teacher, which stage 2 never builds) and CPU latency per image. When the
-teacher is too close to the baseline for any student to show a gain beyond
-noise, :func:`gap_note` says so under the table.
+sample standard deviation, 0 in the JSON for a single seed, where the tables
+show the mean alone). A student's gain over the label-only baseline is flagged
+``within_noise`` when it is no larger than the two spreads combined,
+sqrt(std_student^2 + std_baseline^2); with a single seed on either side the
+spread is unknown and there is no verdict (``within_noise`` is None). Each
+configuration also shows its parameter count, size in MB (``≈`` when
+estimated, as for the teacher, which stage 2 never builds) and CPU latency per
+image (``?`` when it was timed on a busy CPU). Under the table,
+:func:`teacher_warning` flags a teacher that learnt nothing (at chance, or a
+non-finite NLL), and otherwise :func:`gap_note` says when the teacher is too
+close to the baseline for any student to show a gain beyond noise. For a
+terminal, :func:`leaderboard_text` drops the low-value columns that do not fit
+and wraps the note.
 """
 from __future__ import annotations
 
@@ -16,10 +22,11 @@ import json
 import math
 import os
 import statistics
+import textwrap
 from collections import defaultdict
 from collections.abc import Callable
 
-from pipeline.errors import UserError
+from pipeline.errors import UserError, disk_full
 
 METRICS = ("test_acc", "test_nll", "test_ece", "agreement")
 KIND_ORDER = {"teacher": 0, "baseline": 1, "student": 2}
@@ -48,6 +55,7 @@ def leaderboard(rows: list[dict]) -> list[dict]:
         # the median over seeds damps a run timed while other students were training.
         latencies = [r["latency_ms"] for r in ok if r.get("latency_ms") is not None]
         entry["latency_ms"] = statistics.median(latencies) if latencies else None
+        entry["latency_busy"] = any(r.get("latency_busy") for r in ok)
         for m in METRICS:
             entry[f"{m}_mean"], entry[f"{m}_std"] = _mean_std([r[m] for r in ok if r.get(m) is not None])
         if not ok:
@@ -58,16 +66,26 @@ def leaderboard(rows: list[dict]) -> list[dict]:
         if e["kind"] == "student" and base is not None and not math.isnan(e["test_acc_mean"]):
             e["gain_vs_baseline"] = e["test_acc_mean"] - base["test_acc_mean"]
             noise = math.hypot(e["test_acc_std"], base["test_acc_std"])
-            e["within_noise"] = abs(e["gain_vs_baseline"]) <= noise
+            # One seed has no spread: "within noise" (or not) would be a verdict on a std of 0, not on noise.
+            spread_known = _scored(e) > 1 and _scored(base) > 1
+            e["within_noise"] = abs(e["gain_vs_baseline"]) <= noise if spread_known else None
     board.sort(key=lambda e: (KIND_ORDER[e["kind"]], -(e["test_acc_mean"] if not math.isnan(e["test_acc_mean"])
                                                        else -1.0)))
     return board
 
 
-def mean_pm(mean: float, std: float, scale: float = 1.0, digits: int = 2) -> str:
-    """``mean ± std`` (both times ``scale``) to ``digits`` decimals; a dash when there is no mean."""
+def _scored(e: dict) -> int:
+    """How many seeds of a leaderboard entry have scores (its mean and std are over these)."""
+    return e["seeds"] - e["failed"]
+
+
+def mean_pm(mean: float, std: float, scale: float = 1.0, digits: int = 2, *, seeds: int = 2) -> str:
+    """``mean ± std`` (both times ``scale``) to ``digits`` decimals; the mean alone over a single seed, whose
+    spread is unknown; a dash when there is no mean."""
     if math.isnan(mean):
         return "—"
+    if seeds < 2:
+        return f"{mean * scale:.{digits}f}"
     return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
 
 
@@ -90,13 +108,26 @@ def leaderboard_cells(board: list[dict]) -> tuple[list[str], list[list[str]]]:
         gain = e.get("gain_vs_baseline")
         delta = "—" if gain is None else f"{gain * 100:+.2f}" + (" (noise)" if e.get("within_noise") else "")
         status = f"{e['seeds']}" + (f" ({e['failed']} failed)" if e["failed"] else "")
+        n = _scored(e)
         rows.append([
             e["config_id"], e["loss"] or "—", _fmt(e["temperature"]), _fmt(e["alpha"]), _fmt(e["beta"]),
-            mean_pm(e["test_acc_mean"], e["test_acc_std"], 100), mean_pm(e["test_nll_mean"], e["test_nll_std"], 1, 3),
-            mean_pm(e.get("test_ece_mean", math.nan), e.get("test_ece_std", math.nan), 1, 3),
-            mean_pm(e["agreement_mean"], e["agreement_std"], 100), delta, status, _fmt(e["params"], ","),
-            _size(e), _fmt(e.get("latency_ms"), ".3g")])
+            mean_pm(e["test_acc_mean"], e["test_acc_std"], 100, seeds=n),
+            mean_pm(e["test_nll_mean"], e["test_nll_std"], 1, 3, seeds=n),
+            mean_pm(e.get("test_ece_mean", math.nan), e.get("test_ece_std", math.nan), 1, 3, seeds=n),
+            mean_pm(e["agreement_mean"], e["agreement_std"], 100, seeds=n), delta, status, _fmt(e["params"], ","),
+            _size(e), _latency(e)])
     return head, rows
+
+
+def _latency(e: dict) -> str:
+    """Latency in ms; ``?`` marks one timed while the CPU was busy (see pipeline.models.measure_latency)."""
+    ms = e.get("latency_ms")
+    return "—" if ms is None else format(ms, ".3g") + ("?" if e.get("latency_busy") else "")
+
+
+BUSY_SHARE = 0.8  # pipeline.models.BUSY_SHARE (this module imports no torch; a test keeps the two equal)
+BUSY_NOTE = (f"latency ms?: timed while the CPU was busy (the timing thread got under {BUSY_SHARE:.0%} of a core), "
+             "so not comparable across runs; rerun on an idle machine to compare")
 
 
 def markdown(board: list[dict]) -> str:
@@ -138,6 +169,32 @@ def embedded_report(md_path: str, plot_path: str) -> str:
 MIN_HALF_GAP_IMAGES = 2
 
 
+# A teacher is "at chance" when its test accuracy is within this many binomial standard errors of 1 / classes.
+CHANCE_SE = 2.0
+
+
+def teacher_warning(*, acc: float, nll: float, num_classes: int | None, test_size: int | None) -> str | None:
+    """One line when the teacher learnt nothing to distil: a non-finite test NLL, or a test accuracy within
+    noise of chance (``CHANCE_SE`` standard errors of 1/classes over ``test_size`` images); else None."""
+    if not math.isfinite(nll):
+        return (f"warning: the teacher's test NLL is {nll} ({acc * 100:.2f}% accuracy): it did not train; its logits "
+                "teach nothing. Retrain it (e.g. lower --lr) before distilling from it.")
+    if not num_classes or num_classes < 2 or math.isnan(acc):
+        return None
+    chance = 1.0 / num_classes
+    noise = CHANCE_SE * math.sqrt(chance * (1 - chance) / test_size) if test_size else 0.0
+    if acc > chance + noise:
+        return None
+    fix = "Train it longer (--epochs), lower --lr, or check the data."
+    if test_size and acc > chance + 1 / test_size:  # above chance, by less than the noise of so few images
+        return (f"warning: the teacher's test accuracy ({acc * 100:.2f}% on {test_size} images, {num_classes} "
+                f"classes) cannot be told from chance ({chance * 100:.2f}%) on so few test images: no student "
+                "comparison with it means anything. Use more data (a larger test split) to judge it.")
+    return (f"warning: the teacher is at chance level ({acc * 100:.2f}% on {num_classes} classes, chance "
+            f"{chance * 100:.2f}%; test NLL {nll:,.4g}): it learnt nothing to distil, and no student comparison "
+            f"with it means anything. {fix}")
+
+
 def gap_note(board: list[dict], test_size: int | None) -> str | None:
     """One plain line when the teacher is too close to the baseline for distillation to show, else None.
 
@@ -151,7 +208,7 @@ def gap_note(board: list[dict], test_size: int | None) -> str | None:
     if teacher is None or base is None or math.isnan(teacher["test_acc_mean"]) or math.isnan(base["test_acc_mean"]):
         return None
     gap = teacher["test_acc_mean"] - base["test_acc_mean"]
-    noise = math.sqrt(2) * base["test_acc_std"]
+    noise = math.sqrt(2) * base["test_acc_std"]  # 0 for a single seed: only the image count can judge then
     images = "" if not test_size else f" ({gap * test_size:.1f} of {test_size} test images)"
     pointer = "see the fidelity study (`make fidelity`, docs/studies.md) for a setting where it is measurable"
     if gap <= 0:
@@ -168,10 +225,55 @@ def gap_note(board: list[dict], test_size: int | None) -> str | None:
             f"move {why}, so this run is too small to show what distillation does; {pointer}.")
 
 
-def leaderboard_text(report: dict) -> str:
-    """What the CLI prints for a report (as :func:`read_report` returns it): the table and any gap note."""
-    note = gap_note(report["leaderboard"], report.get("meta", {}).get("test_size"))
-    return markdown(report["leaderboard"]) + ("" if note is None else "\n\n" + note)
+def notes(report: dict) -> list[str]:
+    """The lines under a report's table: a teacher that learnt nothing (never called a match), else the gap note;
+    and a latency timed on a busy CPU."""
+    board, meta = report["leaderboard"], report.get("meta", {})
+    teacher = next((e for e in board if e["kind"] == "teacher"), None)
+    warning = None if teacher is None else teacher_warning(
+        acc=teacher["test_acc_mean"], nll=teacher["test_nll_mean"], num_classes=meta.get("num_classes"),
+        test_size=meta.get("test_size"))
+    out = [warning or gap_note(board, meta.get("test_size"))]
+    if any(e.get("latency_busy") for e in board):
+        out.append(BUSY_NOTE)
+    return [n for n in out if n]
+
+
+# Columns left out, in this order, while the table is wider than the terminal: first those the config id
+# already spells (kl-T4-a0.9-b0.5), then sizes and the secondary metrics. Config, test accuracy, NLL and the
+# gain over the baseline always stay.
+NARROW_DROPS = ("loss", "T", "α", "β", "latency ms", "size MB", "params", "seeds", "test ECE", "agree %")
+
+
+def fit_columns(head: list[str], rows: list[list[str]], width: int) -> tuple[list[str], list[list[str]], list[str]]:
+    """The table without the fewest low-value columns (:data:`NARROW_DROPS`) its lines need to fit ``width``."""
+    dropped: list[str] = []
+    for name in NARROW_DROPS:
+        if max(len(line) for line in markdown_table(head, rows).splitlines()) <= width:
+            break
+        keep = [i for i, h in enumerate(head) if h != name]
+        head, rows = [head[i] for i in keep], [[r[i] for i in keep] for r in rows]
+        dropped.append(name)
+    return head, rows, dropped
+
+
+NOTE_WIDTH = 100  # the notes' line length where the terminal's width is unknown (a log, a pipe)
+
+
+def leaderboard_text(report: dict, width: int | None = None) -> str:
+    """What the CLI prints for a report (as :func:`read_report` returns it): the table, fitted to ``width``
+    columns when given (a terminal's; the report files keep every column), and its notes, wrapped."""
+    head, rows = leaderboard_cells(report["leaderboard"])
+    wrap = max(40, min(width or NOTE_WIDTH, NOTE_WIDTH))
+    text = markdown_table(head, rows)
+    if width is not None:
+        head, rows, dropped = fit_columns(head, rows, width)
+        text = markdown_table(head, rows)
+        if dropped:
+            text += "\n" + textwrap.fill(f"(not shown at this width: {', '.join(dropped)}; see report.md)", wrap)
+    for note in notes(report):
+        text += "\n\n" + textwrap.fill(note, wrap, break_on_hyphens=False, break_long_words=False)
+    return text
 
 
 def _size(e: dict) -> str:
@@ -222,11 +324,12 @@ def plot(board: list[dict], path: str) -> None:
 LEADERBOARD = "leaderboard.json"
 
 
-def write_atomic(path: str, write: Callable[[str], object]) -> None:
+def write_atomic(path: str, write: Callable[[str], object], *, field: str = "report_root") -> None:
     """Call ``write(tmp)`` to write a temporary file beside ``path``, then rename it into place.
 
     A reader sees the old file or the whole new one, never a truncated one: a failed write (a full
-    disk) leaves ``path`` as it was and removes the temporary file.
+    disk) leaves ``path`` as it was and removes the temporary file. A full disk is a one-line
+    :class:`~pipeline.errors.DiskFullError` naming ``path`` and ``field``, the option that chose its folder.
     """
     tmp = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.{os.getpid()}.tmp")
     try:
@@ -234,6 +337,11 @@ def write_atomic(path: str, write: Callable[[str], object]) -> None:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())  # on disk before the rename makes it visible
         os.replace(tmp, path)
+    except OSError as exc:
+        error = disk_full(exc, path, field=field)
+        if error is None:
+            raise
+        raise error from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -291,14 +399,16 @@ def write_report(run_dir: str, rows: list[dict], meta: dict) -> dict[str, str]:
           f"- store: `{meta.get('store')}`\n- teacher: {meta.get('teacher')}\n- student: {meta.get('student')}\n",
           f"- dataset: {meta.get('dataset')}; checkpoints chosen on **val**, accuracy on **test**, at T = 1\n",
           "- size: float32 parameters and buffers (≈: estimated from the parameter count, the teacher is not "
-          "built here); latency: one image on the CPU, median of 30 forward passes, timed before training\n\n",
+          "built here); latency: one image on one CPU thread, the fastest of 30 forward passes, timed before "
+          "training\n\n",
           markdown(board) + "\n\n"]
-    note = gap_note(board, meta.get("test_size"))
-    if note is not None:
+    for note in notes({"leaderboard": board, "meta": meta}):
         md.append(note + "\n\n")
     md.append("![accuracy vs temperature](accuracy_vs_temperature.png)\n")
     if failed:
-        md.append("\n## Failed runs\n\n" + "\n".join(f"- `{r['run_id']}`: {r.get('error')}" for r in failed) + "\n")
+        md.append("\n## Failed runs\n\n" + "\n".join(f"- `{r['run_id']}`: {r.get('error')}" + (
+            " (a data or I/O error, not training: rerunning the same command retrains it)" if r.get("retry") else "")
+            for r in failed) + "\n")
     write_text_atomic(paths["md"], "".join(md))
     write_text_atomic(paths["json"], json.dumps({"meta": meta, "leaderboard": board, "runs": rows}, indent=2,
                                                 default=str))

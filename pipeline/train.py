@@ -53,7 +53,9 @@ log = logging.getLogger(__name__)
 # groups built in concurrent threads from interleaving their draws.
 _INIT_LOCK = threading.Lock()
 
-Progress = Callable[[str, int, int, dict], None]  # (group label, epoch, epochs, metrics)
+# (group label, epoch, epochs, metrics): best_val_acc (a fraction), training (trainees still training after this
+# epoch's early stops and failures) of trainees (the group's size).
+Progress = Callable[[str, int, int, dict], None]
 # (model logits (B, C), teacher logits (B, C) or None, labels (B,), mixed labels or None) -> scalar loss;
 # mixed labels are (partner labels (B,), λ (B,)) for batches of mixed views (pipeline.view_ops).
 Mix = tuple[torch.Tensor, torch.Tensor] | None
@@ -432,7 +434,9 @@ def run_epochs(trainees: list[Trainee], *, loader: SoftTargetLoader, val: Split,
                 early_stop(t, epoch=epoch, val_acc=metrics["acc"], patience=optim.patience)
             if progress is not None:
                 best = max((t.best_acc for t in trainees if t.failed is None), default=math.nan)
-                progress(label, epoch + 1, optim.epochs, {"best_val_acc": best, "active": len(active)})
+                progress(label, epoch + 1, optim.epochs, {"best_val_acc": best,
+                                                          "training": sum(t.active for t in trainees),
+                                                          "trainees": len(trainees)})
 
 
 def collect_results(trainees: list[Trainee], *, seconds: float) -> list[TrainResult]:

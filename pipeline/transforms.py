@@ -4,6 +4,9 @@ A sample leaves its source as a raw image tensor (C, H, W) (uint8 for image
 files and torchvision's arrays, float32 in [0, 1] for ``digits``) and goes
 through one of two pipelines, built from the data config:
 
+- **decode** (image folders): with ``--exif-orientation`` (the default), each
+  photo is turned upright by its EXIF orientation tag as it is decoded, before
+  anything else; recorded first in the eval steps as ``ExifTranspose``.
 - **eval** (evaluation, and the teacher's clean view): with ``--image-size S``,
   ``Resize(S)`` (shorter side) then ``CenterCrop(S)``; without it the native
   resolution; then ``ToDtype(float32, scale=True)``: float32 in [0, 1], no
@@ -68,6 +71,7 @@ class Preprocess:
     train_ops: tuple[str, ...]
     native: tuple[int, int] | None
     legacy: bool = False
+    exif: bool = False  # image files turned upright by their EXIF orientation as they are decoded (FolderSource)
     model: Preprocessing | None = None  # the teacher's own preprocessing (its resize and crop replace image_size)
 
     @property
@@ -88,7 +92,8 @@ class Preprocess:
         """The eval pipeline as the store records it; its hash is the store's ``transform_hash``."""
         if self.legacy and self.image_size is None and self.model is None:
             return dict(TRANSFORM)
-        steps = ["ToImage"]
+        # Recorded only when on, so the stores written before the option (never transposed) keep their hash.
+        steps = ["ExifTranspose", "ToImage"] if self.exif else ["ToImage"]
         if self.geometry:
             m = self.model
             steps += [f"Resize({m.resize}, {m.interpolation}, PIL)", f"CenterCrop({m.crop})"]  # type: ignore[union-attr]

@@ -56,8 +56,10 @@ def test_bad_new_distill_options(capsys, digits_store, argv, field):
 def test_bad_new_teacher_and_run_options(capsys):
     assert cli_fails(capsys, "teacher", "--label-noise", "-0.1").startswith("error: label_noise")
     assert cli_fails(capsys, "teacher", "--patience", "0").startswith("error: patience")
-    assert cli_fails(capsys, "run", "--student-patience", "0").startswith("error: patience")
-    assert cli_fails(capsys, "run", "--student-optimizer", "adam", "--student-nesterov").startswith("error: nesterov")
+    # `kd run` names the flag and the stage.
+    assert cli_fails(capsys, "run", "--student-patience", "0").startswith("error: --student-patience (students): ")
+    assert cli_fails(capsys, "run", "--student-optimizer", "adam", "--student-nesterov").startswith(
+        "error: --student-nesterov (students): ")
     with pytest.raises(SystemExit) as e:
         main(["distill", "--store", "x.zarr", "--clip-grad-norm", "big"])
     assert e.value.code == 2 and "not a number or 'off'" in capsys.readouterr().err
@@ -95,9 +97,9 @@ def test_run_maps_student_options_and_inherits_the_rest():
         ("sgd", True, "cosine", 3, 6)
     assert (s.optim.name, s.optim.nesterov, s.optim.schedule, s.optim.step_size, s.optim.warmup_epochs,
             s.optim.patience) == ("adamw", False, "step", 5, 1, None)
-    # Not given for the students: the teacher's value; epochs and lr keep their own student defaults.
+    # Not given for the students: the teacher's value; --epochs sets both stages; lr keeps the students' default.
     assert s.optim.batch_size == 32 and s.optim.clip_grad_norm == 2.0 and s.optim.momentum == t.optim.momentum
-    assert s.optim.epochs == 30 and (s.model.arch, s.model.width) == ("cnn", 4)
+    assert s.optim.epochs == 6 and s.optim.lr == 3e-3 and (s.model.arch, s.model.width) == ("cnn", 4)
     assert s.data == t.data and s.data.label_noise == 0.1  # students train on the labels the teacher saw
 
 
@@ -207,7 +209,7 @@ def test_distill_help_says_where_the_data_comes_from(capsys):
     (["distill", "--store", "x.zarr", "--losses", "kld"], "argument --losses: invalid choice: 'kld'", "kd distill"),
     (["teacher", "--epochs", "ten"], "argument --epochs: invalid int value: 'ten'", "kd teacher"),
     (["distill"], "the following arguments are required: --store", "kd distill"),
-    (["run", "--nonsense"], "unrecognized arguments: --nonsense", "kd"),  # found by the top-level parser
+    (["run", "--nonsense"], "unknown option --nonsense", "kd run"),  # found by the top-level parser
     (["distil"], "argument command: invalid choice: 'distil'", "kd"),
 ])
 def test_argparse_errors_are_one_line_with_a_pointer_to_help(capsys, argv, message, prog):
@@ -304,13 +306,13 @@ def _make_distill_args() -> list[str]:
     (["teacher", "--encoding", "topk:10"], "encoding"),  # digits has 10 classes: K must be fewer
     (["teacher", "--store-root", "{file}"], "store_root"),
     (["teacher", "--checkpoint-root", "{file}/sub"], "checkpoint_root"),
-    (["run", "--report-root", "{file}"], "report_root"),
+    (["run", "--report-root", "{file}"], "--report-root (students)"),
     (["teacher", "--store-root", "http://127.0.0.1:9/stores"], "store_root"),  # nothing listens on port 9
-    (["run", "--seeds", "-1"], "seeds"),
-    (["run", "--run-name", "a/b"], "run_name"),
-    (["run", "--run-name", ".."], "run_name"),
+    (["run", "--seeds", "-1"], "--seeds (students)"),
+    (["run", "--run-name", "a/b"], "--run-name (students)"),
+    (["run", "--run-name", ".."], "--run-name (students)"),
     (["teacher", "--checkpoint", "{junk}"], "checkpoint"),
-    (["run", "--checkpoint", "{junk}"], "checkpoint"),
+    (["run", "--checkpoint", "{junk}"], "--checkpoint (teacher)"),
     (["teacher", "--checkpoint", "{dir}"], "checkpoint"),
     (["teacher", "--split-seed", "-1"], "split_seed"),
 ])
@@ -327,7 +329,8 @@ def test_user_errors_are_refused_before_any_work(capsys, tmp_path, argv, field):
     assert err.startswith(f"error: {field}: "), err
     assert not out.exists()
     if argv[1] == "--checkpoint":
-        assert ("is a directory" if "dir" in argv[2] else "--arch/--width") in err
+        # A file that is not a checkpoint is damaged: another --arch/--width could not load it.
+        assert ("is a directory" if "dir" in argv[2] else "cannot read") in err and "--arch" not in err
 
 
 def test_online_mode_with_a_bad_recorded_checkpoint_is_refused_up_front(capsys, tmp_path):
@@ -345,6 +348,77 @@ def test_online_mode_with_a_bad_recorded_checkpoint_is_refused_up_front(capsys, 
     err = cli_fails(capsys, "run", "--mode", "online", "--epochs", "1", "--train-limit", "300", "--width", "8",
                  "--chunk-rows", "256", "--device", "cpu", "--store-root", str(tmp_path / "stores"),
                  "--checkpoint-root", str(tmp_path / "checkpoints"), "--report-root", str(reports))
-    assert err.startswith("error: mode: ")
+    assert err.startswith("error: --mode (students): ")
     assert sorted(os.listdir(tmp_path / "stores")) + sorted(os.listdir(tmp_path / "checkpoints")) == before
     assert not reports.exists()
+
+
+@pytest.mark.parametrize("argv", [("teacher",), ("teacher", "--dataset", "digits"), ("run", "--dataset", "digits"),
+                                  ("distill", "--store", "s.zarr", "--dataset", "digits"),
+                                  ("teacher", "--dataset", "imagefolder:somewhere")])
+def test_data_root_for_a_dataset_that_reads_nothing_under_it_is_refused(capsys, argv):
+    err = cli_fails(capsys, *argv, "--data-root", "/etc/passwd")
+    field = "--data-root (teacher)" if argv[0] == "run" else "data_root"  # kd run names the flag and its stage
+    assert err.startswith(f"error: {field}: ") and "nothing is read under --data-root" in err, err
+    assert "drop --data-root" in err
+
+
+@pytest.mark.parametrize("argv, wrong, meant", [
+    (["run", "--epoch", "2"], "--epoch", "--epochs"),  # a prefix argparse used to complete silently
+    (["run", "--temperature", "4"], "--temperature", "--temperatures"),
+    (["distill", "--store", "x.zarr", "--temprature=4"], "--temprature", "--temperatures"),  # a typo
+    (["teacher", "--epoch", "2"], "--epoch", "--epochs"),
+])
+def test_abbreviations_are_refused_with_a_did_you_mean_and_the_subcommands_help(capsys, argv, wrong, meant):
+    err = cli_fails(capsys, *argv)
+    assert err == f"error: unknown option {wrong}; did you mean {meant}? (see `kd {argv[0]} --help`)"
+
+
+def test_run_epochs_and_lr_set_both_stages_and_the_stage_flags_one(capsys):
+    from flows.cli import distill_config, parse_args, student_namespace, teacher_config
+
+    def epochs_and_lrs(*argv):
+        a = parse_args(["run", *argv])
+        t, s = teacher_config(a), distill_config(student_namespace(a), "x.zarr")
+        return (t.optim.epochs, s.optim.epochs), (t.optim.lr, s.optim.lr)
+
+    assert epochs_and_lrs() == ((20, 30), (3e-3, 3e-3))  # each stage's own default
+    assert epochs_and_lrs("--epochs", "3", "--lr", "0.01") == ((3, 3), (0.01, 0.01))
+    # A stage's own flag wins over the plain one, wherever it stands on the line.
+    assert epochs_and_lrs("--student-epochs", "5", "--epochs", "3") == ((3, 5), (3e-3, 3e-3))
+    assert epochs_and_lrs("--epochs", "3", "--teacher-epochs", "7", "--student-lr", "0.1") == ((7, 3), (3e-3, 0.1))
+    # Over a preset too: explicit flags win, the plain one for both stages.
+    assert epochs_and_lrs("--preset", "resnet-mobilenet-cifar10") == ((30, 30), (0.1, 0.05))
+    assert epochs_and_lrs("--preset", "resnet-mobilenet-cifar10", "--epochs", "2") == ((2, 2), (0.1, 0.05))
+    # `kd teacher` and `kd distill` have one stage: --epochs is theirs.
+    assert teacher_config(parse_args(["teacher", "--epochs", "4"])).optim.epochs == 4
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    flat = " ".join(capsys.readouterr().out.split()).replace("- ", "-")  # argparse wraps lines after hyphens
+    assert "--epochs and --lr set both stages (--teacher-epochs, --student-epochs, --teacher-lr, --student-lr set " \
+           "one); --arch and --width are the teacher's" in flat
+    assert "--epochs EPOCHS epochs of training of the teacher and the students (default: the teacher 20, the " \
+           "students 30)" in flat
+    assert "--arch ARCH the teacher's mlp | cnn" in flat
+
+
+def test_run_errors_name_the_flag_the_stage_and_where_a_value_came_from(capsys, tmp_path):
+    """The preset's warm-up with --epochs 1: no self-contradicting hint, flags not config fields, the preset named."""
+    (tmp_path / "imgs" / "a").mkdir(parents=True)
+    (tmp_path / "imgs" / "b").mkdir()
+    err = cli_fails(capsys, "run", "--preset", "resnet-mobilenet-imagefolder", "--dataset",
+                    f"imagefolder:{tmp_path / 'imgs'}", "--epochs", "1")
+    assert err == ("error: --warmup-epochs (teacher): must be less than --epochs (1), got 1, set by --preset "
+                   "resnet-mobilenet-imagefolder (pass --warmup-epochs 0: one epoch leaves no room for a warm-up, "
+                   "or more --epochs)")
+    # The students follow the teacher's warm-up unless given their own: the message says so.
+    err = cli_fails(capsys, "run", "--warmup-epochs", "2", "--teacher-epochs", "5", "--student-epochs", "2")
+    assert err == ("error: --student-warmup-epochs (students): must be less than --student-epochs (2), got 2, the "
+                   "teacher's value (--warmup-epochs) (pass --student-warmup-epochs 1 or fewer, or more "
+                   "--student-epochs)")
+    err = cli_fails(capsys, "run", "--student-epochs", "1", "--student-schedule", "step", "--student-step-size", "0")
+    assert err.startswith("error: --student-step-size (students): ")
+    # A default is named as one.
+    err = cli_fails(capsys, "run", "--schedule", "step", "--warmup-epochs", "12", "--epochs", "40")
+    assert err.startswith("error: --warmup-epochs (teacher): warm-up (12 epochs) must end before the first decay "
+                          "(epoch 10)"), err

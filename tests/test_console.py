@@ -27,12 +27,15 @@ GRID = ("--seeds", "0", "1", "--temperatures", "2", "4", "--student-epochs", str
 TASKS = [f"{c}-s{s}" for c in ("baseline", "kl-T2-a0.9", "kl-T4-a0.9") for s in (0, 1)]  # one student each
 
 
-def _kd_run(root: str, name: str, *extra: str) -> list[str]:
-    """`kd run` on 300 digits in a fresh process; its stdout and stderr lines, interleaved."""
+def _kd_run(root: str, name: str, *extra: str, columns: int | None = None) -> list[str]:
+    """`kd run` on 300 digits in a fresh process; its stdout and stderr lines, interleaved. ``columns``: the
+    terminal width it is told (COLUMNS), else none (a pipe)."""
     from prefect.settings import PREFECT_API_URL
 
-    env = {k: v for k, v in os.environ.items() if k != flows.CONSOLE_LEVEL}  # the default is the CLI's own
+    env = {k: v for k, v in os.environ.items() if k not in (flows.CONSOLE_LEVEL, "COLUMNS")}  # the CLI's defaults
     env["PREFECT_API_URL"] = PREFECT_API_URL.value()
+    if columns is not None:
+        env["COLUMNS"] = str(columns)
     argv = [KD, "run", "--epochs", "1", "--train-limit", "300", "--width", "8", "--student-width", "4", *GRID,
             "--store-root", f"{root}/stores", "--checkpoint-root", f"{root}/ckpt", "--report-root",
             f"{root}/reports", "--run-name", name, "--device", "cpu", *extra]
@@ -55,11 +58,16 @@ async def _logged_between(start: datetime, end: datetime) -> list[str]:
 def test_default_run_prints_the_leaderboard_and_verbose_brings_prefect_lines_back(tmp_path):
     root = str(tmp_path)
     start = datetime.now(UTC)
-    quiet = _kd_run(root, "quiet")
+    quiet = _kd_run(root, "quiet", columns=80)
     end = datetime.now(UTC)
     assert len(quiet) <= MAX_LINES, "\n".join(quiet)
     assert not [line for line in quiet if " | INFO " in line or " epoch " in line], "\n".join(quiet)
     assert quiet[-1] == f"report: {root}/reports/quiet"
+    # At once, before Prefect starts, one line says what runs; --epochs is the teacher's and the students'.
+    assert quiet[0] == "starting: teacher cnn on digits (1 epoch), then 6 cnn students (3 epochs)", quiet[0]
+    # Fitted to an 80-column terminal: every line of the table and the notes under it.
+    after = quiet[quiet.index(next(line for line in quiet if line.startswith("| config |"))):-1]
+    assert max(len(line) for line in after) <= 80, "\n".join(after)
     table = [line for line in quiet if line.startswith("| ")]
     configs = [line.split(" | ")[0].removeprefix("| ") for line in table[1:]]  # after the header
     assert table[0].startswith("| config |") and configs[:2] == ["teacher", "baseline"]
@@ -72,7 +80,7 @@ def test_default_run_prints_the_leaderboard_and_verbose_brings_prefect_lines_bac
     loud = _kd_run(root, "loud", "--verbose")
     assert sum("Finished in state Completed()" in line for line in loud) >= len(TASKS)
     for task in TASKS:
-        epochs = [line for line in loud if f"| INFO    | Task run 'students[{task}+1]' - {task} epoch " in line]
+        epochs = [line for line in loud if f"| INFO    | Task run 'students[{task}]' - {task} epoch " in line]
         assert len(epochs) == EPOCHS, task
     assert loud[-1] == f"report: {root}/reports/loud"
 
@@ -91,7 +99,7 @@ def test_progress_bar_only_on_a_terminal(monkeypatch):
     def train(label: str) -> None:
         with reporter(label) as progress:
             for epoch in (1, 2, 3):
-                progress(label, epoch, 3, {"best_val_acc": 0.5 * epoch / 3, "active": 1})
+                progress(label, epoch, 3, {"best_val_acc": 0.5 * epoch / 3, "training": 4, "trainees": 5})
 
     @flow
     def run(label: str) -> None:
@@ -99,13 +107,15 @@ def test_progress_bar_only_on_a_terminal(monkeypatch):
 
     for stream, shown in ((Terminal(), True), (io.StringIO(), False)):
         monkeypatch.setattr(sys, "stderr", stream)
-        run("probe-s0")
+        run("seed 0: 5 students")
         monkeypatch.undo()
         out = stream.getvalue()
         if not shown:
             assert out == ""
             continue
-        assert "probe-s0:" in out and "3/3" in out and "best_val_acc=0.5" in out
+        # Accuracy in percent, as in the leaderboard; how many of the group still train, in words.
+        assert "seed 0: 5 students:" in out and "3/3" in out
+        assert "best val acc 50.00%, 4 of 5 students training" in out
         assert out.rstrip(" ").endswith("\r")  # leave=False: the finished bar is erased
 
 
@@ -157,5 +167,7 @@ def test_an_unreadable_image_met_inside_a_task_is_one_line(tmp_path):
                           timeout=600)
     lines = proc.stdout.splitlines()
     assert proc.returncode == 2, proc.stdout[-3000:]
-    assert len(lines) == 1 and lines[0].startswith("error: dataset: cannot decode image a/3.jpg ("), proc.stdout[-3000:]
+    # The line saying what starts (printed before Prefect does), then the error alone.
+    assert lines[0] == f"starting: teacher cnn on imagefolder:{tmp_path / 'f'} (1 epoch)", proc.stdout[-3000:]
+    assert len(lines) == 2 and lines[1].startswith("error: dataset: cannot decode image a/3.jpg ("), proc.stdout[-3000:]
     assert not (tmp_path / "stores").exists() and not (tmp_path / "ckpt").exists()

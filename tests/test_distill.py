@@ -131,6 +131,15 @@ def test_groups_cut_the_grid(digits_store, tmp_path):
     assert [{s.seed for s in g} for g in distill.groups(multi)] == [{0}, {1}, {2}]
 
 
+def test_groups_are_named_for_what_they_train(digits_store, tmp_path):
+    """Not after their first student: a progress bar named "baseline-s0" tracked five students."""
+    cfg = _cfg(digits_store, tmp_path, temperatures=(1.0, 2.0, 4.0, 8.0), seeds=(0, 1))
+    assert distill.group_names(cfg) == ["seed 0: 5 students", "seed 1: 5 students"]
+    split = _cfg(digits_store, tmp_path, temperatures=(1.0, 2.0, 4.0, 8.0), group_size=2)
+    assert distill.group_names(split) == ["seed 0: students 1-2 of 5", "seed 0: students 3-4 of 5", "kl-T8-a0.9-s0"]
+    assert len(distill.group_names(split)) == len(distill.groups(split))
+
+
 def test_run_dir_rejects_paths(digits_store, tmp_path):
     from pipeline.errors import UserError
 

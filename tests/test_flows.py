@@ -132,3 +132,16 @@ def test_a_user_error_is_never_retried_and_ends_as_one_line(tmp_path):
     with pytest.raises(UserError) as e:
         _finish(state)
     assert e.value.field == "checkpoint"
+
+
+def test_kd_teacher_warns_in_one_line_about_a_teacher_at_chance(tmp_path):
+    """A teacher that learnt nothing (lr 1e-9: its initial weights, 10% on digits' 10 classes) is said to be one."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        out = _kd("teacher", "--epochs", "1", "--lr", "1e-9", "--train-limit", "300", "--width", "4", "--device",
+                  "cpu", "--store-root", str(tmp_path / "stores"), "--checkpoint-root", str(tmp_path / "ckpt"))
+    assert out[-1].startswith("store: ")
+    warned = [line for line in err.getvalue().splitlines() if line.startswith("warning: ")]
+    assert warned == ["warning: the teacher is at chance level (10.00% on 10 classes, chance 10.00%; test NLL 2.327): "
+                      "it learnt nothing to distil, and no student comparison with it means anything. Train it "
+                      "longer (--epochs), lower --lr, or check the data."], err.getvalue()

@@ -48,14 +48,27 @@ def _refused(folder, field="dataset", **kw) -> str:
 # --- structure: refused before any work ------------------------------------------------------------
 
 
-def test_empty_class_folder_single_class_and_non_image_are_refused(tmp_path):
+def test_empty_class_folder_and_single_class_are_refused_and_non_images_skipped(tmp_path, caplog):
     folder = write_folder(tmp_path / "f")
     os.makedirs(tmp_path / "f" / "c")
     assert "'c'" in _refused(folder) and "holds no images" in _refused(folder)
+    (tmp_path / "f" / "c" / "Thumbs.db").write_bytes(b"\0" * 64)  # a class folder of non-images holds no images
+    assert "'c'" in _refused(folder) and "holds no images" in _refused(folder)
+    os.remove(tmp_path / "f" / "c" / "Thumbs.db")
     os.rmdir(tmp_path / "f" / "c")
-    (tmp_path / "f" / "a" / "notes.txt").write_text("not a picture")
-    assert os.path.join("a", "notes.txt") in _refused(folder)
-    os.remove(tmp_path / "f" / "a" / "notes.txt")
+    # What Windows and notes leave in photo folders: skipped like torchvision's ImageFolder does, and counted.
+    (tmp_path / "f" / "a" / "Thumbs.db").write_bytes(b"\0" * 64)
+    (tmp_path / "f" / "b" / "desktop.ini").write_text("[.ShellClassInfo]")
+    (tmp_path / "f" / "b" / "notes.txt").write_text("not a picture")
+    with caplog.at_level("WARNING", logger="pipeline.data.folder"):
+        ds = load_dataset(_data(folder))
+        load_dataset(_data(folder))  # said once per process
+    assert sum(len(s) for s in ds.splits.values()) == 20  # the images alone
+    said = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert said == [f"dataset: skipped 3 files that are not images (by extension, as torchvision's ImageFolder "
+                    f"does) in image folder {folder}: Thumbs.db, desktop.ini, notes.txt"]
+    for name in ("a/Thumbs.db", "b/desktop.ini", "b/notes.txt"):
+        os.remove(tmp_path / "f" / name)
     (tmp_path / "f" / "a" / ".DS_Store").write_bytes(b"\0")  # hidden files are ignored
     (tmp_path / "f" / "README.txt").write_text("beside the class folders: ignored")
     assert len(load_dataset(_data(folder)).splits["train"]) > 0
@@ -74,14 +87,39 @@ def test_mixed_sizes_need_image_size_and_get_it(tmp_path):
 
 def test_cli_refuses_bad_folders_in_one_line_and_writes_nothing(capsys, tmp_path):
     folder = write_folder(tmp_path / "f")
-    (tmp_path / "f" / "b" / "data.csv").write_text("1,2,3")
+    os.makedirs(tmp_path / "f" / "c")
+    (tmp_path / "f" / "c" / "data.csv").write_text("1,2,3")
     out = ["--store-root", str(tmp_path / "stores"), "--checkpoint-root", str(tmp_path / "ckpt")]
-    assert "data.csv" in cli_fails(capsys, "teacher", "--dataset", f"imagefolder:{folder}", *out)
+    assert "'c'" in cli_fails(capsys, "teacher", "--dataset", f"imagefolder:{folder}", *out)
     assert "single class" in cli_fails(capsys, "teacher", "--dataset",
                                     f"imagefolder:{write_folder(tmp_path / 'one', classes=('x',))}", *out)
     # no path at all: refused, not the current folder scanned
     assert "names no folder" in cli_fails(capsys, "teacher", "--dataset", "imagefolder:", *out)
     assert not (tmp_path / "stores").exists() and not (tmp_path / "ckpt").exists()
+
+
+def test_cli_says_once_how_many_files_it_skipped(tmp_path):
+    """`kd teacher` on a folder with Windows' files: not refused; one line says what was skipped."""
+    import subprocess
+    import sys
+
+    import flows
+
+    folder = write_folder(tmp_path / "f")
+    (tmp_path / "f" / "a" / "Thumbs.db").write_bytes(b"\0" * 64)
+    (tmp_path / "f" / "b" / "desktop.ini").write_text("[.ShellClassInfo]")
+    kd = os.path.join(os.path.dirname(sys.executable), "kd")
+    env = {k: v for k, v in os.environ.items() if k != flows.CONSOLE_LEVEL}
+    # topk:2 keeps both classes: refused right after the folder is listed, before any training.
+    proc = subprocess.run([kd, "teacher", "--dataset", f"imagefolder:{folder}", "--encoding", "topk:2",
+                           "--store-root", str(tmp_path / "stores"), "--checkpoint-root", str(tmp_path / "ckpt")],
+                          env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"dataset: skipped 2 files that are not images (by extension, as torchvision's ImageFolder does) in image "
+        f"folder {folder}: Thumbs.db, desktop.ini",
+        f"error: encoding: topk:2 keeps every one of imagefolder:{folder}'s 2 classes (use topk:K with K < 2, or "
+        "float32 to keep all logits)"]
 
 
 def test_a_dangling_link_in_a_class_folder_is_one_line_naming_it(capsys, tmp_path):
@@ -182,6 +220,104 @@ def test_image_modes_are_converted_to_rgb_not_refused(tmp_path):
     assert px["l"][0] == px["l"][1] == px["l"][2]  # grey: three equal channels
     assert torch.allclose(px["f"], torch.full((3,), 128 / 255))  # a float image in [0, 1] is not black
     assert torch.allclose(px["g"], torch.full((3,), 200 / 255))  # one in [0, 255] keeps its values
+
+
+# --- photos as cameras write them: EXIF orientation, large images ------------------------------------
+
+
+def write_rotated_photos(root, *, n=10, size=(16, 12), orientation=6) -> str:
+    """JPEGs stored ``size`` = (width, height) with an EXIF orientation tag, as a phone held upright writes them
+    (6: the viewer turns the stored pixels a quarter clockwise). Each class is tinted on its own channel."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for k, cls in enumerate(("a", "b")):
+        os.makedirs(os.path.join(root, cls), exist_ok=True)
+        for i in range(n):
+            arr = rng.integers(0, 80, size=(size[1], size[0], 3), dtype=np.uint8)
+            arr[..., k] += 150
+            arr[:3, :3] = 255  # a white top-left corner in the stored pixels: where it lands shows the turn
+            exif = Image.Exif()
+            exif[0x0112] = orientation
+            Image.fromarray(arr).save(os.path.join(root, cls, f"{i:03d}.jpg"), exif=exif, quality=95)
+    return str(root)
+
+
+def test_exif_orientation_turns_photos_upright_and_is_recorded(tmp_path):
+    from PIL import Image, ImageOps
+
+    folder = write_rotated_photos(tmp_path / "photos")
+    upright = load_dataset(_data(folder))  # the default for a new store
+    stored = load_dataset(_data(folder, exif_orientation=False))
+    assert upright.input_shape == (3, 16, 12) and stored.input_shape == (3, 12, 16)  # (C, H, W): turned a quarter
+    split = upright.splits["train"]
+    rel = split.source.path(int(split.index[0]))
+    with Image.open(os.path.join(folder, rel)) as img:
+        viewed = np.asarray(ImageOps.exif_transpose(img).convert("RGB"))  # what a photo viewer shows
+    pixels = (split.batch(np.array([0]))[0] * 255).round().to(torch.uint8)  # (3, 16, 12)
+    assert torch.equal(pixels, torch.from_numpy(viewed.copy()).permute(2, 0, 1))
+    assert viewed[:2, -2:].min() > 200 and viewed[:2, :2].max() < 240  # the stored top-left corner, now top-right
+    # Recorded in the transform (and so in the store's hash and provenance key) only when on.
+    assert upright.transform["eval"][0] == "ExifTranspose" and "ExifTranspose" not in stored.transform["eval"]
+    assert upright.transform_hash != stored.transform_hash
+    assert _data(folder).key() != _data(folder, exif_orientation=False).key()
+    # The other datasets carry no EXIF: the option changes nothing of theirs, their stores keep their keys.
+    assert DataConfig(exif_orientation=False).key() == DataConfig().key()
+    assert "exif_orientation" not in DataConfig().key()
+    # At a fixed --image-size too: turned before the resize and crop.
+    assert load_dataset(_data(folder, image_size=8)).transform["eval"][:2] == ["ExifTranspose", "ToImage"]
+
+
+def test_a_store_written_before_the_exif_option_is_read_and_reproduced_as_it_was(tmp_path):
+    """Its data_config has no exif_orientation and its transform no ExifTranspose: stage 2 reads its photos as
+    stored, as the teacher did, with the same transform hash; a new store of the same folder is another store."""
+    import zarr
+
+    folder = write_rotated_photos(tmp_path / "photos", n=12)
+    cfg = TeacherConfig(data=_data(folder, exif_orientation=False), model=ModelConfig(arch="cnn", width=4),
+                        optim=OptimConfig(epochs=1, batch_size=8), store_root=str(tmp_path / "stores"),
+                        checkpoint_root=str(tmp_path / "ckpt"), device="cpu", chunk_rows=8, shard_chunks=1)
+    p = teacher.plan(cfg)
+    store = teacher.publish(p, teacher.train(p))
+    g = zarr.open_group(store, mode="r+")
+    attrs = dict(g.attrs)
+    # Exactly what the pipeline recorded before the option: no step of it, the same record and hash.
+    before = {"pixels": "float32 in [0, 1], no normalisation", "eval": ["ToImage", "ToDtype(float32, scale=True)"],
+              "size": [12, 16], "version": 2}
+    from pipeline.transforms import transform_hash
+
+    assert attrs["transform"] == before and attrs["transform_hash"] == transform_hash(before)
+    attrs["data_config"] = {k: v for k, v in attrs["data_config"].items() if k != "exif_orientation"}
+    g.attrs.put(attrs)  # as the previous version wrote it
+    meta = SoftTargetStore(store).meta
+    assert meta.data_cfg().exif_orientation is False
+    plan = distill.plan(DistillConfig(store=store, model=ModelConfig(arch="cnn", width=4), device="cpu",
+                                      temperatures=(4.0,), report_root=str(tmp_path / "reports")))
+    assert plan.dataset.input_shape == (3, 12, 16) and plan.dataset.transform_hash == meta.transform_hash
+    # The same folder read upright (the default now) is other data: its own store, never this one reused.
+    assert teacher.plan(TeacherConfig(**{**vars(cfg), "data": _data(folder)})).store_path != store
+    assert teacher.plan(cfg).store_path == store
+
+
+def test_a_large_image_is_said_once_in_our_words_not_pillows(tmp_path, caplog, monkeypatch):
+    """An image over Pillow's decompression-bomb warning limit (89 megapixels; lowered here to keep the test
+    small) printed Pillow's raw warning at the header scan and again at every decode."""
+    import warnings
+
+    from PIL import Image
+
+    folder = write_folder(tmp_path / "f")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 150)  # every 16x12 image (192 pixels) is over it, none 2x
+    with caplog.at_level("WARNING", logger="pipeline.data.folder"), warnings.catch_warnings(record=True) as caught:
+        ds = load_dataset(_data(folder))  # native size: every header read
+        for _ in range(2):
+            for split in ds.splits.values():
+                split.batch(np.arange(len(split)))  # every image decoded, twice
+    said = [r.getMessage() for r in caplog.records if "decompression-bomb" in r.getMessage()]
+    assert len(said) == 20 and len(set(said)) == 20  # one line per image, however often it is read
+    assert said[0] == ("dataset: a/000.png is 16x12 (0.0 megapixels, over Pillow's decompression-bomb warning limit "
+                       "of 0.0): decoded anyway, at 0 MB a read; shrink it if that is not intended")
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
 
 
 # --- train transforms: drawn per sample, the same in any worker --------------------------------------

@@ -140,3 +140,23 @@ def test_one_reader_for_several_splits_keeps_each_batch_and_metric(train_split):
     cpu = torch.device("cpu")
     assert evaluate_splits(model, splits, cpu, workers=2) == {  # the same batches of 512 as evaluate
         name: evaluate(model, s, cpu) for name, s in splits.items()}
+
+
+def test_more_workers_than_cores_are_capped_once_without_torchs_warnings(train_split, caplog, recwarn):
+    """A preset's 4 workers on a 2-core machine: torch warned about "excessive" workers again and again."""
+    from pipeline.loader import available_cores, read_batches
+
+    cores = available_cores()
+    split = train_split.head(96)
+    with caplog.at_level("WARNING", logger="pipeline.loader"):
+        loader = SoftTargetLoader(split, 32, seed=0, workers=cores + 2)
+        batches = list(loader.epoch(0))
+        again = SoftTargetLoader(split, 32, seed=0, workers=cores + 2)
+        read = list(read_batches({"train": split}, [("train", np.arange(len(split)))], workers=cores + 2))
+    assert loader.workers == again.workers == cores
+    assert sorted(torch.cat([b.rows for b in batches]).tolist()) == list(range(len(split)))
+    assert torch.equal(read[0][0], split.batch(np.arange(len(split))))
+    capped = [r.getMessage() for r in caplog.records if "CPU cores available" in r.getMessage()]
+    assert capped == [f"workers: {cores + 2} asked for, {cores} CPU cores available: using {cores} DataLoader "
+                      "workers"]  # once, however many loaders
+    assert not [w for w in recwarn if "worker" in str(w.message)]

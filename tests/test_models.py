@@ -12,7 +12,7 @@ from pipeline.models import (
     build_model,
     check_arch,
     count_parameters,
-    measure_latency_ms,
+    measure_latency,
     model_size_mb,
     resolve_device,
 )
@@ -203,33 +203,45 @@ class _Clock(nn.Module):
         self.lin = nn.Linear(64, 10)
         self.delays = list(delays_s)
         self.calls: list[tuple[tuple[int, ...], bool, bool]] = []
+        self.threads: list[int] = []
 
     def forward(self, x):
         import time
 
         self.calls.append((tuple(x.shape), torch.is_inference_mode_enabled(), self.training))
+        self.threads.append(torch.get_num_threads())
         time.sleep(self.delays.pop(0))
         return self.lin(x.flatten(1))
 
 
-def test_latency_is_the_median_of_the_timed_batch_1_passes():
-    # 2 warm-up passes (slow, not timed), then 5 timed: 10, 30, 20, 200 (a stray slow one), 40 ms.
-    model = _Clock([0.3, 0.3, 0.010, 0.030, 0.020, 0.200, 0.040]).train()
-    ms = measure_latency_ms(model, SHAPE, runs=5, warmup=2)
-    assert 30 <= ms < 55  # the median, 30 ms plus timer overhead; the mean would be 60
+def test_latency_is_the_fastest_timed_batch_1_pass_on_one_thread():
+    # 2 warm-up passes (slow, not timed), then 5 timed: 30, 10, 20, 200 (a pass slowed by other work), 40 ms.
+    model = _Clock([0.3, 0.3, 0.030, 0.010, 0.020, 0.200, 0.040]).train()
+    threads = torch.get_num_threads()
+    lat = measure_latency(model, SHAPE, runs=5, warmup=2)
+    assert 10 <= lat.ms < 25  # the fastest, 10 ms plus timer overhead; the median would be 30, the mean 60
     assert [c[0] for c in model.calls] == [(1, *SHAPE)] * 7
     assert all(inference and not training for _, inference, training in model.calls)
     assert model.training  # the caller's mode is restored
+    assert model.threads == [1] * 7 and torch.get_num_threads() == threads  # pinned while timing, then restored
+    # Sleeping, the timing thread got no CPU for most of the wall time: exactly what a busy machine looks like.
+    assert lat.busy
 
 
 def test_latency_of_a_real_model_is_positive_and_leaves_it_unchanged():
     model = build_model(ModelConfig(arch="cnn", width=4), SHAPE, 10).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    ms = measure_latency_ms(model, SHAPE)
-    assert 0 < ms < 1000
+    lat = measure_latency(model, SHAPE)
+    assert 0 < lat.ms < 1000
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # BN stats untouched (eval)
     with pytest.raises(ValueError):
-        measure_latency_ms(model, SHAPE, runs=0)
+        measure_latency(model, SHAPE, runs=0)
+
+
+def test_busy_share_is_the_reports():
+    from pipeline import models, report
+
+    assert models.BUSY_SHARE == report.BUSY_SHARE
 
 
 # --- devices -------------------------------------------------------------------------------------

@@ -22,7 +22,8 @@ def test_views_below_the_recipe_minimum_is_one_line(capsys, tmp_path):
         main(["run", "--preset", "patient", "--views", "4", "--store-root", str(tmp_path / "s")])
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1
-    assert err.startswith("error: views: the patient recipe needs at least 16 teacher views per sample, got 4")
+    assert err.startswith("error: --views (teacher): the patient recipe needs at least 16 teacher views per sample, "
+                          "got 4")
     assert not (tmp_path / "s").exists()
 
 

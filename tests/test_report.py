@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from pipeline.report import gap_note, leaderboard, leaderboard_text, markdown, write_report
+from pipeline.report import gap_note, leaderboard, leaderboard_text, markdown, teacher_warning, write_report
 
 
 def row(config_id: str, kind: str, seed: int, acc: float | None, *, status: str = "ok", loss: str | None = "kl",
@@ -150,10 +150,13 @@ def _pair(base_accs: list[float], student_accs: list[float]) -> dict:
 
 
 def test_within_noise_boundaries():
-    # No spread at all: equal means are within noise, any difference is not.
-    assert _pair([0.5], [0.5])["within_noise"] is True
-    assert _pair([0.5], [0.5 + 1e-9])["within_noise"] is False
-    assert _pair([0.5], [0.5 - 1e-9])["within_noise"] is False
+    # One seed on either side: the spread is unknown, so there is no verdict either way.
+    assert _pair([0.5], [0.5])["within_noise"] is None
+    assert _pair([0.5], [0.9, 0.91])["within_noise"] is None and _pair([0.5, 0.6], [0.9])["within_noise"] is None
+    # Seeds that agree exactly: no spread at all; equal means are within noise, any difference is not.
+    assert _pair([0.5, 0.5], [0.5, 0.5])["within_noise"] is True
+    assert _pair([0.5, 0.5], [0.5 + 1e-9] * 2)["within_noise"] is False
+    assert _pair([0.5, 0.5], [0.5 - 1e-9] * 2)["within_noise"] is False
     # Baseline [0.5, 0.5]: std 0. Student [0.25, 0.75]: sample std sqrt(2 * 0.25^2 / 1) = 0.35355.
     assert _pair([0.5, 0.5], [0.25, 0.75])["within_noise"] is True  # gain 0
     assert _pair([0.5, 0.5], [0.5, 1.0])["within_noise"] is True  # gain 0.25 <= 0.35355
@@ -233,9 +236,9 @@ def test_ece_column_next_to_nll_mean_and_std_over_seeds():
     assert head.index("test ECE") == head.index("test NLL") + 1
     cells = {line.split(" | ")[0][2:]: [c.strip() for c in line.strip("| ").split(" | ")] for line in lines[2:]}
     col = head.index("test ECE")
-    assert cells["teacher"][col] == "0.011 ± 0.000"
+    assert cells["teacher"][col] == "0.011"  # one run: no spread shown
     assert cells["baseline"][col] == "0.040 ± 0.020"
-    assert cells["kl-T2-a0.9"][col] == "0.030 ± 0.000"
+    assert cells["kl-T2-a0.9"][col] == "0.030"  # one seed scored (the other failed)
 
 
 def test_rows_without_ece_show_a_dash(board):
@@ -304,9 +307,63 @@ def test_leaderboard_text_is_the_table_then_the_note():
     board = _board_with(1.0, [0.99, 0.99])
     text = leaderboard_text({"meta": {"test_size": 270}, "leaderboard": board})
     table, note = text.split("\n\n")
-    assert table == markdown(board) and note == gap_note(board, 270)
+    assert table == markdown(board) and " ".join(note.split()) == gap_note(board, 270)
+    assert max(len(line) for line in note.splitlines()) <= 100 < len(gap_note(board, 270))  # wrapped, not one line
     measurable = _board_with(1.0, [0.90, 0.90])
     assert leaderboard_text({"meta": {"test_size": 270}, "leaderboard": measurable}) == markdown(measurable)
+
+
+def test_a_narrow_terminal_drops_low_value_columns_and_wraps_the_note():
+    report = {"meta": {"test_size": 270}, "leaderboard": leaderboard(rows_fixture())}
+    wide = leaderboard_text(report)
+    assert max(len(line) for line in wide.splitlines()) > 80  # every column: what report.md keeps
+    assert leaderboard_text(report, width=500) == wide
+    narrow = leaderboard_text(report, width=80).splitlines()
+    assert max(len(line) for line in narrow) <= 80, "\n".join(narrow)
+    head = [c.strip() for c in narrow[0].strip("| ").split(" | ")]
+    assert head[:2] == ["config", "test acc %"] and "Δ vs base" in head and "latency ms" not in head
+    assert "T" not in head and "loss" not in head  # the config id spells them: kl-T2-a0.9
+    assert narrow[len(leaderboard(rows_fixture())) + 2].startswith("(not shown at this width: loss, T, α, β")
+    # The note wraps to the width too.
+    note = leaderboard_text({"meta": {"test_size": 270}, "leaderboard": _board_with(1.0, [0.99, 0.99])}, width=60)
+    assert max(len(line) for line in note.split("\n\n")[1].splitlines()) <= 60
+
+
+def test_a_single_seed_shows_no_spread_and_no_noise_verdict():
+    rows = [teacher_row(), row("baseline", "baseline", 0, 0.90, loss="hard", temperature=None, alpha=None),
+            row("kl-T2-a0.9", "student", 0, 0.905), row("kl-T4-a0.9", "student", 0, 0.95, temperature=4.0)]
+    md = markdown(leaderboard(rows))
+    assert "±" not in md and "(noise)" not in md
+    assert "| 90.00 |" in md and "+0.50 |" in md and "+5.00 |" in md
+
+
+def test_a_teacher_at_chance_is_warned_about_and_never_called_a_match():
+    """33% on 3 classes with a test NLL of 22,997: the run that once read "the baseline already matches"."""
+    rows = [row("teacher", "teacher", 0, 1 / 3, loss="-", temperature=None, alpha=None, nll=22997.0),
+            *[row("baseline", "baseline", s, 0.40, loss="hard", temperature=None, alpha=None) for s in (0, 1)]]
+    report = {"meta": {"test_size": 30, "num_classes": 3}, "leaderboard": leaderboard(rows)}
+    text = leaderboard_text(report)
+    note = " ".join(text.split("\n\n")[1].split())
+    assert note.startswith("warning: the teacher is at chance level (33.33% on 3 classes, chance 33.33%; test NLL "
+                           "2.3e+04)") and "matches" not in text and "no gap" not in text
+    assert len(text.split("\n\n")) == 2  # one warning, no gap note besides
+    # Within noise of chance counts too (2 standard errors of 1/3 over 30 images: 17.2 points), above it not.
+    assert teacher_warning(acc=0.50, nll=1.0, num_classes=3, test_size=30) is not None
+    assert teacher_warning(acc=0.52, nll=1.0, num_classes=3, test_size=30) is None
+    # A non-finite NLL is a failed teacher whatever its accuracy; reports without a class count are not judged.
+    assert "NLL is nan" in teacher_warning(acc=0.9, nll=math.nan, num_classes=10, test_size=300)
+    assert teacher_warning(acc=1 / 3, nll=1.0, num_classes=None, test_size=30) is None
+
+
+def test_a_latency_timed_on_a_busy_cpu_is_marked():
+    rows = [teacher_row(), row("baseline", "baseline", 0, 0.9, loss="hard", temperature=None, alpha=None,
+                               latency_ms=0.31)]
+    rows[1]["latency_busy"] = True
+    report = {"meta": {}, "leaderboard": leaderboard(rows)}
+    text = leaderboard_text(report)
+    assert "| 0.31? |" in text and "latency ms?: timed while the CPU was busy" in " ".join(text.split())
+    rows[1]["latency_busy"] = False
+    assert "?" not in leaderboard_text({"meta": {}, "leaderboard": leaderboard(rows)})
 
 
 # --- write_report --------------------------------------------------------------------------------
@@ -374,7 +431,7 @@ def test_a_loss_that_ignores_t_shows_a_dash_and_is_plotted(tmp_path):
             row("mse-a0.9", "student", 0, 0.94, loss="mse", temperature=None)]
     paths = write_report(str(tmp_path / "r"), rows, {})
     line = next(ln for ln in markdown(leaderboard(rows)).splitlines() if ln.startswith("| mse-a0.9 |"))
-    assert line.startswith("| mse-a0.9 | mse | — | 0.9 | — | 94.00 ± 0.00 |")
+    assert line.startswith("| mse-a0.9 | mse | — | 0.9 | — | 94.00 |")  # one seed: no spread
     assert open(paths["plot"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 

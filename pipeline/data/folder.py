@@ -1,12 +1,17 @@
 """``imagefolder:PATH``: one sub-folder of images per class, read file by file at native resolution.
 
 The folder is scanned once (names and sizes, no pixels) and checked before any
-work: no class folders, a single class, an empty class folder or a file that is
-not an image are each refused in one line naming the folder or file; hidden
-files (``.DS_Store``…) and files beside the class folders are ignored. Images
-are decoded where they are read (in DataLoader workers) and converted to RGB
-whatever their mode (L, P, RGBA, CMYK, 16-bit…); a file that cannot be decoded
-is refused naming it.
+work: no class folders, a single class or a class folder without images are
+each refused in one line naming the folder; hidden files (``.DS_Store``…) and
+files beside the class folders are ignored. Files that are not images by their
+extension (``Thumbs.db``, ``desktop.ini``, notes) are skipped, as torchvision's
+``ImageFolder`` skips them, and their number is logged once. Images are decoded
+where they are read (in DataLoader workers), turned upright by their EXIF
+orientation unless ``--no-exif-orientation``, and converted to RGB whatever
+their mode (L, P, RGBA, CMYK, 16-bit…); a file that cannot be decoded is
+refused naming it. An image over Pillow's decompression-bomb warning limit is
+decoded, with one line of ours per file instead of Pillow's raw warning at every
+read.
 
 The listing (relative paths and byte sizes) is the folder's cheap identity:
 stage 2 checks it at every start, before reading any image, and, when it
@@ -22,7 +27,10 @@ import base64
 import dataclasses
 import hashlib
 import io
+import logging
 import os
+import threading
+import warnings
 import zlib
 
 import numpy as np
@@ -34,10 +42,47 @@ from pipeline.errors import StoreError, UserError
 # torchvision's IMG_EXTENSIONS: what ImageFolder would read.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 FIX_FILE = "remove or replace the file"
+ORIENTATION = 0x0112  # the EXIF tag; 5 to 8 turn the image a quarter, swapping its width and height
+SHOWN_SKIPPED = 3  # skipped files named in the log line
+
+log = logging.getLogger(__name__)
+_logged: set = set()  # what this process has said once already: (root, skipped files), large image paths
+_logged_lock = threading.Lock()
 
 
-def _walk(root: str) -> tuple[list[str], list[str], list[int], list[int]]:
-    """Class names, and every image's relative path, byte size and label, in a fixed (sorted) order."""
+def _once(key) -> bool:
+    """True the first time ``key`` is seen in this process."""
+    with _logged_lock:
+        if key in _logged:
+            return False
+        _logged.add(key)
+        return True
+
+
+def _quiet_pillow() -> None:
+    """Pillow's DecompressionBombWarning, raw and repeated at every open of a large image, is off; the images
+    are the user's own and decoded anyway, and :func:`_check_pixels` says so once per file instead."""
+    from PIL import Image
+
+    # Checked at every call, not once: a caller's warnings.catch_warnings() restores the filters it found.
+    if not any(f[0] == "ignore" and f[2] is Image.DecompressionBombWarning for f in warnings.filters):
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+def _check_pixels(img, rel: str) -> None:
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    w, h = img.size
+    if limit and w * h > limit and _once(("large", rel)):
+        log.warning("dataset: %s is %dx%d (%.1f megapixels, over Pillow's decompression-bomb warning limit of "
+                    "%.1f): decoded anyway, at %.0f MB a read; shrink it if that is not intended",
+                    rel, w, h, w * h / 1e6, limit / 1e6, w * h * 3 / 1e6)
+
+
+def _walk(root: str) -> tuple[list[str], list[str], list[int], list[int], list[str]]:
+    """Class names, every image's relative path, byte size and label, in a fixed (sorted) order, and the files
+    skipped as not images."""
     if not os.path.isdir(root):
         raise UserError("dataset", f"image folder {root!r} does not exist", "pass imagefolder:PATH to a directory")
     classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
@@ -47,7 +92,7 @@ def _walk(root: str) -> tuple[list[str], list[str], list[int], list[int]]:
     if len(classes) == 1:
         raise UserError("dataset", f"image folder {root!r} has a single class folder ({classes[0]!r})",
                         "a classifier needs at least 2 classes: add a sub-folder per class")
-    paths, sizes, labels = [], [], []
+    paths, sizes, labels, skipped = [], [], [], []
     for label, cls in enumerate(classes):
         before = len(paths)
         # fwalk: each file is statted relative to its open folder (fstatat), not by its full path; on this
@@ -61,9 +106,9 @@ def _walk(root: str) -> tuple[list[str], list[str], list[int], list[int]]:
                 if name.startswith("."):
                     continue
                 rel = rel_dir + name
-                if not name.lower().endswith(IMAGE_EXTENSIONS):
-                    raise UserError("dataset", f"{rel} in image folder {root!r} is not an image "
-                                    f"(expected {', '.join(IMAGE_EXTENSIONS)})", "move it out of the class folders")
+                if not name.lower().endswith(IMAGE_EXTENSIONS):  # Thumbs.db, desktop.ini, a note: as ImageFolder
+                    skipped.append(rel)
+                    continue
                 try:
                     sizes.append(os.stat(name, dir_fd=folder).st_size)
                 except OSError as exc:  # a dangling link, or a file removed while listing
@@ -72,9 +117,9 @@ def _walk(root: str) -> tuple[list[str], list[str], list[int], list[int]]:
                 paths.append(rel)
                 labels.append(label)
         if len(paths) == before:
-            raise UserError("dataset", f"class folder {cls!r} of image folder {root!r} holds no images",
-                            "add images to it or remove it")
-    return classes, paths, sizes, labels
+            raise UserError("dataset", f"class folder {cls!r} of image folder {root!r} holds no images (files "
+                            f"named {', '.join(IMAGE_EXTENSIONS)})", "add images to it or remove it")
+    return classes, paths, sizes, labels, skipped
 
 
 def to_rgb(img) -> np.ndarray:
@@ -97,26 +142,33 @@ def to_rgb(img) -> np.ndarray:
     return np.asarray(img.convert("RGB"))
 
 
-def decode(data: bytes, rel: str) -> torch.Tensor:
-    """One image file's bytes as a (3, H, W) uint8 tensor; a file that does not decode is a one-line error."""
-    from PIL import Image
+def decode(data: bytes, rel: str, *, exif: bool = False) -> torch.Tensor:
+    """One image file's bytes as a (3, H, W) uint8 tensor, turned upright by its EXIF orientation when ``exif``;
+    a file that does not decode is a one-line error."""
+    from PIL import Image, ImageOps
 
+    _quiet_pillow()
     try:
         with Image.open(io.BytesIO(data)) as img:
+            _check_pixels(img, rel)
             img.load()  # decode now: a truncated file fails here, not later
-            arr = to_rgb(img)
+            upright = ImageOps.exif_transpose(img) if exif and img.getexif().get(ORIENTATION, 1) != 1 else img
+            arr = to_rgb(upright)
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError… for broken files
         raise UserError("dataset", f"cannot decode image {rel} ({type(exc).__name__}: {exc})", FIX_FILE) from None
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)  # (3, H, W)
 
 
-def header_size(path: str, rel: str) -> tuple[int, int]:
-    """(width, height) from the file's header alone."""
+def header_size(path: str, rel: str, *, exif: bool = False) -> tuple[int, int]:
+    """(width, height) from the file's header alone; upright (by its EXIF orientation) when ``exif``."""
     from PIL import Image
 
+    _quiet_pillow()
     try:
         with Image.open(path) as img:
-            return img.size
+            _check_pixels(img, rel)
+            w, h = img.size
+            return (h, w) if exif and img.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8) else (w, h)
     except Exception as exc:
         raise UserError("dataset", f"cannot read image {rel} ({type(exc).__name__}: {exc})", FIX_FILE) from None
 
@@ -153,12 +205,22 @@ class FolderSource(Source):
 
     has_content = True
 
-    def __init__(self, root: str, *, native_size: bool, recorded: RecordedFolder | None = None) -> None:
+    def __init__(self, root: str, *, native_size: bool, recorded: RecordedFolder | None = None,
+                 exif: bool = False) -> None:
         """``native_size``: every image must have one size (no --image-size was given); it is learnt by reading
         every header. ``recorded``: the store's record of this folder, compared with it before any header is
-        read (a folder changed since is refused naming the file); when it matches, the size is the store's."""
+        read (a folder changed since is refused naming the file); when it matches, the size is the store's.
+        ``exif``: images are turned upright by their EXIF orientation (sizes too)."""
         self.root = os.path.abspath(root)
-        self.classes, paths, sizes, labels = _walk(self.root)
+        self.exif = exif
+        self.classes, paths, sizes, labels, self.skipped = _walk(self.root)
+        if self.skipped and _once((self.root, tuple(self.skipped))):
+            shown = ", ".join(os.path.basename(p) for p in self.skipped[:SHOWN_SKIPPED])
+            more = "…" if len(self.skipped) > SHOWN_SKIPPED else ""
+            what = "1 file that is not an image" if len(self.skipped) == 1 else \
+                f"{len(self.skipped)} files that are not images"
+            log.warning("dataset: skipped %s (by extension, as torchvision's ImageFolder does) in image folder %s: "
+                        "%s%s", what, root, shown, more)
         encoded = [p.encode() for p in paths]
         self._names = b"".join(encoded)
         self._offsets = np.concatenate([[0], np.cumsum([len(e) for e in encoded])]).astype(np.int64)
@@ -185,7 +247,7 @@ class FolderSource(Source):
         first = None
         for i in range(len(self)):
             rel = self.path(i)
-            size = header_size(os.path.join(self.root, rel), rel)
+            size = header_size(os.path.join(self.root, rel), rel, exif=self.exif)
             if first is None:
                 first = (size, rel)
             elif size != first[0]:
@@ -206,12 +268,12 @@ class FolderSource(Source):
                             "the folder changed while it was read; restore it") from None
 
     def read(self, i: int) -> torch.Tensor:
-        return decode(self.read_bytes(i), self.path(i))
+        return decode(self.read_bytes(i), self.path(i), exif=self.exif)
 
     def read_with_digest(self, i: int) -> tuple[torch.Tensor, bytes]:
         """The image and the sha256 of its file's bytes, from a single read."""
         data = self.read_bytes(i)
-        return decode(data, self.path(i)), hashlib.sha256(data).digest()
+        return decode(data, self.path(i), exif=self.exif), hashlib.sha256(data).digest()
 
     def digest(self, i: int) -> bytes:
         return hashlib.sha256(self.read_bytes(i)).digest()
@@ -242,8 +304,9 @@ class FolderSource(Source):
         """
         if manifest == self._matched:
             return True
-        try:
-            same = zlib.decompress(base64.b64decode(manifest)) == self._listing_text()
+        text = self._listing_text()
+        try:  # inflated no further than this listing's length: a longer one differs, whatever it holds
+            same = inflate(manifest, len(text)) == text
         except (ValueError, zlib.error):  # not a manifest at all: it lists nothing of this folder
             return False
         if same:
@@ -254,15 +317,44 @@ class FolderSource(Source):
         """Refuse a folder whose listing differs from a store's recorded ``manifest``, naming the first file
         added, removed or changed."""
         if not self.matches(manifest):
-            changed = first_difference(read_manifest(manifest), self.listing())
+            limit = max(LISTING_SLACK * len(self._listing_text()), MIN_LISTING_LIMIT)
+            recorded = read_manifest(manifest, limit=limit)
+            changed = first_difference(recorded, self.listing()) if recorded is not None else (
+                f"the store lists over {limit // 2**20} MiB of files, far more than this folder's {len(self)} "
+                "(not compared file by file)")
             raise StoreError("dataset.files", f"the image folder changed since the store was written: {changed}",
                              "restore the folder, or rerun `kd teacher` on it")
 
 
-def read_manifest(manifest: str) -> list[tuple[str, int]]:
-    """A store's recorded listing (``dataset.files``) as (relative path, byte size) pairs."""
+# How far a store's recorded listing may inflate when it differs from the folder's: a multiple of this folder's
+# listing, at least MIN_LISTING_LIMIT. The attribute is a few compressed bytes that zlib can expand a thousandfold
+# (a zlib bomb): bounded, a damaged or hostile store costs memory in proportion to the real folder, never its claim.
+LISTING_SLACK = 16
+MIN_LISTING_LIMIT = 16 * 2**20
+
+
+def inflate(manifest: str, limit: int) -> bytes | None:
+    """A recorded listing decompressed, or None when it would exceed ``limit`` bytes (no more is ever inflated).
+
+    Raises ValueError (not base64) or zlib.error (not a whole zlib stream).
+    """
+    d = zlib.decompressobj()
+    out = d.decompress(base64.b64decode(manifest), limit + 1)
+    if len(out) > limit:
+        return None
+    if not d.eof:
+        raise zlib.error("incomplete or truncated stream")
+    return out
+
+
+def read_manifest(manifest: str, *, limit: int = MIN_LISTING_LIMIT) -> list[tuple[str, int]] | None:
+    """A store's recorded listing (``dataset.files``) as (relative path, byte size) pairs; None when it inflates
+    past ``limit`` bytes."""
     try:
-        lines = zlib.decompress(base64.b64decode(manifest)).decode().splitlines()
+        text = inflate(manifest, limit)
+        if text is None:
+            return None
+        lines = text.decode().splitlines()
         return [(p, int(s)) for p, _, s in (line.rpartition("\t") for line in lines)]
     except (ValueError, zlib.error) as exc:  # (binascii.Error and UnicodeDecodeError are ValueErrors)
         raise StoreError("dataset.files", f"the store's listing of its image folder cannot be read ({exc})",

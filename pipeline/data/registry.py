@@ -44,8 +44,9 @@ def _stratified_split(labels: np.ndarray, fractions: tuple[float, float], seed: 
 
 def _preprocess(cfg: DataConfig, source: Source, *, legacy: bool) -> Preprocess:
     native = None if source.shape is None else (source.shape[1], source.shape[2])
+    exif = isinstance(source, FolderSource) and source.exif
     return Preprocess(image_size=cfg.image_size, train_ops=tuple(cfg.train_transform), native=native, legacy=legacy,
-                      model=cfg.model_preprocessing)
+                      exif=exif, model=cfg.model_preprocessing)
 
 
 def _split(source: Source, index: np.ndarray, ids: np.ndarray, pre: Preprocess) -> Split:
@@ -84,7 +85,7 @@ def load_imagefolder(cfg: DataConfig, recorded: RecordedFolder | None = None) ->
     """``imagefolder:PATH``: one sub-folder per class, RGB, at native resolution unless ``image_size``;
     ``recorded``: the store's record of the folder, checked first (see :class:`FolderSource`)."""
     path = cfg.name[len(IMAGEFOLDER):]
-    source = FolderSource(path, native_size=native_size(cfg), recorded=recorded)
+    source = FolderSource(path, native_size=native_size(cfg), recorded=recorded, exif=cfg.applies_exif)
     return _three_way(cfg.name, cfg, source, channels=3, legacy=False, files=source)
 
 
@@ -103,6 +104,15 @@ def check_dataset_name(name: str) -> None:
         return
     raise UserError("dataset", f"unknown dataset {name!r}",
                     f"choose one of: {', '.join(DATASETS)}, or imagefolder:PATH")
+
+
+def check_data_root(name: str) -> None:
+    """Refuse a ``--data-root`` given for a dataset that reads nothing under it: it would be silently ignored."""
+    if name in TORCHVISION:
+        return
+    where = "ships with scikit-learn" if name == "digits" else "is read from the folder it names"
+    raise UserError("data_root", f"{name} {where}: nothing is read under --data-root",
+                    "drop --data-root (it is for mnist, fashion-mnist, cifar10 and cifar100)")
 
 
 def add_label_noise(split: Split, rate: float, num_classes: int, seed: int) -> Split:

@@ -277,10 +277,11 @@ class Provenance(_Record):
         object.__setattr__(self, "transform", _json(self.transform))
 
     def data_cfg(self) -> DataConfig:
-        """The data config the store was written from; one this pipeline cannot rebuild (a preprocessing it cannot
-        reproduce) is refused naming the store's field."""
+        """The data config the store was written from. A store written before ``exif_orientation`` existed read
+        its images as stored (no EXIF transposition): its config reads back with the option off. One this pipeline
+        cannot rebuild (a preprocessing it cannot reproduce) is refused naming the store's field."""
         try:
-            return cast(DataConfig, from_dict(DataConfig, self.data_config))
+            return cast(DataConfig, from_dict(DataConfig, {"exif_orientation": False, **self.data_config}))
         except UserError as exc:
             raise StoreError(f"data_config.{exc.field}", f"the store's data cannot be reproduced here: {exc.problem}",
                              "rewrite the store with `kd teacher`, or use the pipeline version that wrote it") from None
