@@ -30,7 +30,7 @@ from pipeline.data import Dataset, store_dataset
 from pipeline.errors import UserError
 from pipeline.loader import SoftTargetLoader, fits_cache
 from pipeline.metrics import expected_calibration_error
-from pipeline.models import count_parameters, measure_latency, model_size_mb, resolve_device
+from pipeline.models import check_source, count_parameters, measure_latency, model_size_mb, resolve_device
 from pipeline.store import SoftTargetStore
 from pipeline.train import Progress, build_seeded, evaluate_group, fit_group
 
@@ -129,8 +129,13 @@ def students_data(data: DataConfig, store: SoftTargetStore) -> DataConfig:
     training transforms, recorded with the store's data (and shared by `kd run`'s teacher and students), are
     therefore not drawn again on top of the views; other train transforms are refused (:func:`check_compatible`).
     """
-    if store.views > 1 and data.train_transform and data.train_transform == store.meta.data_cfg().train_transform:
+    recorded = store.meta.data_cfg()
+    if store.views > 1 and data.train_transform and data.train_transform == recorded.train_transform:
         data = dataclasses.replace(data, train_transform=())
+    if data.model_preprocessing is None and recorded.model_preprocessing is not None:
+        # The teacher's preprocessing is the store's, not an option of the data: students read its pixels
+        # (and resize and normalise them for themselves). A data option that contradicts it is refused here.
+        data = dataclasses.replace(data, model_preprocessing=recorded.model_preprocessing)
     return data
 
 
@@ -147,6 +152,9 @@ def plan(cfg: DistillConfig) -> DistillPlan:
     check_views_augment(store.views, cfg.augment)
     if store.views > 1:  # every view's parameters decoded now (checksums, partners of mixed views)
         store.verify_view_params("train")
+    # The students' own source: a factory or file, pretrained weights (fetched only with --download) that fit.
+    check_source(cfg.model, shape=ds.input_shape, num_classes=ds.num_classes,
+                 download=cfg.data.download if cfg.data is not None else False)
     if cfg.mode == "online":
         load_teacher(store)  # fail now, not in a task, if the checkpoint is gone or changed
     # CPU latency depends on the architecture, not on the trained weights, so it is measured once,
@@ -168,7 +176,7 @@ def plan(cfg: DistillConfig) -> DistillPlan:
 def run_dir(cfg: DistillConfig) -> str:
     """Where this run's report goes; call once per run (the default name carries the start time)."""
     stem = os.path.basename(cfg.store.rstrip("/")).removesuffix(".zarr")
-    name = cfg.run_name or f"{stem}-{cfg.model.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = cfg.run_name or f"{stem}-{cfg.model.slug}-{time.strftime('%Y%m%d-%H%M%S')}"
     if not is_plain_name(name):
         raise UserError("run_name", f"{name!r} is not a plain folder name", "pass a name without slashes")
     return os.path.join(cfg.report_root, name)
@@ -187,8 +195,7 @@ def run_identity(cfg: DistillConfig, *, data_cfg: DataConfig, provenance_key: st
     """What decides a run's results: its config without :data:`EXECUTION_FIELDS`, with the data it
     really trains on (the store's when ``cfg.data`` is None), and the store's provenance key (None when
     not known yet, e.g. a later generation's). Recorded in leaderboard.json's ``meta``."""
-    shaping = {k: v for k, v in to_dict(cfg).items()  # type: ignore[union-attr]
-               if k not in EXECUTION_FIELDS}
+    shaping = _shaping(cfg)
     shaping["data"] = data_cfg.snapshot()
     # Through JSON, so tuples compare equal to the lists a finished report reads back.
     return {"config": json.loads(json.dumps(shaping, default=str)), "store_provenance_key": provenance_key}
@@ -197,11 +204,19 @@ def run_identity(cfg: DistillConfig, *, data_cfg: DataConfig, provenance_key: st
 def stable_run_name(cfg: DistillConfig) -> str:
     """A run name fixed by the store and everything that shapes the students (for scheduled pipelines)."""
     stem = os.path.basename(cfg.store.rstrip("/")).removesuffix(".zarr")
-    shaping = {k: v for k, v in to_dict(cfg).items()  # type: ignore[union-attr]
-               if k not in EXECUTION_FIELDS}
+    shaping = _shaping(cfg)
     if cfg.data is not None:
         shaping["data"] = cfg.data.key()  # data options added later keep earlier run names at their defaults
-    return f"{stem}-{cfg.model.arch}-{config_hash(shaping)[:8]}"
+    return f"{stem}-{cfg.model.slug}-{config_hash(shaping)[:8]}"
+
+
+def _shaping(cfg: DistillConfig) -> dict:
+    """The config without :data:`EXECUTION_FIELDS`; model and optimisation options added later are left out at
+    their defaults, so earlier runs keep their names and identities."""
+    shaping = {k: v for k, v in to_dict(cfg).items()  # type: ignore[union-attr]
+               if k not in EXECUTION_FIELDS}
+    shaping["model"], shaping["optim"] = cfg.model.key(), cfg.optim.key()
+    return shaping
 
 
 def generation_config(store: str, cfg: DistillConfig, generation: int | None) -> DistillConfig:
@@ -419,7 +434,7 @@ def load_teacher(store: SoftTargetStore) -> torch.nn.Module:
 def _row(cfg: DistillConfig, s: StudentSpec) -> dict:
     """The hyperparameters that identify a leaderboard row."""
     return {"run_id": s.run_id, "config_id": s.config_id, "kind": "baseline" if s.is_baseline else "student",
-            "arch": cfg.model.arch, "width": cfg.model.width, "loss": s.loss,
+            "arch": cfg.model.arch, "width": cfg.model.width, "model": cfg.model.key(), "loss": s.loss,
             "temperature": s.temperature if s.uses_temperature else None,  # shown as "—": T never entered
             "alpha": None if s.is_baseline else s.alpha, "beta": s.beta, "seed": s.seed}
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import warnings
+from copy import deepcopy
 from dataclasses import dataclass
 
 import torch
@@ -19,12 +20,12 @@ from torch import nn
 from pipeline.atomic import write_atomic
 from pipeline.checkpoints import load_model
 from pipeline.checks import check_output_folder
-from pipeline.config import EXPORT_FORMATS, ModelConfig
+from pipeline.config import EXPORT_FORMATS, ModelConfig, from_dict
 from pipeline.errors import UserError
 from pipeline.report import LEADERBOARD, read_report
 
 FORMATS = EXPORT_FORMATS
-SUFFIXES = {"torchscript": ".pt", "onnx": ".onnx"}
+SUFFIXES = {"torchscript": ".pt", "onnx": ".onnx", "safetensors": ".safetensors"}
 ATOL = 1e-5
 REBUILD_FIELDS = ("arch", "width", "input_shape", "num_classes")
 TRACE_BATCH, CHECK_BATCH = 2, 3  # different sizes, so a batch size baked into the graph is caught
@@ -80,7 +81,11 @@ def load_student(run_dir: str, run_id: str) -> tuple[nn.Module, dict]:
     ckpt = local if os.path.isfile(local) else row.get("checkpoint")
     if not ckpt or not os.path.isfile(ckpt):
         raise UserError("checkpoint", f"{local!r} does not exist", "the report folder lost its students/ folder")
-    model = load_model(ckpt, model=ModelConfig(arch=row["arch"], width=int(row["width"])),
+    # The row's whole model config (weights, preprocessing) where it records one: the student normalises and
+    # resizes its input itself, and the export must too.
+    extra = row["model"] if isinstance(row.get("model"), dict) else {}
+    model_cfg = from_dict(ModelConfig, {**extra, "arch": row["arch"], "width": int(row["width"])})
+    model = load_model(ckpt, model=model_cfg,
                        input_shape=tuple(row["input_shape"]), num_classes=int(row["num_classes"]),
                        fix="rerun `kd distill`")
     return model, row
@@ -138,7 +143,19 @@ def _onnx(model: nn.Module, example: torch.Tensor, check: torch.Tensor, out: str
     return torch.from_numpy(result)  # (B, C)
 
 
-EXPORTERS = {"torchscript": _torchscript, "onnx": _onnx}
+def _safetensors(model: nn.Module, example: torch.Tensor, check: torch.Tensor, out: str) -> torch.Tensor:
+    """The student's weights alone (no code, no pickle), as its source library names them: what --weights
+    FILE.safetensors reads back. Checked by loading the file into a copy of the student."""
+    from safetensors.torch import load_file, save_file
+
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out)
+    copy = deepcopy(model)
+    copy.load_state_dict(load_file(out))
+    with torch.inference_mode():
+        return copy.eval()(check)
+
+
+EXPORTERS = {"torchscript": _torchscript, "onnx": _onnx, "safetensors": _safetensors}
 
 
 def export(run_dir: str, run_id: str, fmt: str = "torchscript", out: str | None = None) -> Exported:

@@ -1,6 +1,6 @@
 """The soft-target store: a self-describing Zarr v3 group of raw teacher logits.
 
-Layout (``FORMAT_VERSION`` 4; docs/store-format.md's tables are the contract)::
+Layout (``FORMAT_VERSION`` 5; docs/store-format.md's tables are the contract)::
 
     <name>.zarr/                 group; attributes: pipeline.store.meta.StoreMeta
       train/logits   (N, V, C)   float16 | float32, fill NaN (V teacher views per sample; view 0 is clean)
