@@ -118,8 +118,8 @@ def test_cli_says_once_how_many_files_it_skipped(tmp_path):
     assert proc.stderr.splitlines() == [
         f"dataset: skipped 2 files that are not images (by extension, as torchvision's ImageFolder does) in image "
         f"folder {folder}: Thumbs.db, desktop.ini",
-        f"error: encoding: topk:2 keeps every one of imagefolder:{folder}'s 2 classes (use topk:K with K < 2, or "
-        "float32 to keep all logits)"]
+        "error: encoding: topk:2 keeps every one of the 2 classes (use topk:K with K < 2, or float32 to keep all "
+        "logits)"]
 
 
 def test_a_dangling_link_in_a_class_folder_is_one_line_naming_it(capsys, tmp_path):
