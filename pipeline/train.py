@@ -300,10 +300,6 @@ def validate_group(models: list[nn.Module], split: Split, device: torch.device, 
         return []
     if forward is None:
         models = [prepare(m, device, fast=False) for m in models]
-
-        def forward(x: torch.Tensor) -> torch.Tensor:
-            return torch.stack([m(x).float() for m in models])  # (S, b, K)
-
     preds: list[list[torch.Tensor]] = [[] for _ in models]
     nlls: list[list[torch.Tensor]] = [[] for _ in models]
     if reader is None:
@@ -311,7 +307,10 @@ def validate_group(models: list[nn.Module], split: Split, device: torch.device, 
     for (_, rows_b), (xb, _) in zip(reader.items, reader, strict=True):
         x, y = _to_device(xb, device, fast=False), split.y[rows_b].to(device)  # (b, C, H, W), (b,)
         with torch.no_grad():
-            logits = forward(x)  # (S, b, K)
+            if forward is not None:
+                logits = forward(x)  # (S, b, K)
+            else:
+                logits = torch.stack([m(x).float() for m in models])  # (S, b, K)
             nll = F.cross_entropy(logits.transpose(1, 2), y.expand(len(logits), -1), reduction="none")  # (S, b)
             pred = logits.argmax(2)  # (S, b)
         pred, nll = pred.cpu(), nll.cpu()  # one copy to the host per batch for the whole group
