@@ -25,7 +25,7 @@ from flows import console
 from flows.options import Option, add_options, config_options, dests, values
 from flows.runners import RunnerConfig, task_runner
 from flows.store_commands import add_store_commands
-from pipeline.config import EXPORT_FORMATS, DistillConfig, TeacherConfig, from_dict
+from pipeline.config import EXPORT_FORMATS, DataConfig, DistillConfig, TeacherConfig, from_dict
 from pipeline.errors import UserError
 from pipeline.presets import PRESETS, check_preset
 
@@ -143,7 +143,18 @@ class Parser(argparse.ArgumentParser):
 
 
 def teacher_config(a: argparse.Namespace) -> TeacherConfig:
-    return from_dict(TeacherConfig, values(a, RUN_TEACHER if getattr(a, "command", None) == "run" else TEACHER))
+    cfg = from_dict(TeacherConfig, values(a, RUN_TEACHER if getattr(a, "command", None) == "run" else TEACHER))
+    _check_data_root(cfg.data)
+    return cfg
+
+
+def _check_data_root(data: DataConfig) -> None:
+    """A --data-root given for a dataset that reads nothing under it is refused, not silently ignored. (Here, not
+    in DataConfig: a store written so records it in its data config, and must stay readable.)"""
+    if data.root != DataConfig().root:
+        from pipeline.data import check_data_root
+
+        check_data_root(data.name)
 
 
 def distill_config(a: argparse.Namespace, store: str) -> DistillConfig:
@@ -159,7 +170,10 @@ def distill_config(a: argparse.Namespace, store: str) -> DistillConfig:
             raise UserError("dataset", f"{', '.join(others)} only {verb} together with --dataset",
                             "pass --dataset too, or omit them: the store records how its data was split")
         given["data"] = None
-    return from_dict(DistillConfig, given)
+    cfg = from_dict(DistillConfig, given)
+    if cfg.data is not None:
+        _check_data_root(cfg.data)
+    return cfg
 
 
 def student_namespace(a: argparse.Namespace) -> argparse.Namespace:
@@ -295,6 +309,28 @@ def _reprint_finished(done: str | None) -> bool:
     return True
 
 
+def _say_if_completing(cfg: DistillConfig, identity: dict) -> None:
+    """One line when the run's folder holds an identical run left unfinished by a data or I/O error."""
+    from pipeline import distill
+
+    path = distill.run_dir(cfg)
+    kept = distill.kept_rows(path, identity)
+    if kept is not None:
+        print(distill.resume_line(path, kept, distill.groups(cfg, skip={r["run_id"] for r in kept})))
+
+
+def _fail_if_unfinished(run_dir: str) -> None:
+    """Exit 1, in one line, when students failed from a data or I/O error: the run is not finished (a rerun
+    retrains them)."""
+    from pipeline.distill import unfinished_note
+    from pipeline.report import read_report
+
+    note = unfinished_note(read_report(run_dir)["runs"])
+    if note is not None:
+        print(f"error: {note}", file=sys.stderr)
+        sys.exit(EXIT_RUN_FAILED)
+
+
 def cmd_teacher(a: argparse.Namespace) -> None:
     from pipeline import teacher
 
@@ -330,11 +366,14 @@ def cmd_distill(a: argparse.Namespace) -> None:
         return
     p = distill.plan(cfg)  # opens, validates and decodes the store before Prefect starts
     distill.preflight(cfg, data_cfg=p.data_cfg, provenance_key=p.store.meta.provenance_key, path=p.run_dir)
+    _say_if_completing(dataclasses.replace(cfg, run_name=os.path.basename(p.run_dir)), p.identity())
     from flows.distill_flow import distill_flow
 
     flow = distill_flow.with_options(task_runner=task_runner(runner_config(a)))
     starting(f"{len(cfg.students())} {cfg.model.arch} students ({_epochs(cfg.optim.epochs)}) from {cfg.store}")
-    _print_leaderboard(_run_flow(flow, cfg, name=cfg.run_name))
+    run_dir = _run_flow(flow, cfg, name=cfg.run_name)
+    _print_leaderboard(run_dir)
+    _fail_if_unfinished(run_dir)
 
 
 def cmd_run(a: argparse.Namespace) -> None:
@@ -365,6 +404,9 @@ def cmd_run(a: argparse.Namespace) -> None:
             cfg = distill.generation_config(t_plan.store_path, d_cfg, g if a.generations > 1 else None)
             distill.preflight(cfg, data_cfg=d_cfg.data or t_cfg.data,
                               provenance_key=t_plan.provenance_key if g == 1 else None)
+            if g == 1:
+                _say_if_completing(cfg, distill.run_identity(cfg, data_cfg=d_cfg.data or t_cfg.data,
+                                                             provenance_key=t_plan.provenance_key))
     from flows.pipeline_flow import kd_pipeline
 
     teacher_part = f"teacher {t_cfg.model.arch} on {t_cfg.data.name}"
@@ -373,7 +415,9 @@ def cmd_run(a: argparse.Namespace) -> None:
     starting(f"{teacher_part}, then {len(d_cfg.students())} {d_cfg.model.arch} students "
              f"({_epochs(d_cfg.optim.epochs)})")
     name = first.run_name.removesuffix("-gen1")
-    _print_leaderboard(_run_flow(kd_pipeline, t_cfg, d_cfg, runner_config(a), a.generations, name=name))
+    run_dir = _run_flow(kd_pipeline, t_cfg, d_cfg, runner_config(a), a.generations, name=name)
+    _print_leaderboard(run_dir)
+    _fail_if_unfinished(run_dir)
 
 
 def _epochs(n: int) -> str:

@@ -43,7 +43,9 @@ class UserErrorsOffConsole(logging.Filter):
     backend (the UI's logs) still receives every record.
 
     Prefect names the run on each record (``task_run_id``/``flow_run_id``, from its log adapters): a run whose
-    exception was a user error has its "Finished in state Failed(…)" line dropped too, nothing else.
+    exception was a user error has its "Finished in state Failed(…)" line dropped too, nothing else. A task with
+    retries whose retry condition refuses a user error logs no record of the exception at all: its final line is
+    recognised by the exception it names.
     """
 
     def __init__(self) -> None:
@@ -56,8 +58,19 @@ class UserErrorsOffConsole(logging.Filter):
             if run is not None:
                 self.failed_runs.add(str(run))
             return False
-        return not (run is not None and str(run) in self.failed_runs
-                    and record.getMessage().startswith("Finished in state"))
+        if not record.getMessage().startswith("Finished in state"):
+            return True
+        return not ((run is not None and str(run) in self.failed_runs) or _names_a_user_error(record.getMessage()))
+
+
+def _names_a_user_error(message: str) -> bool:
+    """Whether a failed state's message is Prefect's "… encountered an exception <UserError class>: …"."""
+    classes, names = [UserError], set()
+    while classes:
+        cls = classes.pop()
+        names.add(cls.__name__)
+        classes.extend(cls.__subclasses__())
+    return any(f"exception {name}: " in message for name in names)
 
 
 def hide_user_errors() -> None:

@@ -40,9 +40,12 @@ def train_students(p: distill.DistillPlan, specs: list[StudentSpec], name: str) 
     try:
         with reporter(name) as progress:
             return distill.train_students(p, specs, progress=progress)
-    except UserError as exc:  # e.g. a chunk found corrupt mid-run: fail these rows, keep the others
-        get_run_logger().error(exc.one_line())
-        return [distill.failed_row(p.cfg, s, exc.one_line()) for s in specs]
+    except (UserError, OSError) as exc:  # a corrupt image or chunk, a full disk: fail these rows, keep the others
+        error = exc.one_line() if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"[:300]
+        # INFO, for the UI: the command prints what failed once, when the run ends (never twice on the console).
+        get_run_logger().info("%s failed: %s", ", ".join(s.run_id for s in specs), error)
+        # Not a result: the run is unfinished, and running it again retrains these students (and only them).
+        return [distill.failed_row(p.cfg, s, error, retry=True) for s in specs]
 
 
 @task(cache_policy=NO_CACHE)
@@ -65,15 +68,23 @@ def distill_flow(config: DistillParameter):
             logger.info("an identical run has finished in %s; not retraining", done)
             publish_report(done)
             return done
+        kept = distill.kept_rows(run_dir, p.identity())  # an identical run some of whose students failed
+        skip = {r["run_id"] for r in kept or ()}
+        todo = [(g, name if len(g) == len(full) else ", ".join(s.run_id for s in g))
+                for full, name in zip(distill.groups(config), distill.group_names(config))
+                for g in [[s for s in full if s.run_id not in skip]] if g]
+        if kept is not None:
+            logger.info(distill.resume_line(run_dir, kept, [g for g, _ in todo]))
         if config.verify_views:
             verify_views(p)
-        futures = [train_students.submit(p, g, name) for g, name in zip(distill.groups(config),
-                                                                          distill.group_names(config))]
-        rows = [p.teacher_row()] + [row for f in futures for row in f.result()]
+        futures = [train_students.submit(p, g, name) for g, name in todo]
+        done_rows = {r["run_id"]: r for r in kept or ()} | {row["run_id"]: row for f in futures for row in f.result()}
+        rows = [p.teacher_row()] + [done_rows[s.run_id] for s in config.students()]
         paths = write_report(run_dir, rows, p.report_meta())
     publish_report(run_dir)
     students = [r for r in rows if r["kind"] != "teacher"]
     if all(r["status"] != "ok" for r in students):
-        return Failed(message=f"every student failed; see {paths['md']}")
+        return Failed(message=f"every student failed ({students[0].get('error')}); "
+                      + (distill.RERUN if distill.retry_rows(students) else f"see {paths['md']}"))
     logger.info("report: %s", run_dir)
     return run_dir

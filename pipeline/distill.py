@@ -26,7 +26,7 @@ import torch
 from pipeline.config import (AugmentConfig, DataConfig, DistillConfig, StudentSpec, check_augment_overlap, config_hash,
                              is_plain_name,
                              to_dict)
-from pipeline.checkpoints import load_store_teacher
+from pipeline.checkpoints import load_store_teacher, save_state_dict
 from pipeline.checks import check_output_folder
 from pipeline.data import Dataset, store_dataset
 from pipeline.errors import StoreError, UserError
@@ -55,6 +55,9 @@ def check_compatible(store: SoftTargetStore, ds: Dataset) -> None:
         raise StoreError("dataset", f"store was written from {meta.dataset.name!r}, not {ds.name!r}", fix)
     if store.num_classes != ds.num_classes:
         raise StoreError("num_classes", f"store has {store.num_classes} classes, dataset has {ds.num_classes}", fix)
+    if list(meta.dataset.class_names) != list(ds.class_names):  # same count, other names or order: other labels
+        raise StoreError("dataset.class_names", f"the store's classes {_listed(meta.dataset.class_names)} are not "
+                         f"this data's {_listed(ds.class_names)}", fix)
     if meta.dataset.files is not None and ds.files is not None:
         ds.files.check_unchanged(meta.dataset.files)  # free when store_dataset compared them already
     for split, info in meta.dataset.splits.items():
@@ -72,6 +75,11 @@ def check_compatible(store: SoftTargetStore, ds: Dataset) -> None:
     if store.views > 1 and ds.preprocess.train_ops:
         raise UserError("train_transform", "this store's teacher views define the augmentation (each view is "
                         "replayed exactly)", "drop --train-transform, or distill from a clean-view store")
+
+
+def _listed(names) -> str:
+    text = ", ".join(names)
+    return f"({text if len(text) <= 60 else text[:57] + '...'})"
 
 
 def _shown(record: dict) -> str:
@@ -267,20 +275,72 @@ def _first_difference(recorded: object, wanted: object, path: str = "") -> tuple
 def finished_run(path: str, identity: dict) -> str | None:
     """``path`` when it holds a finished run with this identity (reuse it); None when it holds no finished run.
 
-    A finished run is one with a valid leaderboard.json, which is written last and atomically; without one
-    (a run cut off, or a file damaged outside the pipeline) the folder is an unfinished run, to be
-    overwritten. A finished run that differs (grid, model, optimisation, data or store) is refused, naming
-    the first differing field: reusing it would print another run's results, and overwriting it would lose them.
+    A finished run is one with a valid leaderboard.json, which is written last and atomically, where no
+    student failed from a data or I/O error (:func:`failed_row`'s ``retry``); without one (a run cut off,
+    or a file damaged outside the pipeline) the folder is an unfinished run, to be overwritten, and with
+    such failures it is an unfinished run to complete (:func:`kept_rows`). A run that differs (grid, model,
+    optimisation, data or store) is refused, finished or not, naming the first differing field: reusing
+    it would print another run's results, and overwriting it would lose them.
     """
+    report = _identical_report(path, identity)
+    if report is None or retry_rows(report["runs"]):
+        return None
+    return path
+
+
+def kept_rows(path: str, identity: dict) -> list[dict] | None:
+    """The student rows of an identical, unfinished run at ``path`` that need no retraining, in its order;
+    None when ``path`` holds no such run (nothing to complete).
+
+    Every student that failed from a data or I/O error is retrained; so is a trained one whose checkpoint
+    is gone. The others keep their rows: trained ones with their checkpoints, and those that failed in
+    training itself (a loss that became NaN), which is a result, reproduced by retraining them.
+    """
+    report = _identical_report(path, identity, quiet=True)
+    if report is None or not retry_rows(report["runs"]):
+        return None
+    return [r for r in report["runs"] if r.get("kind") != "teacher" and not r.get("retry")
+            and (r.get("status") != "ok" or os.path.isfile(os.path.join(path, "students", f"{r['run_id']}.pt")))]
+
+
+def resume_line(path: str, kept: list[dict], todo: list[list[StudentSpec]]) -> str:
+    """What completing an unfinished run does, in one line."""
+    n = sum(map(len, todo))
+    return (f"completing the unfinished run in {path}: retraining the {n} student{'s' * (n != 1)} that failed from "
+            f"a data or I/O error, keeping the other {len(kept)}")
+
+
+def retry_rows(rows: list[dict]) -> list[dict]:
+    """The students that failed from a data or I/O error: the rows a rerun retrains."""
+    return [r for r in rows if r.get("status") != "ok" and r.get("retry")]
+
+
+RERUN = "fix the cause and run the same command again: only the students that failed from it are retrained"
+
+
+def unfinished_note(rows: list[dict]) -> str | None:
+    """One line saying which students failed from a data or I/O error and what to do; None for a finished run."""
+    retry = retry_rows(rows)
+    if not retry:
+        return None
+    students = [r for r in rows if r.get("kind") != "teacher"]
+    return (f"{len(retry)} of {len(students)} students failed from a data or I/O error (first: {retry[0]['run_id']}: "
+            f"{retry[0].get('error')}), so this run is not finished; {RERUN}")
+
+
+def _identical_report(path: str, identity: dict, *, quiet: bool = False) -> dict | None:
+    """The report at ``path`` when its run has this identity; None without a valid one; a differing one is refused."""
     from pipeline.report import LEADERBOARD, read_report
 
     if not os.path.isfile(os.path.join(path, LEADERBOARD)):
         return None
     try:
-        meta = read_report(path)["meta"]
+        report = read_report(path)
     except UserError as exc:
-        log.warning("%s; treating %s as an unfinished run", exc.one_line(), path)
+        if not quiet:
+            log.warning("%s; treating %s as an unfinished run", exc.one_line(), path)
         return None
+    meta = report["meta"]
     fix = "pass another --run-name, or delete the folder to train this grid there"
     if "config" not in meta:
         raise UserError("run_name", f"{path} holds a finished run that does not record its config (an older "
@@ -290,7 +350,7 @@ def finished_run(path: str, identity: dict) -> str | None:
         recorded["store_provenance_key"] = None
     diff = _first_difference(recorded, identity)
     if diff is None:
-        return path
+        return report
     field, old, new = diff
     field = field.removeprefix("config.")
     if field == "store_provenance_key":
@@ -405,7 +465,7 @@ def _busy(path: str, holder: dict) -> UserError:
                      f"wait for it, or pass another --run-name; if no run is using it, delete {LOCK} there")
 
 
-def groups(cfg: DistillConfig) -> list[list[StudentSpec]]:
+def groups(cfg: DistillConfig, *, skip: frozenset[str] | set[str] = frozenset()) -> list[list[StudentSpec]]:
     """The student grid cut into groups that each train in one shared pass.
 
     A group shares its data order and augmentation stream, both seeded by its
@@ -414,12 +474,14 @@ def groups(cfg: DistillConfig) -> list[list[StudentSpec]]:
     student of a run has the run's architecture, so a group of two or more
     trains as one stacked model wherever that applies (``pipeline.stacking``):
     up to one seed's students per group, the larger the group the less the
-    sweep costs.
+    sweep costs. Students named in ``skip`` (run ids) are left out of their groups (see :func:`kept_rows`);
+    a student trains the same in any group.
     """
     by_seed: dict[int, list[StudentSpec]] = {}
     for spec in cfg.students():
         by_seed.setdefault(spec.seed, []).append(spec)
-    return [specs[i:i + cfg.group_size] for specs in by_seed.values() for i in range(0, len(specs), cfg.group_size)]
+    cut = [specs[i:i + cfg.group_size] for specs in by_seed.values() for i in range(0, len(specs), cfg.group_size)]
+    return [g for g in ([s for s in specs if s.run_id not in skip] for specs in cut) if g]
 
 
 def group_names(cfg: DistillConfig) -> list[str]:
@@ -472,8 +534,7 @@ def train_students(p: DistillPlan, specs: list[StudentSpec], *, progress: Progre
             continue
         m = next(scores)
         path = os.path.join(run_dir, "students", f"{r.spec.run_id}.pt")
-        torch.save(r.model.state_dict(), path + ".tmp")
-        os.replace(path + ".tmp", path)  # never a half-written checkpoint under the student's name
+        save_state_dict(r.model, path, field="report_root")  # atomic; a full disk is one line
         rows.append({**_row(cfg, r.spec), "status": "ok", "seconds": r.seconds, "test_acc": m["acc"],
                      "test_nll": m["nll"], "test_ece": m["ece"], "agreement": m["agreement"], "val_acc": r.val_acc,
                      "best_epoch": r.best_epoch, "params": count_parameters(r.model),
@@ -498,5 +559,7 @@ def _row(cfg: DistillConfig, s: StudentSpec) -> dict:
             "alpha": None if s.is_baseline else s.alpha, "beta": s.beta, "seed": s.seed}
 
 
-def failed_row(cfg: DistillConfig, s: StudentSpec, error: str) -> dict:
-    return {**_row(cfg, s), "status": "failed", "error": error}
+def failed_row(cfg: DistillConfig, s: StudentSpec, error: str, *, retry: bool = False) -> dict:
+    """A student that failed. ``retry``: from a data or I/O error (an unreadable image or chunk, a full disk),
+    not from training itself: its run is not finished, and running it again retrains this student."""
+    return {**_row(cfg, s), "status": "failed", "error": error, **({"retry": True} if retry else {})}

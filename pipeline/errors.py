@@ -6,6 +6,10 @@ and exits 2; it never shows a traceback for these.
 """
 from __future__ import annotations
 
+import errno
+import functools
+import os
+
 
 class UserError(Exception):
     """An error caused by input the user controls.
@@ -29,3 +33,39 @@ class UserError(Exception):
 
 class StoreError(UserError):
     """A soft-target store is missing, incomplete, corrupt or does not match."""
+
+
+class DiskFullError(UserError):
+    """A write failed because its disk (or quota, or file-size limit) is full: nothing was published, and
+    rerunning the same command once there is room resumes or redoes the work."""
+
+
+# ENOSPC: the device is full; EDQUOT: the user's quota is; EFBIG: a file-size limit (RLIMIT_FSIZE) was hit.
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def disk_full(exc: BaseException, where: str, *, field: str) -> DiskFullError | None:
+    """The one-line error for ``exc`` when it is a write that found no space (``where``: what was written, if
+    the error does not name its file), else None."""
+    if not isinstance(exc, OSError) or exc.errno not in NO_SPACE:
+        return None
+    return DiskFullError(field, f"no space left writing {exc.filename or where} ({os.strerror(exc.errno)})",
+                         f"free some space, or pass another --{field.replace('_', '-')}, and run the same command "
+                         "again")
+
+
+def disk_full_is_a_user_error(field: str, where):
+    """Decorate a function that writes under ``--field``: a full disk is a one-line :class:`DiskFullError`
+    (``where(*args, **kwargs)`` names what was being written), any other error passes unchanged."""
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapped(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except OSError as exc:
+                error = disk_full(exc, where(*args, **kwargs), field=field)
+                if error is None:
+                    raise
+                raise error from None
+        return wrapped
+    return decorate

@@ -26,7 +26,7 @@ import textwrap
 from collections import defaultdict
 from collections.abc import Callable
 
-from pipeline.errors import UserError
+from pipeline.errors import UserError, disk_full
 
 METRICS = ("test_acc", "test_nll", "test_ece", "agreement")
 KIND_ORDER = {"teacher": 0, "baseline": 1, "student": 2}
@@ -324,11 +324,12 @@ def plot(board: list[dict], path: str) -> None:
 LEADERBOARD = "leaderboard.json"
 
 
-def write_atomic(path: str, write: Callable[[str], object]) -> None:
+def write_atomic(path: str, write: Callable[[str], object], *, field: str = "report_root") -> None:
     """Call ``write(tmp)`` to write a temporary file beside ``path``, then rename it into place.
 
     A reader sees the old file or the whole new one, never a truncated one: a failed write (a full
-    disk) leaves ``path`` as it was and removes the temporary file.
+    disk) leaves ``path`` as it was and removes the temporary file. A full disk is a one-line
+    :class:`~pipeline.errors.DiskFullError` naming ``path`` and ``field``, the option that chose its folder.
     """
     tmp = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.{os.getpid()}.tmp")
     try:
@@ -336,6 +337,11 @@ def write_atomic(path: str, write: Callable[[str], object]) -> None:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())  # on disk before the rename makes it visible
         os.replace(tmp, path)
+    except OSError as exc:
+        error = disk_full(exc, path, field=field)
+        if error is None:
+            raise
+        raise error from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -400,7 +406,9 @@ def write_report(run_dir: str, rows: list[dict], meta: dict) -> dict[str, str]:
         md.append(note + "\n\n")
     md.append("![accuracy vs temperature](accuracy_vs_temperature.png)\n")
     if failed:
-        md.append("\n## Failed runs\n\n" + "\n".join(f"- `{r['run_id']}`: {r.get('error')}" for r in failed) + "\n")
+        md.append("\n## Failed runs\n\n" + "\n".join(f"- `{r['run_id']}`: {r.get('error')}" + (
+            " (a data or I/O error, not training: rerunning the same command retrains it)" if r.get("retry") else "")
+            for r in failed) + "\n")
     write_text_atomic(paths["md"], "".join(md))
     write_text_atomic(paths["json"], json.dumps({"meta": meta, "leaderboard": board, "runs": rows}, indent=2,
                                                 default=str))

@@ -19,20 +19,25 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pipeline import view_ops
-from pipeline.checkpoints import load_model
+from pipeline.checkpoints import load_model, save_state_dict
 from pipeline.checks import check_output_folder, check_store_root
 from pipeline.checksums import sha256_file
 from pipeline.config import TeacherConfig, config_hash, parse_encoding, to_dict
 from pipeline.data import Dataset, open_dataset
-from pipeline.errors import StoreError, UserError
+from pipeline.errors import StoreError, UserError, disk_full_is_a_user_error
 from pipeline.loader import read_batches, row_batches
 from pipeline.models import count_parameters, resolve_device
 from pipeline.precision import compute_dtype, precision_name, prepare, widest
 from pipeline.store import (SPLITS, DatasetMeta, LineageEntry, Provenance, SoftTargetStore, StoreWriter, TeacherMeta,
                             ViewsMeta, join, now_iso, published_meta, software_versions)
+from pipeline.store.layout import MAX_CHUNK_BYTES, chunk_bytes
 from pipeline.train import Progress, evaluate, evaluate_splits, fit_teacher, predict
 
 log = logging.getLogger(__name__)
+
+# A full disk while the store is written: one line; the unfinished copy stays, and the same command resumes it.
+_store_disk_full = disk_full_is_a_user_error("store_root", lambda p, *a, **k: f"the store {p.store_path}")
+
 
 def view_record(cfg: TeacherConfig) -> ViewsMeta:
     """How the stored views were drawn: seed, ops and the names of their stored parameters (pipeline.view_ops)."""
@@ -119,6 +124,13 @@ def plan(cfg: TeacherConfig) -> TeacherPlan:
         raise UserError("encoding", f"topk:{k} keeps every one of {ds.name}'s {ds.num_classes} classes",
                         f"use topk:K with K < {ds.num_classes}, or float32 to keep all logits")
     view_ops.check_mixable(cfg.view_mix, ds.splits)
+    if cfg.chunk_rows is not None:
+        rows = min(cfg.chunk_rows, max(len(split) for split in ds.splits.values()))
+        size = chunk_bytes(rows, cfg.views, ds.num_classes)
+        if size > MAX_CHUNK_BYTES:
+            raise UserError("chunk_rows", f"{cfg.chunk_rows} rows of {cfg.views} x {ds.num_classes} logits are "
+                            f"{size / 2**20:.0f} MiB per chunk, over the {MAX_CHUNK_BYTES >> 20} MiB a reader allocates "
+                            "for one", "pass a smaller --chunk-rows, or omit it for about 1 MB per chunk")
     ckpt_sha = sha256_file(cfg.checkpoint) if cfg.checkpoint else None
     parent = lineage_of(cfg.parent_store, cfg.storage_options) if cfg.parent_store else ()
     teacher_part = {"parent": parent[0].provenance_key if parent else None,
@@ -158,9 +170,7 @@ def train(p: TeacherPlan, progress: Progress | None = None) -> nn.Module:
         # unreadable file fails the run with nothing on disk (the store's evaluation reads them next anyway).
         evaluate(result.model, ds.splits["test"], resolve_device(cfg.device), workers=cfg.workers)
     os.makedirs(os.path.dirname(p.checkpoint_path) or ".", exist_ok=True)
-    tmp = p.checkpoint_path + ".tmp"
-    torch.save(result.model.state_dict(), tmp)
-    os.replace(tmp, p.checkpoint_path)  # never leave a half-written checkpoint under the real name
+    save_state_dict(result.model, p.checkpoint_path, field="checkpoint_root")
     return result.model
 
 
@@ -172,6 +182,7 @@ def load(p: TeacherPlan) -> nn.Module:
     return model.to(resolve_device(cfg.device))
 
 
+@_store_disk_full
 def create_store(p: TeacherPlan, model: nn.Module, *, defer: bool = False) -> StoreWriter:
     """Create the store (or reopen an incomplete one to resume it); the teacher's scores come with the pass.
 
@@ -364,6 +375,7 @@ def pending_work(writer: StoreWriter, parts: int) -> list[dict[str, list[int]]]:
     return [piece for piece in pieces if piece]
 
 
+@_store_disk_full
 def write_part(p: TeacherPlan, work: dict[str, list[int]]) -> None:
     """One writer of a split teacher pass: attach to the created store and write only ``work``."""
     writer = StoreWriter.attach(p.store_path, p.cfg.storage_options)
@@ -373,6 +385,7 @@ def write_part(p: TeacherPlan, work: dict[str, list[int]]) -> None:
         writer.close()
 
 
+@_store_disk_full
 def finalize(p: TeacherPlan) -> str:
     """After every part is written: check the bitmap, mark the store complete and publish it.
 
@@ -391,6 +404,7 @@ def finalize(p: TeacherPlan) -> str:
     return writer.finish()
 
 
+@_store_disk_full
 def publish(p: TeacherPlan, model: nn.Module) -> str:
     """The single-process teacher pass: create (or resume), write every missing shard, mark complete."""
     writer = create_store(p, model, defer=True)

@@ -329,7 +329,8 @@ def test_user_errors_are_refused_before_any_work(capsys, tmp_path, argv, field):
     assert err.startswith(f"error: {field}: "), err
     assert not out.exists()
     if argv[1] == "--checkpoint":
-        assert ("is a directory" if "dir" in argv[2] else "--arch/--width") in err
+        # A file that is not a checkpoint is damaged: another --arch/--width could not load it.
+        assert ("is a directory" if "dir" in argv[2] else "cannot read") in err and "--arch" not in err
 
 
 def test_online_mode_with_a_bad_recorded_checkpoint_is_refused_up_front(capsys, tmp_path):
@@ -350,6 +351,16 @@ def test_online_mode_with_a_bad_recorded_checkpoint_is_refused_up_front(capsys, 
     assert err.startswith("error: --mode (students): ")
     assert sorted(os.listdir(tmp_path / "stores")) + sorted(os.listdir(tmp_path / "checkpoints")) == before
     assert not reports.exists()
+
+
+@pytest.mark.parametrize("argv", [("teacher",), ("teacher", "--dataset", "digits"), ("run", "--dataset", "digits"),
+                                  ("distill", "--store", "s.zarr", "--dataset", "digits"),
+                                  ("teacher", "--dataset", "imagefolder:somewhere")])
+def test_data_root_for_a_dataset_that_reads_nothing_under_it_is_refused(capsys, argv):
+    err = cli_fails(capsys, *argv, "--data-root", "/etc/passwd")
+    field = "--data-root (teacher)" if argv[0] == "run" else "data_root"  # kd run names the flag and its stage
+    assert err.startswith(f"error: {field}: ") and "nothing is read under --data-root" in err, err
+    assert "drop --data-root" in err
 
 
 @pytest.mark.parametrize("argv, wrong, meant", [

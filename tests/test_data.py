@@ -507,3 +507,24 @@ def test_provenance_key_leaves_new_options_out_at_their_defaults():
     assert "image_size" not in DataConfig().key() and "train_transform" not in DataConfig().key()
     assert DataConfig(image_size=64).key()["image_size"] == 64
     assert DataConfig(train_transform=("hflip",)).key()["train_transform"] == ("hflip",)
+
+
+def test_verify_data_names_the_file_modified_in_place(tmp_path, capsys):
+    """Same name, same size, other bytes, after the store was written: `kd inspect --verify-data` names it."""
+    from pipeline import teacher
+    from pipeline.config import ModelConfig, OptimConfig, TeacherConfig
+    from tests.conftest import cli_fails
+    from tests.test_imagefolder import write_folder
+
+    folder = write_folder(tmp_path / "f", n=12)
+    p = teacher.plan(TeacherConfig(data=DataConfig(name=f"imagefolder:{folder}"),
+                                   model=ModelConfig(arch="cnn", width=4), optim=OptimConfig(epochs=1, batch_size=8),
+                                   store_root=str(tmp_path / "s"), checkpoint_root=str(tmp_path / "c"), device="cpu"))
+    store = teacher.publish(p, teacher.train(p))
+    path = os.path.join(folder, "b", "002.png")
+    raw = bytearray(open(path, "rb").read())
+    raw[-20] ^= 0xFF  # inside the PNG's final chunks: same size, other content
+    open(path, "wb").write(bytes(raw))
+    err = cli_fails(capsys, "inspect", store, "--verify-data")
+    assert "modified in place (changed on disk since the store was written: " in err, err
+    assert os.path.join("b", "002.png") in err and os.path.join("a", "001.png") not in err, err

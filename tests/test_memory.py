@@ -148,3 +148,114 @@ def test_both_stages_over_a_4x_larger_folder_peak_at_the_same_rss(tmp_path):
     held = _run_folder(large, tmp_path / "c", materialise=True)
     print(f"holding the 4N pixels: peak RSS {held['peak']:.0f} MB, growth {held['growth']:.1f} MB (bound {bound:.1f})")
     assert held["growth"] > bound, (a, b, held)
+
+
+# --- a tampered store: memory bounded by what the store holds, never by what its attributes claim ----------
+
+PEAK_SCRIPT = """
+import atexit, sys
+
+def peak():  # this process's high-water mark in MiB (VmHWM: not a forking parent's, unlike ru_maxrss)
+    with open("/proc/self/status") as f:
+        hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    open(sys.argv[1], "w").write(str(hwm // 1024))
+
+atexit.register(peak)
+from flows.cli import main
+main(sys.argv[2:])
+"""
+
+
+def _kd_peak(tmp_path, *argv: str) -> tuple[subprocess.CompletedProcess, int]:
+    """`kd ARGV` in a fresh process: its result and its peak resident memory in MiB."""
+    out = tmp_path / "peak"
+    proc = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(out), *argv], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": ROOT, "DO_NOT_TRACK": "1"})
+    return proc, int(out.read_text())
+
+
+def _edit_json(path, edit) -> None:
+    with open(path) as f:
+        data = json.load(f)
+    edit(data)
+    with open(path, "w") as f:
+        json.dump(data, f)
+
+
+def zlib_bomb(inflated: int) -> bytes:
+    """A valid zlib stream of ``inflated`` zero bytes (a multiple of 16 MiB), about a thousand times smaller:
+    one fully flushed deflate block repeated, so building it costs no compression of the whole."""
+    import zlib
+
+    piece = b"\0" * (16 << 20)
+    c = zlib.compressobj(9)
+    block = c.compress(piece) + c.flush(zlib.Z_FULL_FLUSH)
+    final = c.flush(zlib.Z_FINISH)[:-4]  # the last (empty) block, without this compressor's checksum
+    adler = 1
+    for _ in range(inflated // len(piece)):
+        adler = zlib.adler32(piece, adler)
+    return block[:2] + block[2:] * (inflated // len(piece)) + final + adler.to_bytes(4, "big")
+
+
+BOMB = 2 << 30  # 2 GiB inflated, from about 2 MB of attributes
+# A `kd distill` that stops before any work peaks at about 700 MiB (torch and Prefect imported): the bound
+# leaves room for that, and none for holding the inflated listing.
+PEAK_BOUND_MIB = 1024
+
+
+@pytest.mark.slow
+def test_a_zlib_bomb_in_the_recorded_folder_listing_is_refused_in_bounded_memory(tmp_path):
+    import base64
+    import zlib
+
+    from pipeline import teacher
+    from pipeline.config import DataConfig, ModelConfig, OptimConfig, TeacherConfig
+
+    folder = _folder(tmp_path / "f", 16)
+    p = teacher.plan(TeacherConfig(data=DataConfig(name=f"imagefolder:{folder}", image_size=8),
+                                   model=ModelConfig(arch="cnn", width=4), optim=OptimConfig(epochs=1, batch_size=8),
+                                   store_root=str(tmp_path / "s"), checkpoint_root=str(tmp_path / "c"),
+                                   device="cpu"))
+    store = teacher.publish(p, teacher.train(p))
+    bomb = zlib_bomb(BOMB)
+    assert len(zlib.decompressobj().decompress(bomb, 1 << 20)) == 1 << 20 and len(bomb) < BOMB / 500
+    _edit_json(os.path.join(store, "zarr.json"),
+               lambda d: d["attributes"]["dataset"].update(files=base64.b64encode(bomb).decode()))
+    proc, peak = _kd_peak(tmp_path, "distill", "--store", store, "--report-root", str(tmp_path / "r"),
+                          "--device", "cpu")
+    print(f"kd distill on a {len(bomb) / 1e6:.1f} MB listing that inflates to {BOMB >> 20} MiB: peak {peak} MiB")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
+    assert proc.stderr.startswith("error: dataset.files: the image folder changed since the store was written"), \
+        proc.stderr
+    assert peak < PEAK_BOUND_MIB < BOMB >> 20
+
+
+def grow_store(store: str, rows: int) -> None:
+    """Edit a store consistently to claim ``rows`` train rows: the attributes and every array's metadata agree
+    (labels and ids at their contract's chunking), while the chunks on disk are the real ones."""
+    lay = {}
+
+    def group(d):
+        attrs = d["attributes"]
+        attrs["layout"]["train"]["rows"] = attrs["dataset"]["splits"]["train"]["size"] = rows
+        lay.update(attrs["layout"]["train"])
+
+    _edit_json(os.path.join(store, "zarr.json"), group)
+    for name in ("logits", "labels", "ids", "written"):
+        def array(d, name=name):
+            d["shape"][0] = -(-rows // lay["shard_rows"]) if name == "written" else rows
+            if name in ("labels", "ids"):
+                d["chunk_grid"]["configuration"]["chunk_shape"][0] = min(rows, 65536)
+        _edit_json(os.path.join(store, "train", name, "zarr.json"), array)
+
+
+@pytest.mark.slow
+def test_verify_of_a_store_claiming_a_trillion_rows_is_refused_in_bounded_memory(store_copy, tmp_path):
+    """Its manifest is checked against its layout before any array is read: the written bitmap alone would be
+    244 million one-byte chunks."""
+    grow_store(store_copy, 10 ** 12)
+    proc, peak = _kd_peak(tmp_path, "inspect", store_copy, "--verify")
+    print(f"kd inspect --verify on a store claiming 10^12 rows: peak {peak} MiB")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
+    assert proc.stderr.startswith("error: manifest.arrays.train/"), proc.stderr
+    assert "the layout has 244140625" in proc.stderr and peak < PEAK_BOUND_MIB

@@ -21,7 +21,7 @@ from pipeline import distill, teacher
 from pipeline.config import DistillConfig, ModelConfig, OptimConfig
 from pipeline.errors import StoreError, UserError
 from pipeline.store import SoftTargetStore, StoreWriter, find_stores
-from tests.conftest import small_teacher_config, synthetic_provenance
+from tests.conftest import cli_fails, small_teacher_config, synthetic_provenance
 
 BUCKET = "kd-remote-test"
 KEY, SECRET = "kd-test-access-key", "kd-test-secret-key"  # dummies: moto accepts any
@@ -207,3 +207,36 @@ def test_file_urls_for_store_root_and_store(tmp_path):
     (group,) = distill.groups(dcfg)
     rows = distill.train_students(distill.plan(dcfg), group)
     assert [(r["run_id"], r["status"]) for r in rows] == [("baseline-s0", "ok"), ("kl-T4-a0.9-s0", "ok")]
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+READERS = [("inspect", "s3://kd-remote-test/x.zarr"), ("stores", "s3://kd-remote-test"),
+           ("distill", "--store", "s3://kd-remote-test/x.zarr")]
+
+
+@pytest.mark.parametrize("argv", READERS, ids=[a[0] for a in READERS])
+def test_an_unreachable_remote_store_is_one_line_for_every_reader(capsys, argv):
+    """The endpoint is a closed loopback port: `kd inspect`, `kd stores` and `kd distill` each say so in one
+    line naming the location, as `kd teacher --store-root` does."""
+    opts = {"endpoint_url": f"http://127.0.0.1:{_closed_port()}", "key": KEY, "secret": SECRET,
+            "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 2}}
+    err = cli_fails(capsys, *argv, "--storage-options", json.dumps(opts))
+    assert "cannot reach 's3://kd-remote-test" in err and "EndpointConnectionError" in err, err
+
+
+@pytest.mark.parametrize("argv", READERS, ids=[a[0] for a in READERS])
+def test_a_remote_store_without_credentials_is_one_line_for_every_reader(s3, capsys, monkeypatch, argv):
+    """No credentials anywhere (the module's environment has no profile, file or instance metadata either):
+    refused in one line before any request is sent."""
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    err = cli_fails(capsys, *argv, "--storage-options", json.dumps({"endpoint_url": s3.endpoint}))
+    assert "cannot reach 's3://kd-remote-test" in err and "Credentials" in err, err

@@ -208,3 +208,88 @@ def test_two_processes_with_one_run_name_the_second_is_refused(digits_store, tmp
     data = json.loads((tmp_path / "same" / "leaderboard.json").read_text())
     assert [r["status"] for r in data["runs"]] == ["ok", "ok", "ok"]
     assert not lock.exists()
+
+
+def _kd_process(*argv: str) -> subprocess.CompletedProcess:
+    """`kd ARGV` in its own process (what the console shows), against the session's Prefect server."""
+    import prefect.settings
+
+    env = {**os.environ, "PYTHONPATH": ROOT, "PREFECT_API_URL": prefect.settings.PREFECT_API_URL.value()}
+    kd = os.path.join(os.path.dirname(sys.executable), "kd")
+    return subprocess.run([kd, *argv], capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_harness")
+def test_students_failed_by_a_data_error_are_retrained_by_the_same_command_and_only_they(store_copy, tmp_path):
+    """A chunk found corrupt mid-training (streamed: --cache-mb 0) fails every student: exit 1 in one line, and
+    the report says which failed and why. Once the chunk is restored, the same command retrains them. A run
+    where one student failed from such an error and one diverged retrains the first only, keeping the trained
+    student's checkpoint untouched and the divergence as a result."""
+    from tests.conftest import flip_byte, shard_file
+
+    argv = ("distill", "--store", store_copy, "--epochs", "1", "--width", "4", "--temperatures", "2", "4",
+            "--report-root", str(tmp_path), "--run-name", "r", "--device", "cpu", "--cache-mb", "0")
+    run, chunk = tmp_path / "r", shard_file(store_copy)
+    good = open(chunk, "rb").read()
+    flip_byte(chunk)
+    first = _kd_process(*argv)
+    assert first.returncode == 1 and first.stdout == "", first.stderr[-3000:]
+    said = [line for line in first.stderr.splitlines() if line.startswith("error: ")]  # (and `starting: …`)
+    assert len(said) == 1 and said[0].startswith("error: run failed: every student failed ("), first.stderr
+    assert "Traceback" not in first.stderr and first.stderr.count("is corrupt") == 1, first.stderr
+    assert "is corrupt" in said[0] and "only the students that failed from it are retrained" in said[0]
+    runs = json.loads((run / "leaderboard.json").read_text())["runs"]
+    assert [(r["status"], r.get("retry")) for r in runs[1:]] == [("failed", True)] * 3
+    assert "is corrupt" in runs[1]["error"]
+    assert "rerunning the same command retrains it" in (run / "report.md").read_text()
+
+    open(chunk, "wb").write(good)  # the data fixed: the same command completes the run
+    second = _kd_process(*argv)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.stdout.splitlines()[0] == (f"completing the unfinished run in {run}: retraining the 3 students "
+                                             "that failed from a data or I/O error, keeping the other 0")
+    board = json.loads((run / "leaderboard.json").read_text())
+    assert [r["status"] for r in board["runs"]] == ["ok"] * 4
+
+    # One student failed from a data error (its checkpoint never written), one diverged: only the first retrains.
+    for r in board["runs"]:
+        if r["run_id"] == "kl-T2-a0.9-s0":
+            r.update(status="failed", error="loss became nan at epoch 0 step 3")
+        if r["run_id"] == "kl-T4-a0.9-s0":
+            r.update(status="failed", error="dataset: cannot decode image a/3.jpg (…)", retry=True)
+    write_report(str(run), board["runs"], board["meta"])
+    os.remove(run / "students" / "kl-T4-a0.9-s0.pt")
+    baseline = run / "students" / "baseline-s0.pt"
+    before = (baseline.read_bytes(), baseline.stat().st_mtime_ns)
+    third = _kd_process(*argv)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "retraining the 1 student that failed from a data or I/O error, keeping the other 2" in third.stdout
+    runs = {r["run_id"]: r for r in json.loads((run / "leaderboard.json").read_text())["runs"]}
+    assert runs["kl-T4-a0.9-s0"]["status"] == "ok" and (run / "students" / "kl-T4-a0.9-s0.pt").exists()
+    assert runs["kl-T2-a0.9-s0"]["error"] == "loss became nan at epoch 0 step 3"  # a result, not retrained
+    assert (baseline.read_bytes(), baseline.stat().st_mtime_ns) == before
+
+
+def test_a_run_with_students_failed_by_a_data_error_is_unfinished_and_keeps_the_others(tmp_path):
+    cfg = _cfg(tmp_path)
+    path = distill.run_dir(cfg)
+    ok = {**TEACHER_ROW, "run_id": "baseline-s0", "config_id": "baseline", "kind": "baseline"}
+    os.makedirs(os.path.join(path, "students"))
+    open(os.path.join(path, "students", "baseline-s0.pt"), "wb").close()
+    spec = cfg.students()[1]
+    diverged = distill.failed_row(cfg, spec, "loss became nan at epoch 0 step 3")
+    unreadable = {**distill.failed_row(cfg, spec, "dataset: cannot decode image a/3.jpg", retry=True),
+                  "run_id": "other"}
+    write_report(path, [TEACHER_ROW, ok, diverged, unreadable], _identity(cfg))
+    assert distill.finished_run(path, _identity(cfg)) is None
+    assert [r["run_id"] for r in distill.kept_rows(path, _identity(cfg))] == ["baseline-s0", spec.run_id]
+    note = distill.unfinished_note([TEACHER_ROW, ok, diverged, unreadable])
+    assert note.startswith("1 of 3 students failed from a data or I/O error (first: other: dataset: cannot decode")
+    with pytest.raises(UserError, match="temperatures"):  # an unfinished run of another grid is not completed
+        distill.kept_rows(path, _identity(DistillConfig(store="s.zarr", report_root=str(tmp_path), run_name="fixed",
+                                                        temperatures=(2.0,))))
+    os.remove(os.path.join(path, "students", "baseline-s0.pt"))  # a trained student without its checkpoint
+    assert [r["run_id"] for r in distill.kept_rows(path, _identity(cfg))] == [spec.run_id]
+    write_report(path, [TEACHER_ROW, ok, diverged], _identity(cfg))  # a divergence is a result: finished
+    assert distill.finished_run(path, _identity(cfg)) == path and distill.kept_rows(path, _identity(cfg)) is None

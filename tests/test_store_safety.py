@@ -351,6 +351,10 @@ DAMAGE = {
     "dataset removed": (lambda s: _attrs(s, lambda a: a.pop("dataset")), "dataset: missing"),
     "layout rows changed": (lambda s: _attrs(s, lambda a: a["layout"]["val"].update(rows=260)),
                             "dataset.splits.val.size:"),
+    # Consistent attributes, but one chunk would decode to 381 MiB: refused before any is allocated.
+    "oversized logits chunks": (lambda s: _attrs(s, lambda a: (
+        a["layout"]["train"].update(rows=10 ** 8, chunk_rows=10 ** 7, shard_rows=10 ** 7),
+        a["dataset"]["splits"]["train"].update(size=10 ** 8))), "layout.train.chunk_rows: 10000000 rows decode to"),
 }
 
 
@@ -383,9 +387,21 @@ def test_stores_lists_a_damaged_store_and_goes_on(capsys, digits_store, tmp_path
 def test_permuted_logits_with_valid_checksums_fail_the_manifest(capsys, store_copy):
     arr = zarr.open_group(store_copy, mode="r+")["val"]["logits"]
     arr[:] = arr[:][::-1]  # rewritten through zarr: every chunk checksum is valid
-    SoftTargetStore(store_copy).read_logits("val")  # an ordinary read cannot tell
+    SoftTargetStore(store_copy).read_logits("val", 0, 256)  # a chunk read cannot tell
     err = cli_fails(capsys, "inspect", store_copy, "--verify")
     assert err.startswith("error: val/logits: shard 0 differs from the manifest")
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_stage2_refuses_logits_rewritten_through_zarr_in_what_it_decodes_whole(capsys, store_copy, split):
+    """Stage 2 decodes its test split, and its train split when it fits the cache, whole: every shard of them is
+    checked against the manifest before any student trains. Streamed, train is checked by `kd inspect --verify`."""
+    arr = zarr.open_group(store_copy, mode="r+")[split]["logits"]
+    arr[:] = arr[:][::-1]  # valid checksums
+    err = cli_fails(capsys, "distill", "--store", store_copy)
+    assert err.startswith(f"error: {split}/logits: shard 0 differs from the manifest"), err
+    if split == "train":
+        SoftTargetStore(store_copy).read_logits("train", 0, 256)  # streamed a chunk at a time: not hashed
 
 
 @pytest.mark.parametrize("name", ["labels", "ids"])
@@ -433,3 +449,36 @@ def test_links_that_leave_the_store_are_refused_and_never_echoed(capsys, store_c
     os.remove(inside)
     os.symlink(os.path.join(store_copy, "test", "zarr.json"), inside)
     SoftTargetStore(store_copy)
+
+
+def test_nan_written_through_zarr_is_not_called_a_missing_chunk(capsys, store_copy):
+    arr = zarr.open_group(store_copy, mode="r+")["train"]["logits"]
+    arr[1030, 0, 3] = np.nan  # valid checksums: only the values tell
+    err = cli_fails(capsys, "inspect", store_copy, "--verify")
+    assert err.startswith("error: train/logits: row 1030 (chunk 4) holds NaN beside finite values"), err
+    assert "missing" not in err
+    arr[1024:1257] = np.nan  # the whole (last) chunk NaN: what a missing chunk reads back as
+    assert "chunk 4 (row 1024) is missing" in cli_fails(capsys, "inspect", store_copy, "--verify")
+
+
+EDITS = {  # what the store says of its data, edited: the data rebuilt from data_config disagrees
+    "dataset.name": (lambda a: a["dataset"].update(name="digitz"), "dataset.name: the store records \"digitz\"",
+                     "dataset: store was written from 'digitz'"),
+    "class_names": (lambda a: a["dataset"].update(class_names=["1", "0", *map(str, range(2, 10))]),
+                    "dataset.class_names: the store records [\"1\", \"0\"", "dataset.class_names: "),
+    "transform_hash": (lambda a: a.update(transform_hash="0123456789abcdef"),
+                       "transform_hash: '0123456789abcdef' is not the hash of the recorded transform",
+                       "transform_hash: "),
+    "transform and its hash": (lambda a: (a["transform"].update(size=[9, 9]), a.update(
+        transform_hash=__import__("pipeline.transforms").transforms.transform_hash(a["transform"]))),
+        "transform_hash: the store records preprocessing", "transform_hash: "),
+}
+
+
+@pytest.mark.parametrize("edit", list(EDITS))
+def test_verify_notices_edits_to_what_the_store_records_of_its_data(capsys, store_copy, edit):
+    change, says, stage2 = EDITS[edit]
+    _attrs(store_copy, change)
+    err = cli_fails(capsys, "inspect", store_copy, "--verify")
+    assert err.startswith(f"error: {says}") and "rewrite it with `kd teacher`" in err, err
+    assert cli_fails(capsys, "distill", "--store", store_copy).startswith(f"error: {stage2}")  # stage 2 refuses it too

@@ -12,7 +12,7 @@ from pipeline.checksums import sha256_file
 from pipeline.config import DataConfig, ModelConfig
 from pipeline.errors import UserError
 from pipeline.store import SoftTargetStore
-from tests.conftest import build_store, small_teacher_config
+from tests.conftest import build_store, cli_fails, small_teacher_config
 
 
 def test_store_is_named_by_content_and_reused(tmp_path):
@@ -150,3 +150,37 @@ def test_storage_options_never_reach_the_store(tmp_path):
     p = teacher.plan(cfg)
     path = teacher.publish(p, teacher.train(p))
     assert "TOPSECRET" not in repr(SoftTargetStore(path).attrs)
+
+
+class _Payload:
+    """What a malicious checkpoint carries: loading it unrestricted would call os.system."""
+
+    def __reduce__(self):
+        return os.system, ("echo loaded-the-payload",)
+
+
+def test_a_checkpoint_with_pickled_code_is_refused_in_one_whole_line(digits_store, tmp_path, capsys):
+    evil = tmp_path / "evil.pt"
+    torch.save({"0.weight": _Payload()}, evil)
+    err = cli_fails(capsys, "teacher", "--checkpoint", str(evil), "--store-root", str(tmp_path / "s"),
+                    "--checkpoint-root", str(tmp_path / "c"))
+    assert err == (f"error: checkpoint: {str(evil)!r} is not a plain state dict: it holds pickled objects (it would "
+                   "call posix.system), so it was not loaded (pass a checkpoint saved as "
+                   "torch.save(model.state_dict(), PATH), from a source you trust)"), err
+    assert "--arch" not in err
+    cut = tmp_path / "cut.pt"  # a truncated checkpoint: damaged, not another architecture
+    cut.write_bytes(open(SoftTargetStore(digits_store).attrs["teacher"]["checkpoint"], "rb").read()[:3000])
+    err = cli_fails(capsys, "teacher", "--checkpoint", str(cut), "--store-root", str(tmp_path / "s"),
+                    "--checkpoint-root", str(tmp_path / "c"))
+    assert "cannot read" in err and "truncated or damaged" in err and "--arch" not in err and err.count(" …)") == 1
+
+
+def test_chunks_larger_than_a_reader_allocates_are_refused_before_any_work(tmp_path, monkeypatch):
+    """The bound every reader enforces (pipeline.store.layout.MAX_CHUNK_BYTES) is checked when the store is
+    planned, so no store is written that no reader would open. (Lowered here: digits' chunks are far smaller.)"""
+    monkeypatch.setattr(teacher, "MAX_CHUNK_BYTES", 1000)
+    with pytest.raises(UserError) as e:
+        teacher.plan(small_teacher_config(str(tmp_path), chunk_rows=256))
+    assert e.value.field == "chunk_rows" and "--chunk-rows" in e.value.fix
+    assert not (tmp_path / "stores").exists()
+    teacher.plan(small_teacher_config(str(tmp_path), chunk_rows=16))  # 16 rows x 10 classes x 4 B: under it

@@ -297,8 +297,9 @@ class FolderSource(Source):
         """
         if manifest == self._matched:
             return True
-        try:
-            same = zlib.decompress(base64.b64decode(manifest)) == self._listing_text()
+        text = self._listing_text()
+        try:  # inflated no further than this listing's length: a longer one differs, whatever it holds
+            same = inflate(manifest, len(text)) == text
         except (ValueError, zlib.error):  # not a manifest at all: it lists nothing of this folder
             return False
         if same:
@@ -309,15 +310,44 @@ class FolderSource(Source):
         """Refuse a folder whose listing differs from a store's recorded ``manifest``, naming the first file
         added, removed or changed."""
         if not self.matches(manifest):
-            changed = first_difference(read_manifest(manifest), self.listing())
+            limit = max(LISTING_SLACK * len(self._listing_text()), MIN_LISTING_LIMIT)
+            recorded = read_manifest(manifest, limit=limit)
+            changed = first_difference(recorded, self.listing()) if recorded is not None else (
+                f"the store lists over {limit // 2**20} MiB of files, far more than this folder's {len(self)} "
+                "(not compared file by file)")
             raise StoreError("dataset.files", f"the image folder changed since the store was written: {changed}",
                              "restore the folder, or rerun `kd teacher` on it")
 
 
-def read_manifest(manifest: str) -> list[tuple[str, int]]:
-    """A store's recorded listing (``dataset.files``) as (relative path, byte size) pairs."""
+# How far a store's recorded listing may inflate when it differs from the folder's: a multiple of this folder's
+# listing, at least MIN_LISTING_LIMIT. The attribute is a few compressed bytes that zlib can expand a thousandfold
+# (a zlib bomb): bounded, a damaged or hostile store costs memory in proportion to the real folder, never its claim.
+LISTING_SLACK = 16
+MIN_LISTING_LIMIT = 16 * 2**20
+
+
+def inflate(manifest: str, limit: int) -> bytes | None:
+    """A recorded listing decompressed, or None when it would exceed ``limit`` bytes (no more is ever inflated).
+
+    Raises ValueError (not base64) or zlib.error (not a whole zlib stream).
+    """
+    d = zlib.decompressobj()
+    out = d.decompress(base64.b64decode(manifest), limit + 1)
+    if len(out) > limit:
+        return None
+    if not d.eof:
+        raise zlib.error("incomplete or truncated stream")
+    return out
+
+
+def read_manifest(manifest: str, *, limit: int = MIN_LISTING_LIMIT) -> list[tuple[str, int]] | None:
+    """A store's recorded listing (``dataset.files``) as (relative path, byte size) pairs; None when it inflates
+    past ``limit`` bytes."""
     try:
-        lines = zlib.decompress(base64.b64decode(manifest)).decode().splitlines()
+        text = inflate(manifest, limit)
+        if text is None:
+            return None
+        lines = text.decode().splitlines()
         return [(p, int(s)) for p, _, s in (line.rpartition("\t") for line in lines)]
     except (ValueError, zlib.error) as exc:  # (binascii.Error and UnicodeDecodeError are ValueErrors)
         raise StoreError("dataset.files", f"the store's listing of its image folder cannot be read ({exc})",

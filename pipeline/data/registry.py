@@ -106,6 +106,15 @@ def check_dataset_name(name: str) -> None:
                     f"choose one of: {', '.join(DATASETS)}, or imagefolder:PATH")
 
 
+def check_data_root(name: str) -> None:
+    """Refuse a ``--data-root`` given for a dataset that reads nothing under it: it would be silently ignored."""
+    if name in TORCHVISION:
+        return
+    where = "ships with scikit-learn" if name == "digits" else "is read from the folder it names"
+    raise UserError("data_root", f"{name} {where}: nothing is read under --data-root",
+                    "drop --data-root (it is for mnist, fashion-mnist, cifar10 and cifar100)")
+
+
 def add_label_noise(split: Split, rate: float, num_classes: int, seed: int) -> Split:
     """Symmetric label noise: each label, with probability ``rate``, becomes a uniformly drawn *other* class.
 

@@ -16,7 +16,7 @@ import numpy as np
 from pipeline.config import parse_encoding
 from pipeline.errors import StoreError, UserError
 from pipeline.store.codec import ENCODING_DTYPES
-from pipeline.store.layout import SPLITS
+from pipeline.store.layout import MAX_CHUNK_BYTES, SPLITS, chunk_bytes
 from pipeline.store.meta import StoreMeta
 
 # labels and ids are one chunk each up to this many rows (they are read whole).
@@ -79,6 +79,10 @@ def check_layout(meta: StoreMeta) -> None:
                                  f"shard_rows {lay.shard_rows})", REWRITE)
         if lay.rows and lay.chunk_rows > lay.rows:
             raise StoreError(f"{at}.chunk_rows", f"{lay.chunk_rows} exceeds the split's {lay.rows} rows", REWRITE)
+        size = chunk_bytes(lay.chunk_rows, max(meta.views.count, 1), max(meta.dataset.num_classes, 1))
+        if size > MAX_CHUNK_BYTES:  # checked before any chunk is allocated
+            raise StoreError(f"{at}.chunk_rows", f"{lay.chunk_rows} rows decode to {size / 2**20:.0f} MiB per chunk, "
+                             f"over the {MAX_CHUNK_BYTES >> 20} MiB a reader allocates for one", REWRITE)
     splits = meta.dataset.splits
     if splits:  # a store written from a dataset records every split it holds, with its size
         if set(splits) != set(meta.layout):

@@ -12,6 +12,14 @@ DEFAULT_SHARD_CHUNKS = 16
 # enough to amortise it: ~1 MB of decoded float32 reads about 10x faster than 256 rows of 100 classes.
 CHUNK_TARGET_BYTES = 1 << 20
 MIN_CHUNK_ROWS, MAX_CHUNK_ROWS = 64, 1 << 16
+# The most one chunk may decode to (float32 logits of every view): what a reader allocates per chunk read, so a
+# store's attributes cannot make one read take more. The automatic layout's chunks are about CHUNK_TARGET_BYTES.
+MAX_CHUNK_BYTES = 256 << 20
+
+
+def chunk_bytes(chunk_rows: int, views: int, columns: int) -> int:
+    """Decoded float32 bytes of one chunk of ``chunk_rows`` rows of ``views`` x ``columns`` logits."""
+    return chunk_rows * views * columns * 4
 
 
 def auto_chunk_rows(row_bytes: int) -> int:

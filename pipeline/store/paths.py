@@ -93,6 +93,12 @@ def exists(path: str, storage_options: dict | None = None) -> bool:
     try:
         fs, p = fsspec.core.url_to_fs(path, **(storage_options or {}))
         return fs.exists(f"{p.rstrip('/')}/zarr.json")
-    except (OSError, ValueError, ImportError) as exc:  # bad credentials, unreachable endpoint, unknown protocol
-        raise UserError("store", f"cannot reach {path!r} ({type(exc).__name__}: {str(exc)[:160]})",
-                        "check the URL and --storage-options / credentials") from None
+    except Exception as exc:  # fsspec backends raise anything: bad endpoint, credentials, unknown protocol
+        raise unreachable("store", path, exc) from None
+
+
+def unreachable(field: str, url: str, exc: BaseException) -> UserError:
+    """The one line for a remote location that cannot be reached or read (any backend's exception)."""
+    first = (str(exc).strip().splitlines() or [""])[0][:160]
+    return UserError(field, f"cannot reach {url!r} ({type(exc).__name__}: {first})",
+                     "check the URL, the network and --storage-options / credentials")

@@ -10,8 +10,8 @@ import numpy as np
 from pipeline.config import parse_encoding
 from pipeline.errors import StoreError
 from pipeline.store.codec import decode_topk, logits_arrays
-from pipeline.store.contract import check_arrays, data_arrays
-from pipeline.store.integrity import check_digest, check_fingerprints, shard_ranges
+from pipeline.store.contract import check_arrays, data_arrays, num_shards
+from pipeline.store.integrity import check_digest, check_fingerprints, check_transform, shard_ranges
 from pipeline.store.layout import SPLITS
 from pipeline.store.meta import StoreMeta
 from pipeline.store.paths import exists, local_path, zarr_store
@@ -106,6 +106,13 @@ class SoftTargetStore:
                 raise StoreError(f"{split}/{name}", f"row {row} (chunk {chunk}) holds non-finite values (inf); a "
                                  "published store never does", "rewrite the store with `kd teacher --encoding "
                                  "float32`")
+            # A missing chunk reads back as the NaN fill, every value of it; NaN beside other values was written.
+            start = rows.start or 0
+            lo, hi = max(chunk * arr.chunks[0], start) - start, min((chunk + 1) * arr.chunks[0] - start, len(values))
+            if values.dtype.kind == "f" and not np.isnan(values[lo:hi]).all():
+                raise StoreError(f"{split}/{name}", f"row {row} (chunk {chunk}) holds NaN beside finite values: it "
+                                 "was rewritten after publishing (a published store holds none)",
+                                 "rewrite the store with `kd teacher`")
             raise StoreError(f"{split}/{name}", f"chunk {chunk} (row {row}) is missing from the store",
                              "the store was damaged after writing; re-run `kd teacher`")
         return values
@@ -130,9 +137,32 @@ class SoftTargetStore:
         stop = self.size(split) if stop is None else stop
         rows = slice(start, stop)
         if parse_encoding(self.encoding)[0] == "topk":
-            return decode_topk(self._read(split, "topk_values", rows), self._read(split, "topk_indices", rows),
-                               self._read(split, "lse", rows), self.num_classes)
-        return self._read(split, "logits", rows).astype(np.float32, copy=False)
+            return decode_topk(self._read_checked(split, "topk_values", rows),
+                               self._read_checked(split, "topk_indices", rows),
+                               self._read_checked(split, "lse", rows), self.num_classes)
+        return self._read_checked(split, "logits", rows).astype(np.float32, copy=False)
+
+    def _read_checked(self, split: str, name: str, rows: slice) -> np.ndarray:
+        """:meth:`_read`, and every whole shard among the rows read checked against the manifest.
+
+        A read of whole shards (a split decoded at once: stage 2's test split, and its train split when it
+        fits the cache) costs one sha256 of bytes already in memory; rows streamed a chunk at a time are not
+        hashed (a shard's digest needs all of it): `kd inspect --verify` checks those.
+        """
+        values = self._read(split, name, rows)
+        manifest = self.meta.manifest
+        if manifest is None:  # an incomplete store: nothing recorded yet
+            return values
+        lay, start = self.meta.layout[split], rows.start or 0
+        first = -(-start // lay.shard_rows)
+        for shard in range(first, num_shards(lay.rows, lay.shard_rows)):
+            a, b = shard * lay.shard_rows, min((shard + 1) * lay.shard_rows, lay.rows)
+            if b > start + len(values):
+                break
+            part = values[a - start:b - start]
+            check_digest(f"{split}/{name}", shard, manifest.arrays[f"{split}/{name}"][shard], [part], part.shape,
+                         part.dtype, whole=False)
+        return values
 
     def read_logits(self, split: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Logits of the clean view (view 0), (rows, C) float32, verified."""
@@ -200,26 +230,40 @@ class SoftTargetStore:
         if not self.meta.complete or self.meta.manifest is None:
             raise StoreError("complete", f"store {self.path!r} is incomplete: it has no manifest to verify against",
                              "rerun the same `kd teacher` command to finish it")
+        check_transform(self.meta)
         manifest = self.meta.manifest.arrays
         checked = {}
         for split in self.splits():
             lay = self.meta.layout[split]
-            if not self._read(split, "written", slice(None)).all():
-                raise StoreError(f"{split}/written", "some shards are flagged unwritten in a complete store",
-                                 "rewrite the store with `kd teacher`")
-            for spec in data_arrays(self.meta, split):
+            specs = data_arrays(self.meta, split)
+            # Sizes against each other before anything is read: the manifest lists one digest per shard the
+            # layout defines (checking them reads at most one chunk at a time, so a store claiming more rows
+            # than it holds fails at its first missing chunk, never by allocating its claimed size).
+            for spec in specs:
+                at, count = f"{split}/{spec.name}", num_shards(lay.rows, lay.shard_rows) if spec.per_shard else 1
+                if len(manifest[at]) != count:
+                    raise StoreError(f"manifest.arrays.{at}", f"lists {len(manifest[at])} shards, the layout has "
+                                     f"{count}", "rewrite the store with `kd teacher`")
+            self._check_written(split)
+            for spec in specs:
                 at = f"{split}/{spec.name}"
-                ranges = shard_ranges(lay.rows, lay.shard_rows, spec.per_shard)
-                expected = manifest[at]
-                if len(expected) != len(ranges):
-                    raise StoreError(f"manifest.arrays.{at}", f"lists {len(expected)} shards, the layout has "
-                                     f"{len(ranges)}", "rewrite the store with `kd teacher`")
-                for i, (a, b) in enumerate(ranges):
-                    check_digest(at, i, expected[i], self._read(split, spec.name, slice(a, b)), not spec.per_shard)
+                for i, (a, b) in enumerate(shard_ranges(lay.rows, lay.shard_rows, spec.per_shard)):
+                    pieces = (self._read(split, spec.name, slice(r, min(r + step, b)))
+                              for step in [int(self._array(split, spec.name).chunks[0])] for r in range(a, b, step))
+                    check_digest(at, i, manifest[at][i], pieces, (b - a, *spec.shape[1:]), spec.dtype,
+                                 whole=not spec.per_shard)
             if self.views > 1:
                 self.verify_view_params(split)  # mixed views: every partner is a sample of the split
             checked[split] = self.size(split)
         return checked
+
+    def _check_written(self, split: str, step: int = 65536) -> None:
+        """Every shard of a complete store is flagged written; the flags are read ``step`` at a time."""
+        n = self._array(split, "written").shape[0]
+        for start in range(0, n, step):
+            if not self._read(split, "written", slice(start, min(start + step, n))).all():
+                raise StoreError(f"{split}/written", "some shards are flagged unwritten in a complete store",
+                                 "rewrite the store with `kd teacher`")
 
     def verify_fingerprints(self) -> str:
         """The stored labels and ids against the data's recorded fingerprints (needs the data; see integrity)."""
