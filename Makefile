@@ -7,7 +7,7 @@ export PREFECT_HOME ?= $(CURDIR)/data/prefect
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: setup teacher distill test bench serve reproduce views-study fidelity clean
+.PHONY: setup teacher distill test bench serve reproduce views-study fidelity finetune-demo clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -42,6 +42,13 @@ fidelity: $(STAMP)  ## how much of the teacher-student gap each recipe closes, o
 
 serve: $(STAMP)  ## serve the teacher, distill and pipeline flows from this process (Prefect)
 	$(BIN)/python -m flows.serve
+
+finetune-demo: $(STAMP)  ## the finetune recipe, CPU-sized and offline: a generated folder, stand-in weights → data/demo/
+	$(BIN)/python -m experiments.finetune_demo data/demo
+	TORCH_HOME=data/demo/torch $(BIN)/kd run --preset finetune --dataset imagefolder:data/demo/photos \
+	  --arch torchvision:resnet18 --weights IMAGENET1K_V1 --resize 72 --crop 64 --epochs 2 --batch-size 16 \
+	  --views 4 --workers 0 --student-arch torchvision:mobilenet_v3_small --student-crop 64 --student-epochs 2 \
+	  --seeds 0 --temperatures 4
 
 clean:  ## remove generated data (datasets you downloaded are kept)
 	rm -rf data/stores data/checkpoints data/reports data/bench data/prefect

@@ -14,7 +14,8 @@ import os
 
 from pipeline.config import (AugmentConfig, DataConfig, DistillConfig, TeacherConfig, from_dict, student_model,
                              student_optim)
-from pipeline.report import markdown_table, mean_pm, read_report, write_text_atomic
+from pipeline.atomic import write_text_atomic
+from pipeline.report import markdown_table, mean_pm, read_report
 
 SEEDS = (0, 1, 2)
 TEMPERATURES = (1.0, 2.0, 4.0, 8.0, 20.0)

@@ -15,6 +15,7 @@ from flows.progress import reporter
 from flows.retries import IO_RETRIES
 from flows.run_labels import label_run, publish_report, run_tags
 from pipeline import distill, report
+from pipeline.locks import run_lock
 from pipeline.config import DistillConfig, StudentSpec
 from pipeline.errors import UserError
 
@@ -62,7 +63,7 @@ def distill_flow(config: DistillParameter):
     label_run(name=os.path.basename(run_dir),
               tags=run_tags(dataset=p.data_cfg.name, store_key=p.store.meta.provenance_key))
     # Held until the report is written: a second run on this folder is refused, not merged into it.
-    with distill.run_lock(run_dir):
+    with run_lock(run_dir):
         done = distill.finished_run(run_dir, p.identity())  # a differing finished run is refused
         if done is not None:
             logger.info("an identical run has finished in %s; not retraining", done)

@@ -31,13 +31,15 @@ def cmd_inspect(a: argparse.Namespace) -> None:
     info = store.summary()
     if a.verify:
         info["verified_rows"] = store.verify()
-        info["fingerprints"] = store.verify_fingerprints()
+        from pipeline.compat import check_fingerprints
+
+        info["fingerprints"] = check_fingerprints(store)
     if a.verify_views:
         from pipeline.views import verify_views
 
         info["verified_views"] = verify_views(store, samples=a.verify_views)
     if a.verify_data:
-        from pipeline.data.verify import verify_data
+        from pipeline.compat import verify_data
 
         info["verified_data"] = verify_data(store)
     if a.json:

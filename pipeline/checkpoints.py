@@ -13,6 +13,7 @@ import re
 import torch
 from torch import nn
 
+from pipeline.atomic import write_atomic
 from pipeline.checksums import sha256_file
 from pipeline.config import ModelConfig
 from pipeline.errors import UserError
@@ -24,8 +25,11 @@ DAMAGED = "pass a checkpoint written by torch.save; a truncated or damaged file 
 
 
 def load_model(path: str, *, model: ModelConfig, input_shape: tuple[int, int, int], num_classes: int,
-               sha256: str | None = None, field: str = "checkpoint", fix: str = "") -> nn.Module:
-    """Build ``model`` and load the weights at ``path``; in eval mode, on the CPU.
+               sha256: str | None = None, field: str = "checkpoint", fix: str = "", outputs: int | None = None,
+               class_map: tuple[int, ...] | None = None) -> nn.Module:
+    """Build ``model`` and load the weights at ``path`` (safetensors, or a state dict read with
+    ``weights_only=True``); in eval mode, on the CPU. A ``file:`` model is its own checkpoint: ``path`` is the
+    file, loaded whole. ``outputs``/``class_map``: a teacher used as it is (see :func:`pipeline.models.build_model`).
 
     With ``sha256``, the file must have that checksum (the one a store recorded), else nothing is loaded.
     """
@@ -37,9 +41,16 @@ def load_model(path: str, *, model: ModelConfig, input_shape: tuple[int, int, in
         if not same:
             raise UserError(field, f"the checkpoint {path!r} is missing or changed (its sha256 is not the "
                             "recorded one)", fix)
-    net = build_model(model, input_shape, num_classes)
+    if model.source == "file":
+        return build_model(model, input_shape, num_classes, class_map=class_map).eval()
+    net = build_model(model, input_shape, num_classes, pretrained=False, outputs=outputs, class_map=class_map)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        if path.lower().endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state = load_file(path, device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         called = re.search(r"GLOBAL ([\w.]+)", str(exc))
         if called is None:  # not a pickle torch can read at all: damaged, or not a checkpoint
@@ -78,8 +89,6 @@ def save_state_dict(model: nn.Module, path: str, *, field: str) -> None:
     Serialised in memory first, then written by Python: torch's own file writer reports a full disk as an
     opaque stream error, without its errno.
     """
-    from pipeline.report import write_atomic
-
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
 
@@ -95,4 +104,5 @@ def load_store_teacher(store: SoftTargetStore, *, field: str = "checkpoint",
     """The teacher a store records, from its checkpoint (weights only, sha256 checked against the store)."""
     t = store.meta.teacher
     return load_model(t.checkpoint, model=t.model_cfg(), input_shape=store.meta.dataset.input_shape,
-                      num_classes=store.num_classes, sha256=t.checkpoint_sha256, field=field, fix=fix)
+                      num_classes=store.num_classes, sha256=t.checkpoint_sha256, field=field, fix=fix,
+                      outputs=t.outputs, class_map=t.class_map)

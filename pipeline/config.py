@@ -18,6 +18,7 @@ import difflib
 import hashlib
 import json
 import math
+import re
 import typing
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Callable, TypeVar
@@ -29,7 +30,6 @@ SCHEDULES = ("none", "cosine", "step", "onecycle")
 SELECTIONS = ("best", "last")
 AUGMENT_OPS = ("translate", "flip", "rotate", "crop", "jitter")
 MIX_OPS = ("mixup", "cutmix")  # teacher views only: a sample mixed with a stored partner from its own split
-ENCODINGS = ("float16", "float32", "topk:K")  # K: classes kept per sample
 SOFT_LOSSES = ("kl", "soft_ce", "mse")
 # Soft losses that ignore the temperature (pipeline.losses.mse_loss matches raw logits): trained once per
 # (alpha, seed), not once per temperature, and their config_id carries no T (a test keeps this in step with
@@ -40,8 +40,12 @@ MODES = ("offline", "online")
 VIEW_POLICIES = ("uniform", "cycle")
 BATCH_MODES = ("auto", "on", "off")  # how a group of students trains (pipeline.student_group.fit_group's `batched`)
 TRAIN_TRANSFORMS = ("random-resized-crop", "hflip")  # the keys of pipeline.transforms.TRAIN_OPS (a test keeps them equal)
-EXPORT_FORMATS = ("torchscript", "onnx")
+EXPORT_FORMATS = ("torchscript", "onnx", "safetensors")
 BUILTIN_ARCHS = ("mlp", "cnn")  # the keys of pipeline.models.MODELS (a test keeps the two equal)
+# Where a model comes from, named as the prefix of --arch (`timm:resnet18`); a bare name is a built-in (mlp, cnn)
+# or a torchvision classifier built from scratch and adapted to the input (the keys of pipeline.models.SOURCES).
+MODEL_SOURCES = ("builtin", "torchvision", "timm", "py", "file")
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic")  # PIL's resampling filters, as torchvision names them
 
 C = TypeVar("C")
 
@@ -104,8 +108,47 @@ def _torchvision_archs() -> list[str]:
     return torchvision.models.list_models(module=torchvision.models)
 
 
+def parse_arch(arch: str) -> tuple[str, str]:
+    """``--arch`` -> (source, name): ``cnn`` -> ("builtin", "cnn"), ``timm:resnet18`` -> ("timm", "resnet18"),
+    ``py:pkg.mod:fn`` -> ("py", "pkg.mod:fn"), ``file:PATH`` -> ("file", PATH)."""
+    source, sep, name = arch.partition(":")
+    if not sep:
+        return "builtin", arch
+    if source not in MODEL_SOURCES or source == "builtin":
+        raise UserError("arch", f"unknown model source {source!r} in {arch!r}",
+                        "use a built-in name, or torchvision:NAME, timm:NAME, py:package.module:function or file:PATH")
+    if not name:
+        raise UserError("arch", f"{arch!r} names no model", f"pass e.g. {source}:{_SOURCE_EXAMPLES[source]}")
+    return source, name
+
+
+_SOURCE_EXAMPLES = {"torchvision": "resnet18", "timm": "resnet18", "py": "my_models.nets:make_net",
+                    "file": "teacher.pt2"}
+
+
 def check_arch(name: str) -> None:
-    """Refuse an architecture that is neither built in nor a torchvision classifier, suggesting near misses."""
+    """Refuse an architecture that is neither built in nor a torchvision classifier, suggesting near misses.
+
+    Names with a source prefix are checked for their form only here (configs are also rebuilt from a store's
+    record, where a factory or a file need not exist); :func:`pipeline.models.check_source` checks the rest
+    before any work.
+    """
+    source, bare = parse_arch(name)
+    if source == "torchvision":
+        if bare not in _torchvision_archs():
+            close = difflib.get_close_matches(bare, _torchvision_archs(), n=3)
+            raise UserError("arch", f"unknown torchvision model {bare!r}",
+                            f"did you mean {', '.join('torchvision:' + c for c in close)}?" if close
+                            else "pass a name from torchvision.models.list_models()")
+        return
+    if source == "py":
+        module, sep, fn = bare.rpartition(":")
+        if not sep or not module or not fn.isidentifier():
+            raise UserError("arch", f"{name!r} is not py:package.module:function",
+                            "pass e.g. py:my_models.nets:make_net (a function returning an nn.Module)")
+        return
+    if source != "builtin":
+        return
     if name in BUILTIN_ARCHS or name in _torchvision_archs():
         return
     close = difflib.get_close_matches(name, list(BUILTIN_ARCHS) + _torchvision_archs(), n=3)
@@ -113,20 +156,55 @@ def check_arch(name: str) -> None:
     raise UserError("arch", f"unknown architecture {name!r}", hint)
 
 
-def parse_encoding(encoding: str) -> tuple[str, int | None]:
-    """``float16`` | ``float32`` | ``topk:K`` -> (kind, K)."""
-    if encoding in ("float16", "float32"):
-        return encoding, None
-    kind, _, k = encoding.partition(":")
-    if kind == "topk" and k.isdigit() and int(k) > 0:
-        return "topk", int(k)
-    raise UserError("encoding", f"unknown encoding {encoding!r}", "use float16, float32 or topk:K (e.g. topk:20)")
-
-
 def _num(v: float) -> str:
     """Short form of a number for ids (``2.0`` -> ``2``), exact whenever ``:g`` would round it."""
     short = f"{v:g}"
     return short if float(short) == v else repr(float(v))
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """A model's evaluation preprocessing, as plain values: resize the shorter side to ``resize`` with
+    ``interpolation`` (PIL's filter, as torchvision and timm apply it), center-crop ``crop`` x ``crop``, scale to
+    [0, 1], then ``(x - mean) / std`` per channel. ``None`` leaves a step out (no resize or crop: the data's
+    --image-size or native resolution; no mean/std: no normalisation). ``origin`` says where the values came from
+    (a weights enum, timm's pretrained config, options)."""
+
+    resize: int | None = None
+    crop: int | None = None
+    interpolation: str = "bilinear"
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    origin: str = "options"
+
+    def __post_init__(self) -> None:
+        _check_choice(self.interpolation, INTERPOLATIONS, "interpolation")
+        _check(self.resize is None or self.resize > 0, "resize", f"must be positive, got {self.resize}", "use e.g. 256")
+        _check(self.crop is None or self.crop > 0, "crop", f"must be positive, got {self.crop}", "use e.g. 224")
+        _check(self.resize is None or self.crop is not None, "resize", "needs a crop size",
+               "pass --crop S too (the image is resized, then center-cropped to S x S)")
+        _check(self.resize is None or self.crop is None or self.resize >= self.crop, "crop",
+               f"{self.crop} is larger than the resize {self.resize}", "pass --crop <= --resize")
+        _check((self.mean is None) == (self.std is None), "mean" if self.std is not None else "std",
+               "is given without the other", "pass both --mean and --std, one value per channel")
+        if self.mean is not None and self.std is not None:
+            _check(len(self.mean) == len(self.std) and len(self.mean) in (1, 3), "std",
+                   f"has {len(self.std)} values for {len(self.mean)} means", "pass one mean and one std per channel")
+            _check(all(math.isfinite(v) and v > 0 for v in self.std), "std", f"must be > 0, got {list(self.std)}",
+                   "use e.g. 0.229 0.224 0.225")
+
+    @property
+    def geometry(self) -> bool:
+        """Whether it resizes or crops (else the data's own size applies)."""
+        return self.crop is not None
+
+    @property
+    def normalizes(self) -> bool:
+        return self.mean is not None
+
+    def record(self) -> dict:
+        """As the store records it (part of the transform and its hash)."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
 
 
 @dataclass(frozen=True)
@@ -165,6 +243,11 @@ class DataConfig:
     # pipeline.store.meta.Provenance.data_cfg), so those are still read and reproduced exactly.
     exif_orientation: bool = option(True, help="image folders: turn each photo upright by its EXIF orientation "
                                                "tag, as photo viewers show it, before any resize or crop")
+    # The teacher's evaluation preprocessing (its resize, crop and interpolation shape the pixels every stage
+    # reads; its mean and std are applied by the model itself). Resolved from the teacher's model options by
+    # `kd teacher`, recorded with the store's data, and so rebuilt by stage 2 from the store alone.
+    model_preprocessing: Preprocessing | None = option(None, cli=False, help="the teacher's evaluation "
+                                                       "preprocessing (from --arch, --weights, --preprocessing…)")
 
     def __post_init__(self) -> None:
         _check(bool(self.name), "dataset", "is empty", "pass e.g. --dataset digits")
@@ -188,6 +271,11 @@ class DataConfig:
         # A seed without noise would change the data's hash (and so store names) for identical data.
         _check(self.noise_seed is None or self.label_noise > 0, "noise_seed", "has no effect without label noise",
                "drop --noise-seed, or pass --label-noise RATE")
+        crop = self.model_preprocessing.crop if self.model_preprocessing is not None else None
+        _check(self.image_size is None or crop is None or self.image_size == crop, "image_size",
+               f"{self.image_size} contradicts the teacher's preprocessing, which crops {crop} x {crop} "
+               f"({self.model_preprocessing.origin if self.model_preprocessing else ''})",
+               f"drop --image-size, or pass --image-size {crop}")
 
     @property
     def effective_noise_seed(self) -> int:
@@ -204,7 +292,7 @@ class DataConfig:
         out while they change nothing the key's first definition did not cover (at their defaults, or for
         EXIF orientation, off or without effect), so the stores of an unchanged dataset keep their keys (and
         names), and an image folder read upright gets stores of its own."""
-        later = {"image_size": None, "train_transform": ()}
+        later = {"image_size": None, "train_transform": (), "model_preprocessing": None}
         out = {k: v for k, v in asdict(self).items() if k not in later or v != later[k]}
         if not self.applies_exif:
             del out["exif_orientation"]
@@ -221,15 +309,70 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """An architecture from the model registry. ``width`` sizes the built-ins."""
+    """A model from one of the sources of the model registry (``pipeline.models.SOURCES``), named by ``arch``.
+
+    ``width`` sizes the built-ins. ``weights`` (a torchvision weights enum name, ``pretrained`` for timm's hub
+    cache, or a .safetensors / .pt state dict file) and the preprocessing fields exist for the sources that take
+    them; every field after ``width`` is left out of provenance keys and run names at its default.
+    """
 
     arch: str = option("cnn", inherit=False,
-                       help="mlp | cnn | any torchvision classifier (resnet18, mobilenet_v3_small…)")
+                       help="mlp | cnn | a torchvision classifier built from scratch (resnet18…) | torchvision:NAME | "
+                            "timm:NAME | py:package.module:function | file:PATH (.pt2 torch.export program or "
+                            "TorchScript)")
     width: int = option(32, inherit=False, help="width of the built-in mlp/cnn")
+    weights: str | None = option(None, inherit=False, metavar="ENUM|pretrained|FILE",
+                                 help="pretrained weights: a torchvision weights enum (IMAGENET1K_V1), 'pretrained' "
+                                      "(timm: its hub cache), or a .safetensors/.pt state dict file",
+                                 default_text="none: random initialisation")
+    preprocessing: str | None = option(None, inherit=False, metavar="ENUM|none",
+                                       help="the model's evaluation preprocessing: a torchvision weights enum whose "
+                                            "transforms() to use, or 'none'",
+                                       default_text="the source's: the --weights enum, timm's pretrained config")
+    resize: int | None = option(None, inherit=False, metavar="R", help="preprocessing: resize the shorter side to R "
+                                "(overrides the source's)")
+    crop: int | None = option(None, inherit=False, metavar="S", help="preprocessing: center-crop S x S (overrides "
+                              "the source's; students: the resolution they train at)")
+    interpolation: str | None = option(None, inherit=False, choices=INTERPOLATIONS,
+                                       help="preprocessing: the resize's interpolation (overrides the source's)")
+    mean: tuple[float, ...] | None = option(None, inherit=False, metavar="M",
+                                            help="preprocessing: per-channel mean (overrides the source's)")
+    std: tuple[float, ...] | None = option(None, inherit=False, metavar="S",
+                                           help="preprocessing: per-channel std (overrides the source's)")
+    model_classes: str | None = option(None, inherit=False, metavar="FILE|A,B,…",
+                                       help="the model's class names in output order: a text file (one per line) or "
+                                            "a comma-separated list", default_text="the --weights enum's categories")
 
     def __post_init__(self) -> None:
         _check(self.width > 0, "width", f"must be positive, got {self.width}", "use e.g. 32")
         check_arch(self.arch)  # here, so that a typo fails before any work
+        if self.interpolation is not None:
+            _check_choice(self.interpolation, INTERPOLATIONS, "interpolation")
+        _check(self.preprocessing is None or bool(self.preprocessing), "preprocessing", "is empty",
+               "pass a weights enum name such as IMAGENET1K_V1, or none")
+        for name in ("weights", "model_classes"):
+            _check(getattr(self, name) is None or bool(getattr(self, name)), name, "is empty", f"omit --{name}")
+
+    @property
+    def source(self) -> str:
+        return parse_arch(self.arch)[0]
+
+    @property
+    def slug(self) -> str:
+        """The model as it reads in store and report names: the arch, with anything not plain replaced."""
+        if self.source == "builtin":
+            return self.arch
+        source, name = parse_arch(self.arch)
+        if source == "file":
+            name = name.replace("\\", "/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
+        elif source == "py":
+            name = name.rsplit(":", 1)[-1]
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{source}-{name}").strip("_.")
+
+    def key(self) -> dict:
+        """The config as provenance keys and run names hash it: fields added after ``arch`` and ``width`` are
+        left out at their defaults, so the stores and runs of unchanged configs keep their keys and names."""
+        return {k: v for k, v in asdict(self).items() if k in ("arch", "width") or v is not None}
 
 
 @dataclass(frozen=True)
@@ -259,6 +402,14 @@ class OptimConfig:
                                           help="clip the gradients' global L2 norm to this ('off': no clipping)")
     patience: int | None = option(None, metavar="EPOCHS", help="early stopping: epochs without a better val "
                                                                "accuracy ('off': never stop)")
+    # Fine-tuning a pretrained model (--weights): its backbone (everything but the classifier head) may learn
+    # more slowly than the head, and be frozen for the first epochs while the new head settles.
+    backbone_lr: float | None = option(None, inherit=False, metavar="LR",
+                                       help="fine-tuning: learning rate of the pretrained backbone (the head "
+                                            "keeps --lr)", default_text="--lr")
+    freeze_epochs: int | None = option(None, inherit=False, metavar="N",
+                                       help="fine-tuning: epochs at the start that train the head alone",
+                                       default_text="0")
 
     def __post_init__(self) -> None:
         _check_choice(self.name, OPTIMIZERS, "optimizer")
@@ -292,6 +443,15 @@ class OptimConfig:
                "clip_grad_norm", f"must be > 0, got {self.clip_grad_norm}", "use e.g. 1.0, or omit it for no clipping")
         _check(self.patience is None or self.patience > 0, "patience", f"must be a positive number of epochs, got "
                f"{self.patience}", "use e.g. 5, or omit it to train every epoch")
+        _check(self.backbone_lr is None or (math.isfinite(self.backbone_lr) and self.backbone_lr > 0),
+               "backbone_lr", f"must be > 0, got {self.backbone_lr}", "use e.g. 1e-3, or omit it to use --lr")
+        _check(self.freeze_epochs is None or 0 <= self.freeze_epochs < self.epochs, "freeze_epochs",
+               f"must be in [0, epochs={self.epochs}), got {self.freeze_epochs}",
+               "use e.g. 1, and leave epochs to train the whole model")
+
+    def key(self) -> dict:
+        """As provenance keys and run names hash it: the fine-tuning fields are left out while unset."""
+        return {k: v for k, v in asdict(self).items() if k not in ("backbone_lr", "freeze_epochs") or v is not None}
 
 
 @dataclass(frozen=True)
@@ -385,13 +545,17 @@ class TeacherConfig:
     seed: int = option(0, help="seed of the teacher's training (initialisation, batch order, augmentation) and "
                               "of its stored views")
     checkpoint: str | None = option(None, metavar="FILE", help="load this teacher instead of training one")
+    as_is: bool = option(False, help="use the pretrained teacher (--weights, a py: factory, a file: model) as it is, "
+                                     "without training: its classes (--model-classes, or the weights' categories) "
+                                     "must name every class of the dataset")
     parent_store: str | None = option(None, cli=False,  # set by born-again KD, one generation to the next
                                       help="the store whose student this teacher is (its lineage)")
     store_root: str = option("data/stores", help="where stores are written: a path or any fsspec URL")
     checkpoint_root: str = option("data/checkpoints", help="where teacher checkpoints are written")
     workers: int = option(0, help="DataLoader worker processes reading and decoding images for the teacher's "
                                   "training, evaluation and logits pass (0: in this process)")
-    encoding: str = option("float16", help=f"how logits are stored: {' | '.join(ENCODINGS)}")
+    encoding: str = option("float16", help="how logits are stored: float16 | float32 | topk:K (the K largest per "
+                                           "sample; pipeline/store/codec.py)")
     device: str = option("auto", choices=DEVICES, help="where models train")
     storage_options: dict | None = option(None, metavar="JSON", help=STORAGE_OPTIONS_HELP)
     chunk_rows: int | None = option(None, help="samples per compressed chunk",
@@ -407,7 +571,9 @@ class TeacherConfig:
                                  help="teacher views (--views > 1): mixed with a partner from the same split")
 
     def __post_init__(self) -> None:
-        parse_encoding(self.encoding)
+        from pipeline.store.codec import encoding  # here: the store package is not needed to build a parser
+
+        encoding(self.encoding)
         _check_choice(self.device, DEVICES, "device")
         _check(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}", "use e.g. 0")
         _check(bool(self.store_root), "store_root", "is empty", "pass a folder or URL, e.g. data/stores")

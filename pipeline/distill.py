@@ -8,16 +8,12 @@ for each group of students, then to the report functions.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import json
 import logging
 import os
-import socket
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,62 +24,18 @@ from pipeline.config import (AugmentConfig, DataConfig, DistillConfig, StudentSp
                              to_dict)
 from pipeline.checkpoints import load_store_teacher, save_state_dict
 from pipeline.checks import check_output_folder
+from pipeline.compat import check_compatible
+from pipeline.locks import check_not_running
 from pipeline.data import Dataset, store_dataset
-from pipeline.errors import StoreError, UserError
+from pipeline.errors import UserError
 from pipeline.loader import SoftTargetLoader, fits_cache
 from pipeline.metrics import expected_calibration_error
-from pipeline.models import count_parameters, measure_latency, model_size_mb, resolve_device
+from pipeline.models import check_source, count_parameters, measure_latency, model_size_mb, resolve_device
 from pipeline.store import SoftTargetStore
 from pipeline.student_group import fit_group
 from pipeline.train import Progress, build_seeded, evaluate_group
 
 log = logging.getLogger(__name__)
-
-
-def check_compatible(store: SoftTargetStore, ds: Dataset) -> None:
-    """Refuse a store written from other data, naming the first field that differs (for an image folder
-    changed since, the first file added, removed or resized). Open ``ds`` with
-    :func:`pipeline.data.store_dataset`, so that a changed folder is refused before any of its images is read."""
-    meta = store.meta
-    fix = "distill with the dataset the teacher saw, or rerun `kd teacher` on this data"
-    if meta.transform_hash != ds.transform_hash:
-        raise StoreError("transform_hash", f"store preprocessing {meta.transform_hash} ({_shown(meta.transform)}) "
-                         f"differs from this data's {ds.transform_hash} ({_shown(ds.transform)})",
-                         "pass the --image-size and --exif-orientation (or --no-exif-orientation) the store was "
-                         "written with, or rerun `kd teacher`")
-    if meta.dataset.name != ds.name:
-        raise StoreError("dataset", f"store was written from {meta.dataset.name!r}, not {ds.name!r}", fix)
-    if store.num_classes != ds.num_classes:
-        raise StoreError("num_classes", f"store has {store.num_classes} classes, dataset has {ds.num_classes}", fix)
-    if list(meta.dataset.class_names) != list(ds.class_names):  # same count, other names or order: other labels
-        raise StoreError("dataset.class_names", f"the store's classes {_listed(meta.dataset.class_names)} are not "
-                         f"this data's {_listed(ds.class_names)}", fix)
-    if meta.dataset.files is not None and ds.files is not None:
-        ds.files.check_unchanged(meta.dataset.files)  # free when store_dataset compared them already
-    for split, info in meta.dataset.splits.items():
-        if split not in ds.splits:
-            continue
-        n = len(ds.splits[split])
-        if info.size != store.size(split):  # the store contradicts itself: say which number is which
-            raise StoreError(f"splits.{split}.size", f"the store records {info.size} {split} samples but its "
-                             f"arrays hold {store.size(split)} (the dataset has {n})",
-                             "the store is damaged: rerun `kd teacher`")
-        if info.size != n:
-            raise StoreError(f"splits.{split}.size", f"store has {info.size} {split} samples, dataset has {n}", fix)
-        if info.fingerprint != ds.splits[split].fingerprint():
-            raise StoreError(f"splits.{split}.fingerprint", f"{split} samples or labels differ from the store's", fix)
-    if store.views > 1 and ds.preprocess.train_ops:
-        raise UserError("train_transform", "this store's teacher views define the augmentation (each view is "
-                        "replayed exactly)", "drop --train-transform, or distill from a clean-view store")
-
-
-def _listed(names) -> str:
-    text = ", ".join(names)
-    return f"({text if len(text) <= 60 else text[:57] + '...'})"
-
-
-def _shown(record: dict) -> str:
-    return ", ".join(f"{k}={v}" for k, v in sorted(record.items()) if k != "pixels")
 
 
 @functools.lru_cache(maxsize=4)
@@ -178,8 +130,13 @@ def students_data(data: DataConfig, store: SoftTargetStore) -> DataConfig:
     training transforms, recorded with the store's data (and shared by `kd run`'s teacher and students), are
     therefore not drawn again on top of the views; other train transforms are refused (:func:`check_compatible`).
     """
-    if store.views > 1 and data.train_transform and data.train_transform == store.meta.data_cfg().train_transform:
+    recorded = store.meta.data_cfg()
+    if store.views > 1 and data.train_transform and data.train_transform == recorded.train_transform:
         data = dataclasses.replace(data, train_transform=())
+    if data.model_preprocessing is None and recorded.model_preprocessing is not None:
+        # The teacher's preprocessing is the store's, not an option of the data: students read its pixels
+        # (and resize and normalise them for themselves). A data option that contradicts it is refused here.
+        data = dataclasses.replace(data, model_preprocessing=recorded.model_preprocessing)
     return data
 
 
@@ -196,6 +153,9 @@ def plan(cfg: DistillConfig) -> DistillPlan:
     check_views_augment(store.views, cfg.augment)
     if store.views > 1:  # every view's parameters decoded now (checksums, partners of mixed views)
         store.verify_view_params("train")
+    # The students' own source: a factory or file, pretrained weights (fetched only with --download) that fit.
+    check_source(cfg.model, shape=ds.input_shape, num_classes=ds.num_classes,
+                 download=cfg.data.download if cfg.data is not None else False)
     if cfg.mode == "online":
         load_teacher(store)  # fail now, not in a task, if the checkpoint is gone or changed
     # CPU latency depends on the architecture, not on the trained weights, so it is measured once,
@@ -217,7 +177,7 @@ def plan(cfg: DistillConfig) -> DistillPlan:
 def run_dir(cfg: DistillConfig) -> str:
     """Where this run's report goes; call once per run (the default name carries the start time)."""
     stem = os.path.basename(cfg.store.rstrip("/")).removesuffix(".zarr")
-    name = cfg.run_name or f"{stem}-{cfg.model.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = cfg.run_name or f"{stem}-{cfg.model.slug}-{time.strftime('%Y%m%d-%H%M%S')}"
     if not is_plain_name(name):
         raise UserError("run_name", f"{name!r} is not a plain folder name", "pass a name without slashes")
     return os.path.join(cfg.report_root, name)
@@ -236,8 +196,7 @@ def run_identity(cfg: DistillConfig, *, data_cfg: DataConfig, provenance_key: st
     """What decides a run's results: its config without :data:`EXECUTION_FIELDS`, with the data it
     really trains on (the store's when ``cfg.data`` is None), and the store's provenance key (None when
     not known yet, e.g. a later generation's). Recorded in leaderboard.json's ``meta``."""
-    shaping = {k: v for k, v in to_dict(cfg).items()  # type: ignore[union-attr]
-               if k not in EXECUTION_FIELDS}
+    shaping = _shaping(cfg)
     shaping["data"] = data_cfg.snapshot()
     # Through JSON, so tuples compare equal to the lists a finished report reads back.
     return {"config": json.loads(json.dumps(shaping, default=str)), "store_provenance_key": provenance_key}
@@ -246,11 +205,19 @@ def run_identity(cfg: DistillConfig, *, data_cfg: DataConfig, provenance_key: st
 def stable_run_name(cfg: DistillConfig) -> str:
     """A run name fixed by the store and everything that shapes the students (for scheduled pipelines)."""
     stem = os.path.basename(cfg.store.rstrip("/")).removesuffix(".zarr")
-    shaping = {k: v for k, v in to_dict(cfg).items()  # type: ignore[union-attr]
-               if k not in EXECUTION_FIELDS}
+    shaping = _shaping(cfg)
     if cfg.data is not None:
         shaping["data"] = cfg.data.key()  # data options added later keep earlier run names at their defaults
-    return f"{stem}-{cfg.model.arch}-{config_hash(shaping)[:8]}"
+    return f"{stem}-{cfg.model.slug}-{config_hash(shaping)[:8]}"
+
+
+def _shaping(cfg: DistillConfig) -> dict:
+    """The config without :data:`EXECUTION_FIELDS`; model and optimisation options added later are left out at
+    their defaults, so earlier runs keep their names and identities."""
+    shaping = {k: v for k, v in to_dict(cfg).items()  # type: ignore[union-attr]
+               if k not in EXECUTION_FIELDS}
+    shaping["model"], shaping["optim"] = cfg.model.key(), cfg.optim.key()
+    return shaping
 
 
 def generation_config(store: str, cfg: DistillConfig, generation: int | None) -> DistillConfig:
@@ -379,92 +346,6 @@ def preflight(cfg: DistillConfig, *, data_cfg: DataConfig, provenance_key: str |
     finished_run(path, run_identity(cfg, data_cfg=data_cfg, provenance_key=provenance_key))
 
 
-LOCK = ".lock"
-
-
-def check_not_running(path: str) -> None:
-    """Refuse a report folder that a live run holds (see :func:`run_lock`)."""
-    holder = _lock_holder(os.path.join(path, LOCK))
-    if holder is not None and not _stale(holder):
-        raise _busy(path, holder)
-
-
-@contextlib.contextmanager
-def run_lock(path: str) -> Iterator[None]:
-    """Hold ``path/.lock`` while a run writes into its report folder; a second run is refused in one line.
-
-    The lock is created with O_EXCL semantics (a fully written temporary file hard-linked into place, so
-    it is never seen half written). A lock left by a process that is gone (same host, pid not alive) is
-    stale and taken over; one held from another host is respected, since its owner cannot be checked.
-    """
-    os.makedirs(path, exist_ok=True)
-    lock = os.path.join(path, LOCK)
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    tmp = f"{lock}.{os.getpid()}.{threading.get_ident()}"
-    with open(tmp, "w") as f:
-        json.dump(me, f)
-    try:
-        for _ in range(3):
-            try:
-                os.link(tmp, lock)  # atomic; fails if the lock exists
-                break
-            except FileExistsError:
-                holder = _lock_holder(lock)
-                if holder is not None and not _stale(holder):
-                    raise _busy(path, holder) from None
-                # Stale (or vanished meanwhile): move it aside under a name of our own, so two takers
-                # never both remove a lock the other has just created.
-                aside = f"{lock}.stale.{os.getpid()}"
-                try:
-                    os.replace(lock, aside)
-                    os.remove(aside)
-                except FileNotFoundError:
-                    pass
-                log.warning("took over the stale lock of %s (%s)", path, holder)
-        else:
-            raise UserError("run_name", f"{path} could not be locked", "retry, or pass another --run-name")
-    finally:
-        os.remove(tmp)
-    try:
-        yield
-    finally:
-        if _lock_holder(lock) == me:
-            os.remove(lock)
-
-
-def _lock_holder(lock: str) -> dict | None:
-    try:
-        with open(lock) as f:
-            holder = json.load(f)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
-        return {}  # unreadable: not written by run_lock, so nobody can be holding it
-    return holder if isinstance(holder, dict) else {}
-
-
-def _stale(holder: dict) -> bool:
-    """Whether nobody can be holding this lock: unreadable, or its process (on this host) is gone."""
-    pid = holder.get("pid")
-    if not isinstance(pid, int):
-        return True
-    if holder.get("host") != socket.gethostname():
-        return False  # another machine's process cannot be checked from here
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, another user's
-        return False
-    return False
-
-
-def _busy(path: str, holder: dict) -> UserError:
-    return UserError("run_name", f"{path} is in use by another run (pid {holder.get('pid')} on "
-                     f"{holder.get('host')}, since {holder.get('started')})",
-                     f"wait for it, or pass another --run-name; if no run is using it, delete {LOCK} there")
-
-
 def groups(cfg: DistillConfig, *, skip: frozenset[str] | set[str] = frozenset()) -> list[list[StudentSpec]]:
     """The student grid cut into groups that each train in one shared pass.
 
@@ -554,7 +435,7 @@ def load_teacher(store: SoftTargetStore) -> torch.nn.Module:
 def _row(cfg: DistillConfig, s: StudentSpec) -> dict:
     """The hyperparameters that identify a leaderboard row."""
     return {"run_id": s.run_id, "config_id": s.config_id, "kind": "baseline" if s.is_baseline else "student",
-            "arch": cfg.model.arch, "width": cfg.model.width, "loss": s.loss,
+            "arch": cfg.model.arch, "width": cfg.model.width, "model": cfg.model.key(), "loss": s.loss,
             "temperature": s.temperature if s.uses_temperature else None,  # shown as "—": T never entered
             "alpha": None if s.is_baseline else s.alpha, "beta": s.beta, "seed": s.seed}
 

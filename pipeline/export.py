@@ -11,19 +11,21 @@ from __future__ import annotations
 import importlib.util
 import os
 import warnings
+from copy import deepcopy
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from pipeline.atomic import write_atomic
 from pipeline.checkpoints import load_model
 from pipeline.checks import check_output_folder
-from pipeline.config import EXPORT_FORMATS, ModelConfig
+from pipeline.config import EXPORT_FORMATS, ModelConfig, from_dict
 from pipeline.errors import UserError
 from pipeline.report import LEADERBOARD, read_report
 
 FORMATS = EXPORT_FORMATS
-SUFFIXES = {"torchscript": ".pt", "onnx": ".onnx"}
+SUFFIXES = {"torchscript": ".pt", "onnx": ".onnx", "safetensors": ".safetensors"}
 ATOL = 1e-5
 REBUILD_FIELDS = ("arch", "width", "input_shape", "num_classes")
 TRACE_BATCH, CHECK_BATCH = 2, 3  # different sizes, so a batch size baked into the graph is caught
@@ -79,7 +81,11 @@ def load_student(run_dir: str, run_id: str) -> tuple[nn.Module, dict]:
     ckpt = local if os.path.isfile(local) else row.get("checkpoint")
     if not ckpt or not os.path.isfile(ckpt):
         raise UserError("checkpoint", f"{local!r} does not exist", "the report folder lost its students/ folder")
-    model = load_model(ckpt, model=ModelConfig(arch=row["arch"], width=int(row["width"])),
+    # The row's whole model config (weights, preprocessing) where it records one: the student normalises and
+    # resizes its input itself, and the export must too.
+    extra = row["model"] if isinstance(row.get("model"), dict) else {}
+    model_cfg = from_dict(ModelConfig, {**extra, "arch": row["arch"], "width": int(row["width"])})
+    model = load_model(ckpt, model=model_cfg,
                        input_shape=tuple(row["input_shape"]), num_classes=int(row["num_classes"]),
                        fix="rerun `kd distill`")
     return model, row
@@ -137,7 +143,19 @@ def _onnx(model: nn.Module, example: torch.Tensor, check: torch.Tensor, out: str
     return torch.from_numpy(result)  # (B, C)
 
 
-EXPORTERS = {"torchscript": _torchscript, "onnx": _onnx}
+def _safetensors(model: nn.Module, example: torch.Tensor, check: torch.Tensor, out: str) -> torch.Tensor:
+    """The student's weights alone (no code, no pickle), as its source library names them: what --weights
+    FILE.safetensors reads back. Checked by loading the file into a copy of the student."""
+    from safetensors.torch import load_file, save_file
+
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out)
+    copy = deepcopy(model)
+    copy.load_state_dict(load_file(out))
+    with torch.inference_mode():
+        return copy.eval()(check)
+
+
+EXPORTERS = {"torchscript": _torchscript, "onnx": _onnx, "safetensors": _safetensors}
 
 
 def export(run_dir: str, run_id: str, fmt: str = "torchscript", out: str | None = None) -> Exported:
@@ -157,11 +175,11 @@ def export(run_dir: str, run_id: str, fmt: str = "torchscript", out: str | None 
     example, check = _sample(shape, TRACE_BATCH, 0), _sample(shape, CHECK_BATCH, 1)
     # Written under a temporary name and renamed only once verified: a failed or wrong export never
     # leaves a file under the student's name, nor replaces an earlier good one.
-    stem, suffix = os.path.splitext(out)
-    partial = f"{stem}.partial{suffix}"
-    try:
+    checked: list[float] = []
+
+    def write_and_check(tmp: str) -> None:
         try:
-            got = EXPORTERS[fmt](model, example, check, partial)
+            got = EXPORTERS[fmt](model, example, check, tmp)
         except UserError:
             raise
         except Exception as exc:  # torch's exporters raise anything; the CLI shows one line, exit 1
@@ -173,8 +191,8 @@ def export(run_dir: str, run_id: str, fmt: str = "torchscript", out: str | None 
         if not diff <= ATOL:
             raise ExportMismatch(f"{fmt} export of {run_id} differs from the PyTorch student (max |Δ| {diff:.3g} > "
                                  f"{ATOL:g}, shapes {tuple(got.shape)} vs {tuple(want.shape)}); nothing was kept")
-        os.replace(partial, out)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
+        checked.append(diff)
+
+    write_atomic(out, write_and_check, field="out")
+    diff = checked[0]
     return Exported(out, fmt, diff)

@@ -93,7 +93,7 @@ class Batch:
 
 
 @dataclass(frozen=True)
-class Failed:
+class WorkerError:
     """A user error raised where a batch was read (a DataLoader worker), carried back to be raised here:
     DataLoader would otherwise re-raise it as a RuntimeError holding the worker's traceback."""
 
@@ -106,7 +106,7 @@ class Failed:
 
 
 def _checked(item):
-    if isinstance(item, Failed):
+    if isinstance(item, WorkerError):
         item.raise_()
     return item
 
@@ -367,7 +367,7 @@ class _TrainImages(torch.utils.data.Dataset):
             x = self.split.batch(rows, train_seed=(self.seed, epoch))
             return x if params is None else self.replay.pixels(x, params)
         except UserError as exc:  # an unreadable image: raised again, in one line, by the consumer
-            return Failed(exc.field, exc.problem, exc.fix)
+            return WorkerError(exc.field, exc.problem, exc.fix)
 
 
 class _RowBatches(torch.utils.data.Dataset):
@@ -386,7 +386,7 @@ class _RowBatches(torch.utils.data.Dataset):
                 return self.splits[name].batch_with_digests(rows)
             return self.splits[name].batch(rows), None
         except UserError as exc:
-            return Failed(exc.field, exc.problem, exc.fix)
+            return WorkerError(exc.field, exc.problem, exc.fix)
 
 
 def row_batches(rows: np.ndarray, batch_size: int) -> list[np.ndarray]:

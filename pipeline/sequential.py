@@ -13,7 +13,8 @@ import os
 
 from pipeline.config import DistillConfig, TeacherConfig
 from pipeline.errors import UserError
-from pipeline.report import markdown_table, mean_pm, read_report, write_text_atomic
+from pipeline.atomic import write_text_atomic
+from pipeline.report import markdown_table, mean_pm, read_report
 
 
 def best_student(run_dir: str) -> dict:

@@ -18,20 +18,21 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from pipeline import view_ops
+from pipeline import preprocessing, view_ops
 from pipeline.checkpoints import load_model, save_state_dict
 from pipeline.checks import check_output_folder, check_store_root
 from pipeline.checksums import sha256_file
-from pipeline.config import TeacherConfig, config_hash, parse_encoding, to_dict
+from pipeline.config import TeacherConfig, config_hash, to_dict
 from pipeline.data import Dataset, open_dataset
 from pipeline.errors import StoreError, UserError, disk_full_is_a_user_error
 from pipeline.loader import read_batches, row_batches
-from pipeline.models import count_parameters, resolve_device
+from pipeline.models import SourcePlan, check_source, count_parameters, resolve_device
 from pipeline.precision import compute_dtype, precision_name, prepare, widest
 from pipeline.store import (SPLITS, DatasetMeta, LineageEntry, Provenance, SoftTargetStore, StoreWriter, TeacherMeta,
                             ViewsMeta, join, now_iso, published_meta, software_versions)
+from pipeline.store.codec import encoding
 from pipeline.store.layout import MAX_CHUNK_BYTES, chunk_bytes
-from pipeline.train import Progress, evaluate, evaluate_splits, fit_teacher, predict
+from pipeline.train import Progress, build_seeded, evaluate, evaluate_splits, fit_teacher, predict
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +69,12 @@ class TeacherPlan:
     The dataset is not carried: each process opens it once, through :func:`pipeline.data.open_dataset`.
     """
 
-    cfg: TeacherConfig
+    cfg: TeacherConfig  # data.model_preprocessing resolved from the model (see plan)
     provenance_key: str
     store_path: str
     checkpoint_path: str
-    checkpoint_sha256: str | None  # known up front only when loading a given checkpoint
+    checkpoint_sha256: str | None  # known up front only when loading a given checkpoint (or a file: model)
+    source: SourcePlan = SourcePlan(source="builtin")  # what the model's options resolved to
     # The precision the logits pass computes in: None, the device's choice (pipeline.precision: float32 on the
     # CPU, autocast on CUDA). Tests set "bfloat16" to write a store under CPU autocast.
     precision: str | None = None
@@ -85,6 +87,11 @@ class TeacherPlan:
     def pass_precision(self) -> str:
         """What the logits pass computes in on this process's device, as the store records it."""
         return precision_name(compute_dtype(resolve_device(self.cfg.device), fast=True, precision=self.precision))
+
+    @property
+    def as_is(self) -> bool:
+        """The teacher is used as it is (pretrained, never trained here)."""
+        return uses_as_is(self.cfg)
 
     @property
     def checkpoint_ready(self) -> bool:
@@ -107,9 +114,36 @@ class TeacherPlan:
         return True
 
 
+def uses_as_is(cfg: TeacherConfig) -> bool:
+    """Whether the teacher is used as it is: asked for, or a whole model from a file (never trained here)."""
+    return cfg.as_is or cfg.model.source == "file"
+
+
+def with_preprocessing(cfg: TeacherConfig) -> TeacherConfig:
+    """``cfg`` with its data carrying the model's evaluation preprocessing (resolved from its source and options),
+    so that every stage reads the pixels the teacher expects, and the store records them."""
+    pre = preprocessing.resolve(cfg.model)
+    if pre == cfg.data.model_preprocessing:
+        return cfg
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, model_preprocessing=pre))
+
+
+def _check_as_is(cfg: TeacherConfig) -> None:
+    if cfg.as_is and cfg.checkpoint is not None:
+        raise UserError("as_is", "--checkpoint already loads the teacher as it is", "drop --as-is")
+    if cfg.as_is and cfg.model.source == "builtin" and cfg.model.weights is None:
+        raise UserError("as_is", f"{cfg.model.arch} from scratch has nothing pretrained to use as it is",
+                        "pass --weights, a torchvision:/timm: model with weights, a py: factory or a file: model")
+    if cfg.model.source == "file" and cfg.checkpoint is not None:
+        raise UserError("checkpoint", f"{cfg.model.arch} holds its own weights", "drop --checkpoint")
+
+
 def plan(cfg: TeacherConfig) -> TeacherPlan:
     """Everything that can fail on user input, checked before any training: the checkpoint (loaded once),
-    the output locations, the device, the dataset and what the encoding asks of it."""
+    the output locations, the device, the dataset and what the encoding asks of it, the model's source (its
+    factory or file, its weights, its preprocessing, its classes)."""
+    _check_as_is(cfg)
+    cfg = with_preprocessing(cfg)
     if cfg.checkpoint is not None and os.path.isdir(cfg.checkpoint):
         raise UserError("checkpoint", f"{cfg.checkpoint!r} is a directory", "pass a .pt file written by `kd teacher`")
     if cfg.checkpoint is not None and not os.path.isfile(cfg.checkpoint):
@@ -119,10 +153,7 @@ def plan(cfg: TeacherConfig) -> TeacherPlan:
                         fix="pass a folder for teacher checkpoints, e.g. data/checkpoints")
     resolve_device(cfg.device)
     ds = open_dataset(cfg.data)
-    _, k = parse_encoding(cfg.encoding)
-    if k is not None and k >= ds.num_classes:
-        raise UserError("encoding", f"topk:{k} keeps every one of {ds.name}'s {ds.num_classes} classes",
-                        f"use topk:K with K < {ds.num_classes}, or float32 to keep all logits")
+    encoding(cfg.encoding).validate(ds.num_classes)
     view_ops.check_mixable(cfg.view_mix, ds.splits)
     if cfg.chunk_rows is not None:
         rows = min(cfg.chunk_rows, max(len(split) for split in ds.splits.values()))
@@ -131,24 +162,33 @@ def plan(cfg: TeacherConfig) -> TeacherPlan:
             raise UserError("chunk_rows", f"{cfg.chunk_rows} rows of {cfg.views} x {ds.num_classes} logits are "
                             f"{size / 2**20:.0f} MiB per chunk, over the {MAX_CHUNK_BYTES >> 20} MiB a reader allocates "
                             "for one", "pass a smaller --chunk-rows, or omit it for about 1 MB per chunk")
-    ckpt_sha = sha256_file(cfg.checkpoint) if cfg.checkpoint else None
+    as_is = uses_as_is(cfg)
+    source = check_source(cfg.model, shape=ds.input_shape, num_classes=ds.num_classes, class_names=ds.class_names,
+                          as_is=as_is, download=cfg.data.download)
+    # A given checkpoint, or a file: model, which is its own checkpoint.
+    given = cfg.model.arch.partition(":")[2] if cfg.model.source == "file" else cfg.checkpoint
+    ckpt_sha = sha256_file(given) if given else None
     parent = lineage_of(cfg.parent_store, cfg.storage_options) if cfg.parent_store else ()
     teacher_part = {"parent": parent[0].provenance_key if parent else None,
-                    "model": to_dict(cfg.model), "optim": to_dict(cfg.optim), "augment": to_dict(cfg.augment),
+                    "model": cfg.model.key(), "optim": cfg.optim.key(), "augment": to_dict(cfg.augment),
                     "seed": cfg.seed, "checkpoint_sha256": ckpt_sha, "views": view_record(cfg).to_attrs()}
+    # Added only when set, so the keys of every store of an earlier kind are unchanged.
+    teacher_part |= {k: v for k, v in (("weights_sha256", source.weights_sha256), ("as_is", as_is or None),
+                                       ("class_map", source.class_map)) if v is not None}
     key = config_hash({"teacher": teacher_part, "data": cfg.data.key(), "fingerprints": ds.fingerprints(),
                        "transform": ds.transform_hash, "encoding": cfg.encoding})
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", ds.name).strip("_")
-    name = f"{slug}-{cfg.model.arch}-{key[:10]}"
-    ckpt = cfg.checkpoint or os.path.join(cfg.checkpoint_root, f"{name}.pt")
+    name = f"{slug}-{cfg.model.slug}-{key[:10]}"
+    ckpt = given or os.path.join(cfg.checkpoint_root, f"{name}.pt")
     p = TeacherPlan(cfg=cfg, provenance_key=key, store_path=join(cfg.store_root, f"{name}.zarr"),
-                    checkpoint_path=ckpt, checkpoint_sha256=ckpt_sha)
-    if cfg.checkpoint is not None or (p.checkpoint_ready and not p.reusable):
+                    checkpoint_path=ckpt, checkpoint_sha256=ckpt_sha, source=source)
+    if cfg.checkpoint is not None or (p.checkpoint_ready and not p.reusable and cfg.model.source != "file"):
         # Loaded once here, so a checkpoint that does not fit the architecture fails now, as a user
         # error (never retried), not in the publishing task after a teacher was trained.
         fix = ("pass the --arch/--width it was trained with" if cfg.checkpoint is not None
                else "delete it to train the teacher again")
-        load_model(ckpt, model=cfg.model, input_shape=ds.input_shape, num_classes=ds.num_classes, fix=fix)
+        load_model(ckpt, model=cfg.model, input_shape=ds.input_shape, num_classes=ds.num_classes, fix=fix,
+                   outputs=source.outputs, class_map=source.class_map)
     return p
 
 
@@ -157,9 +197,20 @@ def progress_bar() -> bool:
     return sys.stderr.isatty()
 
 
+def _save_checkpoint(p: TeacherPlan, model: nn.Module) -> None:
+    os.makedirs(os.path.dirname(p.checkpoint_path) or ".", exist_ok=True)
+    save_state_dict(model, p.checkpoint_path, field="checkpoint_root")
+
+
 def train(p: TeacherPlan, progress: Progress | None = None) -> nn.Module:
-    """Train the teacher on hard labels, select on val, save the checkpoint."""
+    """Train the teacher on hard labels, select on val, save the checkpoint. A teacher used as it is is only
+    built from its pretrained weights and saved, so that every later step loads it as it loads a trained one."""
     cfg, ds = p.cfg, p.dataset
+    if p.as_is:
+        model = build_seeded(cfg.model, ds.input_shape, ds.num_classes, seed=cfg.seed, outputs=p.source.outputs,
+                             class_map=p.source.class_map).eval()
+        _save_checkpoint(p, model)
+        return model.to(resolve_device(cfg.device))
     result = fit_teacher(model_cfg=cfg.model, optim=cfg.optim, augment=cfg.augment, train=ds.splits["train"],
                          val=ds.splits["val"], input_shape=ds.input_shape, num_classes=ds.num_classes,
                          device=resolve_device(cfg.device), seed=cfg.seed, progress=progress, workers=cfg.workers)
@@ -169,8 +220,7 @@ def train(p: TeacherPlan, progress: Progress | None = None) -> nn.Module:
         # Training decoded train and val; decode the test images too before anything is written, so an
         # unreadable file fails the run with nothing on disk (the store's evaluation reads them next anyway).
         evaluate(result.model, ds.splits["test"], resolve_device(cfg.device), workers=cfg.workers)
-    os.makedirs(os.path.dirname(p.checkpoint_path) or ".", exist_ok=True)
-    save_state_dict(result.model, p.checkpoint_path, field="checkpoint_root")
+    _save_checkpoint(p, result.model)
     return result.model
 
 
@@ -178,7 +228,8 @@ def load(p: TeacherPlan) -> nn.Module:
     """Load ``cfg.checkpoint`` (weights only: a checkpoint can never run code)."""
     cfg, ds = p.cfg, p.dataset
     model = load_model(p.checkpoint_path, model=cfg.model, input_shape=ds.input_shape, num_classes=ds.num_classes,
-                       fix="pass the --arch/--width it was trained with")
+                       fix="pass the --arch/--width it was trained with", outputs=p.source.outputs,
+                       class_map=p.source.class_map)
     return model.to(resolve_device(cfg.device))
 
 
@@ -194,11 +245,14 @@ def create_store(p: TeacherPlan, model: nn.Module, *, defer: bool = False) -> St
         provenance_key=p.provenance_key,
         teacher=TeacherMeta(
             arch=cfg.model.arch, width=cfg.model.width, params=count_parameters(model),
+            source=p.source.source, weights=p.source.weights, weights_sha256=p.source.weights_sha256,
+            preprocessing=p.source.preprocessing.record() if p.source.preprocessing is not None else None,
+            outputs=p.source.outputs, class_map=p.source.class_map, class_map_names=p.source.class_map_names,
             checkpoint=p.checkpoint_path,
             # A given checkpoint was hashed by plan() into the provenance key (resnet18: 45 MB, 30 ms to hash
             # again); one trained by this run is hashed now.
             checkpoint_sha256=p.checkpoint_sha256 or sha256_file(p.checkpoint_path),
-            trained_here=cfg.checkpoint is None, config=public_config(cfg),
+            trained_here=cfg.checkpoint is None and not p.as_is, config=public_config(cfg),
             # Scored from the logits pass itself (record_scores) before the store is marked complete; until
             # then these placeholders stand in (training readers open complete stores only, and `kd inspect`
             # / `kd stores` show an unfinished store's scores as "—").

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.augment import Augmenter
+from pipeline import finetune
 from pipeline.config import AugmentConfig, ModelConfig, OptimConfig
 from pipeline.data import Split
 from pipeline.loader import Batch, BatchReader, SoftTargetLoader, ordered_batches, read_batches, row_batches
@@ -55,10 +56,12 @@ Mix = tuple[torch.Tensor, torch.Tensor] | None
 Objective = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor, Mix], torch.Tensor]
 
 
-def build_seeded(cfg: ModelConfig, shape: tuple[int, int, int], num_classes: int, *, seed: int) -> nn.Module:
+def build_seeded(cfg: ModelConfig, shape: tuple[int, int, int], num_classes: int, *, seed: int,
+                 **kwargs) -> nn.Module:
+    """:func:`pipeline.models.build_model` (``kwargs`` passed on) with its random initialisation seeded."""
     with _INIT_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return build_model(cfg, shape, num_classes)
+        return build_model(cfg, shape, num_classes, **kwargs)
 
 
 def label_objective(out: torch.Tensor, soft: torch.Tensor | None, labels: torch.Tensor,
@@ -189,7 +192,7 @@ def build_trainee(*, name: str, objective: Objective, seed: int, model_cfg: Mode
                   steps_per_epoch: int) -> Trainee:
     """A freshly initialised model (seeded) with its own optimizer and lr schedule."""
     model = build_seeded(model_cfg, input_shape, num_classes, seed=seed).to(device)
-    opt = make_optimizer(model.parameters(), optim)
+    opt = make_optimizer(finetune.param_groups(model, optim) if finetune.applies(optim) else model.parameters(), optim)
     return Trainee(name, model, opt, make_schedule(opt, optim, steps_per_epoch),
                    schedule_steps_left=optim.epochs * max(steps_per_epoch, 1), objective=objective)
 
@@ -380,6 +383,8 @@ def run_epochs(trainees: list[Trainee], *, loader: SoftTargetLoader, val: Split,
             active = [t for t in trainees if t.active]
             if not active:
                 break
+            for t in active:
+                finetune.freeze_backbone(t.model, optim, epoch)
             if stack is None:
                 losses = train_one_epoch(trainees=active, loader=loader, epoch=epoch, augmenter=augmenter,
                                          generator=generator, device=device, teacher=teacher,

@@ -16,6 +16,12 @@ through one of two pipelines, built from the data config:
   drawn per sample from a generator seeded by (seed, epoch, sample id), so any
   DataLoader worker draws the same crop for the same sample.
 
+A teacher with its own evaluation preprocessing (:class:`pipeline.config.Preprocessing`: a pretrained
+model's resize, crop and interpolation) replaces the eval resize and crop with its own, applied to image
+files as torchvision's and timm's evaluation transforms apply them (PIL's resize of the decoded image, then
+the center crop), so the pixels equal those libraries' to the bit; its mean and std are recorded here too
+(under ``model``) but applied by the model (:mod:`pipeline.preprocessing`), after any teacher view.
+
 Stage 1 records the eval pipeline in the store (``transform``) with its hash;
 stage 2 refuses a store whose hash differs from its own, since the student
 would otherwise see other pixels than the teacher scored. Train-time
@@ -30,7 +36,7 @@ import numpy as np
 import torch
 from torchvision.transforms import v2
 
-from pipeline.config import config_hash
+from pipeline.config import Preprocessing, config_hash
 
 # The record of version 1 (every dataset as float32 in [0, 1], image folders squashed to 32x32).
 # digits without --image-size still gets exactly this preprocessing (its float pixels pass through
@@ -66,10 +72,17 @@ class Preprocess:
     native: tuple[int, int] | None
     legacy: bool = False
     exif: bool = False  # image files turned upright by their EXIF orientation as they are decoded (FolderSource)
+    model: Preprocessing | None = None  # the teacher's own preprocessing (its resize and crop replace image_size)
+
+    @property
+    def geometry(self) -> bool:
+        return self.model is not None and self.model.geometry
 
     @property
     def out_size(self) -> tuple[int, int]:
         """(H, W) of every preprocessed image."""
+        if self.geometry:
+            return self.model.crop, self.model.crop  # type: ignore[union-attr,return-value]
         if self.image_size is not None:
             return self.image_size, self.image_size
         assert self.native is not None, "a dataset of mixed sizes needs --image-size"
@@ -77,14 +90,20 @@ class Preprocess:
 
     def record(self) -> dict:
         """The eval pipeline as the store records it; its hash is the store's ``transform_hash``."""
-        if self.legacy and self.image_size is None:
+        if self.legacy and self.image_size is None and self.model is None:
             return dict(TRANSFORM)
         # Recorded only when on, so the stores written before the option (never transposed) keep their hash.
         steps = ["ExifTranspose", "ToImage"] if self.exif else ["ToImage"]
-        if self.image_size is not None:
+        if self.geometry:
+            m = self.model
+            steps += [f"Resize({m.resize}, {m.interpolation}, PIL)", f"CenterCrop({m.crop})"]  # type: ignore[union-attr]
+        elif self.image_size is not None:
             steps += [f"Resize({self.image_size}, antialias=True)", f"CenterCrop({self.image_size})"]
         steps.append("ToDtype(float32, scale=True)")
-        return {"pixels": PIXELS, "eval": steps, "size": list(self.out_size), "version": VERSION}
+        out = {"pixels": PIXELS, "eval": steps, "size": list(self.out_size), "version": VERSION}
+        if self.model is not None:  # added only then: the records (and hashes) of every other store are unchanged
+            out["model"] = self.model.record()
+        return out
 
     @property
     def hash(self) -> str:
@@ -92,20 +111,50 @@ class Preprocess:
 
     def eval(self) -> v2.Compose:
         """Deterministic: applies to one image (C, H, W) or a batch (B, C, H, W) alike."""
-        steps: list[v2.Transform] = []
+        return v2.Compose([*self._resize_crop(), v2.ToDtype(torch.float32, scale=True)])
+
+    def _resize_crop(self) -> list:
+        if self.geometry:
+            return [ResizeCrop(self.model)]  # type: ignore[arg-type]
         if self.image_size is not None:
-            steps += [v2.Resize(self.image_size, antialias=True), v2.CenterCrop(self.image_size)]
-        return v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True)])
+            return [v2.Resize(self.image_size, antialias=True), v2.CenterCrop(self.image_size)]
+        return []
 
     def train(self) -> v2.Compose | None:
         """Random, per sample; None when no train op is named (the eval pipeline is used)."""
         if not self.train_ops:
             return None
-        steps: list[v2.Transform] = []
-        if "random-resized-crop" not in self.train_ops and self.image_size is not None:
-            steps += [v2.Resize(self.image_size, antialias=True), v2.CenterCrop(self.image_size)]
+        steps: list = []
+        if "random-resized-crop" not in self.train_ops:
+            steps += self._resize_crop()
         steps += [TRAIN_OPS[op](self.out_size) for op in TRAIN_OPS if op in self.train_ops]
         return v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True)])
+
+
+class ResizeCrop:
+    """A model's evaluation resize and center crop, as torchvision's ``ImageClassification`` and timm's
+    ``transforms_imagenet_eval`` apply them to a PIL image: the shorter side resized to ``resize`` with PIL's
+    filter, then the center ``crop`` x ``crop``. A uint8 image (C, H, W) goes through PIL (losslessly: it was
+    decoded from one), so its pixels equal those libraries' to the bit; float images (digits) are resized as
+    tensors. Applies to one image or a batch (B, C, H, W)."""
+
+    def __init__(self, pre: Preprocessing) -> None:
+        self.resize, self.crop, self.interpolation = pre.resize, pre.crop, pre.interpolation
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        if img.dim() == 4:
+            return torch.stack([self(x) for x in img])
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms import functional as F
+
+        mode = InterpolationMode(self.interpolation)
+        if img.dtype != torch.uint8:
+            out = F.resize(img, [self.resize], interpolation=mode, antialias=True)
+            return F.center_crop(out, [self.crop])
+        pil = F.to_pil_image(img)
+        pil = F.center_crop(F.resize(pil, [self.resize], interpolation=mode, antialias=True), [self.crop])
+        out = F.pil_to_tensor(pil)
+        return out if out.dim() == 3 else out[None]
 
 
 def sample_seed(seed: int, epoch: int, sample_id: int) -> int:

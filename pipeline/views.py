@@ -16,12 +16,8 @@ from pipeline import view_ops
 from pipeline.checkpoints import load_store_teacher
 from pipeline.data import store_dataset
 from pipeline.errors import StoreError
-from pipeline.store import SoftTargetStore, parse_encoding
+from pipeline.store import SoftTargetStore
 from pipeline.train import predict
-
-# The encoding's rounding, per logit: float16 keeps 11 significant bits, a relative error up to 2^-11, plus slack
-# for a different convolution algorithm on another machine. float32 only differs by summation order.
-TOLERANCE = {"float16": (2.0**-10, 1e-3), "float32": (1e-5, 1e-4)}
 
 # The compute precision's rounding, relative to the row's largest |logit| (the float32 rerun's). Under autocast
 # every convolution and linear layer rounds its inputs and weights to p significant bits (unit roundoff u = 2^-p:
@@ -55,8 +51,7 @@ def computed_in(store: SoftTargetStore) -> str:
 
 def tolerance(store: SoftTargetStore) -> tuple[float, float, float]:
     """(relative to each stored logit, absolute, relative to the row's largest |logit|) for ``store``'s logits."""
-    kind, _ = parse_encoding(store.encoding)
-    rel, abs_ = TOLERANCE[kind]
+    rel, abs_ = store.codec.tolerance  # the encoding's rounding of each stored logit
     return rel, abs_, COMPUTE_TOLERANCE[computed_in(store)]
 
 
@@ -71,9 +66,9 @@ def verify_views(store: SoftTargetStore, samples: int = 32, seed: int = 0, model
     if store.views == 1:
         raise StoreError("views", "this store holds the clean view only; there is nothing to replay",
                          "write it with `kd teacher --views K`")
-    kind, _ = parse_encoding(store.encoding)
-    if kind == "topk":
-        raise StoreError("encoding", "views of a topk store are approximations and cannot be compared exactly",
+    if store.codec.tolerance is None:
+        raise StoreError("encoding", f"views of a {store.encoding} store are approximations and cannot be compared "
+                         "exactly",
                          "check views on a float16/float32 store")
     augment, _ = store.meta.views.replay()
     ds = store_dataset(store.meta)

@@ -154,7 +154,7 @@ def synthetic_provenance(num_classes: int, *, views: int = 1, key: str = "synthe
         created_at=now_iso(), provenance_key=key,
         teacher=TeacherMeta(arch="synthetic", width=1, params=0, checkpoint="", checkpoint_sha256=checkpoint_sha256,
                             trained_here=False, config={}, val_acc=0.0, test_acc=0.0, val_nll=0.0, test_nll=0.0,
-                            precision="float32"),
+                            precision="float32", source="builtin"),
         dataset=DatasetMeta(name="synthetic", num_classes=num_classes,
                             class_names=tuple(str(c) for c in range(num_classes)), input_shape=(1, 1, 1), splits={}),
         data_config={}, transform=TRANSFORM, transform_hash=transform_hash(), software=software_versions(),

@@ -45,6 +45,21 @@ def test_torchscript_round_trips_and_matches_the_student(trained_report, tmp_pat
     assert acc == pytest.approx(row["test_acc"])
 
 
+def test_safetensors_holds_the_students_weights_and_reads_back_as_weights(trained_report, tmp_path):
+    from pipeline.config import ModelConfig
+    from pipeline.models import build_model
+
+    out = str(tmp_path / "student.safetensors")
+    result = ex.export(trained_report, RUN, "safetensors", out)
+    assert result.path == out and result.max_abs_diff == 0.0
+    student, row = ex.load_student(trained_report, RUN)
+    # What --weights FILE.safetensors does with it: the same network, the same outputs on real test images.
+    reread = build_model(ModelConfig(arch="cnn", width=4, weights=out), tuple(row["input_shape"]), row["num_classes"])
+    x = load_dataset(DIGITS).splits["test"].x[:17]
+    with torch.inference_mode():
+        torch.testing.assert_close(reread.eval()(x), student(x), atol=0, rtol=0)
+
+
 def test_default_output_goes_under_the_report_folder(trained_report, tmp_path):
     copy = tmp_path / "moved"  # a report folder moved elsewhere still finds its students/
     shutil.copytree(trained_report, copy)

@@ -13,7 +13,7 @@ from flows.cli import main
 from pipeline import distill, teacher
 from pipeline.config import DataConfig, DistillConfig, ModelConfig, OptimConfig, TeacherConfig
 from pipeline.data import load_dataset
-from pipeline.data.verify import verify_data
+from pipeline.compat import check_fingerprints, verify_data
 from pipeline.errors import StoreError, UserError
 from pipeline.loader import SoftTargetLoader, ordered_batches
 from pipeline.store import SoftTargetStore
@@ -488,7 +488,7 @@ def test_a_file_replaced_by_another_size_at_native_resolution_is_a_changed_folde
         msg = cli_fails(capsys, *argv)
         assert msg.startswith("error: dataset.files: ") and says in msg and "--image-size" not in msg, msg
     with pytest.raises(StoreError) as exc:  # `kd inspect --verify` compares the listing too
-        SoftTargetStore(store).verify_fingerprints()
+        check_fingerprints(SoftTargetStore(store))
     assert exc.value.field == "dataset.files"
 
 

@@ -7,7 +7,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ import time
 import pytest
 
 from flows.cli import main
-from pipeline import distill
+from pipeline import distill, locks
 from pipeline.config import DataConfig, DistillConfig, ModelConfig
 from pipeline.errors import UserError
 from pipeline.report import write_report
@@ -82,32 +81,6 @@ def test_a_folder_without_a_valid_leaderboard_is_an_unfinished_run(tmp_path):
     write_report(path, [TEACHER_ROW], {"store": "s.zarr"})
     with pytest.raises(UserError, match="does not record its config"):
         distill.finished_run(path, _identity(cfg))
-
-
-def test_the_run_lock_refuses_a_live_holder_and_takes_over_a_dead_ones(tmp_path):
-    path = str(tmp_path / "run")
-    lock = os.path.join(path, distill.LOCK)
-    with distill.run_lock(path):
-        assert json.load(open(lock))["pid"] == os.getpid()
-        for check in (lambda: distill.check_not_running(path), lambda: distill.run_lock(path).__enter__()):
-            with pytest.raises(UserError) as e:
-                check()
-            assert e.value.field == "run_name" and f"pid {os.getpid()}" in e.value.problem
-    assert not os.path.exists(lock)  # released
-
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()  # a process that held the lock and died (SIGKILL, power cut)
-    with open(lock, "w") as f:
-        json.dump({"pid": gone.pid, "host": socket.gethostname(), "started": "then"}, f)
-    distill.check_not_running(path)
-    with distill.run_lock(path):
-        assert json.load(open(lock))["pid"] == os.getpid()
-    # Another machine's lock cannot be checked from here: respected, with the way out in the fix.
-    with open(lock, "w") as f:
-        json.dump({"pid": gone.pid, "host": "elsewhere", "started": "then"}, f)
-    with pytest.raises(UserError) as e:
-        distill.check_not_running(path)
-    assert "elsewhere" in e.value.problem and distill.LOCK in e.value.fix
 
 
 # ---------------------------------------------------------------- through the CLI
@@ -185,7 +158,7 @@ def test_two_processes_with_one_run_name_the_second_is_refused(digits_store, tmp
     api = prefect.settings.PREFECT_API_URL.value()
     if api:  # the test harness's server: the first process need not start its own
         env["PREFECT_API_URL"] = api
-    lock = tmp_path / "same" / distill.LOCK
+    lock = tmp_path / "same" / locks.LOCK
     first = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         deadline = time.time() + 300

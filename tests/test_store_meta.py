@@ -114,10 +114,31 @@ def test_teacher_precision_is_required_from_version_4_and_checked(store_copy):
 def test_a_version_3_store_is_read_without_a_precision(store_copy):
     g = zarr.open_group(store_copy, mode="r+")
     attrs = dict(g.attrs)
-    assert attrs["format_version"] == FORMAT_VERSION == 4 and attrs["teacher"]["precision"] == "float32"
+    assert attrs["format_version"] == FORMAT_VERSION == 5 and attrs["teacher"]["precision"] == "float32"
     attrs["format_version"] = 3
-    attrs["teacher"] = {k: v for k, v in attrs["teacher"].items() if k != "precision"}
+    attrs["teacher"] = {k: v for k, v in attrs["teacher"].items() if k not in ("precision", "source")}
     g.attrs.put(attrs)
     meta = SoftTargetStore(store_copy).meta
     assert meta.format_version == 3 and meta.teacher.precision is None
     assert meta.to_attrs() == attrs  # read back exactly as it is on disk
+
+
+def test_teacher_source_is_required_from_version_5_and_checked(store_copy):
+    err = _damage(store_copy, lambda a: a["teacher"].pop("source"))
+    assert err.field == "teacher.source" and "missing" in err.problem
+    err = _damage(store_copy, lambda a: a["teacher"].update(source="url"))
+    assert err.field == "teacher.source" and "url" in err.problem
+    err = _damage(store_copy, lambda a: a["teacher"].update(class_map=[0, 1]))  # without teacher.outputs
+    assert err.field == "teacher.class_map"
+
+
+def test_a_version_4_store_is_read_as_a_builtin_teacher(store_copy):
+    g = zarr.open_group(store_copy, mode="r+")
+    attrs = dict(g.attrs)
+    assert attrs["teacher"]["source"] == "builtin"
+    attrs["format_version"] = 4
+    attrs["teacher"] = {k: v for k, v in attrs["teacher"].items() if k != "source"}
+    g.attrs.put(attrs)
+    meta = SoftTargetStore(store_copy).meta
+    assert meta.format_version == 4 and meta.teacher.source is None and meta.teacher.class_map is None
+    assert meta.to_attrs() == attrs

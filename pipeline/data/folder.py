@@ -173,6 +173,13 @@ def header_size(path: str, rel: str, *, exif: bool = False) -> tuple[int, int]:
         raise UserError("dataset", f"cannot read image {rel} ({type(exc).__name__}: {exc})", FIX_FILE) from None
 
 
+def native_size(cfg) -> bool:
+    """Whether a data config reads images at their native resolution (so they must all have one size): neither
+    --image-size nor a teacher's own resize and crop."""
+    pre = cfg.model_preprocessing
+    return cfg.image_size is None and not (pre is not None and pre.geometry)
+
+
 @dataclasses.dataclass(frozen=True)
 class RecordedFolder:
     """What a store recorded of the folder it was written from: its listing (``dataset.files``) and, for a
@@ -188,7 +195,7 @@ class RecordedFolder:
         d = meta.dataset
         if d.files is None or d.name != data_cfg.name:
             return None
-        native = meta.data_cfg().image_size is None
+        native = native_size(meta.data_cfg())
         return cls(d.files, tuple(int(n) for n in d.input_shape) if native else None)  # type: ignore[arg-type]
 
 

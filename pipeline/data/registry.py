@@ -15,7 +15,7 @@ import torch
 
 from pipeline.config import DataConfig
 from pipeline.data.dataset import Dataset, Split
-from pipeline.data.folder import FolderSource, RecordedFolder
+from pipeline.data.folder import FolderSource, RecordedFolder, native_size
 from pipeline.data.sources import TORCHVISION, Source, cifar_sources, digits_source, locate, mnist_sources
 from pipeline.errors import UserError
 from pipeline.transforms import Preprocess
@@ -46,7 +46,7 @@ def _preprocess(cfg: DataConfig, source: Source, *, legacy: bool) -> Preprocess:
     native = None if source.shape is None else (source.shape[1], source.shape[2])
     exif = isinstance(source, FolderSource) and source.exif
     return Preprocess(image_size=cfg.image_size, train_ops=tuple(cfg.train_transform), native=native, legacy=legacy,
-                      exif=exif)
+                      exif=exif, model=cfg.model_preprocessing)
 
 
 def _split(source: Source, index: np.ndarray, ids: np.ndarray, pre: Preprocess) -> Split:
@@ -85,7 +85,7 @@ def load_imagefolder(cfg: DataConfig, recorded: RecordedFolder | None = None) ->
     """``imagefolder:PATH``: one sub-folder per class, RGB, at native resolution unless ``image_size``;
     ``recorded``: the store's record of the folder, checked first (see :class:`FolderSource`)."""
     path = cfg.name[len(IMAGEFOLDER):]
-    source = FolderSource(path, native_size=cfg.image_size is None, recorded=recorded, exif=cfg.applies_exif)
+    source = FolderSource(path, native_size=native_size(cfg), recorded=recorded, exif=cfg.applies_exif)
     return _three_way(cfg.name, cfg, source, channels=3, legacy=False, files=source)
 
 

@@ -11,7 +11,6 @@ there, on first use.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import os
@@ -21,6 +20,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from pipeline.atomic import write_atomic
 from pipeline.errors import UserError
 
 HASH_BLOCK = 4096  # rows hashed per step: bounded memory whatever the split size
@@ -225,6 +225,11 @@ def _cache_path(folder: str, files: tuple[str, ...]) -> str:
     return os.path.join(folder, f".kd-pixels-{h.hexdigest()[:16]}.npy")
 
 
+def _save_npy(path: str, array: np.ndarray) -> None:
+    with open(path, "wb") as f:  # a file object: given a name, np.save would add ".npy" to it
+        np.save(f, array)
+
+
 def cached_pixels(folder: str, files: tuple[str, ...], pixels: np.ndarray) -> np.ndarray:
     """``pixels`` (unpickled from ``files``) as a read-only memory map of a cache file written once beside the
     batches (a temporary file, then a rename), so that this process and every DataLoader worker share one
@@ -232,14 +237,9 @@ def cached_pixels(folder: str, files: tuple[str, ...], pixels: np.ndarray) -> np
     cannot be written, ``pixels`` itself (each worker then unpickles its own copy, as torchvision does)."""
     path = _cache_path(folder, files)
     if not os.path.exists(path):
-        tmp = f"{path}.tmp-{os.getpid()}"
         try:
-            with open(tmp, "wb") as f:
-                np.save(f, pixels)
-            os.replace(tmp, path)
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.remove(tmp)
+            write_atomic(path, lambda tmp: _save_npy(tmp, pixels), field="data_root")
+        except (OSError, UserError):  # a read-only or full folder: each process keeps its own copy
             return pixels
     try:
         return np.load(path, mmap_mode="r")

@@ -41,6 +41,8 @@ def why_not_grouped(model: nn.Module) -> str | None:
     """None if :func:`forward` can run stacks of ``model``, else why not (it then trains under ``vmap``)."""
     if type(model) is not nn.Sequential:
         return f"{type(model).__name__} is not a plain nn.Sequential"
+    if model._forward_pre_hooks or model._forward_hooks:  # its own preprocessing (pipeline.preprocessing.attach)
+        return "it resizes or normalises its input itself (forward hooks)"
     for name, m in model.named_children():
         if isinstance(m, nn.Conv2d):
             if m.padding_mode != "zeros" or isinstance(m.padding, str):

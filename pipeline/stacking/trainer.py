@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from pipeline import finetune
 from pipeline.augment import Augmenter
 from pipeline.config import OptimConfig, StudentSpec
 from pipeline.data import Split
@@ -83,13 +84,16 @@ def stack_students(trainees: list[Trainee], *, specs: list[StudentSpec], configs
     differ in lr at most) as one stack, and what the log says of it; or None and why the students must
     take their steps one by one.
 
-    A stack needs two or more students, batches without mixed views (the stacked step has no λ-weighted
-    hard term, :func:`pipeline.losses.mixed_hard_loss`), and a model that vectorises (a probe step when the
-    stack is built). ``only_where_it_pays``: also refuse on a CPU where the students are too large to gain
+    A stack needs two or more students, one lr per student (no fine-tuning's parameter groups,
+    :mod:`pipeline.finetune`), batches without mixed views (the stacked step has no λ-weighted hard term,
+    :func:`pipeline.losses.mixed_hard_loss`), and a model that vectorises (a probe step when the stack is
+    built). ``only_where_it_pays``: also refuse on a CPU where the students are too large to gain
     (:mod:`pipeline.stacking.cost`).
     """
     if len(trainees) < 2:
         return None, "a single student"
+    if finetune.applies(configs[0]):
+        return None, "fine-tuning (--backbone-lr, --freeze-epochs) trains each student's own parameter groups"
     if loader.mixed_views:
         return None, "the store's views are mixed (MixUp/CutMix)"
     if only_where_it_pays and device.type == "cpu":

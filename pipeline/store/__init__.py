@@ -1,6 +1,6 @@
 """The soft-target store: a self-describing Zarr v3 group of raw teacher logits.
 
-Layout (``FORMAT_VERSION`` 4; docs/store-format.md's tables are the contract)::
+Layout (``FORMAT_VERSION`` 5; docs/store-format.md's tables are the contract)::
 
     <name>.zarr/                 group; attributes: pipeline.store.meta.StoreMeta
       train/logits   (N, V, C)   float16 | float32, fill NaN (V teacher views per sample; view 0 is clean)
@@ -29,9 +29,8 @@ as types), ``contract`` (the arrays the attributes define, checked at open),
 ``integrity`` (manifest and fingerprints), ``lease`` (one writer at a time),
 ``writer``, ``reader`` and ``catalog`` (listing stores).
 """
-from pipeline.config import parse_encoding
 from pipeline.store.catalog import find_stores
-from pipeline.store.codec import ENCODING_DTYPES, decode_topk, encode_topk, logits_arrays
+from pipeline.store.codec import ENCODINGS, Encoding, encoding
 from pipeline.store.layout import (DEFAULT_CHUNK_ROWS, DEFAULT_SHARD_CHUNKS, SPLITS, SplitLayout, auto_chunk_rows,
                                    layout_for)
 from pipeline.store.meta import (FORMAT_VERSION, SUPPORTED_VERSIONS, DatasetMeta, LayoutMeta, LineageEntry,
@@ -42,9 +41,9 @@ from pipeline.store.reader import SoftTargetStore
 from pipeline.store.writer import StoreWriter, published_meta
 
 __all__ = [
-    "DEFAULT_CHUNK_ROWS", "DEFAULT_SHARD_CHUNKS", "ENCODING_DTYPES", "FORMAT_VERSION", "SPLITS", "SUPPORTED_VERSIONS",
+    "DEFAULT_CHUNK_ROWS", "DEFAULT_SHARD_CHUNKS", "ENCODINGS", "FORMAT_VERSION", "SPLITS", "SUPPORTED_VERSIONS",
     "DatasetMeta", "LayoutMeta", "LineageEntry", "ManifestMeta", "Provenance", "SoftTargetStore", "SplitLayout",
-    "SplitMeta", "StoreMeta", "StoreWriter", "TeacherMeta", "ViewsMeta", "auto_chunk_rows", "decode_topk", "encode_topk",
-    "exists", "find_stores", "is_url", "join", "layout_for", "logits_arrays", "now_iso", "parse_encoding",
+    "SplitMeta", "StoreMeta", "StoreWriter", "TeacherMeta", "ViewsMeta", "auto_chunk_rows", "Encoding", "encoding",
+    "exists", "find_stores", "is_url", "join", "layout_for", "now_iso",
     "published_meta", "software_versions",
 ]

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.config import parse_encoding
 from pipeline.errors import StoreError, UserError
-from pipeline.store.codec import ENCODING_DTYPES
+from pipeline.store.codec import encoding
 from pipeline.store.layout import MAX_CHUNK_BYTES, SPLITS, chunk_bytes
 from pipeline.store.meta import StoreMeta
 
@@ -43,12 +42,7 @@ def expected_arrays(meta: StoreMeta, split: str) -> list[ArraySpec]:
     """Every array of ``split`` as the attributes define it: name, shape (N, V, C or K), dtype, chunks, fill."""
     lay = meta.layout[split]
     n, v, c = lay.rows, meta.views.count, meta.dataset.num_classes
-    kind, k = parse_encoding(meta.encoding)
-    if kind == "topk":
-        cols = {"topk_values": ((v, k), np.float32, np.nan), "topk_indices": ((v, k), np.int32, -1),
-                "lse": ((v,), np.float32, np.nan)}
-    else:
-        cols = {"logits": ((v, c), ENCODING_DTYPES[kind], np.nan)}
+    cols = encoding(meta.encoding).columns(v, c)
     if v > 1:
         # One float32 column per drawn parameter, named in views.params.
         cols["view_params"] = ((v, len(meta.views.params or ())), np.float32, np.nan)
@@ -95,11 +89,13 @@ def check_layout(meta: StoreMeta) -> None:
     if meta.views.count < 1 or meta.dataset.num_classes < 1:
         raise StoreError("views.count" if meta.views.count < 1 else "dataset.num_classes", "must be positive", REWRITE)
     try:
-        _, k = parse_encoding(meta.encoding)
+        enc = encoding(meta.encoding)
     except UserError:  # it names --encoding; here the bad value is the store's attribute
         raise StoreError("encoding", f"unknown encoding {meta.encoding[:40]!r}", REWRITE) from None
-    if k is not None and not 0 < k < meta.dataset.num_classes:
-        raise StoreError("encoding", f"{meta.encoding} for {meta.dataset.num_classes} classes", REWRITE)
+    try:
+        enc.validate(meta.dataset.num_classes)
+    except UserError:
+        raise StoreError("encoding", f"{meta.encoding} for {meta.dataset.num_classes} classes", REWRITE) from None
 
 
 def check_arrays(group, meta: StoreMeta) -> dict[tuple[str, str], object]:

@@ -10,12 +10,11 @@ the data, which needs the data itself (rebuilt from the store's ``data_config``)
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable
 
 import numpy as np
 
-from pipeline.errors import StoreError, UserError
+from pipeline.errors import StoreError
 
 ALGORITHM = "sha256"
 
@@ -58,64 +57,3 @@ def check_transform(meta) -> None:
     if transform_hash(meta.transform) != meta.transform_hash:
         raise StoreError("transform_hash", f"{meta.transform_hash[:16]!r} is not the hash of the recorded transform "
                          f"({transform_hash(meta.transform)})", EDITED)
-
-
-def check_description(meta, ds) -> None:
-    """What the store records of its data (``dataset.*``, ``transform``) against that data, rebuilt from the
-    store's ``data_config``: name, classes (count, names, order), input shape and preprocessing."""
-    described = ds.describe()
-    recorded = meta.dataset.to_attrs()
-    for key in ("name", "num_classes", "class_names", "input_shape"):
-        if recorded[key] != described[key]:
-            raise StoreError(f"dataset.{key}", f"the store records {_shown(recorded[key])}, the data it was written "
-                             f"from has {_shown(described[key])}", EDITED)
-    if meta.transform_hash != ds.transform_hash or meta.transform != json.loads(json.dumps(ds.transform)):
-        raise StoreError("transform_hash", f"the store records preprocessing {meta.transform_hash}, the data it "
-                         f"was written from is preprocessed as {ds.transform_hash}", EDITED)
-
-
-def _shown(value) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def check_fingerprints(store) -> str:
-    """Compare every split's stored labels and ids with the data the store records, via its fingerprints.
-
-    Returns what was checked, or one line saying why it could not be (the data is not available here).
-    """
-    meta = store.meta
-    if not meta.dataset.splits:
-        return "not checked: the store records no dataset fingerprints"
-    from pipeline.data import store_dataset
-
-    try:
-        ds = store_dataset(meta, cached=False)
-    except StoreError:  # the data is there but differs from the store's (an image folder changed since)
-        raise
-    except (UserError, OSError, ValueError, RuntimeError) as exc:
-        reason = exc.one_line() if isinstance(exc, UserError) else type(exc).__name__
-        return f"not checked: the data the store was written from is not available here ({reason[:160]})"
-    check_description(meta, ds)
-    for split, recorded in meta.dataset.splits.items():
-        data = ds.splits.get(split)
-        if data is None:
-            return f"not checked: the rebuilt data has no {split} split"
-        if store.size(split) != len(data):  # compared before the stored rows are read
-            raise StoreError(f"{split}/labels", f"the store holds {store.size(split)} {split} rows, the data it was "
-                             f"written from has {len(data)}", "the store was edited after writing; rewrite it with "
-                             "`kd teacher`")
-        labels, ids = store.labels(split), store.ids(split)
-        for name, stored, truth in (("ids", ids, data.ids.numpy()), ("labels", labels, data.y.numpy())):
-            if stored.shape != truth.shape or not np.array_equal(stored, truth):
-                bad = np.nonzero(stored != truth)[0] if stored.shape == truth.shape else [0]
-                raise StoreError(f"{split}/{name}", f"differ from the data the store was written from at "
-                                 f"{len(bad)} rows (first: row {int(bad[0])})",
-                                 "the store was edited after writing; rewrite it with `kd teacher`")
-        # The stored labels and ids equal the data's (checked above), so the data's own fingerprint is
-        # the fingerprint of the stored rows with the data's pixels.
-        if data.fingerprint() != recorded.fingerprint:
-            raise StoreError(f"dataset.splits.{split}.fingerprint", "the stored labels and ids with the data's "
-                             "pixels do not reproduce the recorded fingerprint (the data changed since)",
-                             "rebuild the store from the current data with `kd teacher`")
-    return f"checked against the data ({', '.join(meta.dataset.splits)})"

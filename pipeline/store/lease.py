@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 from typing import Callable
 
 from pipeline.errors import StoreError
+from pipeline.locks import create_exclusive, pid_alive
 from pipeline.store.paths import local_path
 
 log = logging.getLogger(__name__)
@@ -59,16 +60,6 @@ def lease_path(store: str) -> str:
     return f"{store.rstrip('/')}.lease"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
 class _Backend:
     """Exclusive create, read, renew and remove of one small file, locally or through fsspec."""
 
@@ -82,35 +73,12 @@ class _Backend:
     def create(self, info: LeaseInfo) -> bool:
         data = json.dumps(asdict(info)).encode()
         if self.local is not None:
-            os.makedirs(os.path.dirname(self.local) or ".", exist_ok=True)
-            tmp = f"{self.local}.{info.token}.tmp"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            try:
-                os.link(tmp, self.local)  # fails if the lease exists: exclusive, and complete when visible
-                return True
-            except FileExistsError:
-                return False
-            except OSError:  # a filesystem without hard links: O_EXCL (readers treat a torn lease as stale)
-                return self._create_excl(data)
-            finally:
-                os.remove(tmp)
+            return create_exclusive(self.local, data, token=info.token)
         if self.fs.exists(self.key):
             return False
         self.fs.pipe_file(self.key, data)
         got = self.read()
         return got is not None and got.token == info.token  # the last of two racing writers wins
-
-    def _create_excl(self, data: bytes) -> bool:
-        try:
-            fd = os.open(self.local, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        return True
 
     def read(self) -> LeaseInfo | None:
         try:
@@ -154,7 +122,7 @@ def is_stale(info: LeaseInfo, now: float | None = None) -> bool:
     now = time.time() if now is None else now
     if now - info.renewed_at > TTL_S:
         return True
-    return info.host == socket.gethostname() and not _pid_alive(info.pid)
+    return info.host == socket.gethostname() and not pid_alive(info.pid)
 
 
 class Lease:

@@ -24,14 +24,16 @@ import typing
 from dataclasses import dataclass, fields, is_dataclass
 from typing import Any, cast
 
-from pipeline.config import AugmentConfig, DataConfig, MixConfig, ModelConfig, from_dict
-from pipeline.errors import StoreError
+from pipeline.config import MODEL_SOURCES, AugmentConfig, DataConfig, MixConfig, ModelConfig, from_dict
+from pipeline.errors import StoreError, UserError
 
 # 2: a views axis (N, V, C) on every logits array. 3: a manifest of per-shard content hashes, and each split's
 # row count in its layout (the shape every array must have). 4: teacher.precision, the precision the logits were
-# computed in (version 3 stores are still read: their precision is unknown, see pipeline.views).
-FORMAT_VERSION = 4
-SUPPORTED_VERSIONS = (3, 4)
+# computed in (version 3 stores are still read: their precision is unknown, see pipeline.views). 5: the teacher's
+# model source, its pretrained weights (what named them, their sha256), its preprocessing and its class map
+# (version 4 stores are still read: a bare-named model from scratch, no preprocessing, no class map).
+FORMAT_VERSION = 5
+SUPPORTED_VERSIONS = (3, 4, 5)
 PRECISIONS = ("float32", "bfloat16", "float16")  # pipeline.precision.PRECISIONS (this module imports no torch)
 REWRITE = "the store's attributes are damaged or from another version; rewrite it with `kd teacher`"
 _ABSENT = object()
@@ -135,9 +137,28 @@ class TeacherMeta(_Record):
     # What the logits were computed in: "float32" (CPU), "bfloat16" or "float16" (CUDA autocast). Present from
     # format_version 4 on (StoreMeta checks it); None only in a version 3 store, which did not record it.
     precision: str | None = None
+    # Where the model came from (format_version 5 on; None in older stores: "builtin"): its source
+    # (pipeline.config.MODEL_SOURCES), the pretrained weights it started from (what named them: an enum, a hub id,
+    # a path) and their sha256, its evaluation preprocessing (pipeline.config.Preprocessing as JSON), and, for a
+    # teacher used as it is, its own number of outputs and the class map: the output of each dataset class, in the
+    # dataset's order, with the model's name for it.
+    source: str | None = None
+    weights: str | None = None
+    weights_sha256: str | None = None
+    preprocessing: dict | None = None
+    outputs: int | None = None
+    class_map: tuple[int, ...] | None = None
+    class_map_names: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "config", _json(self.config))
+        if self.preprocessing is not None:
+            object.__setattr__(self, "preprocessing", _json(self.preprocessing))
+        if self.source is not None and self.source not in MODEL_SOURCES:
+            raise _problem("teacher.source", f"expected one of {', '.join(MODEL_SOURCES)}, got {_shown(self.source)}")
+        if (self.class_map is None) != (self.outputs is None) or (
+                self.class_map is not None and not all(0 <= i < self.outputs for i in self.class_map)):  # type: ignore[operator]
+            raise _problem("teacher.class_map", "must be present with teacher.outputs, each entry an output index")
         if self.precision is not None and self.precision not in PRECISIONS:
             raise _problem("teacher.precision", f"expected one of {', '.join(PRECISIONS)}, got {_shown(self.precision)}")
 
@@ -257,8 +278,13 @@ class Provenance(_Record):
 
     def data_cfg(self) -> DataConfig:
         """The data config the store was written from. A store written before ``exif_orientation`` existed read
-        its images as stored (no EXIF transposition): its config reads back with the option off."""
-        return cast(DataConfig, from_dict(DataConfig, {"exif_orientation": False, **self.data_config}))
+        its images as stored (no EXIF transposition): its config reads back with the option off. One this pipeline
+        cannot rebuild (a preprocessing it cannot reproduce) is refused naming the store's field."""
+        try:
+            return cast(DataConfig, from_dict(DataConfig, {"exif_orientation": False, **self.data_config}))
+        except UserError as exc:
+            raise StoreError(f"data_config.{exc.field}", f"the store's data cannot be reproduced here: {exc.problem}",
+                             "rewrite the store with `kd teacher`, or use the pipeline version that wrote it") from None
 
 
 @dataclass(frozen=True)
@@ -276,6 +302,8 @@ class StoreMeta(Provenance):
         super().__post_init__()
         if self.format_version >= 4 and self.teacher.precision is None:
             raise _problem("teacher.precision", "missing from the store's attributes")
+        if self.format_version >= 5 and self.teacher.source is None:
+            raise _problem("teacher.source", "missing from the store's attributes")
         if self.complete and self.manifest is None:
             raise _problem("manifest", "missing from a complete store's attributes")
 

@@ -7,11 +7,10 @@ from typing import Iterator
 
 import numpy as np
 
-from pipeline.config import parse_encoding
 from pipeline.errors import StoreError
-from pipeline.store.codec import decode_topk, logits_arrays
+from pipeline.store.codec import Encoding, encoding
 from pipeline.store.contract import check_arrays, data_arrays, num_shards
-from pipeline.store.integrity import check_digest, check_fingerprints, check_transform, shard_ranges
+from pipeline.store.integrity import check_digest, check_transform, shard_ranges
 from pipeline.store.layout import SPLITS
 from pipeline.store.meta import StoreMeta
 from pipeline.store.paths import exists, local_path, zarr_store
@@ -65,6 +64,11 @@ class SoftTargetStore:
     def encoding(self) -> str:
         return self.meta.encoding
 
+    @property
+    def codec(self) -> Encoding:
+        """How the logits are encoded (validated when the store was opened)."""
+        return encoding(self.meta.encoding)
+
     def splits(self) -> list[str]:
         return [s for s in SPLITS if s in self.meta.layout]
 
@@ -72,7 +76,7 @@ class SoftTargetStore:
         return int(self._array(split, "labels").shape[0])
 
     def chunk_rows(self, split: str) -> int:
-        return int(self._array(split, logits_arrays(self.encoding)[0]).chunks[0])
+        return int(self._array(split, self.codec.arrays()[0]).chunks[0])
 
     def labels(self, split: str) -> np.ndarray:
         return self._read(split, "labels", slice(None))
@@ -132,15 +136,11 @@ class SoftTargetStore:
     def read_views(self, split: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Decoded logits of every view, (rows, V, C) float32, verified (checksums, no missing chunk).
 
-        Under ``topk:K`` these are the dense logits of :func:`decode_topk`.
+        Under ``topk:K`` these are the dense logits the encoding decodes (see :mod:`pipeline.store.codec`).
         """
         stop = self.size(split) if stop is None else stop
         rows = slice(start, stop)
-        if parse_encoding(self.encoding)[0] == "topk":
-            return decode_topk(self._read_checked(split, "topk_values", rows),
-                               self._read_checked(split, "topk_indices", rows),
-                               self._read_checked(split, "lse", rows), self.num_classes)
-        return self._read_checked(split, "logits", rows).astype(np.float32, copy=False)
+        return self.codec.decode(lambda name: self._read_checked(split, name, rows), self.num_classes)
 
     def _read_checked(self, split: str, name: str, rows: slice) -> np.ndarray:
         """:meth:`_read`, and every whole shard among the rows read checked against the manifest.
@@ -265,10 +265,6 @@ class SoftTargetStore:
                 raise StoreError(f"{split}/written", "some shards are flagged unwritten in a complete store",
                                  "rewrite the store with `kd teacher`")
 
-    def verify_fingerprints(self) -> str:
-        """The stored labels and ids against the data's recorded fingerprints (needs the data; see integrity)."""
-        return check_fingerprints(self)
-
     # --- size -----------------------------------------------------------
     def _nbytes(self, names: tuple[str, ...], stored: bool = True) -> int:
         total = 0
@@ -280,7 +276,7 @@ class SoftTargetStore:
 
     def nbytes_stored(self) -> int:
         extra = ("view_params",) if self.views > 1 else ()
-        return self._nbytes(logits_arrays(self.encoding) + extra + ("labels", "ids", "written"))
+        return self._nbytes(self.codec.arrays() + extra + ("labels", "ids", "written"))
 
     def summary(self) -> dict:
         """What ``kd inspect`` prints: metadata plus size, bytes per sample and compression ratio.
@@ -289,7 +285,7 @@ class SoftTargetStore:
         logits (N x C x 4 bytes), i.e. what the encoding plus compression saves.
         """
         stored = self.nbytes_stored()
-        logits_stored = self._nbytes(logits_arrays(self.encoding))
+        logits_stored = self._nbytes(self.codec.arrays())
         n = sum(self.size(s) for s in self.splits())
         logits_raw = n * self.views * self.num_classes * 4
         attrs = dict(self.attrs)

@@ -33,7 +33,7 @@ from pipeline import teacher
 from pipeline.augment import Augmenter
 from pipeline.config import AugmentConfig, DataConfig, ModelConfig, OptimConfig, StudentSpec, TeacherConfig
 from pipeline.data import open_dataset, store_dataset
-from pipeline.distill import check_compatible
+from pipeline.compat import check_compatible
 from pipeline.loader import SoftTargetLoader
 from pipeline.models import count_parameters
 from pipeline.store import SPLITS, SoftTargetStore, StoreWriter
