@@ -571,9 +571,8 @@ class TeacherConfig:
                                  help="teacher views (--views > 1): mixed with a partner from the same split")
 
     def __post_init__(self) -> None:
-        from pipeline.store.codec import encoding  # here: the store package is not needed to build a parser
-
-        encoding(self.encoding)
+        # The encoding's name is checked by its own registry (pipeline/store/codec.py), first thing in the
+        # teacher's plan: this module stays a leaf of the import graph.
         _check_choice(self.device, DEVICES, "device")
         _check(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}", "use e.g. 0")
         _check(bool(self.store_root), "store_root", "is empty", "pass a folder or URL, e.g. data/stores")

@@ -142,6 +142,7 @@ def plan(cfg: TeacherConfig) -> TeacherPlan:
     """Everything that can fail on user input, checked before any training: the checkpoint (loaded once),
     the output locations, the device, the dataset and what the encoding asks of it, the model's source (its
     factory or file, its weights, its preprocessing, its classes)."""
+    codec = encoding(cfg.encoding)  # a misspelt name is refused before anything is read
     _check_as_is(cfg)
     cfg = with_preprocessing(cfg)
     if cfg.checkpoint is not None and os.path.isdir(cfg.checkpoint):
@@ -153,7 +154,7 @@ def plan(cfg: TeacherConfig) -> TeacherPlan:
                         fix="pass a folder for teacher checkpoints, e.g. data/checkpoints")
     resolve_device(cfg.device)
     ds = open_dataset(cfg.data)
-    encoding(cfg.encoding).validate(ds.num_classes)
+    codec.validate(ds.num_classes)
     view_ops.check_mixable(cfg.view_mix, ds.splits)
     if cfg.chunk_rows is not None:
         rows = min(cfg.chunk_rows, max(len(split) for split in ds.splits.values()))

@@ -183,9 +183,12 @@ def test_new_fields_round_trip_through_json():
 # --- teacher / data / model / augment ------------------------------------------------------------
 
 
-def test_bad_encoding():
-    refused("encoding", lambda: TeacherConfig(encoding="int8"))
-    refused("encoding", lambda: TeacherConfig(encoding="bfloat16"))
+def test_bad_encoding_is_refused_by_the_teachers_plan_before_any_data_is_read(tmp_path):
+    from pipeline import teacher
+
+    for name in ("int8", "bfloat16"):
+        cfg = TeacherConfig(encoding=name, data=DataConfig(name="imagefolder:" + str(tmp_path / "missing")))
+        refused("encoding", lambda: teacher.plan(cfg))  # the missing folder is not looked at first
 
 
 def test_bad_teacher_seed_and_roots():

@@ -111,8 +111,7 @@ class StoreWriter:
                  shard_chunks: int = DEFAULT_SHARD_CHUNKS, storage_options: dict | None = None,
                  defer_create: bool = False) -> None:
         num_classes, views = provenance.dataset.num_classes, provenance.views.count
-        self.codec = codec.encoding(encoding)
-        self.codec.validate(num_classes)
+        codec.encoding(encoding).validate(num_classes)
         self.final, self.storage_options = path, storage_options
         self.encoding, self.num_classes, self.views = encoding, num_classes, views
         self.layouts = {s: layout_for(len(labels), num_classes, chunk_rows, shard_chunks, views)
@@ -337,7 +336,7 @@ class StoreWriter:
             raise self._error
         self.create()
         with np.errstate(over="ignore"):  # an overflowing cast is expected here, and refused just below
-            arrays = self.codec.encode(logits)
+            arrays = codec.encoding(self.encoding).encode(logits)
         # Finite float32 logits can still overflow the encoding (float16 tops out at 65504): check what is stored.
         for name, values in arrays.items():
             if values.dtype.kind == "f":
