@@ -32,7 +32,8 @@ from pipeline.loader import SoftTargetLoader, fits_cache
 from pipeline.metrics import expected_calibration_error
 from pipeline.models import check_source, count_parameters, measure_latency, model_size_mb, resolve_device
 from pipeline.store import SoftTargetStore
-from pipeline.train import Progress, build_seeded, evaluate_group, fit_group
+from pipeline.student_group import fit_group
+from pipeline.train import Progress, build_seeded, evaluate_group
 
 log = logging.getLogger(__name__)
 
@@ -352,7 +353,7 @@ def groups(cfg: DistillConfig, *, skip: frozenset[str] | set[str] = frozenset())
     seed, so a group never mixes seeds: runs with different seeds must differ
     in data order too, or their spread would understate the noise. Every
     student of a run has the run's architecture, so a group of two or more
-    trains as one batched model wherever that applies (``pipeline.batched``):
+    trains as one stacked model wherever that applies (``pipeline.stacking``):
     up to one seed's students per group, the larger the group the less the
     sweep costs. Students named in ``skip`` (run ids) are left out of their groups (see :func:`kept_rows`);
     a student trains the same in any group.

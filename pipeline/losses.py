@@ -30,7 +30,7 @@ def kl_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) ->
     log_p = F.log_softmax(teacher / temperature, dim=-1)  # (B, C)
     # F.kl_div(log_q, log_p, reduction="batchmean", log_target=True) written out: the same elementwise
     # exp(t) * (t - i) and sum, bit for bit (value and gradient, on a CPU), but vmap has a batching rule for
-    # each of these ops and none for kl_div, which it would run student by student (pipeline.batched).
+    # each of these ops and none for kl_div, which it would run student by student (pipeline.stacking).
     return (log_p.exp() * (log_p - log_q)).sum() / student.shape[0] * temperature**2
 
 
@@ -74,6 +74,14 @@ def mixed_hard_loss(student: torch.Tensor, labels: torch.Tensor, partner_labels:
     return (lam * own + (1.0 - lam) * partner).mean()
 
 
+def hard_term_weight(loss: str, alpha: float, beta: float | None) -> float:
+    """The weight of the hard-label term: 1 for the label-only baseline (``loss="hard"``), else ``beta`` when
+    given (Hinton's independent alpha/beta form), else ``1 - alpha``."""
+    if loss == "hard":
+        return 1.0
+    return (1.0 - alpha) if beta is None else beta
+
+
 SoftLoss = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 
 SOFT_LOSSES: dict[str, SoftLoss] = {
@@ -95,8 +103,7 @@ def distillation_loss(
 ) -> torch.Tensor:
     """The combined objective: alpha * soft + w_hard * hard.
 
-    ``w_hard`` is ``beta`` when given (Hinton's independent alpha/beta form),
-    else ``1 - alpha``. ``alpha`` weights the soft term. ``loss="hard"`` is the
+    ``w_hard`` is :func:`hard_term_weight`. ``alpha`` weights the soft term. ``loss="hard"`` is the
     label-only baseline and ignores ``teacher``, ``alpha`` and ``beta``.
     ``mix`` (partner labels (B,), λ (B,)) makes the hard term :func:`mixed_hard_loss`, for mixed images.
     """
@@ -108,7 +115,7 @@ def distillation_loss(
     if loss not in SOFT_LOSSES:
         raise UserError("loss", f"unknown loss {loss!r}", f"choose one of: {', '.join(SOFT_LOSSES)}, hard")
     assert teacher is not None, "soft losses need teacher logits"
-    w_hard = (1.0 - alpha) if beta is None else beta
+    w_hard = hard_term_weight(loss, alpha, beta)
     total = alpha * SOFT_LOSSES[loss](student, teacher, temperature)
     if w_hard:
         total = total + w_hard * hard()
@@ -127,7 +134,7 @@ def weighted_distillation_loss(
     """:func:`distillation_loss` with the loss choice, T and weights as tensors: one call serves any student.
 
     ``soft_weights`` maps each soft loss in use to its weight: alpha for a student trained with
-    that loss, 0 for the others; ``hard_weight`` is w_hard (1 for the baseline). Under
+    that loss, 0 for the others; ``hard_weight`` is each student's :func:`hard_term_weight`. Under
     ``torch.func.vmap`` every argument but the shared ``teacher`` and ``labels`` carries one value
     per student, so students with different losses train in one call. A zero weight adds an exact
     0 (for finite terms), so the value and gradients equal :func:`distillation_loss`'s.

@@ -1,18 +1,15 @@
 """Training and evaluation, laid out like torchvision's classification reference.
 
 :func:`train_one_epoch` is one pass over the data and :func:`evaluate` scores a model on a split.
-:func:`fit_group` and :func:`fit_teacher` are the two entry points, each a short recipe:
-build the trainees, run the epochs (one epoch, then validate-and-select and early stop for
-each trainee), collect the results.
+:func:`run_epochs` is the loop around them: one epoch, then validate-and-select and early stop for
+each trainee. :func:`fit_teacher` trains the teacher through it on hard labels: build the trainee,
+run the epochs, collect the result.
 
-A *group* of students trains in one pass over the data: each batch is loaded,
-augmented and moved to the device once. Students of one architecture then
-train as one batched model (:mod:`pipeline.batched`): one vectorised step for
-the whole group, each student with its own optimizer state, schedule and
-objective. Where the model cannot be batched (or batching is off) every model
-takes its own step in turn, the per-student loop. The teacher takes its own
-path, :func:`fit_teacher`: a single model trained on hard labels through the
-same epoch loop.
+Several trainees can share one pass over the data: each batch is loaded, augmented and moved to the
+device once, and every trainee takes its own step in turn (the per-student loop). A group of students
+may instead hand the loop a :class:`Stack`, which trains the whole group as one model
+(:mod:`pipeline.student_group` decides, :mod:`pipeline.stacking` implements it); this module never
+imports that package, and the teacher never enters it.
 
 Checkpoints are selected on the validation split (best or last); the test
 split is only ever evaluated, never used to choose.
@@ -21,13 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import logging
 import math
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -35,10 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.augment import Augmenter
-from pipeline.batched import BatchingUnsupported, StackedStudents, cpu_reason_not_to_batch
-from pipeline.batched_optim import lr_table
 from pipeline import finetune
-from pipeline.config import AugmentConfig, ModelConfig, OptimConfig, StudentSpec
+from pipeline.config import AugmentConfig, ModelConfig, OptimConfig
 from pipeline.data import Split
 from pipeline.loader import Batch, BatchReader, SoftTargetLoader, ordered_batches, read_batches, row_batches
 from pipeline.losses import distillation_loss
@@ -68,14 +62,6 @@ def build_seeded(cfg: ModelConfig, shape: tuple[int, int, int], num_classes: int
     with _INIT_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return build_model(cfg, shape, num_classes, **kwargs)
-
-
-def student_objective(spec: StudentSpec) -> Objective:
-    """The distillation loss of one grid point (label-only for the baseline)."""
-    def objective(out: torch.Tensor, soft: torch.Tensor | None, labels: torch.Tensor, mix: Mix = None) -> torch.Tensor:
-        return distillation_loss(out, soft, labels, spec.loss, spec.temperature, spec.alpha, spec.beta, mix=mix)
-
-    return objective
 
 
 def label_objective(out: torch.Tensor, soft: torch.Tensor | None, labels: torch.Tensor,
@@ -123,11 +109,6 @@ class TrainResult:
     failed: str | None
     step_losses: list[float]
     stopped_epoch: int | None  # set when early stopping ended training after this epoch
-
-
-@dataclass
-class StudentResult(TrainResult):
-    spec: StudentSpec = field(kw_only=True)
 
 
 def predict(model: nn.Module, data: Split | torch.Tensor, device: torch.device, *, batch_size: int = 512,
@@ -296,29 +277,6 @@ def record_losses(t: Trainee, values: list[float], *, steps: list[int], epoch: i
     return values
 
 
-def train_one_epoch_stacked(*, stack: StackedStudents, trainees: list[Trainee], loader: SoftTargetLoader,
-                            epoch: int, augmenter: Augmenter, generator: torch.Generator, device: torch.device,
-                            teacher: nn.Module | None = None) -> dict[str, float]:
-    """:func:`train_one_epoch` for a stack: ``trainees[i]`` is row i of ``stack``. Returns each one's mean loss.
-
-    The losses stay on the device during the pass and are read once at its end (no per-step
-    synchronisation); a student whose loss went non-finite was already masked out of the update in
-    that step, and is marked failed here, with the step where it happened.
-    """
-    losses = []
-    for batch in loader.epoch(epoch):
-        b = prepare_batch(batch, augmenter=augmenter, generator=generator, device=device, teacher=teacher)
-        if b.mix is not None:
-            raise BatchingUnsupported("mixed views need the per-student loop's λ-weighted hard term")
-        losses.append(stack.step(b.x, b.logits, b.y))  # (S,)
-    table = torch.stack(losses).cpu() if losses else torch.empty(0, len(trainees))  # (steps, S)
-    means = {}
-    for t, column in zip(trainees, table.T.tolist()):
-        kept = record_losses(t, column, steps=list(range(1, len(column) + 1)), epoch=epoch)
-        means[t.name] = sum(kept) / max(len(losses), 1)
-    return means
-
-
 VAL_BATCH = 512  # images per validation forward
 
 
@@ -331,19 +289,19 @@ def val_reader(split: Split, device: torch.device, *, workers: int, batch_size: 
 
 
 def validate_group(models: list[nn.Module], split: Split, device: torch.device, *,
-                   stack: StackedStudents | None = None, rows: list[int] | None = None,
-                   batch_size: int = VAL_BATCH, workers: int = 0, reader: BatchReader | None = None) -> list[dict]:
+                   forward: Callable[[torch.Tensor], torch.Tensor] | None = None, batch_size: int = VAL_BATCH,
+                   workers: int = 0, reader: BatchReader | None = None) -> list[dict]:
     """Each model's accuracy and NLL on ``split`` (as :func:`evaluate` computes them), the split read once for all,
     by ``workers`` DataLoader processes (0: in this process), or by ``reader`` (:func:`val_reader`, whose
     workers serve every epoch).
 
-    With ``stack``, ``models[i]`` is its row ``rows[i]`` and every row scores in one vectorised forward per
-    batch (:meth:`StackedStudents.predict`), from the stacked weights themselves. Only each sample's
-    prediction and NLL are kept, not its logits: S students on a 1000-class val stay small.
+    ``forward`` maps a batch (b, C, H, W) to every model's logits at once, (S, b, K), in place of calling each
+    model: a stack's, from its stacked weights. Only each sample's prediction and NLL are kept, not its
+    logits: S students on a 1000-class val stay small.
     """
     if not models:
         return []
-    if stack is None:
+    if forward is None:
         models = [prepare(m, device, fast=False) for m in models]
     preds: list[list[torch.Tensor]] = [[] for _ in models]
     nlls: list[list[torch.Tensor]] = [[] for _ in models]
@@ -352,8 +310,8 @@ def validate_group(models: list[nn.Module], split: Split, device: torch.device, 
     for (_, rows_b), (xb, _) in zip(reader.items, reader, strict=True):
         x, y = _to_device(xb, device, fast=False), split.y[rows_b].to(device)  # (b, C, H, W), (b,)
         with torch.no_grad():
-            if stack is not None:
-                logits = stack.predict(x)[rows].float()  # (S, b, K)
+            if forward is not None:
+                logits = forward(x)  # (S, b, K)
             else:
                 logits = torch.stack([m(x).float() for m in models])  # (S, b, K)
             nll = F.cross_entropy(logits.transpose(1, 2), y.expand(len(logits), -1), reduction="none")  # (S, b)
@@ -387,22 +345,37 @@ def early_stop(t: Trainee, *, epoch: int, val_acc: float, patience: int | None) 
         log.info("%s stopped early after epoch %d: no val improvement for %d epochs", t.name, epoch, t.stale_epochs)
 
 
+class Stack(Protocol):
+    """A group that trains as one model in place of the per-student loop (:class:`pipeline.stacking.GroupTrainer`).
+
+    :func:`run_epochs` drives it as it drives the loop: it trains an epoch of the trainees still training,
+    scores them on val, and copies a trainee's own weights into its module when its epoch is selected.
+    """
+
+    def train_one_epoch(self, *, trainees: list[Trainee], loader: SoftTargetLoader, epoch: int,
+                        augmenter: Augmenter, generator: torch.Generator, device: torch.device,
+                        teacher: nn.Module | None) -> dict[str, float]: ...
+
+    def validate(self, trainees: list[Trainee], split: Split, device: torch.device, *,
+                 reader: BatchReader) -> list[dict]: ...
+
+    def write_back(self, trainee: Trainee) -> None: ...
+
+
 def run_epochs(trainees: list[Trainee], *, loader: SoftTargetLoader, val: Split, optim: OptimConfig,
                augment: AugmentConfig, seed: int, device: torch.device, label: str,
                progress: Progress | None = None, teacher: nn.Module | None = None,
-               stack: StackedStudents | None = None) -> None:
+               stack: Stack | None = None) -> None:
     """Train ``trainees`` together for ``optim.epochs`` epochs, or until none is active.
 
     Augmentation is drawn once per batch for the whole group, from a generator
-    seeded by ``seed``. With ``stack`` (row i is ``trainees[i]``) the group trains
-    as one batched model. After each epoch the group is validated on one read of
-    val (a stack in one vectorised forward) and each student's checkpoint is
-    selected on its own; a stack copies a student's row into its module only when
-    that epoch is selected.
+    seeded by ``seed``. Each epoch every active trainee steps on every batch
+    (:func:`train_one_epoch`), or ``stack``, built over ``trainees``, steps them
+    as one model. After each epoch the group is validated on one read of val
+    and each trainee's checkpoint is selected on its own.
     """
     augmenter = Augmenter(augment)
     generator = torch.Generator().manual_seed(seed)
-    rows = list(trainees)  # the trainee in each row of the stack
     # Validation reads val once per epoch for the whole group, through as many workers as the training loader
     # (in this process it would decode a 50,000-image val set on one core every epoch), started once.
     with contextlib.closing(val_reader(val, device, workers=loader.workers)) as reader:
@@ -417,19 +390,17 @@ def run_epochs(trainees: list[Trainee], *, loader: SoftTargetLoader, val: Split,
                                          generator=generator, device=device, teacher=teacher,
                                          clip_grad_norm=optim.clip_grad_norm)
             else:
-                stack.keep([i for i, t in enumerate(rows) if t.active])
-                rows = active
-                losses = train_one_epoch_stacked(stack=stack, trainees=active, loader=loader, epoch=epoch,
-                                                 augmenter=augmenter, generator=generator, device=device,
-                                                 teacher=teacher)
-            # A stack scores all its rows in one forward.
-            scored = [(row, t) for row, t in enumerate(active) if t.failed is None]
-            scores = validate_group([t.model for _, t in scored], val, device, stack=stack,
-                                    rows=[row for row, _ in scored], reader=reader)
-            for (row, t), metrics in zip(scored, scores):
+                losses = stack.train_one_epoch(trainees=active, loader=loader, epoch=epoch, augmenter=augmenter,
+                                               generator=generator, device=device, teacher=teacher)
+            scored = [t for t in active if t.failed is None]
+            if stack is None:
+                scores = validate_group([t.model for t in scored], val, device, reader=reader)
+            else:
+                scores = stack.validate(scored, val, device, reader=reader)
+            for t, metrics in zip(scored, scores):
                 if record_epoch(t, metrics=metrics, epoch=epoch, train_loss=losses[t.name], select=optim.select):
-                    if stack is not None:
-                        stack.write_back(row, t.model)
+                    if stack is not None:  # a stack trains its own copy of the weights
+                        stack.write_back(t)
                     t.best_state = copy.deepcopy(t.model.state_dict())
                 early_stop(t, epoch=epoch, val_acc=metrics["acc"], patience=optim.patience)
             if progress is not None:
@@ -452,64 +423,6 @@ def collect_results(trainees: list[Trainee], *, seconds: float) -> list[TrainRes
             results.append(TrainResult(t.name, None, -1, math.nan, t.history, seconds, t.failed or "no epoch ran",
                                        t.step_losses, None))
     return results
-
-
-def fit_group(specs: list[StudentSpec], *, model_cfg: ModelConfig, optim: OptimConfig, augment: AugmentConfig,
-              loader: SoftTargetLoader, val: Split, input_shape: tuple[int, int, int], num_classes: int,
-              device: torch.device, label: str = "group", progress: Progress | None = None,
-              teacher: nn.Module | None = None, batched: bool | None = None) -> list[StudentResult]:
-    """Train every student of ``specs`` in one pass per epoch; return each selected checkpoint, in order.
-
-    Soft targets come from the loader (stored logits) unless ``teacher`` is
-    given: then it runs on every batch, after augmentation ("online" KD, kept
-    as the reference that offline KD is measured against). Data order and
-    augmentation are seeded by the first spec's seed, each model's init by its own.
-
-    A group of two or more students trains as one batched model
-    (:mod:`pipeline.batched`) when the architecture vectorises and, with
-    ``batched=None`` (automatic), when it pays on the device: always on a GPU,
-    for small students on a CPU (see ``batched.CPU_MAX_FLOPS``). ``True`` batches
-    whenever the model vectorises, ``False`` never. Otherwise the students take
-    their steps one by one (the per-student loop); the choice is logged. Both
-    give the same students up to float rounding (tests/test_batched.py).
-
-    A student whose loss goes non-finite fails alone; likewise with
-    ``optim.patience``, a student whose val accuracy stops improving stops
-    alone. The checkpoint is chosen by ``optim.select``.
-    """
-    if teacher is not None:
-        teacher = teacher.to(device).eval()
-    start = time.perf_counter()
-    configs = [optim if s.lr is None else dataclasses.replace(optim, lr=s.lr) for s in specs]
-    trainees = [build_trainee(name=s.run_id, objective=student_objective(s), seed=s.seed, model_cfg=model_cfg,
-                              optim=cfg, input_shape=input_shape, num_classes=num_classes, device=device,
-                              steps_per_epoch=len(loader))
-                for s, cfg in zip(specs, configs)]
-    stack, why = None, None
-    if batched is False:
-        why = "batching is off"
-    elif len(specs) < 2:
-        why = "a single student"
-    elif finetune.applies(optim):
-        why = "fine-tuning (--backbone-lr, --freeze-epochs) trains each student's own parameter groups"
-    elif loader.mixed_views:
-        # The stacked step has no λ-weighted hard term for mixed views (pipeline.losses.mixed_hard_loss).
-        why = "the store's views are mixed (MixUp/CutMix)"
-    elif batched is None and device.type == "cpu":
-        why = cpu_reason_not_to_batch(trainees[0].model, input_shape)
-    if why is None:
-        try:
-            stack = StackedStudents([t.model for t in trainees], specs=specs, optim=optim,
-                                    lrs=lr_table(configs, len(loader)), device=device, input_shape=input_shape,
-                                    num_classes=num_classes)
-            why = f"one stacked {model_cfg.arch} of {len(specs)} students, {stack.engine}"
-        except BatchingUnsupported as e:
-            why = f"{model_cfg.arch} does not batch ({e})"
-    log.info("%s: %s: %s", label, "batched" if stack is not None else "per-student loop", why)
-    run_epochs(trainees, loader=loader, val=val, optim=optim, augment=augment, seed=specs[0].seed, device=device,
-               label=label, progress=progress, teacher=teacher, stack=stack)
-    results = collect_results(trainees, seconds=time.perf_counter() - start)
-    return [StudentResult(**vars(r), spec=s) for r, s in zip(results, specs)]
 
 
 def fit_teacher(*, model_cfg: ModelConfig, optim: OptimConfig, augment: AugmentConfig, train: Split, val: Split,

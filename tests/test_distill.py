@@ -81,7 +81,7 @@ def test_students_train_without_the_teacher(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr("pipeline.train.build_model", spy)
     cfg = _cfg(store, tmp_path)
     p = distill.plan(cfg)
-    with caplog.at_level(logging.INFO, logger="pipeline.train"):
+    with caplog.at_level(logging.INFO, logger="pipeline.student_group"):
         rows = distill.train_students(p, cfg.students())
     # --batch auto on a CPU: three small students of one seed train as one stack.
     assert "batched: one stacked cnn of 3 students" in caplog.text

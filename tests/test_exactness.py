@@ -23,7 +23,7 @@ def _steps(cfg, tmp_path):
     rows = distill.train_students(p, cfg.students()[1:])
     assert rows[0]["status"] == "ok"
     from pipeline.loader import SoftTargetLoader
-    from pipeline.train import fit_group
+    from pipeline.student_group import fit_group
 
     loader = SoftTargetLoader(p.dataset.splits["train"], cfg.optim.batch_size, seed=0,
                               store=None if cfg.mode == "online" else p.store, chunk_rows=p.store.chunk_rows("train"))

@@ -43,3 +43,38 @@ def test_the_rules_see_real_imports():
     """The scan finds the imports that exist, so an empty result above means something."""
     assert offenders("flows", "prefect") and offenders("experiments", "flows")
     assert "pipeline.config" in imported_modules("experiments")["experiments/studies.py"]
+
+
+def stacking_imports(package: str) -> dict[str, set[str]]:
+    """What each file of ``package`` outside pipeline/stacking/ takes from the stacking package: the package's
+    own names (``from pipeline.stacking import x``) or its modules (``pipeline.stacking.stack``)."""
+    found = {}
+    for path in sorted((REPO / package).rglob("*.py")):
+        if (REPO / "pipeline" / "stacking") in path.parents:
+            continue
+        taken = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+            if isinstance(node, ast.ImportFrom) and node.level == 0:
+                if node.module == "pipeline":
+                    taken |= {f"pipeline.{a.name}" for a in node.names if a.name == "stacking"}
+                elif node.module == "pipeline.stacking":
+                    taken |= {f"pipeline.stacking:{a.name}" for a in node.names}
+                elif (node.module or "").startswith("pipeline.stacking."):
+                    taken.add(node.module)
+            elif isinstance(node, ast.Import):
+                taken |= {a.name for a in node.names if a.name.split(".")[:2] == ["pipeline", "stacking"]}
+        if taken:
+            found[str(path.relative_to(REPO))] = taken
+    return found
+
+
+def test_the_stacking_engine_is_reached_through_its_entry_point_alone():
+    import pipeline.stacking
+
+    public = {"pipeline.stacking"} | {f"pipeline.stacking:{name}" for name in pipeline.stacking.__all__}
+    users = {path: taken for package in ("pipeline", "flows", "experiments")
+             for path, taken in stacking_imports(package).items()}
+    assert {path: taken - public for path, taken in users.items() if taken - public} == {}
+    # The plain loop and the teacher's stage never import it; the student group does (the scan sees it).
+    assert "pipeline/train.py" not in users and "pipeline/teacher.py" not in users
+    assert users["pipeline/student_group.py"] == {"pipeline.stacking"}

@@ -139,8 +139,8 @@ def test_a_recorded_preprocessing_that_cannot_be_reproduced_is_refused(views_sto
 def test_stacked_students_keep_their_own_preprocessing():
     """Students that resize and normalise their input train stacked under vmap (never as grouped layers, which
     would skip it), and a stack scores each exactly as the student alone."""
-    from pipeline.batched import StackedStudents
-    from pipeline.batched_optim import lr_table
+    from pipeline.stacking.stack import StackedStudents
+    from pipeline.stacking.optim import lr_table
     from pipeline.config import StudentSpec
     from pipeline.train import build_seeded
 

@@ -1,4 +1,4 @@
-"""The group trainer: one pass, independent students, failure isolation, selection on val."""
+"""The training loop: one pass, independent students, failure isolation, selection on val; the teacher's plain path."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,7 +13,8 @@ from pipeline.data import load_dataset
 from pipeline.loader import SoftTargetLoader
 from pipeline.store import SoftTargetStore
 from pipeline.optim import make_optimizer, make_schedule
-from pipeline.train import build_seeded, evaluate, fit_group
+from pipeline.student_group import fit_group
+from pipeline.train import build_seeded, evaluate
 from tests.conftest import DIGITS
 
 CPU = torch.device("cpu")
@@ -39,7 +40,7 @@ def spec(loss="kl", t=4.0, seed=0):
 
 def test_a_group_trains_the_same_as_separate_runs(digits_store, ds):
     store = SoftTargetStore(digits_store)
-    # The per-student loop (a batched group equals it up to float rounding: tests/test_batched.py).
+    # The per-student loop (a stacked group equals it up to float rounding: tests/test_stacking.py).
     together = _run(ds, store, [spec(t=1.0), spec(t=8.0)], batched=False)
     alone = _run(ds, store, [spec(t=8.0)])
     # Same seed, same batches, same augmentation stream: sharing the pass changes nothing.
@@ -253,3 +254,36 @@ def test_a_group_reads_val_once_per_epoch(digits_store, ds, monkeypatch, batched
     results = _run(ds, SoftTargetStore(digits_store), [spec(t=1.0), spec(t=4.0), spec(t=8.0)], batched=batched)
     assert all(r.failed is None for r in results)
     assert sum(reads) == FAST.epochs * len(val)  # not once per student
+
+
+# The teacher's path, from its flow to its store, with pipeline.stacking unimportable (None in sys.modules makes
+# any import of it raise ImportError): it trains through the plain loop alone. The last lines are the control:
+# the students' path needs the package, so the block is real.
+TEACHER_WITHOUT_STACKING = """
+import sys
+sys.modules["pipeline.stacking"] = None
+import flows.teacher_flow
+from pipeline import teacher
+from pipeline.config import ModelConfig, OptimConfig, TeacherConfig
+root = sys.argv[1]
+cfg = TeacherConfig(model=ModelConfig(arch="mlp", width=16), optim=OptimConfig(epochs=1, batch_size=128),
+                    store_root=root + "/stores", checkpoint_root=root + "/checkpoints", device="cpu")
+p = teacher.plan(cfg)
+print("store:", teacher.publish(p, teacher.train(p)))
+try:
+    import pipeline.student_group
+except ImportError as e:
+    print("students:", e)
+"""
+
+
+def test_the_teacher_trains_without_the_stacking_package(tmp_path):
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", TEACHER_WITHOUT_STACKING, str(tmp_path)], cwd=repo,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "store: " + str(tmp_path) in out.stdout
+    assert "students: import of pipeline.stacking halted" in out.stdout

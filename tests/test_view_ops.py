@@ -146,7 +146,7 @@ def test_verify_views_covers_mixed_views_and_catches_a_wrong_replay(mixed_store)
 def test_distilling_from_mixed_views_uses_the_mixed_labels(mixed_store, tmp_path, caplog):
     cfg = DistillConfig(store=mixed_store, model=ModelConfig("cnn", 4), optim=OptimConfig(epochs=1, lr=1e-2),
                         temperatures=(1.0,), alphas=(1.0,), report_root=str(tmp_path), device="cpu")
-    with caplog.at_level(logging.INFO, logger="pipeline.train"):
+    with caplog.at_level(logging.INFO, logger="pipeline.student_group"):
         rows = distill.train_students(distill.plan(cfg), cfg.students())
     assert [r["status"] for r in rows] == ["ok", "ok"]
     # One group of two, not batched: the stacked step has no λ-weighted hard term; the reason is logged.
@@ -157,7 +157,7 @@ def test_a_student_trains_the_same_alone_or_in_a_mixed_view_group(mixed_store):
     """Replayed mixed views, λ-weighted labels and the shared batch stream leave nothing for group mates to
     change: a student ends bit-identical alone and beside two others."""
     from pipeline.config import StudentSpec
-    from pipeline.train import fit_group
+    from pipeline.student_group import fit_group
 
     store = SoftTargetStore(mixed_store)
     ds = load_dataset(store.meta.data_cfg())

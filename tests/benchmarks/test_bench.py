@@ -27,7 +27,8 @@ from pipeline.losses import distillation_loss
 from pipeline.models import build_model, count_parameters
 from pipeline.store import SoftTargetStore, StoreWriter, layout_for
 from pipeline.optim import make_optimizer
-from pipeline.train import build_seeded, build_trainee, fit_group, predict, student_objective, train_one_epoch
+from pipeline.student_group import fit_group, student_objective
+from pipeline.train import build_seeded, build_trainee, predict, train_one_epoch
 from tests.conftest import synthetic_provenance
 
 DEV = B.device()
@@ -286,7 +287,7 @@ def batched_case(tmp, *, case: str, model: ModelConfig, n: int, sizes=(4, 8), mi
     automatic rule would not pick it (on a CPU, students above ``CPU_MAX_FLOPS``); the automatic
     decision is recorded next to the figures.
     """
-    from pipeline.batched import CPU_MAX_FLOPS, flops_per_sample
+    from pipeline.stacking.cost import CPU_MAX_FLOPS, flops_per_sample
 
     begun = B.begin()
     train_split, val, loader = cached_loader(tmp / f"{case}.zarr", n)
@@ -341,9 +342,7 @@ def batched_case(tmp, *, case: str, model: ModelConfig, n: int, sizes=(4, 8), mi
 
 def training_only(model: ModelConfig, specs: list[StudentSpec], loader: SoftTargetLoader):
     """Two sides timing training epochs alone: the students as one stack, and each on its own."""
-    from pipeline.batched import StackedStudents
-    from pipeline.batched_optim import lr_table
-    from pipeline.train import train_one_epoch_stacked
+    from pipeline.stacking import stack_students
 
     def trainees():
         return [build_trainee(name=s.run_id, objective=student_objective(s), seed=s.seed, model_cfg=model,
@@ -351,13 +350,13 @@ def training_only(model: ModelConfig, specs: list[StudentSpec], loader: SoftTarg
                               steps_per_epoch=len(loader)) for s in specs]
 
     stacked, alone = trainees(), trainees()
-    stack = StackedStudents([t.model for t in stacked], specs=specs, optim=optim(), device=DEV,
-                            lrs=lr_table([optim()] * len(specs), len(loader)), input_shape=B.SHAPE,
-                            num_classes=B.CLASSES)
+    group, why = stack_students(stacked, specs=specs, configs=[optim()] * len(specs), loader=loader, device=DEV,
+                                input_shape=B.SHAPE, num_classes=B.CLASSES, arch=model.arch, only_where_it_pays=False)
+    assert group is not None, why
     plain = dict(augmenter=Augmenter(AugmentConfig()), generator=torch.Generator().manual_seed(0), device=DEV)
 
     def stacked_epoch():
-        train_one_epoch_stacked(stack=stack, trainees=stacked, loader=loader, epoch=0, **plain)
+        group.train_one_epoch(trainees=stacked, loader=loader, epoch=0, **plain)
 
     def alone_epochs():
         for t in alone:

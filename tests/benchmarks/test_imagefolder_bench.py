@@ -37,7 +37,8 @@ from pipeline.compat import check_compatible
 from pipeline.loader import SoftTargetLoader
 from pipeline.models import count_parameters
 from pipeline.store import SPLITS, SoftTargetStore, StoreWriter
-from pipeline.train import build_seeded, build_trainee, student_objective, train_one_epoch
+from pipeline.student_group import student_objective
+from pipeline.train import build_seeded, build_trainee, train_one_epoch
 
 DEV = B.device()
 CUDA = DEV.type == "cuda"

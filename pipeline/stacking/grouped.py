@@ -16,15 +16,13 @@ that keeps the students apart:
 
 Until its first layer with weights the input is shared by every student and is
 not copied. Under ``vmap`` each of these layers instead costs extra copies that
-move the student axis in and out, and BatchNorm's affine step runs apart (one
-step of 8 cnn students, batch 128, 32x32, one thread of a 2-core CPU: width 2,
-146 ms here against 182 ms with ``vmap``; width 16, 1.96 s against 2.55 s).
+move the student axis in and out, and BatchNorm's affine step runs apart.
 
 On CUDA the convolutions run in channels_last, the layout cuDNN's grouped kernels
-want. On a CPU they stay contiguous: channels_last was 1.4x faster there, but its
-other rounding tipped a ReLU past zero at step 42 of one exactness test, beyond
-the 1e-5 that a stack must stay within of separate runs (tests/test_batched.py).
-Other models take the ``vmap`` path of :class:`pipeline.batched.StackedStudents`.
+want. On a CPU they stay contiguous: channels_last rounds otherwise there, enough
+to tip a ReLU past zero within an exactness test's first 50 steps, beyond the 1e-5
+that a stack must stay within of separate runs (tests/test_stacking.py).
+Other models take the ``vmap`` path of :class:`pipeline.stacking.stack.StackedStudents`.
 """
 from __future__ import annotations
 

@@ -2,8 +2,8 @@
 
 Stacking S students turns S small models into one wide one: each batch takes
 one forward and backward and one optimizer step over the stacked parameters
-(:mod:`pipeline.batched_optim`), instead of S of each. The forward is
-:mod:`pipeline.grouped`'s natively grouped layers for plain sequential models
+(:mod:`pipeline.stacking.optim`), instead of S of each. The forward is
+:mod:`pipeline.stacking.grouped`'s natively grouped layers for plain sequential models
 (mlp, cnn), else ``torch.func.functional_call`` under ``torch.func.vmap``. For the small students
 distillation produces, per-operation overhead (Python, dispatch, GPU kernel
 launches) dominates a step, so a stack costs far less than S separate steps.
@@ -23,8 +23,8 @@ launches) dominates a step, so a stack costs far less than S separate steps.
   anyone else's. Losses stay on the device until the caller reads them.
 
 A model that cannot be vectorised raises :class:`BatchingUnsupported`
-when the stack is built (a probe step on two samples), and the caller falls
-back to training the students one by one.
+when the stack is built (a probe step on two samples), and the group falls
+back to training the students one by one (:func:`pipeline.stacking.stack_students`).
 """
 from __future__ import annotations
 
@@ -35,18 +35,10 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from pipeline import grouped
-from pipeline.batched_optim import StackedOptimizer, clip_per_student
 from pipeline.config import OptimConfig, StudentSpec
-from pipeline.losses import weighted_distillation_loss
-
-
-# On a CPU a stacked step runs the same arithmetic on grouped kernels, which are slower than the plain
-# ones: batching pays only while per-operation overhead dominates, i.e. for small students. Measured on a
-# 2-core EPYC (1 torch thread, 4 cnn students, batch 128, 32x32, one step, grouped engine): 0.3 MFLOP per
-# sample (width 2) in 0.58 of the one-by-one time, 0.96 MFLOP (width 4) 0.74, 2.0 MFLOP (width 6) 1.4x
-# slower, 12.7 MFLOP (width 16) about 2x. A GPU batches whatever vectorises.
-CPU_MAX_FLOPS = 1e6  # forward FLOPs per sample of one student
+from pipeline.losses import hard_term_weight, weighted_distillation_loss
+from pipeline.stacking import grouped
+from pipeline.stacking.optim import StackedOptimizer, clip_per_student
 
 
 # The per-tensor views of the flat gradient are strided like the parameters they belong to; torch's
@@ -67,25 +59,6 @@ class BatchingUnsupported(Exception):
     """The students' model cannot be trained as one stack; the message says why."""
 
 
-def flops_per_sample(model: nn.Module, input_shape: tuple[int, int, int]) -> float:
-    """Forward FLOPs (matmuls and convolutions) of ``model`` on one sample, counted on a copy in eval mode."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    probe = copy.deepcopy(model).cpu().eval()  # eval: the count must not touch running statistics
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        probe(torch.zeros(1, *input_shape))
-    return float(counter.get_total_flops())
-
-
-def cpu_reason_not_to_batch(model: nn.Module, input_shape: tuple[int, int, int]) -> str | None:
-    """Why one-by-one training beats a stack of ``model`` on a CPU, or None if batching pays there."""
-    flops = flops_per_sample(model, input_shape)
-    if flops <= CPU_MAX_FLOPS:
-        return None
-    return (f"{flops / 1e6:.1f} MFLOP per sample is compute-bound on a CPU, where grouped kernels are slower "
-            f"(batching pays up to {CPU_MAX_FLOPS / 1e6:g})")
-
-
 def loss_weights(specs: list[StudentSpec], device: torch.device) -> dict:
     """Each student's temperature, soft-loss weights and hard weight, as (S,) float32 tensors."""
     def column(values: list[float]) -> torch.Tensor:
@@ -96,8 +69,7 @@ def loss_weights(specs: list[StudentSpec], device: torch.device) -> dict:
     return {
         "temperature": column([s.temperature for s in specs]),
         "soft_weights": {k: column([s.alpha if s.loss == k else 0.0 for s in specs]) for k in soft_kinds},
-        "hard_weight": column([1.0 if s.is_baseline else (1.0 - s.alpha) if s.beta is None else s.beta
-                               for s in specs]),
+        "hard_weight": column([hard_term_weight(s.loss, s.alpha, s.beta) for s in specs]),
     }
 
 
@@ -107,9 +79,9 @@ class StackedStudents:
     def __init__(self, models: list[nn.Module], *, specs: list[StudentSpec], optim: OptimConfig,
                  lrs: torch.Tensor, device: torch.device, input_shape: tuple[int, int, int],
                  num_classes: int, use_grouped: bool = True) -> None:
-        """``lrs`` is the (steps + 1, S) float64 learning-rate table (see batched_optim.lr_table).
+        """``lrs`` is the (steps + 1, S) float64 learning-rate table (see :func:`pipeline.stacking.optim.lr_table`).
 
-        A plain sequential model runs in :mod:`pipeline.grouped`'s native grouped form (unless
+        A plain sequential model runs in :mod:`pipeline.stacking.grouped`'s native grouped form (unless
         ``use_grouped`` is False), any other under ``vmap``; :attr:`engine` says which, and why.
         """
         if len({type(m) for m in models}) != 1 or len({tuple(m.state_dict()) for m in models}) != 1:
@@ -117,7 +89,7 @@ class StackedStudents:
         self.base = copy.deepcopy(models[0]).to("meta").train()  # the structure only; weights come per call
         for m in self.base.modules():
             # An in-place activation on a batched view costs vmap copies of whole activations in the backward
-            # (CopySlices); out of place it computes the same values. cnn width 2, 8 students: 16% faster.
+            # (CopySlices); out of place it computes the same values, faster.
             if getattr(m, "inplace", False) is True:
                 m.inplace = False
         self.names = [n for n, _ in self.base.named_parameters()]

@@ -1,7 +1,8 @@
-"""Batched students (pipeline/batched.py): one stacked step gives the same students as separate runs."""
+"""Stacked students (pipeline/stacking/): one stacked step gives the same students as separate runs."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import math
 
@@ -10,13 +11,15 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.batched_optim import StackedOptimizer, clip_per_student, lr_table
+from pipeline.config import OPTIMIZERS as OPTIMIZER_NAMES
 from pipeline.config import AugmentConfig, ModelConfig, OptimConfig, StudentSpec
 from pipeline.data import Split, load_dataset
 from pipeline.loader import SoftTargetLoader
 from pipeline.optim import make_optimizer, make_schedule
+from pipeline.stacking.optim import StackedOptimizer, clip_per_student, lr_table
 from pipeline.store import SoftTargetStore
-from pipeline.train import evaluate, fit_group
+from pipeline.student_group import fit_group
+from pipeline.train import evaluate
 from tests.conftest import DIGITS
 
 CPU = torch.device("cpu")
@@ -93,7 +96,7 @@ def assert_same_steps(together, alone) -> None:
 def test_a_batched_group_matches_separate_runs(digits_store, ds, train, arch, name, caplog):
     store = SoftTargetStore(digits_store)
     optim = dataclasses.replace(OPTIMIZERS[name], **COMMON)
-    with caplog.at_level(logging.INFO, logger="pipeline.train"):
+    with caplog.at_level(logging.INFO, logger="pipeline.student_group"):
         together = fit(ds, store, grid(), model=arch, optim=optim, batched=True, train=train)
     assert f"batched: one stacked {arch.arch} of 4 students" in caplog.text
     # The per-student loop: bit-identical to each student trained alone (tests/test_train.py).
@@ -178,7 +181,7 @@ def test_a_model_that_does_not_vectorise_falls_back_to_the_loop(ds, train, monke
     monkeypatch.setattr(config, "BUILTIN_ARCHS", (*config.BUILTIN_ARCHS, "gated"))
     specs = [StudentSpec(loss="hard", temperature=1.0, alpha=0.0, beta=None, seed=s) for s in (0, 1)]
     optim = OptimConfig(epochs=1)
-    with caplog.at_level(logging.INFO, logger="pipeline.train"):
+    with caplog.at_level(logging.INFO, logger="pipeline.student_group"):
         auto = fit(ds, None, specs, model=ModelConfig(arch="gated"), optim=optim, batched=True, train=train)
     assert "per-student loop: gated does not batch" in caplog.text
     loop = fit(ds, None, specs, model=ModelConfig(arch="gated"), optim=optim, batched=False, train=train)
@@ -191,7 +194,7 @@ def test_on_a_cpu_only_small_students_are_batched(caplog):
     split = Split.from_tensors(torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,)), torch.arange(8))
     for width, path in ((2, "batched"), (16, "per-student loop")):
         caplog.clear()
-        with caplog.at_level(logging.INFO, logger="pipeline.train"):
+        with caplog.at_level(logging.INFO, logger="pipeline.student_group"):
             fit_group(specs, model_cfg=ModelConfig(arch="cnn", width=width), optim=OptimConfig(epochs=1, batch_size=8),
                       augment=AugmentConfig(), loader=SoftTargetLoader(split, 8, seed=0), val=split,
                       input_shape=(3, 32, 32), num_classes=10, device=CPU)
@@ -202,11 +205,30 @@ def test_on_a_cpu_only_small_students_are_batched(caplog):
 # --- the stacked optimizer step against torch's own, tensor by tensor ------------------------------
 
 
-@pytest.mark.parametrize("cfg", [
-    OptimConfig(name="sgd", momentum=0.0), OptimConfig(name="sgd", momentum=0.9, nesterov=True, weight_decay=0.1),
-    OptimConfig(name="adam", weight_decay=0.1), OptimConfig(name="adamw", weight_decay=0.1),
-    OptimConfig(name="rmsprop", momentum=0.0), OptimConfig(name="rmsprop", momentum=0.9, weight_decay=0.1),
-], ids=["sgd", "sgd-nesterov-wd", "adam-wd", "adamw", "rmsprop", "rmsprop-momentum-wd"])
+def optimizer_variants() -> dict[str, OptimConfig]:
+    """Every optimizer the config offers, with and without momentum (and Nesterov's, for SGD) and weight decay.
+
+    Adam and AdamW take no momentum (their betas are fixed); every other combination is here, so an optimizer
+    added to the config without a stacked form fails below.
+    """
+    variants = {}
+    for name in OPTIMIZER_NAMES:
+        momenta = [(None, False)] if name in ("adam", "adamw") else [(0.0, False), (0.9, False)]
+        if name == "sgd":
+            momenta.append((0.9, True))
+        for (momentum, nesterov), decay in itertools.product(momenta, (0.0, 0.1)):
+            kw = {} if momentum is None else {"momentum": momentum, "nesterov": nesterov}
+            label = name + ("" if momentum is None else f"-momentum{momentum:g}") + ("-nesterov" if nesterov else "")
+            variants[f"{label}-wd{decay:g}"] = OptimConfig(name=name, weight_decay=decay, **kw)
+    return variants
+
+
+def test_every_optimizer_variant_is_compared():
+    names = {cfg.name for cfg in optimizer_variants().values()}
+    assert names == set(OPTIMIZER_NAMES) and len(optimizer_variants()) == 14
+
+
+@pytest.mark.parametrize("cfg", list(optimizer_variants().values()), ids=list(optimizer_variants()))
 def test_stacked_optimizer_equals_torch_per_student(cfg):
     configs = [dataclasses.replace(cfg, lr=lr, epochs=3, schedule="cosine", warmup_epochs=1)
                for lr in (1e-2, 3e-3, 1e-1)]
@@ -228,8 +250,12 @@ def test_stacked_optimizer_equals_torch_per_student(cfg):
             s.step()
         clip_per_student(grad, 1.0)
         stacked.step(grad, lr=lrs[step], live=live)
+    # An update torch writes as one addcdiv (Adam, AdamW, RMSprop without momentum) is the same operations
+    # here, bit for bit; the others round torch's fused multiply-add (add_ with alpha) in two steps.
+    exact = cfg.name in ("adam", "adamw") or (cfg.name == "rmsprop" and cfg.momentum == 0)
     for i, p in enumerate(params):
-        # Adam's and AdamW's updates are bit-identical; the others round a fused multiply-add in two steps.
+        if exact:
+            assert torch.equal(flat[i], p.detach()), f"student {i}"
         torch.testing.assert_close(flat[i], p.detach(), rtol=1e-6, atol=1e-6)
 
 
@@ -258,27 +284,32 @@ def test_a_stack_scores_each_student_as_its_own_module_does(ds, train, use_group
 
     BatchNorm must read each student's own running statistics (trained apart here, so they differ).
     """
-    from pipeline.batched import StackedStudents
-    from pipeline.train import build_seeded, predict, validate_group
+    from pipeline.stacking.stack import StackedStudents
+    from pipeline.stacking.trainer import GroupTrainer
+    from pipeline.train import build_trainee, label_objective, predict
 
     specs = [StudentSpec(loss="hard", temperature=1.0, alpha=0.0, beta=None, seed=s) for s in range(3)]
     optim = OptimConfig(name="sgd", lr=0.05, momentum=0.9, batch_size=16, epochs=1)
     cnn = ModelConfig(arch="cnn", width=4)
-    models = [build_seeded(cnn, ds.input_shape, ds.num_classes, seed=s.seed) for s in specs]
-    stack = StackedStudents(models, specs=specs, optim=optim, lrs=lr_table([optim] * 3, 5), device=CPU,
-                            input_shape=ds.input_shape, num_classes=ds.num_classes, use_grouped=use_grouped)
+    trainees = [build_trainee(name=str(s.seed), objective=label_objective, seed=s.seed, model_cfg=cnn, optim=optim,
+                              input_shape=ds.input_shape, num_classes=ds.num_classes, device=CPU, steps_per_epoch=5)
+                for s in specs]
+    stack = StackedStudents([t.model for t in trainees], specs=specs, optim=optim, lrs=lr_table([optim] * 3, 5),
+                            device=CPU, input_shape=ds.input_shape, num_classes=ds.num_classes,
+                            use_grouped=use_grouped)
     assert stack.grouped == use_grouped
     x = train.x[:64]  # (64, 1, 8, 8)
     for step in range(5):
         stack.step(x[step * 8:(step + 1) * 8], None, train.y[step * 8:(step + 1) * 8])
     val = ds.splits["val"]
     logits = stack.predict(val.x)  # (S, N, C)
-    scores = validate_group([models[2], models[0]], val, CPU, stack=stack, rows=[2, 0])  # any rows, any order
+    group = GroupTrainer(stack, trainees)
+    scores = group.validate([trainees[2], trainees[0]], val, CPU)  # any rows, any order
     for row, got in zip([2, 0], scores):
-        stack.write_back(row, models[row])
-        want = torch.cat(list(predict(models[row], val, CPU)))  # (N, C), the student's own module
+        group.write_back(trainees[row])
+        want = torch.cat(list(predict(trainees[row].model, val, CPU)))  # (N, C), the student's own module
         torch.testing.assert_close(logits[row], want, rtol=1e-5, atol=1e-5)
-        plain = evaluate(models[row], val, CPU)
+        plain = evaluate(trainees[row].model, val, CPU)
         assert got["acc"] == plain["acc"] and got["nll"] == pytest.approx(plain["nll"], rel=1e-5)
     assert not torch.allclose(logits[0], logits[2])  # the rows really are different students
     # The stack keeps training mode: batch statistics, not running ones, in its next step.
@@ -286,7 +317,7 @@ def test_a_stack_scores_each_student_as_its_own_module_does(ds, train, use_group
 
 
 def test_plain_sequential_students_take_the_grouped_form_and_others_vmap(ds):
-    from pipeline.grouped import why_not_grouped
+    from pipeline.stacking.grouped import why_not_grouped
     from pipeline.train import build_seeded
 
     for arch in ("mlp", "cnn"):
@@ -302,7 +333,7 @@ def test_plain_sequential_students_take_the_grouped_form_and_others_vmap(ds):
                          ids=["mlp", "cnn"])
 def test_the_grouped_form_and_vmap_train_the_same_stack(ds, train, arch):
     """The two engines of a stack compute the same students: step losses, weights and running statistics."""
-    from pipeline.batched import StackedStudents
+    from pipeline.stacking.stack import StackedStudents
     from pipeline.train import build_seeded
 
     specs = grid()
