@@ -364,9 +364,9 @@ def cmd_distill(a: argparse.Namespace) -> None:
     cfg = distill_config(a, a.store)
     if cfg.run_name is not None and _reprint_finished(distill.completed_run(cfg)):
         return
-    p = distill.plan(cfg)  # opens, validates and decodes the store before Prefect starts
-    distill.preflight(cfg, data_cfg=p.data_cfg, provenance_key=p.store.meta.provenance_key, path=p.run_dir)
-    _say_if_completing(dataclasses.replace(cfg, run_name=os.path.basename(p.run_dir)), p.identity())
+    plan = distill.plan(cfg)  # opens, validates and decodes the store before Prefect starts
+    distill.preflight(cfg, data_cfg=plan.data_cfg, provenance_key=plan.store.meta.provenance_key, path=plan.run_dir)
+    _say_if_completing(dataclasses.replace(cfg, run_name=os.path.basename(plan.run_dir)), plan.identity())
     from flows.distill_flow import distill_flow
 
     flow = distill_flow.with_options(task_runner=task_runner(runner_config(a)))

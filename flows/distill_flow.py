@@ -26,27 +26,27 @@ def plan_run(cfg: DistillConfig) -> distill.DistillPlan:
 
 
 @task(cache_policy=NO_CACHE)
-def verify_views(p: distill.DistillPlan) -> dict:
+def verify_views(plan: distill.DistillPlan) -> dict:
     """The optional fidelity check: the teacher reruns on replayed views of a few samples."""
-    from pipeline.views import verify_views as check
+    from pipeline.view_fidelity import verify_views as check
 
-    result = check(p.store, samples=p.cfg.verify_views)
+    result = check(plan.store, samples=plan.cfg.verify_views)
     get_run_logger().info("views verified: %s", result)
     return result
 
 
 @task(cache_policy=NO_CACHE, task_run_name="students[{name}]")
-def train_students(p: distill.DistillPlan, specs: list[StudentSpec], name: str) -> list[dict]:
+def train_students(plan: distill.DistillPlan, specs: list[StudentSpec], name: str) -> list[dict]:
     """One group of students; ``name`` says which (distill.group_names), for its run, artifact and bar."""
     try:
         with reporter(name) as progress:
-            return distill.train_students(p, specs, progress=progress)
+            return distill.train_students(plan, specs, progress=progress)
     except (UserError, OSError) as exc:  # a corrupt image or chunk, a full disk: fail these rows, keep the others
         error = exc.one_line() if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"[:300]
         # INFO, for the UI: the command prints what failed once, when the run ends (never twice on the console).
         get_run_logger().info("%s failed: %s", ", ".join(s.run_id for s in specs), error)
         # Not a result: the run is unfinished, and running it again retrains these students (and only them).
-        return [distill.failed_row(p.cfg, s, error, retry=True) for s in specs]
+        return [distill.failed_row(plan.cfg, s, error, retry=True) for s in specs]
 
 
 @task(cache_policy=NO_CACHE)
@@ -58,18 +58,18 @@ def write_report(run_dir: str, rows: list[dict], meta: dict) -> dict:
 def distill_flow(config: DistillParameter):
     """Train every student of the grid from the store and report a leaderboard."""
     logger = get_run_logger()
-    p = plan_run(config)
-    run_dir = p.run_dir
+    plan = plan_run(config)
+    run_dir = plan.run_dir
     label_run(name=os.path.basename(run_dir),
-              tags=run_tags(dataset=p.data_cfg.name, store_key=p.store.meta.provenance_key))
+              tags=run_tags(dataset=plan.data_cfg.name, store_key=plan.store.meta.provenance_key))
     # Held until the report is written: a second run on this folder is refused, not merged into it.
     with run_lock(run_dir):
-        done = distill.finished_run(run_dir, p.identity())  # a differing finished run is refused
+        done = distill.finished_run(run_dir, plan.identity())  # a differing finished run is refused
         if done is not None:
             logger.info("an identical run has finished in %s; not retraining", done)
             publish_report(done)
             return done
-        kept = distill.kept_rows(run_dir, p.identity())  # an identical run some of whose students failed
+        kept = distill.kept_rows(run_dir, plan.identity())  # an identical run some of whose students failed
         skip = {r["run_id"] for r in kept or ()}
         todo = [(g, name if len(g) == len(full) else ", ".join(s.run_id for s in g))
                 for full, name in zip(distill.groups(config), distill.group_names(config))
@@ -77,11 +77,11 @@ def distill_flow(config: DistillParameter):
         if kept is not None:
             logger.info(distill.resume_line(run_dir, kept, [g for g, _ in todo]))
         if config.verify_views:
-            verify_views(p)
-        futures = [train_students.submit(p, g, name) for g, name in todo]
+            verify_views(plan)
+        futures = [train_students.submit(plan, g, name) for g, name in todo]
         done_rows = {r["run_id"]: r for r in kept or ()} | {row["run_id"]: row for f in futures for row in f.result()}
-        rows = [p.teacher_row()] + [done_rows[s.run_id] for s in config.students()]
-        paths = write_report(run_dir, rows, p.report_meta())
+        rows = [plan.teacher_row()] + [done_rows[s.run_id] for s in config.students()]
+        paths = write_report(run_dir, rows, plan.report_meta())
     publish_report(run_dir)
     students = [r for r in rows if r["kind"] != "teacher"]
     if all(r["status"] != "ok" for r in students):

@@ -35,7 +35,7 @@ def cmd_inspect(a: argparse.Namespace) -> None:
 
         info["fingerprints"] = check_fingerprints(store)
     if a.verify_views:
-        from pipeline.views import verify_views
+        from pipeline.view_fidelity import verify_views
 
         info["verified_views"] = verify_views(store, samples=a.verify_views)
     if a.verify_data:

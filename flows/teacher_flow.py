@@ -22,59 +22,60 @@ from pipeline.config import TeacherConfig
 @task(cache_policy=NO_CACHE)
 def plan_teacher(cfg: TeacherConfig) -> tuple[teacher.TeacherPlan, bool, bool]:
     """The run's plan, whether a complete store for it exists, and whether its checkpoint does."""
-    p = teacher.plan(cfg)
-    return p, p.reusable, p.checkpoint_ready
+    plan = teacher.plan(cfg)
+    return plan, plan.reusable, plan.checkpoint_ready
 
 
 @task(cache_policy=NO_CACHE)
-def train_teacher(p: teacher.TeacherPlan) -> str:
+def train_teacher(plan: teacher.TeacherPlan) -> str:
     with reporter("teacher") as progress:
-        teacher.train(p, progress=progress)
-    return p.checkpoint_path
+        teacher.train(plan, progress=progress)
+    return plan.checkpoint_path
 
 
 @task(cache_policy=NO_CACHE, **IO_RETRIES)
-def publish_logits(p: teacher.TeacherPlan) -> str:
-    return teacher.publish(p, teacher.load(p))
+def publish_logits(plan: teacher.TeacherPlan) -> str:
+    return teacher.publish(plan, teacher.load(plan))
 
 
 @task(cache_policy=NO_CACHE, **IO_RETRIES)
-def create_store(p: teacher.TeacherPlan) -> list[dict[str, list[int]]]:
-    writer = teacher.create_store(p, teacher.load(p))
+def create_store(plan: teacher.TeacherPlan) -> list[dict[str, list[int]]]:
+    writer = teacher.create_store(plan, teacher.load(plan))
     writer.close()
-    return teacher.pending_work(writer, p.cfg.writers)
+    return teacher.pending_work(writer, plan.cfg.writers)
 
 
 @task(cache_policy=NO_CACHE, task_run_name="write-logits[{n}]", **IO_RETRIES)
-def write_part(p: teacher.TeacherPlan, work: dict[str, list[int]], n: int) -> int:
-    teacher.write_part(p, work)
+def write_part(plan: teacher.TeacherPlan, work: dict[str, list[int]], n: int) -> int:
+    teacher.write_part(plan, work)
     return sum(len(v) for v in work.values())
 
 
 @task(cache_policy=NO_CACHE, **IO_RETRIES)
-def finalize_store(p: teacher.TeacherPlan) -> str:
-    return teacher.finalize(p)
+def finalize_store(plan: teacher.TeacherPlan) -> str:
+    return teacher.finalize(plan)
 
 
 @flow(name="teacher", log_prints=True)
 def teacher_flow(config: TeacherParameter) -> str:
     """Train (or load) the teacher once and write its raw logits to a soft-target store."""
     logger = get_run_logger()
-    p, reusable, checkpoint_ready = plan_teacher(config)
-    label_run(name=os.path.basename(p.store_path.rstrip("/")).removesuffix(".zarr"), tags=run_tags(dataset=config.data.name, store_key=p.provenance_key))
+    plan, reusable, checkpoint_ready = plan_teacher(config)
+    label_run(name=os.path.basename(plan.store_path.rstrip("/")).removesuffix(".zarr"),
+              tags=run_tags(dataset=config.data.name, store_key=plan.provenance_key))
     if reusable:
-        logger.info("a complete store with this provenance already exists; not retraining: %s", p.store_path)
-        return p.store_path
+        logger.info("a complete store with this provenance already exists; not retraining: %s", plan.store_path)
+        return plan.store_path
     if checkpoint_ready:  # given, or saved by an earlier run that was cut off: resume from it
-        logger.info("using teacher checkpoint %s", p.checkpoint_path)
+        logger.info("using teacher checkpoint %s", plan.checkpoint_path)
     else:
-        train_teacher(p)
+        train_teacher(plan)
     if config.writers == 1:
-        store = publish_logits(p)
+        store = publish_logits(plan)
     else:
-        parts = create_store(p)
-        written = [f.result() for f in [write_part.submit(p, w, i) for i, w in enumerate(parts)]]
+        parts = create_store(plan)
+        written = [f.result() for f in [write_part.submit(plan, w, i) for i, w in enumerate(parts)]]
         logger.info("%d writers wrote %d shards", len(parts), sum(written))
-        store = finalize_store(p)
+        store = finalize_store(plan)
     logger.info("store: %s", store)
     return store

@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from pipeline.atomic import write_atomic
-from pipeline.checksums import sha256_file
 from pipeline.config import ModelConfig
 from pipeline.errors import UserError
+from pipeline.file_hash import sha256_file
 from pipeline.models import build_model
 from pipeline.store import SoftTargetStore
 

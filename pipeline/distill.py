@@ -23,14 +23,14 @@ from pipeline.config import (AugmentConfig, DataConfig, DistillConfig, StudentSp
                              is_plain_name,
                              to_dict)
 from pipeline.checkpoints import load_store_teacher, save_state_dict
-from pipeline.checks import check_output_folder
 from pipeline.compat import check_compatible
-from pipeline.locks import check_not_running
 from pipeline.data import Dataset, store_dataset
 from pipeline.errors import UserError
 from pipeline.loader import SoftTargetLoader, fits_cache
+from pipeline.locks import check_not_running
 from pipeline.metrics import expected_calibration_error
 from pipeline.models import check_source, count_parameters, measure_latency, model_size_mb, resolve_device
+from pipeline.output_checks import check_output_folder
 from pipeline.store import SoftTargetStore
 from pipeline.student_group import fit_group
 from pipeline.train import Progress, build_seeded, evaluate_group
@@ -390,24 +390,24 @@ def group_names(cfg: DistillConfig) -> list[str]:
 BATCHED = {"auto": None, "on": True, "off": False}
 
 
-def train_students(p: DistillPlan, specs: list[StudentSpec], *, progress: Progress | None = None) -> list[dict]:
+def train_students(plan: DistillPlan, specs: list[StudentSpec], *, progress: Progress | None = None) -> list[dict]:
     """Train one group from the store, evaluate on test at T = 1, save each chosen checkpoint."""
-    cfg, ds, run_dir = p.cfg, p.dataset, p.run_dir
+    cfg, ds, run_dir = plan.cfg, plan.dataset, plan.run_dir
     device = resolve_device(cfg.device)
     online = cfg.mode == "online"
     loader = SoftTargetLoader(ds.splits["train"], cfg.optim.batch_size, seed=specs[0].seed,
-                              store=None if online else p.store, cache_mb=cfg.cache_mb, cached=p.train_logits(),
-                              chunk_rows=p.store.chunk_rows("train"), workers=cfg.workers,
+                              store=None if online else plan.store, cache_mb=cfg.cache_mb, cached=plan.train_logits(),
+                              chunk_rows=plan.store.chunk_rows("train"), workers=cfg.workers,
                               view_policy=cfg.view_policy, pin_memory=device.type == "cuda")
     label = ",".join(s.run_id for s in specs)
     results = fit_group(specs, model_cfg=cfg.model, optim=cfg.optim, augment=cfg.augment, loader=loader,
                         val=ds.splits["val"], input_shape=ds.input_shape, num_classes=ds.num_classes, device=device,
-                        label=label, progress=progress, teacher=load_teacher(p.store) if online else None,
+                        label=label, progress=progress, teacher=load_teacher(plan.store) if online else None,
                         batched=BATCHED[cfg.batch])
     os.makedirs(os.path.join(run_dir, "students"), exist_ok=True)
     # The trained students' test scores, in order, from one read of test for the whole group.
     scores = iter(evaluate_group([r.model for r in results if r.model is not None], ds.splits["test"], device,
-                                 teacher_logits=p.teacher_test_logits, workers=cfg.workers))
+                                 teacher_logits=plan.teacher_test_logits, workers=cfg.workers))
     rows = []
     for r in results:
         if r.model is None:
@@ -419,8 +419,8 @@ def train_students(p: DistillPlan, specs: list[StudentSpec], *, progress: Progre
         rows.append({**_row(cfg, r.spec), "status": "ok", "seconds": r.seconds, "test_acc": m["acc"],
                      "test_nll": m["nll"], "test_ece": m["ece"], "agreement": m["agreement"], "val_acc": r.val_acc,
                      "best_epoch": r.best_epoch, "params": count_parameters(r.model),
-                     "size_mb": model_size_mb(r.model), "latency_ms": p.student_latency_ms,
-                     "latency_busy": p.student_latency_busy,
+                     "size_mb": model_size_mb(r.model), "latency_ms": plan.student_latency_ms,
+                     "latency_busy": plan.student_latency_busy,
                      "epochs_trained": len(r.history), "stopped_epoch": r.stopped_epoch,
                      # What `kd export` needs to rebuild the student from its checkpoint.
                      "input_shape": list(ds.input_shape), "num_classes": ds.num_classes, "checkpoint": path})

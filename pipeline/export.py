@@ -19,9 +19,9 @@ from torch import nn
 
 from pipeline.atomic import write_atomic
 from pipeline.checkpoints import load_model
-from pipeline.checks import check_output_folder
 from pipeline.config import EXPORT_FORMATS, ModelConfig, from_dict
 from pipeline.errors import UserError
+from pipeline.output_checks import check_output_folder
 from pipeline.report import LEADERBOARD, read_report
 
 FORMATS = EXPORT_FORMATS

@@ -145,7 +145,7 @@ class SoftTargetLoader:
         self.view_policy = view_policy
         self._replay = None
         if self.views > 1:
-            from pipeline.view_ops import ViewReplay
+            from pipeline.views import ViewReplay
 
             # Each view is replayed from its stored parameters, carried next to its logits.
             self._replay = ViewReplay(store.meta.views.params, store.num_classes, split, split_name)

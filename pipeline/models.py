@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from pipeline import preprocessing
-from pipeline.checksums import sha256_file
 from pipeline.config import ModelConfig, Preprocessing, check_arch, parse_arch
 from pipeline.errors import UserError
+from pipeline.file_hash import sha256_file
 from pipeline.model_sources import file_source, py_source, timm_source, torchvision_source
 from pipeline.weights import (TIMM_PRETRAINED, WeightsFile, head_outputs, load_into, read_state_dict,
                               replace_head, timm_file, torchvision_file)

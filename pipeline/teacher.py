@@ -18,15 +18,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from pipeline import preprocessing, view_ops
+from pipeline import preprocessing, views
 from pipeline.checkpoints import load_model, save_state_dict
-from pipeline.checks import check_output_folder, check_store_root
-from pipeline.checksums import sha256_file
 from pipeline.config import TeacherConfig, config_hash, to_dict
 from pipeline.data import Dataset, open_dataset
 from pipeline.errors import StoreError, UserError, disk_full_is_a_user_error
+from pipeline.file_hash import sha256_file
 from pipeline.loader import read_batches, row_batches
 from pipeline.models import SourcePlan, check_source, count_parameters, resolve_device
+from pipeline.output_checks import check_output_folder, check_store_root
 from pipeline.precision import compute_dtype, precision_name, prepare, widest
 from pipeline.store import (SPLITS, DatasetMeta, LineageEntry, Provenance, SoftTargetStore, StoreWriter, TeacherMeta,
                             ViewsMeta, join, now_iso, published_meta, software_versions)
@@ -41,11 +41,11 @@ _store_disk_full = disk_full_is_a_user_error("store_root", lambda p, *a, **k: f"
 
 
 def view_record(cfg: TeacherConfig) -> ViewsMeta:
-    """How the stored views were drawn: seed, ops and the names of their stored parameters (pipeline.view_ops)."""
+    """How the stored views were drawn: seed, ops and the names of their stored parameters (pipeline.views)."""
     if cfg.views == 1:
         return ViewsMeta(count=1)
     return ViewsMeta(count=cfg.views, seed=cfg.seed, augment=asdict(cfg.view_augment),
-                     params=view_ops.columns(cfg.view_augment, cfg.view_mix),
+                     params=views.columns(cfg.view_augment, cfg.view_mix),
                      mix=asdict(cfg.view_mix) if cfg.view_mix.ops else None)
 
 
@@ -155,14 +155,14 @@ def plan(cfg: TeacherConfig) -> TeacherPlan:
     resolve_device(cfg.device)
     ds = open_dataset(cfg.data)
     codec.validate(ds.num_classes)
-    view_ops.check_mixable(cfg.view_mix, ds.splits)
+    views.check_mixable(cfg.view_mix, ds.splits)
     if cfg.chunk_rows is not None:
         rows = min(cfg.chunk_rows, max(len(split) for split in ds.splits.values()))
         size = chunk_bytes(rows, cfg.views, ds.num_classes)
         if size > MAX_CHUNK_BYTES:
             raise UserError("chunk_rows", f"{cfg.chunk_rows} rows of {cfg.views} x {ds.num_classes} logits are "
-                            f"{size / 2**20:.0f} MiB per chunk, over the {MAX_CHUNK_BYTES >> 20} MiB a reader allocates "
-                            "for one", "pass a smaller --chunk-rows, or omit it for about 1 MB per chunk")
+                            f"{size / 2**20:.0f} MiB per chunk, over the {MAX_CHUNK_BYTES >> 20} MiB a reader "
+                            "allocates for one", "pass a smaller --chunk-rows, or omit it for about 1 MB per chunk")
     as_is = uses_as_is(cfg)
     source = check_source(cfg.model, shape=ds.input_shape, num_classes=ds.num_classes, class_names=ds.class_names,
                           as_is=as_is, download=cfg.data.download)
@@ -198,19 +198,19 @@ def progress_bar() -> bool:
     return sys.stderr.isatty()
 
 
-def _save_checkpoint(p: TeacherPlan, model: nn.Module) -> None:
-    os.makedirs(os.path.dirname(p.checkpoint_path) or ".", exist_ok=True)
-    save_state_dict(model, p.checkpoint_path, field="checkpoint_root")
+def _save_checkpoint(plan: TeacherPlan, model: nn.Module) -> None:
+    os.makedirs(os.path.dirname(plan.checkpoint_path) or ".", exist_ok=True)
+    save_state_dict(model, plan.checkpoint_path, field="checkpoint_root")
 
 
-def train(p: TeacherPlan, progress: Progress | None = None) -> nn.Module:
+def train(plan: TeacherPlan, progress: Progress | None = None) -> nn.Module:
     """Train the teacher on hard labels, select on val, save the checkpoint. A teacher used as it is is only
     built from its pretrained weights and saved, so that every later step loads it as it loads a trained one."""
-    cfg, ds = p.cfg, p.dataset
-    if p.as_is:
-        model = build_seeded(cfg.model, ds.input_shape, ds.num_classes, seed=cfg.seed, outputs=p.source.outputs,
-                             class_map=p.source.class_map).eval()
-        _save_checkpoint(p, model)
+    cfg, ds = plan.cfg, plan.dataset
+    if plan.as_is:
+        model = build_seeded(cfg.model, ds.input_shape, ds.num_classes, seed=cfg.seed, outputs=plan.source.outputs,
+                             class_map=plan.source.class_map).eval()
+        _save_checkpoint(plan, model)
         return model.to(resolve_device(cfg.device))
     result = fit_teacher(model_cfg=cfg.model, optim=cfg.optim, augment=cfg.augment, train=ds.splits["train"],
                          val=ds.splits["val"], input_shape=ds.input_shape, num_classes=ds.num_classes,
@@ -221,44 +221,44 @@ def train(p: TeacherPlan, progress: Progress | None = None) -> nn.Module:
         # Training decoded train and val; decode the test images too before anything is written, so an
         # unreadable file fails the run with nothing on disk (the store's evaluation reads them next anyway).
         evaluate(result.model, ds.splits["test"], resolve_device(cfg.device), workers=cfg.workers)
-    _save_checkpoint(p, result.model)
+    _save_checkpoint(plan, result.model)
     return result.model
 
 
-def load(p: TeacherPlan) -> nn.Module:
+def load(plan: TeacherPlan) -> nn.Module:
     """Load ``cfg.checkpoint`` (weights only: a checkpoint can never run code)."""
-    cfg, ds = p.cfg, p.dataset
-    model = load_model(p.checkpoint_path, model=cfg.model, input_shape=ds.input_shape, num_classes=ds.num_classes,
-                       fix="pass the --arch/--width it was trained with", outputs=p.source.outputs,
-                       class_map=p.source.class_map)
+    cfg, ds = plan.cfg, plan.dataset
+    model = load_model(plan.checkpoint_path, model=cfg.model, input_shape=ds.input_shape, num_classes=ds.num_classes,
+                       fix="pass the --arch/--width it was trained with", outputs=plan.source.outputs,
+                       class_map=plan.source.class_map)
     return model.to(resolve_device(cfg.device))
 
 
 @_store_disk_full
-def create_store(p: TeacherPlan, model: nn.Module, *, defer: bool = False) -> StoreWriter:
+def create_store(plan: TeacherPlan, model: nn.Module, *, defer: bool = False) -> StoreWriter:
     """Create the store (or reopen an incomplete one to resume it); the teacher's scores come with the pass.
 
     ``defer``: a new store's files are written later, by :func:`write_shards` once its reader has started.
     """
-    cfg, ds = p.cfg, p.dataset
+    cfg, ds = plan.cfg, plan.dataset
     provenance = Provenance(
         created_at=now_iso(),
-        provenance_key=p.provenance_key,
+        provenance_key=plan.provenance_key,
         teacher=TeacherMeta(
             arch=cfg.model.arch, width=cfg.model.width, params=count_parameters(model),
-            source=p.source.source, weights=p.source.weights, weights_sha256=p.source.weights_sha256,
-            preprocessing=p.source.preprocessing.record() if p.source.preprocessing is not None else None,
-            outputs=p.source.outputs, class_map=p.source.class_map, class_map_names=p.source.class_map_names,
-            checkpoint=p.checkpoint_path,
+            source=plan.source.source, weights=plan.source.weights, weights_sha256=plan.source.weights_sha256,
+            preprocessing=plan.source.preprocessing.record() if plan.source.preprocessing is not None else None,
+            outputs=plan.source.outputs, class_map=plan.source.class_map, class_map_names=plan.source.class_map_names,
+            checkpoint=plan.checkpoint_path,
             # A given checkpoint was hashed by plan() into the provenance key (resnet18: 45 MB, 30 ms to hash
             # again); one trained by this run is hashed now.
-            checkpoint_sha256=p.checkpoint_sha256 or sha256_file(p.checkpoint_path),
-            trained_here=cfg.checkpoint is None and not p.as_is, config=public_config(cfg),
+            checkpoint_sha256=plan.checkpoint_sha256 or sha256_file(plan.checkpoint_path),
+            trained_here=cfg.checkpoint is None and not plan.as_is, config=public_config(cfg),
             # Scored from the logits pass itself (record_scores) before the store is marked complete; until
             # then these placeholders stand in (training readers open complete stores only, and `kd inspect`
             # / `kd stores` show an unfinished store's scores as "—").
             val_acc=UNSCORED, test_acc=UNSCORED, val_nll=UNSCORED, test_nll=UNSCORED,
-            precision=p.pass_precision,
+            precision=plan.pass_precision,
         ),
         dataset=DatasetMeta.from_attrs(ds.describe(), at="dataset"),
         data_config=asdict(cfg.data),
@@ -269,19 +269,19 @@ def create_store(p: TeacherPlan, model: nn.Module, *, defer: bool = False) -> St
         lineage=lineage_of(cfg.parent_store, cfg.storage_options) if cfg.parent_store else (),
     )
     splits = {s: (ds.splits[s].y.numpy(), ds.splits[s].ids.numpy()) for s in SPLITS}
-    writer = StoreWriter(p.store_path, provenance, splits, encoding=cfg.encoding, chunk_rows=cfg.chunk_rows,
+    writer = StoreWriter(plan.store_path, provenance, splits, encoding=cfg.encoding, chunk_rows=cfg.chunk_rows,
                          shard_chunks=cfg.shard_chunks, storage_options=cfg.storage_options, defer_create=defer)
     if writer.reused:
-        log.info("%s was published by a concurrent run meanwhile; reusing it", p.store_path)
+        log.info("%s was published by a concurrent run meanwhile; reusing it", plan.store_path)
     elif writer.resumed:
-        log.info("resuming incomplete store %s: %s shards left", p.store_path,
+        log.info("resuming incomplete store %s: %s shards left", plan.store_path,
                  {s: len(writer.pending(s)) for s in splits})
         # A resumed store keeps its own attributes; if it was started on another device, its logits mix two
         # precisions and the record keeps the less precise (a version 3 store records none: left unknown).
         recorded = writer.meta.teacher.precision
-        if recorded is not None and widest(recorded, p.pass_precision) != recorded:
+        if recorded is not None and widest(recorded, plan.pass_precision) != recorded:
             writer.meta = dataclasses.replace(writer.meta, teacher=dataclasses.replace(
-                writer.meta.teacher, precision=widest(recorded, p.pass_precision)))
+                writer.meta.teacher, precision=widest(recorded, plan.pass_precision)))
     return writer
 
 
@@ -304,29 +304,30 @@ class ScoreSum:
         self.rows += len(labels)
 
 
-def write_shards(p: TeacherPlan, model: nn.Module, writer: StoreWriter, work: dict[str, list[int]],
+def write_shards(plan: TeacherPlan, model: nn.Module, writer: StoreWriter, work: dict[str, list[int]],
                  scores: dict[str, ScoreSum] | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Run the teacher over the given shards of each split and queue them; the caller closes the writer.
 
     Images are read and decoded by ``cfg.workers`` DataLoader workers, started once for every split of the
-    pass, in batches that never cross a shard, so each finished shard is queued at once. Returns, per split, the sha256 of every file read
-    ((N, 32) uint8) and which rows were read ((N,) bool): the split's content hash without another read.
+    pass, in batches that never cross a shard, so each finished shard is queued at once. Returns, per split, the
+    sha256 of every file read ((N, 32) uint8) and which rows were read ((N,) bool): the split's content hash
+    without another read.
     ``scores``: per split, the teacher's accuracy and NLL on the clean view (view 0) are summed into it, so
     the store's val/test scores need no second pass over those images.
     """
-    device = resolve_device(p.cfg.device)
+    device = resolve_device(plan.cfg.device)
     model = prepare(model, device, fast=True)  # channels_last on CUDA; autocast in teacher_views
-    splits = {name: p.dataset.splits[name] for name in work}
+    splits = {name: plan.dataset.splits[name] for name in work}
     seen = {name: (np.zeros((len(s), 32), np.uint8), np.zeros(len(s), bool)) for name, s in splits.items()}
     # Mixed views: partners come from the sample's own split.
-    partners = {name: view_ops.Partners(s, name) if p.cfg.view_mix.ops else None for name, s in splits.items()}
+    partners = {name: views.Partners(s, name) if plan.cfg.view_mix.ops else None for name, s in splits.items()}
     plan_ = [(name, shard, rows) for name, shards in work.items() for shard in shards
              for rows in row_batches(np.arange(*writer.layouts[name].shard_range(shard)), PASS_BATCH)]
     # One reader for every split: DataLoader workers are started once for the whole pass. Extra views are
     # drawn from the CPU pixels, as stage 2's workers replay them, so only a single view's batch is joined
     # on the device.
-    batches = read_batches(splits, [(name, rows) for name, _, rows in plan_], workers=p.cfg.workers,
-                           device=device if p.cfg.views == 1 else torch.device("cpu"), digests=True)
+    batches = read_batches(splits, [(name, rows) for name, _, rows in plan_], workers=plan.cfg.workers,
+                           device=device if plan.cfg.views == 1 else torch.device("cpu"), digests=True)
     writer.create()  # a new store's files, written while the workers start and read the first images
     parts: list[tuple[np.ndarray, np.ndarray | None]] = []
     bar = tqdm(total=sum(len(v) for v in work.values()), desc="teacher logits", unit="shard", leave=False,
@@ -335,8 +336,8 @@ def write_shards(p: TeacherPlan, model: nn.Module, writer: StoreWriter, work: di
         if d is not None:
             digests, known = seen[name]
             digests[rows], known[rows] = d, True
-        parts.append(teacher_views(p.cfg, model, x, splits[name].ids[torch.from_numpy(rows)], device,
-                                   partners=partners[name], precision=p.precision))
+        parts.append(teacher_views(plan.cfg, model, x, splits[name].ids[torch.from_numpy(rows)], device,
+                                   partners=partners[name], precision=plan.precision))
         if scores is not None and name in scores:
             scores[name].add(parts[-1][0][:, 0], splits[name].y[torch.from_numpy(rows)])  # view 0: clean
         if rows[-1] + 1 == writer.layouts[name].shard_range(shard)[1]:  # the shard's last batch: queue it whole
@@ -353,7 +354,7 @@ PASS_BATCH = 512  # images per teacher forward in the logits pass
 
 
 def teacher_views(cfg: TeacherConfig, model: nn.Module, x: torch.Tensor, ids: torch.Tensor, device: torch.device,
-                  partners: view_ops.Partners | None = None,
+                  partners: views.Partners | None = None,
                   precision: str | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Teacher logits of every view of ``x``: (R, V, C) float32, and the views' drawn parameters (R, V, P) when V > 1.
 
@@ -365,19 +366,19 @@ def teacher_views(cfg: TeacherConfig, model: nn.Module, x: torch.Tensor, ids: to
     if cfg.views == 1:
         return torch.cat(list(predict(model, x, device, batch_size=PASS_BATCH, fast=True,
                                       precision=precision))).numpy()[:, None, :], None
-    names = view_ops.columns(cfg.view_augment, cfg.view_mix)
+    names = views.columns(cfg.view_augment, cfg.view_mix)
     logits, params = [], []
     for v in range(cfg.views):
-        rows = view_ops.draw_rows(cfg.view_augment, cfg.view_mix, ids=ids, view=v, seed=cfg.seed,
+        rows = views.draw_rows(cfg.view_augment, cfg.view_mix, ids=ids, view=v, seed=cfg.seed,
                                   size=(x.shape[-2], x.shape[-1]), partners=partners)  # (R, P)
-        xv = view_ops.view_pixels(x, rows, names, partners)  # the pixels replay will rebuild from the rows
+        xv = views.view_pixels(x, rows, names, partners)  # the pixels replay will rebuild from the rows
         logits.append(torch.cat(list(predict(model, xv, device, batch_size=PASS_BATCH, fast=True,
                                              precision=precision))).numpy())  # (R, C)
         params.append(rows)
     return np.stack(logits, axis=1), np.stack(params, axis=1)
 
 
-def record_scores(p: TeacherPlan, writer: StoreWriter, scores: dict[str, ScoreSum],
+def record_scores(plan: TeacherPlan, writer: StoreWriter, scores: dict[str, ScoreSum],
                   model: nn.Module | None = None) -> None:
     """Put the teacher's val/test accuracy and NLL into the store's record before it is marked complete.
 
@@ -386,27 +387,27 @@ def record_scores(p: TeacherPlan, writer: StoreWriter, scores: dict[str, ScoreSu
     """
     if writer.reused or writer.meta.complete:  # published, or completed by a run cut off before its rename
         return
-    ds = p.dataset
+    ds = plan.dataset
     metrics = {name: {"acc": s.correct / s.rows, "nll": s.nll / s.rows} for name, s in scores.items()
                if s.rows == len(ds.splits[name]) > 0}
     rest = [name for name in SCORED_SPLITS if name not in metrics]
     if rest:
-        model = model if model is not None else load(p)
-        metrics |= evaluate_splits(model, {name: ds.splits[name] for name in rest}, resolve_device(p.cfg.device),
-                                   workers=p.cfg.workers, fast=True)
+        model = model if model is not None else load(plan)
+        metrics |= evaluate_splits(model, {name: ds.splits[name] for name in rest}, resolve_device(plan.cfg.device),
+                                   workers=plan.cfg.workers, fast=True)
     writer.meta = dataclasses.replace(writer.meta, teacher=dataclasses.replace(
         writer.meta.teacher, val_acc=metrics["val"]["acc"], test_acc=metrics["test"]["acc"],
         val_nll=metrics["val"]["nll"], test_nll=metrics["test"]["nll"]))
 
 
-def record_content(p: TeacherPlan, writer: StoreWriter, seen: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+def record_content(plan: TeacherPlan, writer: StoreWriter, seen: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
     """Put each split's full content hash into the store's dataset record before it is marked complete.
 
     Only image folders have one apart from their fingerprint. The files this process read in the pass
     are hashed already (``seen``); the others (shards written by an earlier, cut-off run or by other
     writers) are read now.
     """
-    ds = p.dataset
+    ds = plan.dataset
     if ds.files is None:
         return
     meta = writer.meta.dataset
@@ -431,28 +432,28 @@ def pending_work(writer: StoreWriter, parts: int) -> list[dict[str, list[int]]]:
 
 
 @_store_disk_full
-def write_part(p: TeacherPlan, work: dict[str, list[int]]) -> None:
+def write_part(plan: TeacherPlan, work: dict[str, list[int]]) -> None:
     """One writer of a split teacher pass: attach to the created store and write only ``work``."""
-    writer = StoreWriter.attach(p.store_path, p.cfg.storage_options)
+    writer = StoreWriter.attach(plan.store_path, plan.cfg.storage_options)
     try:
-        write_shards(p, load(p), writer, work)
+        write_shards(plan, load(plan), writer, work)
     finally:
         writer.close()
 
 
 @_store_disk_full
-def finalize(p: TeacherPlan) -> str:
+def finalize(plan: TeacherPlan) -> str:
     """After every part is written: check the bitmap, mark the store complete and publish it.
 
     If it is published already (a concurrent run finished it first), it is returned as it is.
     """
-    there = published_meta(p.store_path, p.cfg.storage_options)
-    if there is not None and there.provenance_key == p.provenance_key:
-        return p.store_path
-    writer = StoreWriter.attach(p.store_path, p.cfg.storage_options)
+    there = published_meta(plan.store_path, plan.cfg.storage_options)
+    if there is not None and there.provenance_key == plan.provenance_key:
+        return plan.store_path
+    writer = StoreWriter.attach(plan.store_path, plan.cfg.storage_options)
     try:
-        record_scores(p, writer, {})  # the parts' logits stayed in their processes: evaluate val and test here
-        record_content(p, writer, {})  # the parts' digests stayed in their processes: read the files once more
+        record_scores(plan, writer, {})  # the parts' logits stayed in their processes: evaluate val and test here
+        record_content(plan, writer, {})  # the parts' digests stayed in their processes: read the files once more
     except BaseException:
         writer.close()  # stop its thread; the lease stays with the run, whose retry finishes the store
         raise
@@ -460,14 +461,14 @@ def finalize(p: TeacherPlan) -> str:
 
 
 @_store_disk_full
-def publish(p: TeacherPlan, model: nn.Module) -> str:
+def publish(plan: TeacherPlan, model: nn.Module) -> str:
     """The single-process teacher pass: create (or resume), write every missing shard, mark complete."""
-    writer = create_store(p, model, defer=True)
+    writer = create_store(plan, model, defer=True)
     try:
         scores = {s: ScoreSum() for s in SCORED_SPLITS}
-        seen = write_shards(p, model, writer, {s: writer.pending(s) for s in SPLITS}, scores)
-        record_scores(p, writer, scores, model)
-        record_content(p, writer, seen)
+        seen = write_shards(plan, model, writer, {s: writer.pending(s) for s in SPLITS}, scores)
+        record_scores(plan, writer, scores, model)
+        record_content(plan, writer, seen)
         return writer.finish()
     except UserError as exc:
         if not isinstance(exc, StoreError):  # the input is bad (an image that cannot be decoded): keep nothing

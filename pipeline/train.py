@@ -51,7 +51,7 @@ _INIT_LOCK = threading.Lock()
 # epoch's early stops and failures) of trainees (the group's size).
 Progress = Callable[[str, int, int, dict], None]
 # (model logits (B, C), teacher logits (B, C) or None, labels (B,), mixed labels or None) -> scalar loss;
-# mixed labels are (partner labels (B,), λ (B,)) for batches of mixed views (pipeline.view_ops).
+# mixed labels are (partner labels (B,), λ (B,)) for batches of mixed views (pipeline.views).
 Mix = tuple[torch.Tensor, torch.Tensor] | None
 Objective = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor, Mix], torch.Tensor]
 

@@ -63,14 +63,14 @@ class Preprocess:
     """The eval and train pipelines of one dataset, and what a store records about them.
 
     ``native``: the raw images' (H, W) when every sample shares one size, else None
-    (then ``image_size`` is required). ``legacy``: the dataset's preprocessing is unchanged since
+    (then ``image_size`` is required). ``v1_record``: the dataset's preprocessing is unchanged since
     version 1 (see :data:`TRANSFORM`).
     """
 
     image_size: int | None
     train_ops: tuple[str, ...]
     native: tuple[int, int] | None
-    legacy: bool = False
+    v1_record: bool = False
     exif: bool = False  # image files turned upright by their EXIF orientation as they are decoded (FolderSource)
     model: Preprocessing | None = None  # the teacher's own preprocessing (its resize and crop replace image_size)
 
@@ -90,7 +90,7 @@ class Preprocess:
 
     def record(self) -> dict:
         """The eval pipeline as the store records it; its hash is the store's ``transform_hash``."""
-        if self.legacy and self.image_size is None and self.model is None:
+        if self.v1_record and self.image_size is None and self.model is None:
             return dict(TRANSFORM)
         # Recorded only when on, so the stores written before the option (never transposed) keep their hash.
         steps = ["ExifTranspose", "ToImage"] if self.exif else ["ToImage"]

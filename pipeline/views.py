@@ -1,107 +1,302 @@
-"""The fidelity check for stores with teacher views: replay, rerun the teacher, compare.
+"""Teacher views as rows of named parameters: drawn once, stored, replayed exactly.
 
-This is the only place stage 2 may touch the teacher, and it is optional
-(`kd inspect --verify-views N`, `kd distill --verify-views N`). It reruns the
-teacher, loaded from the checkpoint the store records, on the replayed views
-of N random training samples and fails loudly if any logit differs from the
-stored one by more than the encoding's rounding plus the rounding of the
-precision the teacher pass computed in (``teacher.precision``).
+A view of a sample is one row of float32 parameters whose columns are named
+in the store (``views.params``): the geometric and colour ops of
+:mod:`pipeline.augment` (``dx, dy, flip, angle``, the ``crop_*`` box, the
+jitter factors) and, for mixed views, ``mix`` (0 none, 1 MixUp, 2 CutMix),
+the ``partner``'s stable sample id, ``lam`` (the sample's share) and the
+CutMix ``box_*``. Only the columns of the ops in use are stored.
+
+- :func:`draw_rows` draws the rows of one view of a batch of samples, each
+  from generators seeded by (store seed, sample id, view) alone. The partner
+  is drawn from the samples of *other classes of the same split*, so a train
+  view never sees a val or test image.
+- :func:`apply_rows` turns rows into pixels: the view's transform is applied
+  to the sample and to its partner alike, then the two are mixed. It is a pure
+  function of (images, partner images, rows), so the teacher pass and stage 2
+  (in any DataLoader worker) produce the same pixels bit for bit.
+- :class:`Partners` is the one place partner images and labels are fetched.
+
+Rows are applied from their float32 values on both sides (the teacher never
+uses a value the store cannot hold), which is what makes replay exact.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from pipeline import view_ops
-from pipeline.checkpoints import load_store_teacher
-from pipeline.data import store_dataset
-from pipeline.errors import StoreError
-from pipeline.store import SoftTargetStore
-from pipeline.train import predict
+from pipeline.augment import Augmenter, apply_params
+from pipeline.config import AugmentConfig, MixConfig
+from pipeline.data import Split
+from pipeline.errors import StoreError, UserError
 
-# The compute precision's rounding, relative to the row's largest |logit| (the float32 rerun's). Under autocast
-# every convolution and linear layer rounds its inputs and weights to p significant bits (unit roundoff u = 2^-p:
-# bfloat16 2^-8, float16 2^-11), accumulates in float32 and keeps its output in the low precision. Each layer so
-# adds an error of order u relative to the scale of the terms it sums, not to each output: a logit near zero is a
-# sum of large terms and inherits their error. Through L layers independent roundings add like a random walk,
-# ~sqrt(L)·u (4.5u for resnet18's ~20), and an eval-mode BatchNorm multiplies them again where a channel is a small
-# deviation from a large running mean (the mean cancels, its rounding stays). Measured against a float32 rerun on
-# CPU autocast: the test suite's 3-epoch digits CNN is off by up to 13u (bfloat16) and 10u (float16) of its row
-# scale, a resnet18 at 64 px by 3u (not measured under CUDA autocast, whose kernels differ from the CPU's).
-# 32u leaves at least 2.5x above the worst of these: 1/8 of the
-# row's largest logit for bfloat16, 1/64 for float16. A wrong replay scores another image and moves the logits of
-# a trained teacher by a large fraction of their scale (~2.4x it for the suite's 3-view digits store, twenty times
-# the bfloat16 bound); only a teacher whose logits barely depend on its input can hide one inside this bound.
-COMPUTE_TOLERANCE = {"float32": 0.0, "float16": 32 * 2.0**-11, "bfloat16": 32 * 2.0**-8}
+OP_COLUMNS: dict[str, tuple[str, ...]] = {
+    "translate": ("dx", "dy"),
+    "flip": ("flip",),
+    "rotate": ("angle",),
+    "crop": ("crop_top", "crop_left", "crop_height", "crop_width"),
+    "jitter": ("brightness", "contrast", "saturation"),
+}
+MIX_COLUMNS = ("mix", "partner", "lam")
+BOX_COLUMNS = ("box_top", "box_left", "box_height", "box_width")
+MIX_CODES = {"mixup": 1, "cutmix": 2}  # 0: the view is not mixed
+NO_PARTNER = -1
+# Partner ids are stored in the float32 rows: exact up to 2^24.
+MAX_PARTNER_ID = 2**24
 
 
-def computed_in(store: SoftTargetStore) -> str:
-    """The precision the store's logits were computed in: recorded from format_version 4 on.
+def columns(augment: AugmentConfig, mix: MixConfig) -> tuple[str, ...]:
+    """The named columns of ``view_params`` for these ops, in a fixed order.
 
-    A version 3 store did not record it. One written with ``device: cpu`` (its recorded teacher config) ran in
-    float32, as every CPU pass does. Any other (``cuda``, or ``auto`` on a machine we cannot know) is taken as the
-    widest, bfloat16: assuming float32 would reject every store a GPU wrote, a false alarm telling users not to
-    train on a good store, while the bfloat16 bound still catches a wrong replay of a trained teacher (see above).
+    Stores written before crop, jitter and mixing always held the four ``Augmenter.PARAM_NAMES``;
+    those keep their four columns, so their replay is unchanged.
     """
-    recorded = store.meta.teacher.precision
-    if recorded is not None:
-        return recorded
-    return "float32" if store.meta.teacher.config.get("device") == "cpu" else "bfloat16"
+    if set(augment.ops) <= {"translate", "flip", "rotate"} and not mix.ops:
+        return Augmenter.PARAM_NAMES
+    names = [c for op in OP_COLUMNS if op in augment.ops for c in OP_COLUMNS[op]]
+    if mix.ops:
+        names += MIX_COLUMNS + (BOX_COLUMNS if "cutmix" in mix.ops else ())
+    return tuple(names)
 
 
-def tolerance(store: SoftTargetStore) -> tuple[float, float, float]:
-    """(relative to each stored logit, absolute, relative to the row's largest |logit|) for ``store``'s logits."""
-    rel, abs_ = store.codec.tolerance  # the encoding's rounding of each stored logit
-    return rel, abs_, COMPUTE_TOLERANCE[computed_in(store)]
+def check_mixable(mix: MixConfig, splits: dict[str, Split]) -> None:
+    """Refuse mixing where a split cannot supply partners: one class only, or ids float32 cannot hold."""
+    if not mix.ops:
+        return
+    for name, split in splits.items():
+        if len(split) == 0:
+            continue
+        classes = np.unique(split.y.numpy())
+        if len(classes) < 2:
+            raise UserError("view_mix", f"{'/'.join(mix.ops)} mixes a sample with a partner of another class, but "
+                            f"the {name} split has a single class ({int(classes[0])})",
+                            "drop --view-mix, or use data with at least two classes in every split")
+        top = int(split.ids.max())
+        if top >= MAX_PARTNER_ID:
+            raise UserError("view_mix", f"partner ids are stored as float32, exact below 2^24, but the {name} split "
+                            f"has sample id {top}", "drop --view-mix for a dataset this large")
 
 
-def verify_views(store: SoftTargetStore, samples: int = 32, seed: int = 0, model: torch.nn.Module | None = None,
-                 replay_seed: int | None = None) -> dict:
-    """Rerun the teacher on replayed views of ``samples`` random train rows; raise on any mismatch.
+class Partners:
+    """A split's samples addressed by stable id: where mixing partners are drawn from and fetched.
 
-    Views are rebuilt from their stored parameters, as stage 2 rebuilds them (mixed views with their
-    stored partner, λ and box). ``replay_seed`` redraws them from another seed instead (for tests that
-    prove a wrong replay is caught).
+    :meth:`images` and :meth:`labels` are the only places partner samples are read, so a lazy
+    dataset only has to re-point them.
     """
-    if store.views == 1:
-        raise StoreError("views", "this store holds the clean view only; there is nothing to replay",
-                         "write it with `kd teacher --views K`")
-    if store.codec.tolerance is None:
-        raise StoreError("encoding", f"views of a {store.encoding} store are approximations and cannot be compared "
-                         "exactly",
-                         "check views on a float16/float32 store")
-    augment, _ = store.meta.views.replay()
-    ds = store_dataset(store.meta)
-    split = ds.splits["train"]
-    rows = np.sort(np.random.default_rng(seed).choice(len(split), size=min(samples, len(split)), replace=False))
-    model = model if model is not None else load_store_teacher(store)
-    stored = np.stack([store.read_views("train", int(r), int(r) + 1)[0] for r in rows])  # (S, V, C)
-    ids = split.ids[torch.from_numpy(rows)]
-    clean = split.batch(rows)  # (S, C, H, W): only the sampled rows are read
-    names = store.meta.views.params or ()
-    partners = view_ops.Partners(split, "train") if "partner" in names else None
-    if replay_seed is None:  # the stored parameters, as stage 2 replays them
-        params = np.stack([store.view_params("train", int(r), int(r) + 1)[0] for r in rows])  # (S, V, P)
-    else:  # redrawn from another seed
-        params = np.stack([view_ops.draw_rows(augment, store.meta.views.mix_cfg(), ids=ids, view=v, seed=replay_seed,
-                                              size=(clean.shape[-2], clean.shape[-1]), partners=partners)
-                           for v in range(store.views)], axis=1)
-    rel, abs_, rel_row = tolerance(store)
-    worst = 0.0
-    for view in range(store.views):
-        xv = view_ops.view_pixels(clean, params[:, view], names, partners)  # mixed views fetch their partners
-        fresh = torch.cat(list(predict(model, xv, torch.device("cpu")))).numpy()  # (S, C)
-        scale = np.abs(fresh).max(axis=1, keepdims=True)  # (S, 1): each row's largest |logit|, in float32
-        err = np.abs(fresh - stored[:, view]) - rel * np.abs(stored[:, view]) - rel_row * scale  # (S, C)
-        worst = max(worst, float(np.abs(fresh - stored[:, view]).max()))
-        bad = np.nonzero((err > abs_).any(axis=1))[0]
-        if len(bad):
-            i = int(bad[0])
-            raise StoreError("views", f"view {view} of sample id {int(ids[i])} does not reproduce the stored logits "
-                             f"(max |diff| {float(np.abs(fresh[i] - stored[i, view]).max()):.4g}; "
-                             f"{len(bad)}/{len(rows)} samples differ beyond the {store.encoding} encoding and "
-                             f"{computed_in(store)} compute tolerance)",
-                             "the replayed transform is not the one the teacher scored; do not train on this store")
-    mixed = int((params[..., names.index("mix")] > 0).sum()) if "mix" in names else 0
-    return {"samples": len(rows), "views": store.views, "mixed_views": mixed, "max_abs_diff": worst,
-            "precision": computed_in(store) + ("" if store.meta.teacher.precision else " (unrecorded, assumed)")}
+
+    def __init__(self, split: Split, name: str) -> None:
+        self.split, self.name = split, name
+        ids = split.ids.numpy()
+        self._by_id = np.argsort(ids, kind="stable")  # (N,) rows in id order
+        self._sorted_ids = ids[self._by_id]  # (N,)
+        y = split.y.numpy()
+        self._by_class = np.argsort(y, kind="stable")  # (N,) rows grouped by class
+        self._classes, self._starts, self._counts = np.unique(y[self._by_class], return_index=True,
+                                                              return_counts=True)
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        """Rows of the samples with these ids; refuses an id that is not in the split."""
+        ids = np.asarray(ids, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(self._sorted_ids, ids), max(len(self._sorted_ids) - 1, 0))
+        found = self._sorted_ids[pos] == ids if len(self._sorted_ids) else np.zeros(len(ids), dtype=bool)
+        if not found.all():
+            bad = int(ids[np.nonzero(~found)[0][0]])
+            raise StoreError("view_params", f"partner id {bad} is not in the {self.name} split",
+                             "the store's views do not belong to this data; rewrite it with `kd teacher`")
+        return self._by_id[pos]
+
+    def draw(self, rng: np.random.Generator, sample_id: int) -> int:
+        """A partner for ``sample_id``: uniform over the split's samples of other classes. Returns its id."""
+        row = int(self.rows(np.array([sample_id]))[0])
+        k = int(np.searchsorted(self._classes, int(self.split.y[row])))
+        start, count = int(self._starts[k]), int(self._counts[k])
+        others = len(self._by_class) - count
+        if others == 0:  # check_mixable refuses this before any work; kept for direct callers
+            raise UserError("view_mix", f"the {self.name} split has a single class", "drop --view-mix")
+        r = int(rng.integers(others))
+        r += count if r >= start else 0  # skip the sample's own class
+        return int(self.split.ids[int(self._by_class[r])])
+
+    def images(self, ids: np.ndarray) -> torch.Tensor:
+        """(M, C, H, W) images of the partners with these ids, read through the lazy split: only these rows
+        are decoded (eval preprocessing, as the teacher pass reads its samples)."""
+        return self.split.batch(self.rows(ids))
+
+    def labels(self, ids: np.ndarray) -> torch.Tensor:
+        """(M,) labels of the partners with these ids (the split's labels: noisy ones under --label-noise)."""
+        return self.split.y[torch.from_numpy(self.rows(ids))]
+
+
+def _cutmix_box(rng: np.random.Generator, lam: float, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of a box covering about 1 - lam of the image, centred at a uniform pixel."""
+    h, w = size
+    cy, cx = int(rng.integers(h)), int(rng.integers(w))
+    half = 0.5 * np.sqrt(1.0 - lam)
+    rh, rw = int(half * h), int(half * w)
+    top, bottom = max(cy - rh, 0), min(cy + rh, h)
+    left, right = max(cx - rw, 0), min(cx + rw, w)
+    return top, left, bottom - top, right - left
+
+
+def draw_rows(augment: AugmentConfig, mix: MixConfig, *, ids: torch.Tensor, view: int, seed: int,
+              size: tuple[int, int], partners: Partners | None) -> np.ndarray:
+    """(R, P) float32 rows of view ``view`` of the samples ``ids``: a pure function of (seed, id, view).
+
+    View 0 is the clean image (identity parameters, never mixed). ``partners`` (the samples' own
+    split) is needed when ``mix`` has ops.
+    """
+    names = columns(augment, mix)
+    col = {c: i for i, c in enumerate(names)}
+    n = ids.shape[0]
+    out = np.zeros((n, len(names)), dtype=np.float32)  # (R, P)
+    drawn = Augmenter(augment).view_params(ids, torch.full_like(ids, view), seed, size=size)
+    fields = {"dx": drawn["shift"][:, 0], "dy": drawn["shift"][:, 1], "flip": drawn["flip"].float(),
+              "angle": drawn["angle"]}
+    for key, cols in (("crop", OP_COLUMNS["crop"]), ("jitter", OP_COLUMNS["jitter"])):
+        if key in drawn:
+            fields.update({c: drawn[key][:, j] for j, c in enumerate(cols)})
+    for name, values in fields.items():
+        if name in col:
+            out[:, col[name]] = values.numpy()
+    if not mix.ops:
+        return out
+    out[:, col["partner"]], out[:, col["lam"]] = NO_PARTNER, 1.0
+    if view == 0:
+        return out
+    assert partners is not None, "mixed views need the split's partners"
+    for i in range(n):
+        # numpy's generator for the mix draws (Beta has no torch.Generator form); its own stream of (seed, id, view).
+        rng = np.random.default_rng([seed, int(ids[i]), view, 1])
+        if rng.random() >= mix.prob:
+            continue
+        op = mix.ops[int(rng.integers(len(mix.ops)))]
+        partner = partners.draw(rng, int(ids[i]))
+        alpha = mix.mixup_alpha if op == "mixup" else mix.cutmix_alpha
+        lam = float(rng.beta(alpha, alpha))
+        out[i, col["mix"]], out[i, col["partner"]] = MIX_CODES[op], partner
+        if op == "cutmix":
+            box = _cutmix_box(rng, lam, size)
+            out[i, [col[c] for c in BOX_COLUMNS]] = box
+            lam = 1.0 - box[2] * box[3] / (size[0] * size[1])  # the share the box really leaves
+        out[i, col["lam"]] = lam
+    return out
+
+
+def _params(rows: np.ndarray, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """Rows (B, P) as :func:`pipeline.augment.apply_params`' dict; ops without columns are left out."""
+    col = {c: i for i, c in enumerate(names)}
+    t = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))  # (B, P)
+    out: dict[str, torch.Tensor] = {}
+    if "dx" in col:
+        out["shift"] = t[:, [col["dx"], col["dy"]]]
+    if "flip" in col:
+        out["flip"] = t[:, col["flip"]] > 0.5
+    if "angle" in col:
+        out["angle"] = t[:, col["angle"]]
+    for key in ("crop", "jitter"):
+        if OP_COLUMNS[key][0] in col:
+            out[key] = t[:, [col[c] for c in OP_COLUMNS[key]]]
+    return out
+
+
+def mix_pixels(x: torch.Tensor, partner: torch.Tensor, rows: np.ndarray, names: tuple[str, ...]) -> torch.Tensor:
+    """MixUp/CutMix of ``x`` (B, C, H, W) with ``partner`` (B, C, H, W) by each row's mix, λ and box."""
+    col = {c: i for i, c in enumerate(names)}
+    out = x.clone()
+    for i in range(x.shape[0]):
+        code, lam = int(rows[i, col["mix"]]), float(rows[i, col["lam"]])
+        if code == MIX_CODES["mixup"]:
+            out[i] = lam * x[i] + (1.0 - lam) * partner[i]
+        elif code == MIX_CODES["cutmix"]:
+            top, left, h, w = (int(rows[i, col[c]]) for c in BOX_COLUMNS)
+            out[i, :, top:top + h, left:left + w] = partner[i, :, top:top + h, left:left + w]
+    return out
+
+
+def mixed_rows(rows: np.ndarray, names: tuple[str, ...]) -> np.ndarray | None:
+    """Indices of the mixed views among ``rows`` (B, P), or None when the store mixes none or no row is mixed."""
+    if "mix" not in names:
+        return None
+    mixed = np.nonzero(rows[:, names.index("mix")] > 0)[0]  # (M,)
+    return mixed if len(mixed) else None
+
+
+def apply_rows(x: torch.Tensor, rows: np.ndarray, names: tuple[str, ...],
+               partner_x: torch.Tensor | None = None) -> torch.Tensor:
+    """Pixels of the views ``rows`` (B, P) of ``x`` (B, C, H, W): the view's transform applied to the sample
+    and to its partner alike (``partner_x`` (B, C, H, W), only read on mixed rows), then the two mixed."""
+    params = _params(rows, names)
+    out = apply_params(x, params)
+    mixed = mixed_rows(rows, names)
+    if mixed is None:
+        return out
+    assert partner_x is not None, "mixed rows need their partners' images"
+    sel = torch.from_numpy(mixed)
+    moved = apply_params(partner_x[sel], {k: v[sel] for k, v in params.items()})  # (M, C, H, W)
+    out[sel] = mix_pixels(out[sel], moved, rows[mixed], names)
+    return out
+
+
+def partner_images(x: torch.Tensor, rows: np.ndarray, names: tuple[str, ...],
+                   partners: Partners | None) -> torch.Tensor | None:
+    """(B, C, H, W) partner images of the mixed rows (zeros elsewhere), or None when no row is mixed."""
+    mixed = mixed_rows(rows, names)
+    if mixed is None:
+        return None
+    assert partners is not None, "mixed views need the split's partners"
+    out = torch.zeros_like(x)
+    out[torch.from_numpy(mixed)] = partners.images(rows[mixed, names.index("partner")].astype(np.int64))
+    return out
+
+
+def view_pixels(x: torch.Tensor, rows: np.ndarray, names: tuple[str, ...], partners: Partners | None) -> torch.Tensor:
+    """Pixels of the views ``rows`` (B, P) of the samples ``x`` (B, C, H, W), partners fetched as needed."""
+    return apply_rows(x, rows, names, partner_images(x, rows, names, partners))
+
+
+def mixed_labels(y: torch.Tensor, rows: np.ndarray, names: tuple[str, ...],
+                 partners: Partners | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(partner labels (B,), λ (B,)) of the views ``rows``; an unmixed row has its own label and λ = 1.
+
+    None when the store has no mixed views.
+    """
+    if "mix" not in names:
+        return None
+    mixed = rows[:, names.index("mix")] > 0  # (B,)
+    partner_y, lam = y.clone(), torch.ones(len(y))
+    if mixed.any():
+        assert partners is not None, "mixed views need the split's partners"
+        sel = torch.from_numpy(np.nonzero(mixed)[0])
+        partner_y[sel] = partners.labels(rows[mixed, names.index("partner")].astype(np.int64))
+        lam[sel] = torch.from_numpy(rows[mixed, names.index("lam")].astype(np.float32))
+    return partner_y, lam
+
+
+class ViewReplay:
+    """What stage 2's loader holds to replay a store's views (picklable, for DataLoader workers).
+
+    The loader carries each view's logits and its row together as one float32 array
+    (logits, then parameters), so the chunk pipeline moves both without knowing about views.
+    """
+
+    def __init__(self, names: tuple[str, ...], num_classes: int, split: Split, split_name: str) -> None:
+        self.names, self.num_classes = tuple(names), num_classes
+        self.partners = Partners(split, split_name) if "mix" in self.names else None
+
+    @staticmethod
+    def pack(logits: np.ndarray, params: np.ndarray) -> np.ndarray:
+        """(R, V, C) logits and (R, V, P) rows -> (R, V, C + P)."""
+        return np.concatenate([logits.astype(np.float32, copy=False), params.astype(np.float32, copy=False)], axis=-1)
+
+    def split(self, payload: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One batch's chosen views: payload (B, C + P) -> (logits (B, C), view parameters (B, P))."""
+        return payload[:, :self.num_classes], payload[:, self.num_classes:]
+
+    def pixels(self, x: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
+        """The views ``rows`` (B, P) of the samples ``x`` (B, C, H, W), partners read as needed (in whichever
+        process reads the batch: a DataLoader worker when there are any)."""
+        return view_pixels(x, rows, self.names, self.partners)
+
+    def labels(self, y: torch.Tensor, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(partner labels (B,), λ (B,)) of the views ``rows`` (B, P), or None without mixed views."""
+        return mixed_labels(y, rows, self.names, self.partners)

@@ -19,7 +19,7 @@ from pipeline.config import AugmentConfig, DataConfig, DistillConfig, ModelConfi
 from pipeline.errors import StoreError, UserError
 from pipeline.loader import SoftTargetLoader
 from pipeline.store import SoftTargetStore
-from pipeline.views import verify_views
+from pipeline.view_fidelity import verify_views
 from tests.test_model_sources import photos
 
 TEACHER_MEAN, TEACHER_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pipeline import teacher
-from pipeline.checksums import sha256_file
+from pipeline.file_hash import sha256_file
 from pipeline.config import DataConfig, ModelConfig
 from pipeline.errors import UserError
 from pipeline.store import SoftTargetStore

@@ -1,187 +1,268 @@
-"""Teacher views: replayable augmentations stored per sample, replayed exactly in stage 2."""
+"""Real-augmentation and mixed teacher views: drawn per (seed, id, view), stored, replayed bit for bit."""
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
+import logging
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
-import zarr
 
 from pipeline import distill, teacher, views
 from pipeline.augment import Augmenter
-from pipeline.config import AugmentConfig, DistillConfig, ModelConfig, OptimConfig
+from pipeline.config import AugmentConfig, DataConfig, DistillConfig, MixConfig, ModelConfig, OptimConfig
 from pipeline.data import load_dataset
 from pipeline.errors import StoreError, UserError
 from pipeline.loader import SoftTargetLoader
 from pipeline.store import SoftTargetStore
-from pipeline.views import verify_views
+from pipeline.view_fidelity import verify_views
 from tests.conftest import small_teacher_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-AUG = AugmentConfig(ops=("translate", "flip", "rotate"))
+REAL = AugmentConfig(ops=("crop", "flip", "jitter"), crop_scale=(0.3, 1.0))
+MIX = MixConfig(ops=("mixup", "cutmix"), prob=0.6)
+VIEWS = 4
 
 
 @pytest.fixture(scope="module")
-def views_store(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("views"))
-    p = teacher.plan(small_teacher_config(root, views=3, view_augment=AUG, encoding="float32"))
+def mixed_store(tmp_path_factory):
+    """A float32 digits store of 4 views: crops, flips, colour jitter, and MixUp/CutMix with partners."""
+    root = str(tmp_path_factory.mktemp("mixed"))
+    cfg = small_teacher_config(root, data=DataConfig(train_limit=300), optim=OptimConfig(epochs=1),
+                               views=VIEWS, view_augment=REAL, view_mix=MIX, encoding="float32")
+    p = teacher.plan(cfg)
     return teacher.publish(p, teacher.train(p))
 
 
-def test_store_holds_every_view_and_its_parameters(views_store):
-    s = SoftTargetStore(views_store)
-    assert s.views == 3 and s.read_views("train", 0, 5).shape == (5, 3, 10)
-    params = s.view_params("train")  # (N, V, 4)
-    assert np.all(params[:, 0] == 0)  # view 0 is the clean image
-    assert np.abs(params[:, 1:, :2]).max() >= 1 and np.abs(params[:, 1:, 3]).max() > 0
-    # What is stored is what replay draws: ids, views and seed determine it all.
-    ids = torch.from_numpy(s.ids("train")[:20])
-    drawn = Augmenter(AUG).view_params(ids, torch.full_like(ids, 2), s.attrs["views"]["seed"])
-    np.testing.assert_array_equal(Augmenter.params_array(drawn), params[:20, 2])
-    assert s.attrs["views"]["count"] == 3 and s.summary()["logits_bytes_per_view"] > 0
+def _split(store: SoftTargetStore, name: str = "train"):
+    return load_dataset(store.meta.data_cfg()).splits[name]
 
 
-def test_replay_is_bit_identical_in_a_fresh_process():
-    ids, views = torch.arange(100, 140), torch.arange(40) % 4
-    x = torch.rand(40, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    here = Augmenter(AUG).replay(x, ids, views, seed=11)
-    code = ("import sys, torch; from pipeline.augment import Augmenter; from pipeline.config import AugmentConfig;"
-            "x = torch.rand(40, 1, 8, 8, generator=torch.Generator().manual_seed(0));"
-            "out = Augmenter(AugmentConfig(ops=('translate', 'flip', 'rotate'))).replay("
-            "x, torch.arange(100, 140), torch.arange(40) % 4, seed=11); torch.save(out, sys.argv[1])")
-    path = os.path.join(ROOT, "data", "replay-check.pt")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    try:
-        subprocess.run([sys.executable, "-c", code, path], cwd=ROOT, check=True, timeout=120)
-        assert torch.equal(torch.load(path, weights_only=True), here)
-    finally:
-        if os.path.exists(path):
-            os.remove(path)
+def test_views_store_named_columns_and_draws_per_seed_id_view(mixed_store):
+    s = SoftTargetStore(mixed_store)
+    names = s.meta.views.params
+    assert names == ("flip", "crop_top", "crop_left", "crop_height", "crop_width", "brightness", "contrast",
+                     "saturation", "mix", "partner", "lam", "box_top", "box_left", "box_height", "box_width")
+    assert s.meta.views.mix_cfg() == MIX and s.meta.views.replay()[0] == REAL
+    params = s.view_params("train")  # (N, V, P)
+    assert params.shape == (300, VIEWS, len(names))
+    col = {c: i for i, c in enumerate(names)}
+    clean = params[:, 0]
+    assert np.all(clean[:, col["partner"]] == -1) and np.all(clean[:, col["lam"]] == 1)
+    assert np.all(clean[:, col["crop_height"]] == 8) and np.all(clean[:, col["brightness"]] == 1)
+    later = params[:, 1:]
+    assert (later[..., col["crop_height"]] < 8).any() and (later[..., col["brightness"]] != 1).any()
+    assert (later[..., col["mix"]] == 1).any() and (later[..., col["mix"]] == 2).any()
+    assert (later[..., col["mix"]] == 0).any()  # some views are augmented but not mixed
+    # A pure function of (seed, id, view): any subset of the samples, in any order, draws the same rows.
+    ds = load_dataset(s.meta.data_cfg())
+    split = ds.splits["train"]
+    partners = views.Partners(split, "train")
+    pick = torch.tensor([250, 3, 77])
+    again = views.draw_rows(REAL, MIX, ids=split.ids[pick], view=2, seed=s.meta.views.seed, size=(8, 8),
+                               partners=partners)
+    np.testing.assert_array_equal(again, params[pick.numpy(), 2])
 
 
-def _expected(split, rows, views, store):
-    v = store.attrs["views"]
-    return Augmenter(AUG).replay(split.x[rows], split.ids[rows], torch.from_numpy(views), v["seed"])
-
-
-@pytest.mark.parametrize("workers", [0, 2])
-def test_loader_trains_on_the_view_the_teacher_scored(views_store, workers):
-    s = SoftTargetStore(views_store)
-    split = load_dataset(s.meta.data_cfg()).splits["train"]
-    every = s.read_views("train")  # (N, V, C)
-    loader = SoftTargetLoader(split, 64, seed=1, store=s, workers=workers, cache_mb=0 if workers else 1000)
-    seen_views = set()
-    for b in loader.epoch(0):
-        rows = b.rows.numpy()
-        views = loader.views_for(rows, 0)
-        seen_views |= set(views.tolist())
-        np.testing.assert_array_equal(b.logits.numpy(), every[rows, views])
-        assert torch.equal(b.x, _expected(split, b.rows, views, s))  # pixels replayed bit for bit
-    assert seen_views == {0, 1, 2}
-
-
-def test_cycle_policy_visits_every_view(views_store):
-    s = SoftTargetStore(views_store)
-    split = load_dataset(s.meta.data_cfg()).splits["train"]
-    loader = SoftTargetLoader(split, 64, seed=1, store=s, view_policy="cycle")
-    rows = np.arange(10)
-    assert {tuple(loader.views_for(rows, e)) for e in range(3)} == {tuple((rows + e) % 3) for e in range(3)}
-
-
-def test_fidelity_check_passes_and_catches_a_wrong_replay(views_store):
-    s = SoftTargetStore(views_store)
-    ok = verify_views(s, samples=16)
-    assert ok["views"] == 3 and ok["max_abs_diff"] < 1e-3
-    with pytest.raises(StoreError) as e:
-        verify_views(s, samples=16, replay_seed=s.attrs["views"]["seed"] + 1)
-    assert e.value.field == "views" and "does not reproduce" in str(e.value)
-
-
-def test_distilling_from_views(views_store, tmp_path):
-    cfg = DistillConfig(store=views_store, model=ModelConfig("cnn", 4), optim=OptimConfig(epochs=2, lr=1e-2),
-                        temperatures=(4.0,), report_root=str(tmp_path), device="cpu")
-    rows = distill.train_students(distill.plan(cfg), cfg.students())
-    assert all(r["status"] == "ok" for r in rows)
-    with pytest.raises(UserError) as e:
-        distill.plan(DistillConfig(store=views_store, augment=AugmentConfig(ops=("flip",))))
-    assert e.value.field == "augment"
-
-
-def test_inspect_verify_views(views_store, capsys):
-    from flows.cli import main
-
-    main(["inspect", views_store, "--verify-views", "8", "--json"])
-    info = json.loads(capsys.readouterr().out)
-    assert info["views"] == 3 and info["verified_views"]["samples"] == 8
+def test_partners_come_from_the_same_split_and_another_class(mixed_store):
+    s = SoftTargetStore(mixed_store)
+    col = {c: i for i, c in enumerate(s.meta.views.params)}
+    ids_by_split = {name: set(s.ids(name).tolist()) for name in ("train", "val", "test")}
+    for name in ("train", "val", "test"):
+        params, labels, ids = s.view_params(name), s.labels(name), s.ids(name)
+        mixed = params[..., col["mix"]] > 0  # (N, V)
+        partner = params[..., col["partner"]][mixed].astype(np.int64)
+        assert len(partner) and set(partner.tolist()) <= ids_by_split[name]  # never another split
+        label_of = dict(zip(ids.tolist(), labels.tolist()))
+        own = np.broadcast_to(labels[:, None], mixed.shape)[mixed]
+        assert all(label_of[p] != y for p, y in zip(partner.tolist(), own.tolist()))
+        lam = params[..., col["lam"]][mixed]
+        assert np.all((lam >= 0) & (lam <= 1))
+    # CutMix's λ is exactly the share of the image its box leaves to the sample.
+    params = s.view_params("train")
+    cut = params[..., col["mix"]] == 2
+    box = params[..., col["box_height"]][cut] * params[..., col["box_width"]][cut]
+    np.testing.assert_allclose(params[..., col["lam"]][cut], 1 - box / 64, atol=1e-6)
 
 
 @pytest.fixture(scope="module")
-def bf16_store(views_store, tmp_path_factory):
-    """The views store's teacher, its logits pass run under CPU bfloat16 autocast (as a GPU's runs under CUDA's)."""
-    root = str(tmp_path_factory.mktemp("bf16"))
-    ckpt = SoftTargetStore(views_store).meta.teacher.checkpoint
-    p = teacher.plan(small_teacher_config(root, views=3, view_augment=AUG, encoding="float32", checkpoint=ckpt))
-    assert p.pass_precision == "float32"  # a CPU pass computes in float32 unless told otherwise
-    p = dataclasses.replace(p, precision="bfloat16")
-    return teacher.publish(p, teacher.load(p))
+def epoch_by_row(mixed_store):
+    """Row -> (pixels, logits, partner label, λ) of epoch 0, read with 0 and with 2 DataLoader workers."""
+    s = SoftTargetStore(mixed_store)
+    split = _split(s)
+    out = {}
+    for workers in (0, 2):
+        loader = SoftTargetLoader(split, 64, seed=3, store=s, workers=workers, cache_mb=0 if workers else 1000)
+        seen = {}
+        for b in loader.epoch(0):
+            for i, r in enumerate(b.rows.tolist()):
+                seen[r] = (b.x[i], b.logits[i], b.mix[0][i], b.mix[1][i])
+        out[workers] = seen
+    return out
 
 
-def _recorded_as(store: str, precision: str | None):
-    """Rewrite ``teacher.precision`` in place (None: a version 3 store, which did not record it)."""
-    g = zarr.open_group(store, mode="r+")
-    attrs = dict(g.attrs)
-    if precision is None:
-        attrs["teacher"] = {k: v for k, v in attrs["teacher"].items() if k != "precision"}
-        attrs["format_version"] = 3
-    else:
-        attrs["teacher"] = {**attrs["teacher"], "precision": precision}
-    g.attrs.put(attrs)
+def test_replayed_pixels_bit_identical_with_0_and_2_workers(mixed_store, epoch_by_row):
+    s = SoftTargetStore(mixed_store)
+    split = _split(s)
+    zero, two = epoch_by_row[0], epoch_by_row[2]
+    assert sorted(zero) == sorted(two) == list(range(300))
+    for r in zero:
+        for a, b in zip(zero[r], two[r]):
+            assert torch.equal(a, b), r
+    # ... and they are the pixels the stored rows describe, with the label term's mix.
+    loader = SoftTargetLoader(split, 64, seed=3, store=s)
+    rows = np.arange(300)
+    picked = loader.views_for(rows, 0)
+    params = s.view_params("train")[rows, picked]  # (N, P)
+    partners = views.Partners(split, "train")
+    expected = views.view_pixels(split.x, params, s.meta.views.params, partners)
+    assert all(torch.equal(zero[r][0], expected[r]) for r in rows)
+    every = s.read_views("train")
+    assert all(torch.equal(zero[r][1], torch.from_numpy(every[r, picked[r]])) for r in rows)
+    col = {c: i for i, c in enumerate(s.meta.views.params)}
+    mixed = params[:, col["mix"]] > 0
+    assert mixed.any() and (~mixed).any()
+    for r in rows:
+        partner_y, lam = zero[r][2], zero[r][3]
+        if mixed[r]:
+            pid = int(params[r, col["partner"]])
+            assert int(partner_y) == int(split.y[split.ids == pid]) and float(lam) == params[r, col["lam"]]
+        else:
+            assert int(partner_y) == int(split.y[r]) and float(lam) == 1.0
+    # A mixed view really is a blend: not the sample's own transformed pixels.
+    r = int(np.nonzero(mixed)[0][0])
+    own_only = views.apply_rows(split.x[r:r + 1], params[r:r + 1, :col["mix"]], s.meta.views.params[:col["mix"]])
+    assert not torch.equal(zero[r][0], own_only[0])
 
 
-def test_a_bfloat16_store_passes_only_with_its_precision_recorded(views_store, bf16_store, tmp_path):
-    assert SoftTargetStore(views_store).meta.teacher.precision == "float32"
-    s = SoftTargetStore(bf16_store)
-    assert s.meta.teacher.precision == "bfloat16"
-    # The same teacher and views; bfloat16 really moved the logits, beyond the float32 tolerance.
-    f32, b16 = SoftTargetStore(views_store).read_views("train"), s.read_views("train")
-    assert np.abs(b16 - f32).max() > 1e-3
-    ok = verify_views(s, samples=16)
-    assert ok["views"] == 3 and ok["precision"] == "bfloat16" and ok["max_abs_diff"] > 1e-3
-    # The same logits recorded as float32 are rejected: the recorded precision is what lets them pass.
-    copy = str(tmp_path / "as-float32.zarr")
-    shutil.copytree(bf16_store, copy)
-    _recorded_as(copy, "float32")
+def test_verify_views_covers_mixed_views_and_catches_a_wrong_replay(mixed_store):
+    s = SoftTargetStore(mixed_store)
+    ok = verify_views(s, samples=24)
+    assert ok["views"] == VIEWS and ok["mixed_views"] > 0 and ok["max_abs_diff"] < 1e-3
     with pytest.raises(StoreError) as e:
-        verify_views(SoftTargetStore(copy), samples=16)
-    assert e.value.field == "views" and "float32 compute tolerance" in str(e.value)
-    # A version 3 store records no precision: one written on the CPU (device: cpu) is held to float32, any
-    # other to the widest, bfloat16.
-    _recorded_as(copy, None)
-    assert SoftTargetStore(copy).meta.format_version == 3
-    with pytest.raises(StoreError):
-        verify_views(SoftTargetStore(copy), samples=16)
-    g = zarr.open_group(copy, mode="r+")
-    g.attrs.put({**dict(g.attrs), "teacher": {**g.attrs["teacher"], "config": {**g.attrs["teacher"]["config"],
-                                                                                 "device": "auto"}}})
-    assert verify_views(SoftTargetStore(copy), samples=16)["precision"] == "bfloat16 (unrecorded, assumed)"
-
-
-def test_the_bfloat16_tolerance_still_catches_a_wrong_replay(bf16_store):
-    """A redrawn view moves this teacher's logits far beyond the bfloat16 bound, not just beyond float32's."""
-    s = SoftTargetStore(bf16_store)
-    assert views.tolerance(s)[2] == 2.0**-3  # 1/8 of each row's largest logit
-    with pytest.raises(StoreError) as e:
-        verify_views(s, samples=16, replay_seed=s.meta.views.seed + 1)
+        verify_views(s, samples=24, replay_seed=s.meta.views.seed + 1)
     assert e.value.field == "views" and "does not reproduce" in str(e.value)
-    # Not a near miss: a bound 8x as wide still catches it.
-    wide = {**views.COMPUTE_TOLERANCE, "bfloat16": 8 * views.COMPUTE_TOLERANCE["bfloat16"]}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(views, "COMPUTE_TOLERANCE", wide)
-        with pytest.raises(StoreError):
-            verify_views(s, samples=16, replay_seed=s.meta.views.seed + 1)
+
+
+def test_distilling_from_mixed_views_uses_the_mixed_labels(mixed_store, tmp_path, caplog):
+    cfg = DistillConfig(store=mixed_store, model=ModelConfig("cnn", 4), optim=OptimConfig(epochs=1, lr=1e-2),
+                        temperatures=(1.0,), alphas=(1.0,), report_root=str(tmp_path), device="cpu")
+    with caplog.at_level(logging.INFO, logger="pipeline.student_group"):
+        rows = distill.train_students(distill.plan(cfg), cfg.students())
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    # One group of two, not batched: the stacked step has no λ-weighted hard term; the reason is logged.
+    assert "per-student loop: the store's views are mixed" in caplog.text
+
+
+def test_a_student_trains_the_same_alone_or_in_a_mixed_view_group(mixed_store):
+    """Replayed mixed views, λ-weighted labels and the shared batch stream leave nothing for group mates to
+    change: a student ends bit-identical alone and beside two others."""
+    from pipeline.config import StudentSpec
+    from pipeline.student_group import fit_group
+
+    store = SoftTargetStore(mixed_store)
+    ds = load_dataset(store.meta.data_cfg())
+
+    def run(temperatures):
+        loader = SoftTargetLoader(ds.splits["train"], 64, seed=0, store=store)
+        specs = [StudentSpec(loss="kl", temperature=t, alpha=1.0, beta=None, seed=0) for t in temperatures]
+        return fit_group(specs, model_cfg=ModelConfig("cnn", 4), optim=OptimConfig(epochs=2, lr=1e-2),
+                         augment=AugmentConfig(), loader=loader, val=ds.splits["val"], input_shape=ds.input_shape,
+                         num_classes=ds.num_classes, device=torch.device("cpu"))
+
+    (alone,), together = run([2.0]), run([1.0, 2.0, 4.0])
+    assert alone.step_losses == together[1].step_losses
+    for a, b in zip(alone.model.state_dict().values(), together[1].model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert together[0].step_losses != together[1].step_losses  # the temperatures really differ
+
+
+def _tamper(src: str, dst, value: float) -> tuple[str, int, int]:
+    """Copy the store and point one mixed train view's partner at ``value``; returns (path, sample id, view)."""
+    import zarr
+
+    path = str(dst / "tampered.zarr")
+    shutil.copytree(src, path)
+    s = SoftTargetStore(path)
+    col = s.meta.views.params.index("partner")
+    params = s.view_params("train")
+    r, v = (int(i[0]) for i in np.nonzero(params[..., s.meta.views.params.index("mix")] > 0))
+    params[r, v, col] = value
+    arr = zarr.open_group(path, mode="r+")["train"]["view_params"]
+    arr[r] = params[r]
+    return path, int(s.ids("train")[r]), v
+
+
+def test_a_partner_missing_from_the_split_is_refused_on_read(mixed_store, tmp_path):
+    s = SoftTargetStore(mixed_store)
+    val_id = int(s.ids("val")[0])  # a real sample, but of another split
+    path, sample, view = _tamper(mixed_store, tmp_path, float(val_id))
+    with pytest.raises(StoreError) as e:
+        SoftTargetStore(path).view_params("train")
+    assert e.value.field == "train/view_params"
+    assert f"view {view} of sample id {sample} names partner {val_id}" in str(e.value)
+    assert "\n" not in str(e.value)
+    with pytest.raises(StoreError):  # stage 2 refuses it before training
+        distill.plan(DistillConfig(store=path, device="cpu", report_root=str(tmp_path)))
+    with pytest.raises(StoreError):
+        SoftTargetStore(path).verify()
+
+
+def test_mixing_a_single_class_split_is_one_line(capsys, tmp_path):
+    from flows.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["teacher", "--train-limit", "1", "--views", "2", "--view-mix", "mixup", "--store-root",
+              str(tmp_path / "s"), "--checkpoint-root", str(tmp_path / "c")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1
+    assert err.startswith("error: view_mix: mixup mixes a sample with a partner of another class, but the train "
+                          "split has a single class")
+    assert not (tmp_path / "s").exists() and not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    ({"views": 1, "view_mix": MixConfig(ops=("mixup",))}, "view_mix"),
+])
+def test_mix_needs_views(kwargs, field):
+    from pipeline.config import TeacherConfig
+
+    with pytest.raises(UserError) as e:
+        TeacherConfig(**kwargs)
+    assert e.value.field == field
+
+
+@pytest.mark.parametrize("build,field", [
+    (lambda: MixConfig(ops=("blend",)), "view_mix"),
+    (lambda: MixConfig(ops=("mixup", "mixup")), "view_mix"),
+    (lambda: MixConfig(ops=("mixup",), prob=0.0), "mix_prob"),
+    (lambda: MixConfig(ops=("cutmix",), cutmix_alpha=0.0), "cutmix_alpha"),
+    (lambda: AugmentConfig(ops=("crop",), crop_scale=(0.5,)), "crop_scale"),
+    (lambda: AugmentConfig(ops=("crop",), crop_scale=(0.9, 0.5)), "crop_scale"),
+    (lambda: AugmentConfig(ops=("crop",), crop_ratio=(0.0, 1.0)), "crop_ratio"),
+    (lambda: AugmentConfig(ops=("jitter",), jitter=1.5), "jitter"),
+])
+def test_bad_view_settings_name_their_field(build, field):
+    with pytest.raises(UserError) as e:
+        build()
+    assert e.value.field == field
+
+
+def test_old_view_ops_keep_their_four_columns_and_draws():
+    """Stores of translate/flip/rotate views keep [dx, dy, flip, angle], drawn as before crop and jitter existed."""
+    aug = AugmentConfig(ops=("translate", "flip", "rotate"))
+    assert views.columns(aug, MixConfig()) == Augmenter.PARAM_NAMES
+    ids = torch.arange(10, 30)
+    rows = views.draw_rows(aug, MixConfig(), ids=ids, view=3, seed=5, size=(8, 8), partners=None)
+    np.testing.assert_array_equal(rows, Augmenter.params_array(Augmenter(aug).view_params(ids, torch.full_like(ids, 3),
+                                                                                             5)))
+    x = torch.rand(20, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(views.apply_rows(x, rows, Augmenter.PARAM_NAMES),
+                       Augmenter(aug).replay(x, ids, torch.full_like(ids, 3), seed=5))
+
+
+def test_training_augmentation_takes_crop_and_jitter():
+    aug = Augmenter(AugmentConfig(ops=("crop", "jitter")))
+    x = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    a = aug(x, torch.Generator().manual_seed(1))
+    assert a.shape == x.shape and not torch.equal(a, x)
+    assert torch.equal(a, aug(x, torch.Generator().manual_seed(1)))  # seeded: the same draws, the same pixels

@@ -43,7 +43,7 @@ class Split:
         """A split over images already in memory, (N, C, H, W) float32 in [0, 1] (tests, benchmarks)."""
         array = x.numpy()
         source = ArraySource(functools.partial(_held, array), y.numpy(), [], array=array)
-        pre = Preprocess(image_size=None, train_ops=(), native=tuple(x.shape[2:]), legacy=True)
+        pre = Preprocess(image_size=None, train_ops=(), native=tuple(x.shape[2:]), v1_record=True)
         return cls(source=source, index=np.arange(len(y)), y=y, ids=ids, preprocess=pre)
 
     def __len__(self) -> int:

@@ -42,11 +42,11 @@ def _stratified_split(labels: np.ndarray, fractions: tuple[float, float], seed: 
     return rest, a, b
 
 
-def _preprocess(cfg: DataConfig, source: Source, *, legacy: bool) -> Preprocess:
+def _preprocess(cfg: DataConfig, source: Source, *, v1_record: bool) -> Preprocess:
     native = None if source.shape is None else (source.shape[1], source.shape[2])
     exif = isinstance(source, FolderSource) and source.exif
-    return Preprocess(image_size=cfg.image_size, train_ops=tuple(cfg.train_transform), native=native, legacy=legacy,
-                      exif=exif, model=cfg.model_preprocessing)
+    return Preprocess(image_size=cfg.image_size, train_ops=tuple(cfg.train_transform), native=native,
+                      v1_record=v1_record, exif=exif, model=cfg.model_preprocessing)
 
 
 def _split(source: Source, index: np.ndarray, ids: np.ndarray, pre: Preprocess) -> Split:
@@ -54,10 +54,10 @@ def _split(source: Source, index: np.ndarray, ids: np.ndarray, pre: Preprocess) 
                  ids=torch.from_numpy(np.asarray(ids, dtype=np.int64)), preprocess=pre)
 
 
-def _three_way(name: str, cfg: DataConfig, source: Source, *, channels: int, legacy: bool,
+def _three_way(name: str, cfg: DataConfig, source: Source, *, channels: int, v1_record: bool,
                files: FolderSource | None = None) -> Dataset:
     """One source cut into train / val / test."""
-    pre = _preprocess(cfg, source, legacy=legacy)
+    pre = _preprocess(cfg, source, v1_record=v1_record)
     train, val, test = _stratified_split(source.labels, (cfg.val_fraction, cfg.test_fraction), cfg.split_seed)
     splits = {n: _split(source, i, i, pre) for n, i in (("train", train), ("val", val), ("test", test))}
     return Dataset(name, list(source.classes), splits, pre, channels, files)
@@ -65,13 +65,13 @@ def _three_way(name: str, cfg: DataConfig, source: Source, *, channels: int, leg
 
 def load_digits(cfg: DataConfig) -> Dataset:
     """scikit-learn's bundled 8x8 digits (1797 samples): the offline default, kept in memory (460 kB)."""
-    return _three_way("digits", cfg, digits_source(), channels=1, legacy=True)
+    return _three_way("digits", cfg, digits_source(), channels=1, v1_record=True)
 
 
 def _torchvision_loader(read: Callable[[str, str], tuple[Source, Source]]) -> Callable[[DataConfig], Dataset]:
     def load(cfg: DataConfig) -> Dataset:
         train_src, test_src = read(cfg.name, locate(cfg.name, cfg.root, cfg.download))
-        pre = _preprocess(cfg, train_src, legacy=False)  # v2 scales by 1/255 as a product: not v1 to the bit
+        pre = _preprocess(cfg, train_src, v1_record=False)  # v2 scales by 1/255 as a product: not v1 to the bit
         tr, va = _hold_out(np.arange(len(train_src)), train_src.labels, cfg.val_fraction, cfg.split_seed)
         test = np.arange(len(test_src))
         splits = {"train": _split(train_src, tr, tr, pre), "val": _split(train_src, va, va, pre),
@@ -86,7 +86,7 @@ def load_imagefolder(cfg: DataConfig, recorded: RecordedFolder | None = None) ->
     ``recorded``: the store's record of the folder, checked first (see :class:`FolderSource`)."""
     path = cfg.name[len(IMAGEFOLDER):]
     source = FolderSource(path, native_size=native_size(cfg), recorded=recorded, exif=cfg.applies_exif)
-    return _three_way(cfg.name, cfg, source, channels=3, legacy=False, files=source)
+    return _three_way(cfg.name, cfg, source, channels=3, v1_record=False, files=source)
 
 
 DATASETS: dict[str, Callable[[DataConfig], Dataset]] = {

@@ -29,7 +29,7 @@ from pipeline.errors import StoreError, UserError
 
 # 2: a views axis (N, V, C) on every logits array. 3: a manifest of per-shard content hashes, and each split's
 # row count in its layout (the shape every array must have). 4: teacher.precision, the precision the logits were
-# computed in (version 3 stores are still read: their precision is unknown, see pipeline.views). 5: the teacher's
+# computed in (version 3 stores are still read: their precision is unknown, see pipeline.view_fidelity). 5: the teacher's
 # model source, its pretrained weights (what named them, their sha256), its preprocessing and its class map
 # (version 4 stores are still read: a bare-named model from scratch, no preprocessing, no class map).
 FORMAT_VERSION = 5
