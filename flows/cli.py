@@ -506,7 +506,7 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
     if flag is None:
         sub.error(f"unexpected argument {extra[0]!r}")
     known = [s for action in sub._actions for s in action.option_strings]
-    # The flags it begins (what abbreviation used to pick silently), else near misses (a typo).
+    # The flags it begins (what abbreviation would pick silently), else near misses (a typo).
     close = [k for k in known if k.startswith(flag)][:3] or difflib.get_close_matches(flag, known, n=3, cutoff=0.75)
     sub.error(f"unknown option {flag}" + (f"; did you mean {' or '.join(close)}?" if close else ""))
 
