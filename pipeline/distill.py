@@ -19,21 +19,22 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline.config import (AugmentConfig, DataConfig, DistillConfig, StudentSpec, check_augment_overlap, config_hash,
-                             is_plain_name,
-                             to_dict)
 from pipeline.checkpoints import load_store_teacher, save_state_dict
+from pipeline.config import AugmentConfig, DataConfig, DistillConfig
 from pipeline.compat import check_compatible
 from pipeline.data import Dataset, store_dataset
 from pipeline.errors import UserError
+from pipeline.grid import StudentSpec
 from pipeline.loader import SoftTargetLoader, fits_cache
 from pipeline.locks import check_not_running
 from pipeline.metrics import expected_calibration_error
 from pipeline.models import check_source, count_parameters, measure_latency, model_size_mb, resolve_device
 from pipeline.output_checks import check_output_folder
+from pipeline.serialize import config_hash, to_dict
 from pipeline.store import SoftTargetStore
 from pipeline.student_group import fit_group
 from pipeline.train import Progress, build_seeded, evaluate_group
+from pipeline.validation import check_augment_overlap, is_plain_name
 
 log = logging.getLogger(__name__)
 
