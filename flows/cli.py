@@ -313,18 +313,18 @@ def _reprint_finished(done: str | None) -> bool:
 
 def _say_if_completing(cfg: DistillConfig, identity: dict) -> None:
     """One line when the run's folder holds an identical run left unfinished by a data or I/O error."""
-    from pipeline import distill
+    from pipeline import distill, runs
 
-    path = distill.run_dir(cfg)
-    kept = distill.kept_rows(path, identity)
+    path = runs.run_dir(cfg)
+    kept = runs.kept_rows(path, identity)
     if kept is not None:
-        print(distill.resume_line(path, kept, distill.groups(cfg, skip={r["run_id"] for r in kept})))
+        print(runs.resume_line(path, kept, distill.groups(cfg, skip={r["run_id"] for r in kept})))
 
 
 def _fail_if_unfinished(run_dir: str) -> None:
     """Exit 1, in one line, when students failed from a data or I/O error: the run is not finished (a rerun
     retrains them)."""
-    from pipeline.distill import unfinished_note
+    from pipeline.runs import unfinished_note
     from pipeline.report import read_report
 
     note = unfinished_note(read_report(run_dir)["runs"])
@@ -361,13 +361,13 @@ def _warn_failed_teacher(store: str, storage_options: dict | None) -> None:
 
 
 def cmd_distill(a: argparse.Namespace) -> None:
-    from pipeline import distill
+    from pipeline import distill, runs
 
     cfg = distill_config(a, a.store)
-    if cfg.run_name is not None and _reprint_finished(distill.completed_run(cfg)):
+    if cfg.run_name is not None and _reprint_finished(runs.completed_run(cfg)):
         return
     plan = distill.plan(cfg)  # opens, validates and decodes the store before Prefect starts
-    distill.preflight(cfg, data_cfg=plan.data_cfg, provenance_key=plan.store.meta.provenance_key, path=plan.run_dir)
+    runs.preflight(cfg, data_cfg=plan.data_cfg, provenance_key=plan.store.meta.provenance_key, path=plan.run_dir)
     _say_if_completing(dataclasses.replace(cfg, run_name=os.path.basename(plan.run_dir)), plan.identity())
     from flows.distill_flow import distill_flow
 
@@ -379,7 +379,8 @@ def cmd_distill(a: argparse.Namespace) -> None:
 
 
 def cmd_run(a: argparse.Namespace) -> None:
-    from pipeline import distill, teacher
+    from pipeline import distill, runs, teacher
+    from pipeline.store import open_store
 
     if a.generations < 1:
         raise UserError("generations", f"must be >= 1, got {a.generations}", "use 1, or e.g. 3 for born-again KD")
@@ -395,19 +396,19 @@ def cmd_run(a: argparse.Namespace) -> None:
     with run_stage(a, "students"):
         distill.check_views_augment(t_cfg.views, d_cfg.augment)
         if d_cfg.mode == "online" and t_plan.reusable:  # the teacher that online KD reruns is the store's
-            distill.load_teacher(distill.open_store(t_plan.store_path, t_cfg.storage_options))
-        first = distill.generation_config(t_plan.store_path, d_cfg, 1 if a.generations > 1 else None)
-        if a.generations == 1 and t_plan.reusable and _reprint_finished(distill.completed_run(first)):
+            distill.load_teacher(open_store(t_plan.store_path, t_cfg.storage_options))
+        first = runs.generation_config(t_plan.store_path, d_cfg, 1 if a.generations > 1 else None)
+        if a.generations == 1 and t_plan.reusable and _reprint_finished(runs.completed_run(first)):
             return
         # The report folders, before the teacher trains. The first generation's store is known by its
         # provenance key already; a later one's is not, so only its config is compared, and only under a
         # given --run-name (the default name of a later generation comes from a store not written yet).
         for g in range(1, (a.generations if d_cfg.run_name else 1) + 1):
-            cfg = distill.generation_config(t_plan.store_path, d_cfg, g if a.generations > 1 else None)
-            distill.preflight(cfg, data_cfg=d_cfg.data or t_cfg.data,
+            cfg = runs.generation_config(t_plan.store_path, d_cfg, g if a.generations > 1 else None)
+            runs.preflight(cfg, data_cfg=d_cfg.data or t_cfg.data,
                               provenance_key=t_plan.provenance_key if g == 1 else None)
             if g == 1:
-                _say_if_completing(cfg, distill.run_identity(cfg, data_cfg=d_cfg.data or t_cfg.data,
+                _say_if_completing(cfg, runs.run_identity(cfg, data_cfg=d_cfg.data or t_cfg.data,
                                                              provenance_key=t_plan.provenance_key))
     from flows.pipeline_flow import kd_pipeline
 
@@ -507,7 +508,7 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
     if flag is None:
         sub.error(f"unexpected argument {extra[0]!r}")
     known = [s for action in sub._actions for s in action.option_strings]
-    # The flags it begins (what abbreviation used to pick silently), else near misses (a typo).
+    # The flags it begins (what abbreviation would pick silently), else near misses (a typo).
     close = [k for k in known if k.startswith(flag)][:3] or difflib.get_close_matches(flag, known, n=3, cutoff=0.75)
     sub.error(f"unknown option {flag}" + (f"; did you mean {' or '.join(close)}?" if close else ""))
 

@@ -14,7 +14,7 @@ from flows.parameters import DistillParameter
 from flows.progress import reporter
 from flows.retries import IO_RETRIES
 from flows.run_labels import label_run, publish_report, run_tags
-from pipeline import distill, report
+from pipeline import distill, report, runs
 from pipeline.locks import run_lock
 from pipeline.config import DistillConfig
 from pipeline.errors import UserError
@@ -65,18 +65,18 @@ def distill_flow(config: DistillParameter):
               tags=run_tags(dataset=plan.data_cfg.name, store_key=plan.store.meta.provenance_key))
     # Held until the report is written: a second run on this folder is refused, not merged into it.
     with run_lock(run_dir):
-        done = distill.finished_run(run_dir, plan.identity())  # a differing finished run is refused
+        done = runs.finished_run(run_dir, plan.identity())  # a differing finished run is refused
         if done is not None:
             logger.info("an identical run has finished in %s; not retraining", done)
             publish_report(done)
             return done
-        kept = distill.kept_rows(run_dir, plan.identity())  # an identical run some of whose students failed
+        kept = runs.kept_rows(run_dir, plan.identity())  # an identical run some of whose students failed
         skip = {r["run_id"] for r in kept or ()}
         todo = [(g, name if len(g) == len(full) else ", ".join(s.run_id for s in g))
                 for full, name in zip(distill.groups(config), distill.group_names(config))
                 for g in [[s for s in full if s.run_id not in skip]] if g]
         if kept is not None:
-            logger.info(distill.resume_line(run_dir, kept, [g for g, _ in todo]))
+            logger.info(runs.resume_line(run_dir, kept, [g for g, _ in todo]))
         if config.verify_views:
             verify_views(plan)
         futures = [train_students.submit(plan, g, name) for g, name in todo]
@@ -87,6 +87,6 @@ def distill_flow(config: DistillParameter):
     students = [r for r in rows if r["kind"] != "teacher"]
     if all(r["status"] != "ok" for r in students):
         return Failed(message=f"every student failed ({students[0].get('error')}); "
-                      + (distill.RERUN if distill.retry_rows(students) else f"see {paths['md']}"))
+                      + (runs.RERUN if runs.retry_rows(students) else f"see {paths['md']}"))
     logger.info("report: %s", run_dir)
     return run_dir

@@ -18,8 +18,8 @@ from flows.parameters import FROM_TEACHER, PipelineDistillParameter, RunnerParam
 from flows.run_labels import label_run, publish_report, run_tags
 from flows.runners import RunnerConfig, task_runner
 from flows.teacher_flow import teacher_flow
-from pipeline import distill as distill_lib
-from pipeline import sequential
+from pipeline import runs, sequential
+from pipeline.store import open_store
 from pipeline.config import DistillConfig, TeacherConfig
 
 
@@ -32,9 +32,9 @@ def kd_pipeline(teacher: TeacherParameter = TeacherConfig(),
     for g in range(1, generations + 1):
         store = teacher_flow.with_options(task_runner=task_runner(runner))(teacher)
         if g == 1:  # named after its report folder, found by its dataset and first store
-            label_run(name=distill_lib.generation_config(store, distill, None).run_name,
+            label_run(name=runs.generation_config(store, distill, None).run_name,
                       tags=run_tags(dataset=teacher.data.name,
-                                    store_key=distill_lib.open_store(store, teacher.storage_options)
+                                    store_key=open_store(store, teacher.storage_options)
                                     .meta.provenance_key))
         run_dir = distill_generation(store, distill, runner, g if generations > 1 else None)
         rows.append(sequential.generation_row(g, store, run_dir))
@@ -50,8 +50,8 @@ def kd_pipeline(teacher: TeacherParameter = TeacherConfig(),
 
 
 def distill_generation(store: str, distill: DistillConfig, runner: RunnerConfig, generation: int | None) -> str:
-    cfg = distill_lib.generation_config(store, distill, generation)
-    done = distill_lib.completed_run(cfg)  # a finished run with another config or store is refused
+    cfg = runs.generation_config(store, distill, generation)
+    done = runs.completed_run(cfg)  # a finished run with another config or store is refused
     if done is not None:
         get_run_logger().info("an identical run (same store and config) has finished; not retraining. "
                               "report: %s", done)

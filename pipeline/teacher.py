@@ -252,8 +252,8 @@ def create_store(plan: TeacherPlan, model: nn.Module, *, defer: bool = False) ->
             preprocessing=plan.source.preprocessing.record() if plan.source.preprocessing is not None else None,
             outputs=plan.source.outputs, class_map=plan.source.class_map, class_map_names=plan.source.class_map_names,
             checkpoint=plan.checkpoint_path,
-            # A given checkpoint was hashed by plan() into the provenance key (resnet18: 45 MB, 30 ms to hash
-            # again); one trained by this run is hashed now.
+            # A given checkpoint was hashed by plan() into the provenance key (a large file is not read twice);
+            # one trained by this run is hashed now.
             checkpoint_sha256=plan.checkpoint_sha256 or sha256_file(plan.checkpoint_path),
             trained_here=cfg.checkpoint is None and not plan.as_is, config=public_config(cfg),
             # Scored from the logits pass itself (record_scores) before the store is marked complete; until

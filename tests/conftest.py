@@ -89,6 +89,18 @@ def stop_processes(procs: list) -> None:
             p.kill()
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small models, or large ones on a handful of images, on one intra-op thread: as fast as on two, and no
+    spinning threads fighting other jobs for the cores. Use as ``pytestmark = usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
     """Prefect's temporary server, started once for every flow test."""

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from pipeline import distill, models
+from pipeline import distill, models, runs
 from pipeline.config import DataConfig, DistillConfig, ModelConfig, OptimConfig
 from pipeline.errors import StoreError
 from pipeline.store import SoftTargetStore
@@ -144,8 +144,8 @@ def test_run_dir_rejects_paths(digits_store, tmp_path):
     from pipeline.errors import UserError
 
     with pytest.raises(UserError):
-        distill.run_dir(_cfg(digits_store, tmp_path, run_name="../x"))
-    assert distill.run_dir(_cfg(digits_store, tmp_path, run_name="r1")).endswith("reports/r1")
+        runs.run_dir(_cfg(digits_store, tmp_path, run_name="../x"))
+    assert runs.run_dir(_cfg(digits_store, tmp_path, run_name="r1")).endswith("reports/r1")
 
 
 def test_a_store_with_label_noise_refuses_clean_data(tmp_path):

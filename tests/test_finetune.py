@@ -15,13 +15,7 @@ from pipeline.models import build_model
 from pipeline.store import SoftTargetStore
 from tests.test_model_sources import photos
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

@@ -21,16 +21,9 @@ from pipeline.data.folder import read_manifest
 from pipeline.names import SPLITS
 from pipeline.store import SoftTargetStore
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 ATOL = 1e-4
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Convolutions at 224 px on a handful of images: one thread is as fast and leaves the other core alone."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def photos(root, classes, *, n=6, seed=0) -> str:

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from flows.cli import main
-from pipeline import distill, locks
+from pipeline import distill, locks, runs
 from pipeline.config import DataConfig, DistillConfig, ModelConfig
 from pipeline.errors import UserError
 from pipeline.report import write_report
@@ -31,13 +31,13 @@ def _cfg(tmp_path, **kw) -> DistillConfig:
 
 def _finish(cfg: DistillConfig, key: str = "key-1") -> str:
     """A finished run of ``cfg`` on the store with provenance ``key``, as the distill flow records it."""
-    path = distill.run_dir(cfg)
-    write_report(path, [TEACHER_ROW], distill.run_identity(cfg, data_cfg=DataConfig(), provenance_key=key))
+    path = runs.run_dir(cfg)
+    write_report(path, [TEACHER_ROW], runs.run_identity(cfg, data_cfg=DataConfig(), provenance_key=key))
     return path
 
 
 def _identity(cfg: DistillConfig, key: str | None = "key-1") -> dict:
-    return distill.run_identity(cfg, data_cfg=DataConfig(), provenance_key=key)
+    return runs.run_identity(cfg, data_cfg=DataConfig(), provenance_key=key)
 
 
 # ---------------------------------------------------------------- library level
@@ -46,24 +46,24 @@ def _identity(cfg: DistillConfig, key: str | None = "key-1") -> dict:
 def test_a_finished_run_is_reused_only_when_config_and_store_match(tmp_path):
     cfg = _cfg(tmp_path)
     path = _finish(cfg)
-    assert distill.finished_run(path, _identity(cfg)) == path
+    assert runs.finished_run(path, _identity(cfg)) == path
     # Where and how fast it runs is not what it trains.
     fast = _cfg(tmp_path, device="cpu", workers=2, cache_mb=1.0, storage_options={"anon": True})
-    assert distill.finished_run(path, _identity(fast)) == path
-    assert distill.finished_run(path, _identity(cfg, key=None)) == path  # store not known yet: config alone
+    assert runs.finished_run(path, _identity(fast)) == path
+    assert runs.finished_run(path, _identity(cfg, key=None)) == path  # store not known yet: config alone
 
     for other, field in ((_cfg(tmp_path, model=ModelConfig(arch="cnn", width=16)), "model.width"),
                          (DistillConfig(store="s.zarr", report_root=str(tmp_path), run_name="fixed",
                                         temperatures=(2.0,)), "temperatures"),
                          (_cfg(tmp_path, seeds=(0, 1)), "seeds")):
         with pytest.raises(UserError) as e:
-            distill.finished_run(path, _identity(other))
+            runs.finished_run(path, _identity(other))
         assert e.value.field == field and path in e.value.problem and "--run-name" in e.value.fix
     with pytest.raises(UserError) as e:
-        distill.finished_run(path, _identity(cfg, key="key-2"))
+        runs.finished_run(path, _identity(cfg, key="key-2"))
     assert e.value.field == "run_name" and "another store" in e.value.problem
     with pytest.raises(UserError) as e:  # the data really trained on, even when given explicitly
-        distill.finished_run(path, distill.run_identity(cfg, data_cfg=DataConfig(train_limit=300),
+        runs.finished_run(path, runs.run_identity(cfg, data_cfg=DataConfig(train_limit=300),
                                                         provenance_key="key-1"))
     assert e.value.field == "data.train_limit"
 
@@ -74,13 +74,13 @@ def test_a_folder_without_a_valid_leaderboard_is_an_unfinished_run(tmp_path):
     board = os.path.join(path, "leaderboard.json")
     text = open(board).read()
     open(board, "w").write(text[: len(text) // 2])  # truncated, as a full disk used to leave it
-    assert distill.finished_run(path, _identity(cfg)) is None
+    assert runs.finished_run(path, _identity(cfg)) is None
     os.remove(board)
-    assert distill.finished_run(path, _identity(cfg)) is None
+    assert runs.finished_run(path, _identity(cfg)) is None
     # A report from before runs recorded their config cannot be proven identical: refused, not reused.
     write_report(path, [TEACHER_ROW], {"store": "s.zarr"})
     with pytest.raises(UserError, match="does not record its config"):
-        distill.finished_run(path, _identity(cfg))
+        runs.finished_run(path, _identity(cfg))
 
 
 # ---------------------------------------------------------------- through the CLI
@@ -246,7 +246,7 @@ def test_students_failed_by_a_data_error_are_retrained_by_the_same_command_and_o
 
 def test_a_run_with_students_failed_by_a_data_error_is_unfinished_and_keeps_the_others(tmp_path):
     cfg = _cfg(tmp_path)
-    path = distill.run_dir(cfg)
+    path = runs.run_dir(cfg)
     ok = {**TEACHER_ROW, "run_id": "baseline-s0", "config_id": "baseline", "kind": "baseline"}
     os.makedirs(os.path.join(path, "students"))
     open(os.path.join(path, "students", "baseline-s0.pt"), "wb").close()
@@ -255,14 +255,14 @@ def test_a_run_with_students_failed_by_a_data_error_is_unfinished_and_keeps_the_
     unreadable = {**distill.failed_row(cfg, spec, "dataset: cannot decode image a/3.jpg", retry=True),
                   "run_id": "other"}
     write_report(path, [TEACHER_ROW, ok, diverged, unreadable], _identity(cfg))
-    assert distill.finished_run(path, _identity(cfg)) is None
-    assert [r["run_id"] for r in distill.kept_rows(path, _identity(cfg))] == ["baseline-s0", spec.run_id]
-    note = distill.unfinished_note([TEACHER_ROW, ok, diverged, unreadable])
+    assert runs.finished_run(path, _identity(cfg)) is None
+    assert [r["run_id"] for r in runs.kept_rows(path, _identity(cfg))] == ["baseline-s0", spec.run_id]
+    note = runs.unfinished_note([TEACHER_ROW, ok, diverged, unreadable])
     assert note.startswith("1 of 3 students failed from a data or I/O error (first: other: dataset: cannot decode")
     with pytest.raises(UserError, match="temperatures"):  # an unfinished run of another grid is not completed
-        distill.kept_rows(path, _identity(DistillConfig(store="s.zarr", report_root=str(tmp_path), run_name="fixed",
+        runs.kept_rows(path, _identity(DistillConfig(store="s.zarr", report_root=str(tmp_path), run_name="fixed",
                                                         temperatures=(2.0,))))
     os.remove(os.path.join(path, "students", "baseline-s0.pt"))  # a trained student without its checkpoint
-    assert [r["run_id"] for r in distill.kept_rows(path, _identity(cfg))] == [spec.run_id]
+    assert [r["run_id"] for r in runs.kept_rows(path, _identity(cfg))] == [spec.run_id]
     write_report(path, [TEACHER_ROW, ok, diverged], _identity(cfg))  # a divergence is a result: finished
-    assert distill.finished_run(path, _identity(cfg)) == path and distill.kept_rows(path, _identity(cfg)) is None
+    assert runs.finished_run(path, _identity(cfg)) == path and runs.kept_rows(path, _identity(cfg)) is None

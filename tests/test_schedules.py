@@ -188,7 +188,7 @@ def test_the_run_forms_defaults_are_the_clis(served):
 
 def test_a_run_from_the_form_with_only_the_store_trains_what_kd_distill_trains(served, digits_store):
     from flows.cli import build_parser, distill_config
-    from pipeline import distill
+    from pipeline import runs
     from pipeline.store import SoftTargetStore
 
     env, output, _ = served
@@ -207,7 +207,7 @@ def test_a_run_from_the_form_with_only_the_store_trains_what_kd_distill_trains(s
         recorded = read_report(run_dir)
         cfg = distill_config(build_parser().parse_args(["distill", "--store", digits_store]), digits_store)
         meta = SoftTargetStore(digits_store).meta
-        expected = distill.run_identity(cfg, data_cfg=meta.data_cfg(), provenance_key=meta.provenance_key)
+        expected = runs.run_identity(cfg, data_cfg=meta.data_cfg(), provenance_key=meta.provenance_key)
         assert {k: recorded["meta"][k] for k in expected} == expected
         students = [r for r in recorded["runs"] if r["kind"] != "teacher"]
         assert len(students) == len(cfg.students()) and {r["params"] for r in students} == {4370}  # width 8

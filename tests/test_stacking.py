@@ -23,6 +23,8 @@ from pipeline.student_group import fit_group
 from pipeline.train import evaluate
 from tests.conftest import DIGITS
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 CPU = torch.device("cpu")
 STEPS = 50  # the first 50 step losses of every student are compared
 RTOL = 1e-5
@@ -45,16 +47,6 @@ OPTIMIZERS = {
 }
 # 2 epochs of 25 steps (400 samples, 16 a step): a warm-up over the first epoch, then cosine.
 COMMON = dict(epochs=2, batch_size=16, schedule="cosine", warmup_epochs=1, clip_grad_norm=0.5, select="last")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Small models on one intra-op thread: as fast as on two, and no spinning threads fighting other
-    # jobs for the cores (on a loaded 2-core machine that multiplied this file's time by five).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

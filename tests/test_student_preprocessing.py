@@ -22,16 +22,10 @@ from pipeline.store import SoftTargetStore
 from pipeline.view_fidelity import verify_views
 from tests.test_model_sources import photos
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TEACHER_MEAN, TEACHER_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 STUDENT_MEAN, STUDENT_STD = (0.5, 0.5, 0.5), (0.25, 0.2, 0.3)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

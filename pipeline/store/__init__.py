@@ -37,13 +37,13 @@ from pipeline.store.meta import (FORMAT_VERSION, SUPPORTED_VERSIONS, DatasetMeta
                                  ManifestMeta, Provenance, SplitMeta, StoreMeta, TeacherMeta, ViewsMeta, now_iso,
                                  software_versions)
 from pipeline.store.paths import exists, is_url, join
-from pipeline.store.reader import SoftTargetStore
+from pipeline.store.reader import SoftTargetStore, open_store
 from pipeline.store.writer import StoreWriter, published_meta
 
 __all__ = [
     "DEFAULT_CHUNK_ROWS", "DEFAULT_SHARD_CHUNKS", "ENCODINGS", "FORMAT_VERSION", "SUPPORTED_VERSIONS",
     "DatasetMeta", "LayoutMeta", "LineageEntry", "ManifestMeta", "Provenance", "SoftTargetStore", "SplitLayout",
     "SplitMeta", "StoreMeta", "StoreWriter", "TeacherMeta", "ViewsMeta", "auto_chunk_rows", "Encoding", "encoding",
-    "exists", "find_stores", "is_url", "join", "layout_for", "now_iso",
+    "exists", "find_stores", "is_url", "join", "layout_for", "now_iso", "open_store",
     "published_meta", "software_versions",
 ]

@@ -2,6 +2,9 @@
 as it is decoded."""
 from __future__ import annotations
 
+import functools
+import json
+
 import os
 from typing import Iterator
 
@@ -303,3 +306,13 @@ class SoftTargetStore:
             "compression_ratio": logits_raw / max(logits_stored, 1),
             "files": self.file_count(),
         }
+
+
+@functools.lru_cache(maxsize=4)
+def _open_store(path: str, options_json: str) -> SoftTargetStore:
+    return SoftTargetStore(path, storage_options=json.loads(options_json) or None)
+
+
+def open_store(path: str, storage_options: dict | None = None) -> SoftTargetStore:
+    """A complete store, opened read-only once per process (complete stores never change)."""
+    return _open_store(path, json.dumps(storage_options or {}, sort_keys=True))
