@@ -12,10 +12,10 @@ import json
 import math
 import os
 
-from pipeline.config import (AugmentConfig, DataConfig, DistillConfig, TeacherConfig, from_dict, student_model,
-                             student_optim)
+from pipeline.config import AugmentConfig, DataConfig, DistillConfig, TeacherConfig, student_model, student_optim
 from pipeline.atomic import write_text_atomic
 from pipeline.report import markdown_table, mean_pm, read_report
+from pipeline.serialize import from_dict
 
 SEEDS = (0, 1, 2)
 TEMPERATURES = (1.0, 2.0, 4.0, 8.0, 20.0)

@@ -25,9 +25,11 @@ from flows import console
 from flows.options import Option, add_options, config_options, dests, values
 from flows.runners import RunnerConfig, task_runner
 from flows.store_commands import add_store_commands
-from pipeline.config import EXPORT_FORMATS, DataConfig, DistillConfig, TeacherConfig, from_dict
+from pipeline.config import DataConfig, DistillConfig, TeacherConfig
 from pipeline.errors import UserError
+from pipeline.names import EXPORT_FORMATS
 from pipeline.presets import PRESETS, check_preset
+from pipeline.serialize import from_dict
 
 EXIT_USER_ERROR = 2
 EXIT_RUN_FAILED = 1

@@ -12,8 +12,8 @@ import sys
 from dataclasses import dataclass
 
 from flows import CONSOLE_LEVEL, QUIET_LEVEL
-from pipeline.config import option
 from pipeline.errors import UserError
+from pipeline.fields import option
 
 
 @dataclass(frozen=True)

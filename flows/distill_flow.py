@@ -16,8 +16,9 @@ from flows.retries import IO_RETRIES
 from flows.run_labels import label_run, publish_report, run_tags
 from pipeline import distill, report, runs
 from pipeline.locks import run_lock
-from pipeline.config import DistillConfig, StudentSpec
+from pipeline.config import DistillConfig
 from pipeline.errors import UserError
+from pipeline.grid import StudentSpec
 
 
 @task(cache_policy=NO_CACHE, **IO_RETRIES)

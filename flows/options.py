@@ -1,8 +1,8 @@
 """Command-line options generated from the config dataclasses, and configs built back from them.
 
-A config class is walked field by field (see :func:`pipeline.config.option` for what a field
+A config class is walked field by field (see :func:`pipeline.fields.option` for what a field
 carries): each plain field becomes one option, each nested config a group of options, and the
-parsed values become a nested dict that :func:`pipeline.config.from_dict` turns back into the
+parsed values become a nested dict that :func:`pipeline.serialize.from_dict` turns back into the
 config, the dataclass filling in whatever was not given. Types map to argparse as: ``bool`` ->
 ``--x/--no-x``; ``int``/``float``/``str`` -> one value; ``int | None``/``float | None`` -> a number
 or ``off``; ``tuple[X, ...]`` -> several values (or one joined by the field's separator);
@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.config import config_class
+from pipeline.serialize import config_class
 
 OFF = "off"  # what an optional number takes to switch it off (None)
 
@@ -34,7 +34,7 @@ class Option:
     default: Any  # the config's default, shown in --help (MISSING: a required option)
     default_text: str | None = None  # how the default reads where the value alone would not say it
     suppress: bool = False  # absent from the parsed namespace unless given (the config's default applies)
-    inherit: bool = True  # see pipeline.config.option
+    inherit: bool = True  # see pipeline.fields.option
     kwargs: dict = dataclasses.field(default_factory=dict)  # argparse's type, nargs, choices, action, metavar
     separator: str | None = None  # a tuple given as one argument, joined by this
     choices: tuple | None = None

@@ -19,7 +19,8 @@ from pydantic import TypeAdapter, WithJsonSchema
 
 from flows.options import defaults
 from flows.runners import RunnerConfig
-from pipeline.config import DistillConfig, TeacherConfig, config_class
+from pipeline.config import DistillConfig, TeacherConfig
+from pipeline.serialize import config_class
 
 
 def _inline(node: Any, defs: dict) -> Any:

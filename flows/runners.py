@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.config import option
 from pipeline.errors import UserError
+from pipeline.fields import option
 
 RUNNERS = ("thread", "dask")
 

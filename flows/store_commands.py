@@ -7,8 +7,9 @@ import os
 import sys
 
 from flows.options import defaults, json_object
-from pipeline.config import STORAGE_OPTIONS_HELP, TeacherConfig
+from pipeline.config import TeacherConfig
 from pipeline.errors import UserError
+from pipeline.fields import STORAGE_OPTIONS_HELP
 
 
 def _human_bytes(n: float) -> str:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 import re
 
-from pipeline.config import ModelConfig, parse_arch
+from pipeline.architectures import parse_arch
+from pipeline.config import ModelConfig
 from pipeline.errors import UserError
 
 

@@ -17,11 +17,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline.config import AugmentConfig, DataConfig, DistillConfig, StudentSpec, check_augment_overlap
+from pipeline.config import AugmentConfig, DataConfig, DistillConfig
 from pipeline.checkpoints import load_store_teacher, save_state_dict
 from pipeline.compat import check_compatible
 from pipeline.data import Dataset, store_dataset
 from pipeline.errors import UserError
+from pipeline.grid import StudentSpec
 from pipeline.loader import SoftTargetLoader, fits_cache
 from pipeline.metrics import expected_calibration_error
 from pipeline.models import check_source, count_parameters, measure_latency, model_size_mb, resolve_device
@@ -30,6 +31,7 @@ from pipeline.runs import run_dir, run_identity
 from pipeline.store import SoftTargetStore, open_store
 from pipeline.student_group import fit_group
 from pipeline.train import Progress, build_seeded, evaluate_group
+from pipeline.validation import check_augment_overlap
 
 log = logging.getLogger(__name__)
 

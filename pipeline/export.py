@@ -19,10 +19,12 @@ from torch import nn
 
 from pipeline.atomic import write_atomic
 from pipeline.checkpoints import load_model
-from pipeline.config import EXPORT_FORMATS, ModelConfig, from_dict
+from pipeline.config import ModelConfig
 from pipeline.errors import UserError
+from pipeline.names import EXPORT_FORMATS
 from pipeline.output_checks import check_output_folder
 from pipeline.report import LEADERBOARD, read_report
+from pipeline.serialize import from_dict
 
 FORMATS = EXPORT_FORMATS
 SUFFIXES = {"torchscript": ".pt", "onnx": ".onnx", "safetensors": ".safetensors"}
@@ -156,6 +158,7 @@ def _safetensors(model: nn.Module, example: torch.Tensor, check: torch.Tensor, o
 
 
 EXPORTERS = {"torchscript": _torchscript, "onnx": _onnx, "safetensors": _safetensors}
+assert tuple(EXPORTERS) == EXPORT_FORMATS, "declare the export formats' names in pipeline/names.py"
 
 
 def export(run_dir: str, run_id: str, fmt: str = "torchscript", out: str | None = None) -> Exported:

@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from pipeline import names
 from pipeline.errors import UserError
 
 
@@ -89,6 +90,7 @@ SOFT_LOSSES: dict[str, SoftLoss] = {
     "soft_ce": soft_ce_loss,
     "mse": mse_loss,
 }
+assert tuple(SOFT_LOSSES) == names.SOFT_LOSSES, "declare the soft losses' names in pipeline/names.py"
 
 
 def distillation_loss(

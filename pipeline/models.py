@@ -19,10 +19,13 @@ import torch
 from torch import nn
 
 from pipeline import preprocessing
-from pipeline.config import ModelConfig, Preprocessing, check_arch, parse_arch
+from pipeline.architectures import check_arch, parse_arch
+from pipeline.config import ModelConfig
 from pipeline.errors import UserError
 from pipeline.file_hash import sha256_file
 from pipeline.model_sources import file_source, py_source, timm_source, torchvision_source
+from pipeline.names import BUILTIN_ARCHS, MODEL_SOURCES
+from pipeline.preprocessing_spec import Preprocessing
 from pipeline.weights import (TIMM_PRETRAINED, WeightsFile, head_outputs, load_into, read_state_dict,
                               replace_head, timm_file, torchvision_file)
 
@@ -59,6 +62,7 @@ MODELS: dict[str, Callable[[ModelConfig, InputShape, int], nn.Module]] = {
     "mlp": mlp,
     "cnn": cnn,
 }
+assert tuple(MODELS) == BUILTIN_ARCHS, "declare the built-in architectures' names in pipeline/names.py"
 
 
 def _first_conv(model: nn.Module) -> tuple[nn.Module, str, nn.Conv2d]:
@@ -102,6 +106,7 @@ SOURCES: dict[str, Callable[[ModelConfig, str, InputShape, int], nn.Module]] = {
     "py": py_source,
     "file": file_source,
 }
+assert tuple(SOURCES) == MODEL_SOURCES, "declare the model sources' names in pipeline/names.py"
 
 
 def weights_file(cfg: ModelConfig, *, download: bool = False) -> WeightsFile | None:

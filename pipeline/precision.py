@@ -14,9 +14,13 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from pipeline import names
+
 # The precisions a pass can compute in, by the name a store records, with their significant bits (mantissa + 1).
 PRECISIONS: dict[str, torch.dtype | None] = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SIGNIFICANT_BITS = {"float32": 24, "float16": 11, "bfloat16": 8}
+assert tuple(PRECISIONS) == names.PRECISIONS and set(SIGNIFICANT_BITS) == set(PRECISIONS), \
+    "declare the precisions' names in pipeline/names.py"
 
 
 def autocast_dtype(device: torch.device, *,

@@ -1,6 +1,6 @@
 """A model's evaluation preprocessing: where it comes from, and the part of it a model applies itself.
 
-The values (:class:`pipeline.config.Preprocessing`: resize, crop, interpolation, mean, std) come from the
+The values (:class:`pipeline.preprocessing_spec.Preprocessing`: resize, crop, interpolation, mean, std) come from the
 model's source, and explicit options override them:
 
 - a torchvision weights enum (``--weights IMAGENET1K_V1``, or ``--preprocessing IMAGENET1K_V1`` for weights
@@ -24,8 +24,11 @@ import math
 import torch
 from torch import nn
 
-from pipeline.config import INTERPOLATIONS, ModelConfig, Preprocessing, parse_arch
+from pipeline.architectures import parse_arch
+from pipeline.config import ModelConfig
 from pipeline.errors import UserError
+from pipeline.names import INTERPOLATIONS
+from pipeline.preprocessing_spec import Preprocessing
 
 NONE = "none"
 

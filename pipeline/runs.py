@@ -13,11 +13,14 @@ import logging
 import os
 import time
 
-from pipeline.config import DataConfig, DistillConfig, StudentSpec, config_hash, is_plain_name, to_dict
+from pipeline.config import DataConfig, DistillConfig
 from pipeline.errors import UserError
+from pipeline.grid import StudentSpec
 from pipeline.locks import check_not_running
 from pipeline.output_checks import check_output_folder
+from pipeline.serialize import config_hash, to_dict
 from pipeline.store import open_store
+from pipeline.validation import is_plain_name
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,9 @@ import torch
 from torch import nn
 
 from pipeline import stacking
-from pipeline.config import AugmentConfig, ModelConfig, OptimConfig, StudentSpec
+from pipeline.config import AugmentConfig, ModelConfig, OptimConfig
 from pipeline.data import Split
+from pipeline.grid import StudentSpec
 from pipeline.loader import SoftTargetLoader
 from pipeline.losses import distillation_loss
 from pipeline.train import Mix, Objective, Progress, TrainResult, build_trainee, collect_results, run_epochs

@@ -20,15 +20,17 @@ from tqdm.auto import tqdm
 
 from pipeline import preprocessing, views
 from pipeline.checkpoints import load_model, save_state_dict
-from pipeline.config import TeacherConfig, config_hash, to_dict
+from pipeline.config import TeacherConfig
 from pipeline.data import Dataset, open_dataset
 from pipeline.errors import StoreError, UserError, disk_full_is_a_user_error
 from pipeline.file_hash import sha256_file
 from pipeline.loader import read_batches, row_batches
 from pipeline.models import SourcePlan, check_source, count_parameters, resolve_device
+from pipeline.names import SPLITS
 from pipeline.output_checks import check_output_folder, check_store_root
 from pipeline.precision import compute_dtype, precision_name, prepare, widest
-from pipeline.store import (SPLITS, DatasetMeta, LineageEntry, Provenance, SoftTargetStore, StoreWriter, TeacherMeta,
+from pipeline.serialize import config_hash, to_dict
+from pipeline.store import (DatasetMeta, LineageEntry, Provenance, SoftTargetStore, StoreWriter, TeacherMeta,
                             ViewsMeta, join, now_iso, published_meta, software_versions)
 from pipeline.store.codec import encoding
 from pipeline.store.layout import MAX_CHUNK_BYTES, chunk_bytes

@@ -16,7 +16,7 @@ through one of two pipelines, built from the data config:
   drawn per sample from a generator seeded by (seed, epoch, sample id), so any
   DataLoader worker draws the same crop for the same sample.
 
-A teacher with its own evaluation preprocessing (:class:`pipeline.config.Preprocessing`: a pretrained
+A teacher with its own evaluation preprocessing (:class:`pipeline.preprocessing_spec.Preprocessing`: a pretrained
 model's resize, crop and interpolation) replaces the eval resize and crop with its own, applied to image
 files as torchvision's and timm's evaluation transforms apply them (PIL's resize of the decoded image, then
 the center crop), so the pixels equal those libraries' to the bit; its mean and std are recorded here too
@@ -36,7 +36,9 @@ import numpy as np
 import torch
 from torchvision.transforms import v2
 
-from pipeline.config import Preprocessing, config_hash
+from pipeline.names import TRAIN_TRANSFORMS
+from pipeline.preprocessing_spec import Preprocessing
+from pipeline.serialize import config_hash
 
 # The record of version 1 (every dataset as float32 in [0, 1], image folders squashed to 32x32).
 # digits without --image-size still gets exactly this preprocessing (its float pixels pass through
@@ -51,6 +53,7 @@ TRAIN_OPS: dict[str, Callable[[tuple[int, int]], v2.Transform]] = {
     "random-resized-crop": lambda size: v2.RandomResizedCrop(size, antialias=True),
     "hflip": lambda size: v2.RandomHorizontalFlip(p=0.5),
 }
+assert tuple(TRAIN_OPS) == TRAIN_TRANSFORMS, "declare the training ops' names in pipeline/names.py"
 
 
 def transform_hash(record: dict = TRANSFORM) -> str:

@@ -11,7 +11,8 @@ import sys
 import pytest
 
 from flows.cli import main
-from pipeline.config import DataConfig, DistillConfig, OptimConfig, TeacherConfig, from_dict
+from pipeline.config import DataConfig, DistillConfig, OptimConfig, TeacherConfig
+from pipeline.serialize import from_dict
 from tests.conftest import cli_fails, flip_byte, shard_file
 
 

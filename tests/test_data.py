@@ -11,8 +11,10 @@ import pytest
 import torch
 
 from pipeline.config import DataConfig
-from pipeline.data import SPLITS, Split, check_dataset_name, load_dataset
+from pipeline.data import Split, check_dataset_name, load_dataset
+from pipeline.data.sources import TORCHVISION
 from pipeline.errors import UserError
+from pipeline.names import DATASETS, SPLITS
 
 N_DIGITS = 1797
 
@@ -259,12 +261,12 @@ def test_unknown_dataset_name_is_a_user_error(name):
         check_dataset_name(name)
 
 
-def test_known_dataset_names_pass_the_check():
-    for name in ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "imagefolder:/anywhere"):
-        check_dataset_name(name)
+@pytest.mark.parametrize("name", [*DATASETS, "imagefolder:/anywhere"])
+def test_known_dataset_names_pass_the_check(name):
+    check_dataset_name(name)
 
 
-@pytest.mark.parametrize("name", ["mnist", "fashion-mnist", "cifar10", "cifar100"])
+@pytest.mark.parametrize("name", list(TORCHVISION))
 def test_missing_torchvision_dataset_asks_for_download_offline(name, tmp_path, no_network):
     with pytest.raises(UserError) as exc:
         load_dataset(DataConfig(name=name, root=str(tmp_path), download=False))
@@ -485,13 +487,6 @@ def test_truncated_idx_file_is_a_one_line_error(tmp_path):
 
 
 # --- data options ----------------------------------------------------------------------------------
-
-
-def test_train_transform_names_match_the_registry():
-    from pipeline.config import TRAIN_TRANSFORMS
-    from pipeline.transforms import TRAIN_OPS
-
-    assert tuple(TRAIN_OPS) == TRAIN_TRANSFORMS
 
 
 @pytest.mark.parametrize("kwargs, field", [({"image_size": 0}, "image_size"),

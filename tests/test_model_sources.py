@@ -18,7 +18,8 @@ from PIL import Image
 from pipeline import teacher
 from pipeline.config import DataConfig, ModelConfig, OptimConfig, TeacherConfig
 from pipeline.data.folder import read_manifest
-from pipeline.store import SPLITS, SoftTargetStore
+from pipeline.names import SPLITS
+from pipeline.store import SoftTargetStore
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

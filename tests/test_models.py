@@ -5,12 +5,12 @@ import pytest
 import torch
 from torch import nn
 
+from pipeline.architectures import check_arch
 from pipeline.config import ModelConfig
 from pipeline.errors import UserError
 from pipeline.models import (
     MODELS,
     build_model,
-    check_arch,
     count_parameters,
     measure_latency,
     model_size_mb,
@@ -43,7 +43,7 @@ def _first_conv(model: nn.Module) -> nn.Conv2d:
 # --- built-ins -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+@pytest.mark.parametrize("arch", list(MODELS))
 def test_builtin_forward_shape(arch, x):
     model = build_model(ModelConfig(arch=arch, width=8), SHAPE, 10)
     for mode in (model.train, model.eval):
@@ -53,7 +53,7 @@ def test_builtin_forward_shape(arch, x):
         assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+@pytest.mark.parametrize("arch", list(MODELS))
 def test_builtin_backward_reaches_every_parameter(arch, x):
     model = build_model(ModelConfig(arch=arch, width=4), SHAPE, 10)
     model(x).sum().backward()
@@ -77,7 +77,7 @@ def test_cnn_parameter_count_by_hand():
     assert count_parameters(model) == convs + bns + head
 
 
-@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+@pytest.mark.parametrize("arch", list(MODELS))
 def test_width_changes_parameter_count(arch):
     counts = [count_parameters(build_model(ModelConfig(arch=arch, width=w), SHAPE, 10)) for w in (4, 8, 16)]
     assert counts[0] < counts[1] < counts[2]
@@ -156,12 +156,12 @@ def test_unknown_arch_far_from_everything_lists_builtins():
     with pytest.raises(UserError) as exc:
         check_arch("qqqqqqqqqqqqqqqqqqqqqq")
     assert exc.value.field == "arch"
-    assert "mlp" in exc.value.fix and "cnn" in exc.value.fix
+    assert all(name in exc.value.fix for name in MODELS)
 
 
-def test_known_archs_pass_the_check():
-    for name in ("mlp", "cnn", "resnet18", "mobilenet_v3_small"):
-        check_arch(name)
+@pytest.mark.parametrize("name", [*MODELS, "resnet18", "mobilenet_v3_small"])
+def test_known_archs_pass_the_check(name):
+    check_arch(name)
 
 
 # --- sizes ---------------------------------------------------------------------------------------

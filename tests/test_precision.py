@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from pipeline import precision
-from pipeline.store import meta
 
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")
 
@@ -34,7 +33,6 @@ def test_compute_dtype_follows_the_device_unless_overridden():
 def test_precision_names_and_the_widest_of_two():
     assert [precision.precision_name(d) for d in (None, torch.bfloat16, torch.float16)] == \
         ["float32", "bfloat16", "float16"]
-    assert set(precision.PRECISIONS) == set(meta.PRECISIONS) == set(precision.SIGNIFICANT_BITS)
     assert precision.widest("float32", "bfloat16") == precision.widest("bfloat16", "float16") == "bfloat16"
     assert precision.widest("float16", "float32") == "float16"
     assert precision.widest("float32", "float32") == "float32"

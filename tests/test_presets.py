@@ -9,8 +9,9 @@ import torch
 
 from flows.cli import distill_config, parse_args, student_namespace, teacher_config
 from pipeline import distill, teacher
-from pipeline.config import DistillConfig, TeacherConfig, from_dict
+from pipeline.config import DistillConfig, TeacherConfig
 from pipeline.presets import PRESETS
+from pipeline.serialize import from_dict
 from pipeline.store import SoftTargetStore
 
 

@@ -160,7 +160,7 @@ def test_the_run_forms_defaults_are_the_clis(served):
     `kd distill` and `kd run` would build, at every level, whichever way a form fills nested fields."""
     from flows.cli import build_parser, distill_config, runner_config, student_namespace, teacher_config
     from flows.parameters import FROM_TEACHER
-    from pipeline.config import to_dict
+    from pipeline.serialize import to_dict
 
     env, output, _ = served
     output("distill/distill: no schedule")

@@ -11,10 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.config import OPTIMIZERS as OPTIMIZER_NAMES
-from pipeline.config import AugmentConfig, ModelConfig, OptimConfig, StudentSpec
+from pipeline.config import AugmentConfig, ModelConfig, OptimConfig
 from pipeline.data import Split, load_dataset
+from pipeline.grid import StudentSpec
 from pipeline.loader import SoftTargetLoader
+from pipeline.names import OPTIMIZERS as OPTIMIZER_NAMES
 from pipeline.optim import make_optimizer, make_schedule
 from pipeline.stacking.optim import StackedOptimizer, clip_per_student, lr_table
 from pipeline.store import SoftTargetStore
@@ -164,13 +165,13 @@ class ItemGate(nn.Module):
 
 
 def test_a_model_that_does_not_vectorise_falls_back_to_the_loop(ds, train, monkeypatch, caplog):
-    from pipeline import config, models
+    from pipeline import architectures, models
 
     # Registered as a built-in for this test only: in the model registry and in the names
-    # config.check_arch accepts (monkeypatch restores both).
+    # architectures.check_arch accepts (monkeypatch restores both).
     monkeypatch.setitem(models.MODELS, "gated", lambda cfg, shape, n: nn.Sequential(
         nn.Flatten(), nn.Linear(math.prod(shape), n), ItemGate()))
-    monkeypatch.setattr(config, "BUILTIN_ARCHS", (*config.BUILTIN_ARCHS, "gated"))
+    monkeypatch.setattr(architectures, "BUILTIN_ARCHS", (*architectures.BUILTIN_ARCHS, "gated"))
     specs = [StudentSpec(loss="hard", temperature=1.0, alpha=0.0, beta=None, seed=s) for s in (0, 1)]
     optim = OptimConfig(epochs=1)
     with caplog.at_level(logging.INFO, logger="pipeline.student_group"):

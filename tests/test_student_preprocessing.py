@@ -135,7 +135,7 @@ def test_stacked_students_keep_their_own_preprocessing():
     would skip it), and a stack scores each exactly as the student alone."""
     from pipeline.stacking.stack import StackedStudents
     from pipeline.stacking.optim import lr_table
-    from pipeline.config import StudentSpec
+    from pipeline.grid import StudentSpec
     from pipeline.train import build_seeded
 
     cfg = ModelConfig(arch="cnn", width=4, crop=6, mean=(0.5,), std=(0.2,))

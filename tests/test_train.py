@@ -8,8 +8,9 @@ import os
 import pytest
 import torch
 
-from pipeline.config import AugmentConfig, ModelConfig, OptimConfig, StudentSpec
+from pipeline.config import AugmentConfig, ModelConfig, OptimConfig
 from pipeline.data import load_dataset
+from pipeline.grid import StudentSpec
 from pipeline.loader import SoftTargetLoader
 from pipeline.store import SoftTargetStore
 from pipeline.optim import make_optimizer, make_schedule

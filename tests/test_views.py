@@ -156,7 +156,7 @@ def test_distilling_from_mixed_views_uses_the_mixed_labels(mixed_store, tmp_path
 def test_a_student_trains_the_same_alone_or_in_a_mixed_view_group(mixed_store):
     """Replayed mixed views, λ-weighted labels and the shared batch stream leave nothing for group mates to
     change: a student ends bit-identical alone and beside two others."""
-    from pipeline.config import StudentSpec
+    from pipeline.grid import StudentSpec
     from pipeline.student_group import fit_group
 
     store = SoftTargetStore(mixed_store)

@@ -6,9 +6,9 @@
 - :mod:`pipeline.data.dataset`: :class:`Split` and :class:`Dataset`, streamed fingerprints;
 - :mod:`pipeline.data.registry`: names -> datasets, seeded stratified splits, label noise, limits.
 """
-from pipeline.data.dataset import SPLITS, Dataset, Split
+from pipeline.data.dataset import Dataset, Split
 from pipeline.data.registry import (DATASETS, add_label_noise, check_data_root, check_dataset_name, load_dataset,
                                     open_dataset, store_dataset)
 
-__all__ = ["SPLITS", "DATASETS", "Dataset", "Split", "add_label_noise", "check_data_root", "check_dataset_name",
+__all__ = ["DATASETS", "Dataset", "Split", "add_label_noise", "check_data_root", "check_dataset_name",
            "load_dataset", "open_dataset", "store_dataset"]

@@ -20,8 +20,6 @@ from pipeline.data.folder import FolderSource
 from pipeline.data.sources import ArraySource, Source
 from pipeline.transforms import Preprocess, apply_seeded, sample_seed
 
-SPLITS = ("train", "val", "test")
-
 
 def _held(array: np.ndarray) -> np.ndarray:
     return array

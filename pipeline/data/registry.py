@@ -17,10 +17,10 @@ from pipeline.config import DataConfig
 from pipeline.data.dataset import Dataset, Split
 from pipeline.data.folder import FolderSource, RecordedFolder, native_size
 from pipeline.data.sources import TORCHVISION, Source, cifar_sources, digits_source, locate, mnist_sources
+from pipeline import names
 from pipeline.errors import UserError
+from pipeline.names import IMAGEFOLDER
 from pipeline.transforms import Preprocess
-
-IMAGEFOLDER = "imagefolder:"
 
 
 def _hold_out(idx: np.ndarray, labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -96,6 +96,7 @@ DATASETS: dict[str, Callable[[DataConfig], Dataset]] = {
     "cifar10": _torchvision_loader(cifar_sources),
     "cifar100": _torchvision_loader(cifar_sources),
 }
+assert tuple(DATASETS) == names.DATASETS, "declare the datasets' names in pipeline/names.py"
 assert set(TORCHVISION) <= set(DATASETS)
 
 

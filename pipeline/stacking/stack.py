@@ -35,7 +35,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from pipeline.config import OptimConfig, StudentSpec
+from pipeline.config import OptimConfig
+from pipeline.grid import StudentSpec
 from pipeline.losses import hard_term_weight, weighted_distillation_loss
 from pipeline.stacking import grouped
 from pipeline.stacking.optim import StackedOptimizer, clip_per_student

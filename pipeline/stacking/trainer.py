@@ -11,8 +11,9 @@ import torch
 
 from pipeline import finetune
 from pipeline.augment import Augmenter
-from pipeline.config import OptimConfig, StudentSpec
+from pipeline.config import OptimConfig
 from pipeline.data import Split
+from pipeline.grid import StudentSpec
 from pipeline.loader import BatchReader, SoftTargetLoader
 from pipeline.stacking.cost import cpu_reason_not_to_batch
 from pipeline.stacking.optim import lr_table

@@ -31,7 +31,7 @@ as types), ``contract`` (the arrays the attributes define, checked at open),
 """
 from pipeline.store.catalog import find_stores
 from pipeline.store.codec import ENCODINGS, Encoding, encoding
-from pipeline.store.layout import (DEFAULT_CHUNK_ROWS, DEFAULT_SHARD_CHUNKS, SPLITS, SplitLayout, auto_chunk_rows,
+from pipeline.store.layout import (DEFAULT_CHUNK_ROWS, DEFAULT_SHARD_CHUNKS, SplitLayout, auto_chunk_rows,
                                    layout_for)
 from pipeline.store.meta import (FORMAT_VERSION, SUPPORTED_VERSIONS, DatasetMeta, LayoutMeta, LineageEntry,
                                  ManifestMeta, Provenance, SplitMeta, StoreMeta, TeacherMeta, ViewsMeta, now_iso,
@@ -41,7 +41,7 @@ from pipeline.store.reader import SoftTargetStore, open_store
 from pipeline.store.writer import StoreWriter, published_meta
 
 __all__ = [
-    "DEFAULT_CHUNK_ROWS", "DEFAULT_SHARD_CHUNKS", "ENCODINGS", "FORMAT_VERSION", "SPLITS", "SUPPORTED_VERSIONS",
+    "DEFAULT_CHUNK_ROWS", "DEFAULT_SHARD_CHUNKS", "ENCODINGS", "FORMAT_VERSION", "SUPPORTED_VERSIONS",
     "DatasetMeta", "LayoutMeta", "LineageEntry", "ManifestMeta", "Provenance", "SoftTargetStore", "SplitLayout",
     "SplitMeta", "StoreMeta", "StoreWriter", "TeacherMeta", "ViewsMeta", "auto_chunk_rows", "Encoding", "encoding",
     "exists", "find_stores", "is_url", "join", "layout_for", "now_iso", "open_store",

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline import names
 from pipeline.errors import UserError
 
 Columns = dict[str, tuple[tuple[int, ...], type, float | int]]  # array -> (shape after the row axis, dtype, fill)
@@ -98,7 +99,7 @@ ENCODINGS: dict[str, Callable[[str | None], Encoding]] = {
     "float32": lambda _: Dense("float32", np.float32, (1e-5, 1e-4)),
     "topk": lambda k: TopK(int(k)),  # topk:K, K classes kept per sample
 }
-SPELLINGS = ("float16", "float32", "topk:K")  # how --help lists them
+assert tuple(ENCODINGS) == names.ENCODINGS, "declare the encodings' names in pipeline/names.py"
 
 
 def encoding(text: str) -> Encoding:

@@ -15,7 +15,8 @@ import numpy as np
 
 from pipeline.errors import StoreError, UserError
 from pipeline.store.codec import encoding
-from pipeline.store.layout import MAX_CHUNK_BYTES, SPLITS, chunk_bytes
+from pipeline.names import SPLITS
+from pipeline.store.layout import MAX_CHUNK_BYTES, chunk_bytes
 from pipeline.store.meta import StoreMeta
 
 # labels and ids are one chunk each up to this many rows (they are read whole).

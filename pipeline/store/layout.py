@@ -5,7 +5,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SPLITS = ("train", "val", "test")
 DEFAULT_CHUNK_ROWS = None  # auto: about CHUNK_TARGET_BYTES of decoded logits per chunk
 DEFAULT_SHARD_CHUNKS = 16
 # Each chunk read costs a fixed overhead (zarr's machinery, one codec call), so chunks must be big

@@ -24,8 +24,10 @@ import typing
 from dataclasses import dataclass, fields, is_dataclass
 from typing import Any, cast
 
-from pipeline.config import MODEL_SOURCES, AugmentConfig, DataConfig, MixConfig, ModelConfig, from_dict
+from pipeline.config import AugmentConfig, DataConfig, MixConfig, ModelConfig
 from pipeline.errors import StoreError, UserError
+from pipeline.names import MODEL_SOURCES, PRECISIONS
+from pipeline.serialize import from_dict
 
 # 2: a views axis (N, V, C) on every logits array. 3: a manifest of per-shard content hashes, and each split's
 # row count in its layout (the shape every array must have). 4: teacher.precision, the precision the logits were
@@ -34,7 +36,6 @@ from pipeline.errors import StoreError, UserError
 # (version 4 stores are still read: a bare-named model from scratch, no preprocessing, no class map).
 FORMAT_VERSION = 5
 SUPPORTED_VERSIONS = (3, 4, 5)
-PRECISIONS = ("float32", "bfloat16", "float16")  # pipeline.precision.PRECISIONS (this module imports no torch)
 REWRITE = "the store's attributes are damaged or from another version; rewrite it with `kd teacher`"
 _ABSENT = object()
 
@@ -138,10 +139,10 @@ class TeacherMeta(_Record):
     # format_version 4 on (StoreMeta checks it); None only in a version 3 store, which did not record it.
     precision: str | None = None
     # Where the model came from (format_version 5 on; None in older stores: "builtin"): its source
-    # (pipeline.config.MODEL_SOURCES), the pretrained weights it started from (what named them: an enum, a hub id,
-    # a path) and their sha256, its evaluation preprocessing (pipeline.config.Preprocessing as JSON), and, for a
-    # teacher used as it is, its own number of outputs and the class map: the output of each dataset class, in the
-    # dataset's order, with the model's name for it.
+    # (pipeline.names.MODEL_SOURCES), the pretrained weights it started from (what named them: an enum, a hub id,
+    # a path) and their sha256, its evaluation preprocessing (pipeline.preprocessing_spec.Preprocessing as JSON),
+    # and, for a teacher used as it is, its own number of outputs and the class map: the output of each dataset
+    # class, in the dataset's order, with the model's name for it.
     source: str | None = None
     weights: str | None = None
     weights_sha256: str | None = None

@@ -11,10 +11,10 @@ from typing import Iterator
 import numpy as np
 
 from pipeline.errors import StoreError
+from pipeline.names import SPLITS
 from pipeline.store.codec import Encoding, encoding
 from pipeline.store.contract import check_arrays, data_arrays, num_shards
 from pipeline.store.integrity import check_digest, check_transform, shard_ranges
-from pipeline.store.layout import SPLITS
 from pipeline.store.meta import StoreMeta
 from pipeline.store.paths import exists, local_path, zarr_store
 

@@ -20,7 +20,8 @@ from numcodecs import Blosc
 
 import benchlib as B
 from pipeline.augment import Augmenter
-from pipeline.config import AugmentConfig, ModelConfig, OptimConfig, StudentSpec
+from pipeline.config import AugmentConfig, ModelConfig, OptimConfig
+from pipeline.grid import StudentSpec
 from pipeline.data import Split
 from pipeline.loader import SoftTargetLoader, fits_cache
 from pipeline.losses import distillation_loss

@@ -31,12 +31,14 @@ import torch
 import benchlib as B
 from pipeline import teacher
 from pipeline.augment import Augmenter
-from pipeline.config import AugmentConfig, DataConfig, ModelConfig, OptimConfig, StudentSpec, TeacherConfig
+from pipeline.config import AugmentConfig, DataConfig, ModelConfig, OptimConfig, TeacherConfig
 from pipeline.data import open_dataset, store_dataset
 from pipeline.compat import check_compatible
+from pipeline.grid import StudentSpec
 from pipeline.loader import SoftTargetLoader
 from pipeline.models import count_parameters
-from pipeline.store import SPLITS, SoftTargetStore, StoreWriter
+from pipeline.names import SPLITS
+from pipeline.store import SoftTargetStore, StoreWriter
 from pipeline.student_group import student_objective
 from pipeline.train import build_seeded, build_trainee, train_one_epoch
 
