@@ -78,3 +78,34 @@ def test_the_stacking_engine_is_reached_through_its_entry_point_alone():
     # The plain loop and the teacher's stage never import it; the student group does (the scan sees it).
     assert "pipeline/train.py" not in users and "pipeline/teacher.py" not in users
     assert users["pipeline/student_group.py"] == {"pipeline.stacking"}
+
+
+STAGES = {"pipeline.teacher", "pipeline.distill", "pipeline.runs", "pipeline.student_group", "pipeline.train",
+          "pipeline.stacking", "pipeline.view_fidelity", "pipeline.sequential"}
+
+
+def _stage_imports(package: str) -> dict[str, set[str]]:
+    """The stage modules each file of ``package`` imports, at its top or inside a function (``from pipeline
+    import distill`` counts as pipeline.distill)."""
+    found = {}
+    for path in sorted((REPO / package).rglob("*.py")):
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+            if isinstance(node, ast.Import):
+                names |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module)
+                names |= {f"{node.module}.{a.name}" for a in node.names}
+        hit = {n for n in names if any(n == s or n.startswith(s + ".") for s in STAGES)}
+        if hit:
+            found[str(path.relative_to(REPO))] = hit
+    return found
+
+
+@pytest.mark.parametrize("layer", ["pipeline/data", "pipeline/store"])
+def test_the_data_and_store_layers_import_no_stage(layer):
+    assert _stage_imports(layer) == {}
+
+
+def test_the_stage_scan_sees_stage_imports():
+    assert "pipeline.distill" in _stage_imports("flows")["flows/distill_flow.py"]
