@@ -9,16 +9,14 @@ plans its work.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 from pipeline.architectures import check_arch
 from pipeline.errors import UserError
 from pipeline.names import (AUGMENT_OPS, BATCH_MODES, DEVICES, IMAGEFOLDER, INTERPOLATIONS, MIX_OPS, MODES, OPTIMIZERS,
                             SCHEDULES, SELECTIONS, SOFT_LOSSES, TRAIN_TRANSFORMS, VIEW_POLICIES)
 
-if TYPE_CHECKING:  # the configs call in here; only their types are named
-    from pipeline.config import (AugmentConfig, DataConfig, DistillConfig, MixConfig, ModelConfig, OptimConfig,
-                                 Preprocessing, TeacherConfig)
+# The configs (pipeline.config) call in here with themselves: their types are not imported, so the two
+# modules do not import each other.
 
 
 def check(cond: bool, field_name: str, problem: str, fix: str) -> None:
@@ -39,7 +37,7 @@ def is_plain_name(name: str) -> bool:
 AUGMENT_REPEATS = {"crop": "random-resized-crop", "flip": "hflip"}
 
 
-def check_augment_overlap(data: DataConfig, augment: AugmentConfig) -> None:
+def check_augment_overlap(data, augment) -> None:
     """Refuse a crop or flip asked for twice, once per sample (``--train-transform``) and once per batch
     (``--augment``): every image would be cropped or flipped twice over."""
     for op in augment.ops:
@@ -49,7 +47,7 @@ def check_augment_overlap(data: DataConfig, augment: AugmentConfig) -> None:
               "--train-transform (drawn per sample in the data loader's workers)")
 
 
-def check_preprocessing(cfg: Preprocessing) -> None:
+def check_preprocessing(cfg) -> None:
     check_choice(cfg.interpolation, INTERPOLATIONS, "interpolation")
     check(cfg.resize is None or cfg.resize > 0, "resize", f"must be positive, got {cfg.resize}", "use e.g. 256")
     check(cfg.crop is None or cfg.crop > 0, "crop", f"must be positive, got {cfg.crop}", "use e.g. 224")
@@ -66,7 +64,7 @@ def check_preprocessing(cfg: Preprocessing) -> None:
               "use e.g. 0.229 0.224 0.225")
 
 
-def check_data(cfg: DataConfig) -> None:
+def check_data(cfg) -> None:
     check(bool(cfg.name), "dataset", "is empty", "pass e.g. --dataset digits")
     check(cfg.name.strip() != IMAGEFOLDER, "dataset", "imagefolder: names no folder",
           "pass --dataset imagefolder:PATH, PATH holding one sub-folder per class")
@@ -95,7 +93,7 @@ def check_data(cfg: DataConfig) -> None:
           f"drop --image-size, or pass --image-size {crop}")
 
 
-def check_model(cfg: ModelConfig) -> None:
+def check_model(cfg) -> None:
     check(cfg.width > 0, "width", f"must be positive, got {cfg.width}", "use e.g. 32")
     check_arch(cfg.arch)  # here, so that a typo fails before any work
     if cfg.interpolation is not None:
@@ -106,7 +104,7 @@ def check_model(cfg: ModelConfig) -> None:
         check(getattr(cfg, name) is None or bool(getattr(cfg, name)), name, "is empty", f"omit --{name}")
 
 
-def check_optim(cfg: OptimConfig) -> None:
+def check_optim(cfg) -> None:
     check_choice(cfg.name, OPTIMIZERS, "optimizer")
     check_choice(cfg.schedule, SCHEDULES, "schedule")
     check_choice(cfg.select, SELECTIONS, "select")
@@ -145,7 +143,7 @@ def check_optim(cfg: OptimConfig) -> None:
           "use e.g. 1, and leave epochs to train the whole model")
 
 
-def check_augment(cfg: AugmentConfig) -> None:
+def check_augment(cfg) -> None:
     for op in cfg.ops:
         check_choice(op, AUGMENT_OPS, "augment")
     check(cfg.translate >= 0, "translate", f"must be >= 0, got {cfg.translate}", "use e.g. 1")
@@ -158,7 +156,7 @@ def check_augment(cfg: AugmentConfig) -> None:
           f"must be in [0, 1), got {cfg.jitter}", "use e.g. 0.4")
 
 
-def check_mix(cfg: MixConfig) -> None:
+def check_mix(cfg) -> None:
     for op in cfg.ops:
         check_choice(op, MIX_OPS, "view_mix")
     check(len(set(cfg.ops)) == len(cfg.ops), "view_mix", "has duplicates", "list each mix op once")
@@ -169,7 +167,7 @@ def check_mix(cfg: MixConfig) -> None:
         check(math.isfinite(value) and value > 0, name, f"must be > 0, got {value}", "use e.g. 1.0")
 
 
-def check_teacher(cfg: TeacherConfig) -> None:
+def check_teacher(cfg) -> None:
     # The encoding's name is checked by its own registry (pipeline/store/codec.py), first thing in the
     # teacher's plan: the configs stay a leaf of the import graph.
     check_choice(cfg.device, DEVICES, "device")
@@ -189,7 +187,7 @@ def check_teacher(cfg: TeacherConfig) -> None:
     check_augment_overlap(cfg.data, cfg.augment)
 
 
-def check_distill(cfg: DistillConfig) -> None:
+def check_distill(cfg) -> None:
     check(bool(cfg.store), "store", "is empty", "pass --store PATH_OR_URL")
     check_choice(cfg.mode, MODES, "mode")
     check(cfg.workers >= 0, "workers", f"must be >= 0, got {cfg.workers}", "use 0 or e.g. 2")
