@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict
-from typing import TYPE_CHECKING
 
 from pipeline.architectures import parse_arch
 
-if TYPE_CHECKING:  # the configs call in here; only their types are named
-    from pipeline.config import DataConfig, ModelConfig, OptimConfig
+# The configs (pipeline.config) call in here with themselves: their types are not imported, so the two
+# modules do not import each other.
 
 # DataConfig fields added after its key was first defined, with the value that leaves each out of the key.
 DATA_ADDED = {"image_size": None, "train_transform": (), "model_preprocessing": None}
@@ -21,7 +20,7 @@ MODEL_FIRST = ("arch", "width")  # ModelConfig's first key; its later fields are
 OPTIM_ADDED = ("backbone_lr", "freeze_epochs")  # OptimConfig's fine-tuning fields, left out while None
 
 
-def data_key(cfg: DataConfig) -> dict:
+def data_key(cfg) -> dict:
     """The config as a provenance key hashes it. Fields added after the key was first defined are left
     out while they change nothing the key's first definition did not cover (at their defaults, or for
     EXIF orientation, off or without effect), so the stores of an unchanged dataset keep their keys (and
@@ -32,7 +31,7 @@ def data_key(cfg: DataConfig) -> dict:
     return out
 
 
-def data_snapshot(cfg: DataConfig) -> dict:
+def data_snapshot(cfg) -> dict:
     """The config as a report records it (run identities): every field, EXIF orientation only where it
     applies, so reports written before the option compare equal."""
     out = asdict(cfg)
@@ -41,18 +40,18 @@ def data_snapshot(cfg: DataConfig) -> dict:
     return out
 
 
-def model_key(cfg: ModelConfig) -> dict:
+def model_key(cfg) -> dict:
     """The config as provenance keys and run names hash it: fields added after ``arch`` and ``width`` are
     left out at their defaults, so the stores and runs of unchanged configs keep their keys and names."""
     return {k: v for k, v in asdict(cfg).items() if k in MODEL_FIRST or v is not None}
 
 
-def optim_key(cfg: OptimConfig) -> dict:
+def optim_key(cfg) -> dict:
     """As provenance keys and run names hash it: the fine-tuning fields are left out while unset."""
     return {k: v for k, v in asdict(cfg).items() if k not in OPTIM_ADDED or v is not None}
 
 
-def model_slug(cfg: ModelConfig) -> str:
+def model_slug(cfg) -> str:
     """The model as it reads in store and report names: the arch, with anything not plain replaced."""
     source, name = parse_arch(cfg.arch)
     if source == "builtin":

@@ -38,7 +38,7 @@ from torch.func import functional_call, vmap
 from pipeline.config import OptimConfig
 from pipeline.grid import StudentSpec
 from pipeline.losses import hard_term_weight, weighted_distillation_loss
-from pipeline.stacking import grouped
+import pipeline.stacking.grouped as grouped
 from pipeline.stacking.optim import StackedOptimizer, clip_per_student
 
 

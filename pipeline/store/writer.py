@@ -37,7 +37,7 @@ from pipeline.store.lease import acquire as acquire_lease
 from pipeline.store.lease import lease_path
 from pipeline.store.lease import release as release_lease
 from pipeline.store.lease import require as require_lease
-from pipeline.store import codec
+from pipeline.store.codec import encoding as encoding_named  # `encoding` is the writer's own argument
 from pipeline.store.contract import check_arrays, data_arrays, expected_arrays
 from pipeline.store.integrity import ALGORITHM, digest, shard_ranges
 from pipeline.store.layout import DEFAULT_CHUNK_ROWS, DEFAULT_SHARD_CHUNKS, SplitLayout, layout_for
@@ -111,7 +111,7 @@ class StoreWriter:
                  shard_chunks: int = DEFAULT_SHARD_CHUNKS, storage_options: dict | None = None,
                  defer_create: bool = False) -> None:
         num_classes, views = provenance.dataset.num_classes, provenance.views.count
-        codec.encoding(encoding).validate(num_classes)
+        encoding_named(encoding).validate(num_classes)
         self.final, self.storage_options = path, storage_options
         self.encoding, self.num_classes, self.views = encoding, num_classes, views
         self.layouts = {s: layout_for(len(labels), num_classes, chunk_rows, shard_chunks, views)
@@ -336,7 +336,7 @@ class StoreWriter:
             raise self._error
         self.create()
         with np.errstate(over="ignore"):  # an overflowing cast is expected here, and refused just below
-            arrays = codec.encoding(self.encoding).encode(logits)
+            arrays = encoding_named(self.encoding).encode(logits)
         # Finite float32 logits can still overflow the encoding (float16 tops out at 65504): check what is stored.
         for name, values in arrays.items():
             if values.dtype.kind == "f":
