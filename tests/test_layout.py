@@ -19,7 +19,8 @@ def imported_modules(package: str) -> dict[str, set[str]]:
             if isinstance(node, ast.Import):
                 names |= {alias.name for alias in node.names}
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names.add(node.module)
+                # `from pipeline import distill` imports pipeline.distill: each name counts as module.name too
+                names |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
         found[str(path.relative_to(REPO))] = names
     assert found, f"no Python files under {package}/"
     return found
@@ -85,21 +86,10 @@ STAGES = {"pipeline.teacher", "pipeline.distill", "pipeline.runs", "pipeline.stu
 
 
 def _stage_imports(package: str) -> dict[str, set[str]]:
-    """The stage modules each file of ``package`` imports, at its top or inside a function (``from pipeline
-    import distill`` counts as pipeline.distill)."""
-    found = {}
-    for path in sorted((REPO / package).rglob("*.py")):
-        names = set()
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
-            if isinstance(node, ast.Import):
-                names |= {a.name for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names.add(node.module)
-                names |= {f"{node.module}.{a.name}" for a in node.names}
-        hit = {n for n in names if any(n == s or n.startswith(s + ".") for s in STAGES)}
-        if hit:
-            found[str(path.relative_to(REPO))] = hit
-    return found
+    """The stage modules each file of ``package`` imports, at its top or inside a function."""
+    hits = {path: {n for n in names if any(n == s or n.startswith(s + ".") for s in STAGES)}
+            for path, names in imported_modules(package).items()}
+    return {path: hit for path, hit in hits.items() if hit}
 
 
 @pytest.mark.parametrize("layer", ["pipeline/data", "pipeline/store"])
