@@ -67,9 +67,9 @@ class SoftTargetStore:
     def encoding(self) -> str:
         return self.meta.encoding
 
-    @property
+    @functools.cached_property
     def codec(self) -> Encoding:
-        """How the logits are encoded (validated when the store was opened)."""
+        """How the logits are encoded (validated when the store was opened; looked up once, not per read)."""
         return encoding(self.meta.encoding)
 
     def splits(self) -> list[str]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -37,6 +38,7 @@ from pipeline.store.lease import acquire as acquire_lease
 from pipeline.store.lease import lease_path
 from pipeline.store.lease import release as release_lease
 from pipeline.store.lease import require as require_lease
+from pipeline.store.codec import Encoding
 from pipeline.store.codec import encoding as encoding_named  # `encoding` is the writer's own argument
 from pipeline.store.contract import check_arrays, data_arrays, expected_arrays
 from pipeline.store.integrity import ALGORITHM, digest, shard_ranges
@@ -155,6 +157,11 @@ class StoreWriter:
             held.release()
             raise
         self._start_thread()
+
+    @functools.cached_property
+    def codec(self) -> Encoding:
+        """The encoding of this store (a writer created here or attached to a resumed one), looked up once."""
+        return encoding_named(self.encoding)
 
     def create(self) -> None:
         """Write the new store's files (nothing to do for a resumed or reused one, or once done).
@@ -336,7 +343,7 @@ class StoreWriter:
             raise self._error
         self.create()
         with np.errstate(over="ignore"):  # an overflowing cast is expected here, and refused just below
-            arrays = encoding_named(self.encoding).encode(logits)
+            arrays = self.codec.encode(logits)
         # Finite float32 logits can still overflow the encoding (float16 tops out at 65504): check what is stored.
         for name, values in arrays.items():
             if values.dtype.kind == "f":
