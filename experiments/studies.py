@@ -89,8 +89,7 @@ def views_students(report_root: str, run_name: str, store: str, augment: bool, m
 
 def views_table(stale: str, consistent: str, online: str) -> list[dict]:
     """Same student, same seeds: label-only with augmentation, stale clean-view targets, K-view targets, online."""
-    def pick(run_dir: str, kind: str) -> dict:
-        return next(e for e in _board(run_dir) if e["kind"] == kind)
+    pick = _entry
 
     rows = [("label-only, augmented", pick(stale, "baseline")),
             ("clean-view store + augmentation (stale targets)", pick(stale, "student")),
@@ -199,7 +198,9 @@ def gap_share(entry: dict, baseline: dict, teacher: dict) -> dict:
 
 
 def _entry(run_dir: str, kind: str) -> dict:
-    return next(e for e in _board(run_dir) if e["kind"] == kind)
+    """The run's first entry of ``kind``; for ``baseline``, the label-only student on the run's own data (a store
+    with views also trains label-only students on the clean view alone and on unmixed views, marked ``data``)."""
+    return next(e for e in _board(run_dir) if e["kind"] == kind and "data" not in e)
 
 
 def fidelity_table(*, standard: str, kview: str, patient: str) -> list[dict]:

@@ -311,14 +311,15 @@ def _reprint_finished(done: str | None) -> bool:
     return True
 
 
-def _say_if_completing(cfg: DistillConfig, identity: dict) -> None:
+def _say_if_completing(cfg: DistillConfig, identity: dict, baselines: tuple[str, ...]) -> None:
     """One line when the run's folder holds an identical run left unfinished by a data or I/O error."""
     from pipeline import distill, runs
 
     path = runs.run_dir(cfg)
     kept = runs.kept_rows(path, identity)
     if kept is not None:
-        print(runs.resume_line(path, kept, distill.groups(cfg, skip={r["run_id"] for r in kept})))
+        print(runs.resume_line(path, kept, distill.groups(cfg, skip={r["run_id"] for r in kept},
+                                                          baselines=baselines)))
 
 
 def _fail_if_unfinished(run_dir: str) -> None:
@@ -368,11 +369,12 @@ def cmd_distill(a: argparse.Namespace) -> None:
         return
     plan = distill.plan(cfg)  # opens, validates and decodes the store before Prefect starts
     runs.preflight(cfg, data_cfg=plan.data_cfg, provenance_key=plan.store.meta.provenance_key, path=plan.run_dir)
-    _say_if_completing(dataclasses.replace(cfg, run_name=os.path.basename(plan.run_dir)), plan.identity())
+    _say_if_completing(dataclasses.replace(cfg, run_name=os.path.basename(plan.run_dir)), plan.identity(),
+                       plan.baselines)
     from flows.distill_flow import distill_flow
 
     flow = distill_flow.with_options(task_runner=task_runner(runner_config(a)))
-    starting(f"{len(cfg.students())} {cfg.model.arch} students ({_epochs(cfg.optim.epochs)}) from {cfg.store}")
+    starting(f"{len(plan.students())} {cfg.model.arch} students ({_epochs(cfg.optim.epochs)}) from {cfg.store}")
     run_dir = _run_flow(flow, cfg, name=cfg.run_name)
     _print_leaderboard(run_dir)
     _fail_if_unfinished(run_dir)
@@ -380,6 +382,7 @@ def cmd_distill(a: argparse.Namespace) -> None:
 
 def cmd_run(a: argparse.Namespace) -> None:
     from pipeline import distill, runs, teacher
+    from pipeline.grid import store_baselines
     from pipeline.store import open_store
 
     if a.generations < 1:
@@ -393,6 +396,7 @@ def cmd_run(a: argparse.Namespace) -> None:
     with run_stage(a, "teacher"):
         t_plan = teacher.plan(t_cfg)  # checkpoint, store and checkpoint roots, dataset, encoding
     d_cfg = dataclasses.replace(d_cfg, store=t_plan.store_path)
+    baselines = store_baselines(t_cfg.views, bool(t_cfg.view_mix.ops))  # the store's, before it is written
     with run_stage(a, "students"):
         distill.check_views_augment(t_cfg.views, d_cfg.augment)
         if d_cfg.mode == "online" and t_plan.reusable:  # the teacher that online KD reruns is the store's
@@ -409,13 +413,13 @@ def cmd_run(a: argparse.Namespace) -> None:
                               provenance_key=t_plan.provenance_key if g == 1 else None)
             if g == 1:
                 _say_if_completing(cfg, runs.run_identity(cfg, data_cfg=d_cfg.data or t_cfg.data,
-                                                             provenance_key=t_plan.provenance_key))
+                                                             provenance_key=t_plan.provenance_key), baselines)
     from flows.pipeline_flow import kd_pipeline
 
     teacher_part = f"teacher {t_cfg.model.arch} on {t_cfg.data.name}"
     teacher_part = f"the finished store of the {teacher_part}" if t_plan.reusable else \
         f"{teacher_part} ({_epochs(t_cfg.optim.epochs)})"
-    starting(f"{teacher_part}, then {len(d_cfg.students())} {d_cfg.model.arch} students "
+    starting(f"{teacher_part}, then {len(d_cfg.students(baselines))} {d_cfg.model.arch} students "
              f"({_epochs(d_cfg.optim.epochs)})")
     name = first.run_name.removesuffix("-gen1")
     run_dir = _run_flow(kd_pipeline, t_cfg, d_cfg, runner_config(a), a.generations, name=name)

@@ -73,7 +73,8 @@ def distill_flow(config: DistillParameter):
         kept = runs.kept_rows(run_dir, plan.identity())  # an identical run some of whose students failed
         skip = {r["run_id"] for r in kept or ()}
         todo = [(g, name if len(g) == len(full) else ", ".join(s.run_id for s in g))
-                for full, name in zip(distill.groups(config), distill.group_names(config))
+                for full, name in zip(distill.groups(config, baselines=plan.baselines),
+                                      distill.group_names(config, baselines=plan.baselines))
                 for g in [[s for s in full if s.run_id not in skip]] if g]
         if kept is not None:
             logger.info(runs.resume_line(run_dir, kept, [g for g, _ in todo]))
@@ -81,7 +82,7 @@ def distill_flow(config: DistillParameter):
             verify_views(plan)
         futures = [train_students.submit(plan, g, name) for g, name in todo]
         done_rows = {r["run_id"]: r for r in kept or ()} | {row["run_id"]: row for f in futures for row in f.result()}
-        rows = [plan.teacher_row()] + [done_rows[s.run_id] for s in config.students()]
+        rows = [plan.teacher_row()] + [done_rows[s.run_id] for s in plan.students()]
         paths = write_report(run_dir, rows, plan.report_meta())
     publish_report(run_dir)
     students = [r for r in rows if r["kind"] != "teacher"]

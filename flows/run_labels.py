@@ -36,6 +36,8 @@ def publish_report(run_dir: str) -> None:
     board = report.read_report(run_dir)["leaderboard"]
     paths = report.report_paths(run_dir)
     name = os.path.basename(run_dir.rstrip("/"))
-    create_table_artifact(key="leaderboard", table=report.table_rows(board), description=f"Leaderboard of {name}")
+    note = report.baseline_note(board)  # which label-only student "Δ vs base" is against, when there are several
+    create_table_artifact(key="leaderboard", table=report.table_rows(board),
+                          description=f"Leaderboard of {name}" + (f". {note}" if note else ""))
     create_markdown_artifact(key="distill-report", markdown=report.embedded_report(paths["md"], paths["plot"]),
                              description=f"report: {run_dir}")

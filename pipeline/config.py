@@ -333,7 +333,8 @@ class DistillConfig:
     def __post_init__(self) -> None:
         check_distill(self)
 
-    def students(self) -> list[StudentSpec]:
-        """The label-only baseline plus every (loss, T, alpha) point, for every seed."""
+    def students(self, baselines: tuple[str, ...] = ("views",)) -> list[StudentSpec]:
+        """The label-only baselines plus every (loss, T, alpha) point, for every seed. ``baselines``: what the
+        store's views call for (:func:`pipeline.grid.store_baselines`); one baseline for a store without views."""
         return student_grid(losses=self.losses, temperatures=self.temperatures, alphas=self.alphas, beta=self.beta,
-                            seeds=self.seeds, lrs=self.lrs)
+                            seeds=self.seeds, lrs=self.lrs, baselines=baselines)

@@ -22,7 +22,7 @@ from pipeline.checkpoints import load_store_teacher, save_state_dict
 from pipeline.compat import check_compatible
 from pipeline.data import Dataset, store_dataset
 from pipeline.errors import UserError
-from pipeline.grid import StudentSpec
+from pipeline.grid import StudentSpec, store_baselines
 from pipeline.loader import SoftTargetLoader, fits_cache
 from pipeline.metrics import expected_calibration_error
 from pipeline.models import check_source, count_parameters, measure_latency, model_size_mb, resolve_device
@@ -69,6 +69,15 @@ class DistillPlan:
     def teacher_test_logits(self) -> torch.Tensor:
         return torch.from_numpy(decoded_logits(self.store, "test", False))  # (N_test, C)
 
+    @property
+    def baselines(self) -> tuple[str, ...]:
+        """The label-only students this store calls for (:func:`pipeline.grid.store_baselines`)."""
+        return baselines_of(self.store)
+
+    def students(self) -> list[StudentSpec]:
+        """Every student of the run: the config's grid with this store's baselines."""
+        return self.cfg.students(self.baselines)
+
     def train_logits(self) -> np.ndarray | None:
         """The decoded train logits when they fit ``cache_mb``, else None (the loader streams them)."""
         store, cfg = self.store, self.cfg
@@ -102,6 +111,12 @@ class DistillPlan:
                 # The teacher is never built in stage 2: its size is estimated from its parameter count
                 # (float32, buffers not counted) and its latency is not measured.
                 "size_mb": t.params * 4 / 1e6, "size_mb_estimated": True, "latency_ms": None}
+
+
+def baselines_of(store: SoftTargetStore) -> tuple[str, ...]:
+    """The label-only students a store calls for: one, or with teacher views the plain recipe (and the views
+    without their mixing) beside the recipe's own (:func:`pipeline.grid.store_baselines`)."""
+    return store_baselines(store.views, store.meta.views.mix is not None)
 
 
 def check_views_augment(views: int, augment: AugmentConfig) -> None:
@@ -162,43 +177,51 @@ def plan(cfg: DistillConfig) -> DistillPlan:
     return p
 
 
-def groups(cfg: DistillConfig, *, skip: frozenset[str] | set[str] = frozenset()) -> list[list[StudentSpec]]:
-    """The student grid cut into groups that each train in one shared pass.
+def groups(cfg: DistillConfig, *, skip: frozenset[str] | set[str] = frozenset(),
+           baselines: tuple[str, ...] = ("views",)) -> list[list[StudentSpec]]:
+    """The student grid (with ``baselines``, :meth:`DistillPlan.baselines`) cut into groups that each train in
+    one shared pass.
 
     A group shares its data order and augmentation stream, both seeded by its
     seed, so a group never mixes seeds: runs with different seeds must differ
-    in data order too, or their spread would understate the noise. Every
+    in data order too, or their spread would understate the noise. Nor does it
+    mix what its students see: a label-only student on the clean view alone, or
+    on the views without their mixing, takes a pass of its own. Every
     student of a run has the run's architecture, so a group of two or more
     trains as one stacked model wherever that applies (``pipeline.stacking``):
     up to one seed's students per group, the larger the group the less the
     sweep costs. Students named in ``skip`` (run ids) are left out of their groups (see :func:`kept_rows`);
     a student trains the same in any group.
     """
-    by_seed: dict[int, list[StudentSpec]] = {}
-    for spec in cfg.students():
-        by_seed.setdefault(spec.seed, []).append(spec)
-    cut = [specs[i:i + cfg.group_size] for specs in by_seed.values() for i in range(0, len(specs), cfg.group_size)]
+    by_pass: dict[tuple[int, str], list[StudentSpec]] = {}
+    for spec in cfg.students(baselines):
+        by_pass.setdefault((spec.seed, spec.data), []).append(spec)
+    cut = [specs[i:i + cfg.group_size] for specs in by_pass.values() for i in range(0, len(specs), cfg.group_size)]
     return [g for g in ([s for s in specs if s.run_id not in skip] for specs in cut) if g]
 
 
-def group_names(cfg: DistillConfig) -> list[str]:
+def group_names(cfg: DistillConfig, *, baselines: tuple[str, ...] = ("views",)) -> list[str]:
     """What each group of :func:`groups` trains, in the same order, for its progress bar, progress artifact and
     task run: a lone student's run id (``kl-T4-a0.9-s0``), a seed's students (``seed 0: 5 students``), or part
-    of them when a seed's students take several groups (``seed 0: students 1-8 of 10``)."""
+    of them when a seed's students take several groups (``seed 0: students 1-8 of 10``). A pass of label-only
+    students on other data than the views (one per lr of a sweep) is named by its students' config ids."""
     out, done = [], {}
-    per_seed = {s.seed: 0 for s in cfg.students()}
-    for s in cfg.students():
-        per_seed[s.seed] += 1
-    for group in groups(cfg):
+    per_seed = {s.seed: 0 for s in cfg.students(baselines)}
+    for s in cfg.students(baselines):
+        per_seed[s.seed] += s.data == "views"
+    for group in groups(cfg, baselines=baselines):
         seed, n = group[0].seed, len(group)
-        first = done.get(seed, 0) + 1
-        done[seed] = first - 1 + n
         if n == 1:
             out.append(group[0].run_id)
+        elif group[0].data != "views":
+            out.append(f"seed {seed}: {', '.join(s.config_id for s in group)}")
         elif n == per_seed[seed]:
             out.append(f"seed {seed}: {n} students")
         else:
+            first = done.get(seed, 0) + 1
             out.append(f"seed {seed}: students {first}-{first + n - 1} of {per_seed[seed]}")
+        if group[0].data == "views":
+            done[seed] = done.get(seed, 0) + n
     return out
 
 
@@ -214,7 +237,8 @@ def train_students(plan: DistillPlan, specs: list[StudentSpec], *, progress: Pro
     loader = SoftTargetLoader(ds.splits["train"], cfg.optim.batch_size, seed=specs[0].seed,
                               store=None if online else plan.store, cache_mb=cfg.cache_mb, cached=plan.train_logits(),
                               chunk_rows=plan.store.chunk_rows("train"), workers=cfg.workers,
-                              view_policy=cfg.view_policy, pin_memory=device.type == "cuda")
+                              view_policy=cfg.view_policy, pin_memory=device.type == "cuda",
+                              view_data=specs[0].data)  # one per group (groups)
     label = ",".join(s.run_id for s in specs)
     results = fit_group(specs, model_cfg=cfg.model, optim=cfg.optim, augment=cfg.augment, loader=loader,
                         val=ds.splits["val"], input_shape=ds.input_shape, num_classes=ds.num_classes, device=device,
@@ -253,7 +277,9 @@ def _row(cfg: DistillConfig, s: StudentSpec) -> dict:
     return {"run_id": s.run_id, "config_id": s.config_id, "kind": "baseline" if s.is_baseline else "student",
             "arch": cfg.model.arch, "width": cfg.model.width, "model": cfg.model.key(), "loss": s.loss,
             "temperature": s.temperature if s.uses_temperature else None,  # shown as "—": T never entered
-            "alpha": None if s.is_baseline else s.alpha, "beta": s.beta, "seed": s.seed}
+            "alpha": None if s.is_baseline else s.alpha, "beta": s.beta, "seed": s.seed,
+            # A label-only student of a store with views that sees other data (pipeline.grid.BASELINE_DATA).
+            **({} if s.data == "views" else {"data": s.data})}
 
 
 def failed_row(cfg: DistillConfig, s: StudentSpec, error: str, *, retry: bool = False) -> dict:

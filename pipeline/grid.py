@@ -9,6 +9,21 @@ from dataclasses import dataclass
 from pipeline.names import SOFT_LOSSES, TEMPERATURE_FREE_LOSSES
 from pipeline.validation import check, check_choice
 
+# What a label-only student trains on, from a store with teacher views: ``views``, the recipe's views as stored
+# (mixed ones with the λ-weighted hard term; the only baseline of a store without views); ``plain``, the clean
+# view 0 alone (the plain recipe, no stored views); ``nomix``, the recipe's views without their mixing (each
+# sample's own transformed view with its own label).
+BASELINE_DATA = ("views", "plain", "nomix")
+
+
+def store_baselines(views: int, mixed: bool) -> tuple[str, ...]:
+    """The label-only students a store's views call for: with views, the plain recipe too, and with mixed views
+    the views without mixing as well, so that "Δ vs base" is measured against the best of them
+    (:func:`pipeline.report.leaderboard`), never against a recipe's weakened baseline alone."""
+    if views <= 1:
+        return ("views",)
+    return ("views", "plain", "nomix") if mixed else ("views", "plain")
+
 
 def _num(v: float) -> str:
     """Short form of a number for ids (``2.0`` -> ``2``), exact whenever ``:g`` would round it."""
@@ -21,7 +36,8 @@ class StudentSpec:
     """One point of the distillation grid (one student, one seed).
 
     ``loss`` is ``hard`` for the label-only baseline. ``beta`` of ``None``
-    means the hard-label weight is ``1 - alpha``.
+    means the hard-label weight is ``1 - alpha``. ``data`` says which of a store's views a label-only
+    student trains on (:data:`BASELINE_DATA`); every other student trains on the recipe's views.
     """
 
     loss: str
@@ -30,6 +46,7 @@ class StudentSpec:
     beta: float | None
     seed: int
     lr: float | None = None  # overrides the optimizer's lr for this student (an lr sweep)
+    data: str = "views"
 
     def __post_init__(self) -> None:
         check_choice(self.loss, SOFT_LOSSES + ("hard",), "loss")
@@ -40,6 +57,9 @@ class StudentSpec:
               f"must be >= 0, got {self.beta}", "omit it to use 1 - alpha")
         check(self.lr is None or (math.isfinite(self.lr) and self.lr > 0), "lr", f"must be > 0, got {self.lr}",
               "use e.g. 1e-3")
+        check_choice(self.data, BASELINE_DATA, "data")
+        check(self.is_baseline or self.data == "views", "data", f"is {self.data!r} for a {self.loss} student",
+              "only a label-only (hard) student trains on other data than the recipe's views")
 
     @property
     def is_baseline(self) -> bool:
@@ -55,7 +75,7 @@ class StudentSpec:
         """Identifies the configuration across seeds; every hyperparameter is in it."""
         lr = "" if self.lr is None else f"-lr{_num(self.lr)}"
         if self.is_baseline:
-            return f"baseline{lr}"
+            return "baseline" + ("" if self.data == "views" else f"-{self.data}") + lr
         beta = "" if self.beta is None else f"-b{_num(self.beta)}"
         temperature = f"-T{_num(self.temperature)}" if self.uses_temperature else ""
         return f"{self.loss}{temperature}-a{_num(self.alpha)}{beta}{lr}"
@@ -66,13 +86,16 @@ class StudentSpec:
 
 
 def student_grid(*, losses: tuple[str, ...], temperatures: tuple[float, ...], alphas: tuple[float, ...],
-                 beta: float | None, seeds: tuple[int, ...], lrs: tuple[float, ...]) -> list[StudentSpec]:
-    """The label-only baseline plus every (loss, T, alpha) point, for every seed (and every lr of a sweep)."""
+                 beta: float | None, seeds: tuple[int, ...], lrs: tuple[float, ...],
+                 baselines: tuple[str, ...] = ("views",)) -> list[StudentSpec]:
+    """The label-only baselines (one per ``baselines``, :func:`store_baselines`) plus every (loss, T, alpha)
+    point, for every seed (and every lr of a sweep)."""
     specs: list[StudentSpec] = []
     for lr in lrs or (None,):
         lr = None if lr is None else float(lr)
         for seed in seeds:
-            specs.append(StudentSpec(loss="hard", temperature=1.0, alpha=0.0, beta=None, seed=seed, lr=lr))
+            specs += [StudentSpec(loss="hard", temperature=1.0, alpha=0.0, beta=None, seed=seed, lr=lr, data=d)
+                      for d in baselines]
             for loss in losses:
                 # A loss that ignores T is trained once: one student per T would be the same run repeated.
                 for t in (1.0,) if loss in TEMPERATURE_FREE_LOSSES else temperatures:

@@ -122,7 +122,7 @@ class SoftTargetLoader:
                  split_name: str = "train", chunk_rows: int = 256, buffer_chunks: int = 8,
                  cache_mb: float = 1024.0, prefetch_chunks: int = 8, shuffle: bool = True,
                  cached: np.ndarray | None = None, workers: int = 0, view_policy: str = "uniform",
-                 pin_memory: bool | None = None) -> None:
+                 pin_memory: bool | None = None, view_data: str = "views") -> None:
         self.split, self.batch_size, self.seed, self.shuffle = split, batch_size, seed, shuffle
         self.pin_memory = default_pin_memory() if pin_memory is None else pin_memory
         self.store, self.split_name = store, split_name
@@ -143,12 +143,13 @@ class SoftTargetLoader:
         # so the student sees exactly the pixels the teacher scored.
         self.views = 1 if store is None else store.views
         self.view_policy = view_policy
+        self.view_data = view_data  # what a store's views show: all of them, view 0 alone, or unmixed (ViewReplay)
         self._replay = None
         if self.views > 1:
             from pipeline.views import ViewReplay
 
             # Each view is replayed from its stored parameters, carried next to its logits.
-            self._replay = ViewReplay(store.meta.views.params, store.num_classes, split, split_name)
+            self._replay = ViewReplay(store.meta.views.params, store.num_classes, split, split_name, view_data)
             if cached is not None:
                 cached = self._replay.pack(cached, store.view_params(split_name))
         self._epoch_views: tuple[int, np.ndarray] | None = None
@@ -221,7 +222,7 @@ class SoftTargetLoader:
             self._dataloader = torch.utils.data.DataLoader(
                 self._images, sampler=self._sampler, batch_size=None, num_workers=self.workers,
                 persistent_workers=True, multiprocessing_context=worker_context(), prefetch_factor=4,
-                pin_memory=self.pin_memory)
+                pin_memory=self.pin_memory, generator=_worker_seeds(self.seed))
         # The DataLoader draws the sampler's items here, in this process, a few batches ahead of the
         # consumer: each item reads its logits (one reader for the epoch) and sends the workers only the
         # rows and the chosen views' parameters. Workers keep the order, so the oldest pending logits
@@ -256,7 +257,10 @@ class SoftTargetLoader:
         return self.store.read_logits(self.split_name, start, stop)
 
     def views_for(self, rows: np.ndarray, epoch: int) -> np.ndarray:
-        """The view each row is trained on this epoch: uniform at random (seeded) or cycling through all."""
+        """The view each row is trained on this epoch: uniform at random (seeded) or cycling through all; the
+        clean view 0 when the loader serves it alone (``view_data`` plain)."""
+        if self.view_data == "plain":
+            return np.zeros(len(rows), dtype=np.int64)
         if self.view_policy == "cycle":
             return (rows + epoch) % self.views
         if self._epoch_views is None or self._epoch_views[0] != epoch:
@@ -334,6 +338,12 @@ def worker_context() -> multiprocessing.context.BaseContext:
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["torch", "pipeline.loader"])  # only read when the server first starts
     return ctx
+
+
+def _worker_seeds(seed: int) -> torch.Generator:
+    """Where a DataLoader draws its workers' base seed: its own generator, not torch's global RNG, which a
+    student's dropout stream may hold at that moment in another thread (pipeline.train.TrainRng)."""
+    return torch.Generator().manual_seed(seed)
 
 
 class _EpochBatches(torch.utils.data.Sampler):
@@ -440,7 +450,7 @@ class BatchReader:
             self._loader = torch.utils.data.DataLoader(
                 self._data, sampler=pieces, batch_size=None, num_workers=usable_workers(workers),
                 multiprocessing_context=worker_context(), pin_memory=self._pin, prefetch_factor=4,
-                persistent_workers=persistent)
+                persistent_workers=persistent, generator=_worker_seeds(0))
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, np.ndarray | None]]:
         if self._loader is None:  # read in this process: nothing to balance

@@ -2,7 +2,10 @@
 
 Every configuration is reported as mean ± std over its seeds (std is the
 sample standard deviation, 0 in the JSON for a single seed, where the tables
-show the mean alone). A student's gain over the label-only baseline is flagged
+show the mean alone). A store with teacher views trains several label-only
+students (the recipe's views, the plain recipe, the views without mixing):
+the one with the best mean val accuracy is "the baseline" (never chosen on
+test), and :func:`baseline_note` says which. A student's gain over the baseline is flagged
 ``within_noise`` when it is no larger than the two spreads combined,
 sqrt(std_student^2 + std_baseline^2); with a single seed on either side the
 spread is unknown and there is no verdict (``within_noise`` is None). Each
@@ -48,6 +51,8 @@ def leaderboard(rows: list[dict]) -> list[dict]:
         ok = [r for r in runs if r["status"] == "ok"]
         first = runs[0]
         entry = {k: first.get(k) for k in ("config_id", "kind", "arch", "loss", "temperature", "alpha", "beta")}
+        if "data" in first:  # a label-only student of a store with views that sees other data than the views
+            entry["data"] = first["data"]
         sized = (ok or runs)[0]
         entry.update({"seeds": len(runs), "failed": len(runs) - len(ok), "params": sized.get("params"),
                       "size_mb": sized.get("size_mb"), "size_mb_estimated": bool(sized.get("size_mb_estimated"))})
@@ -61,9 +66,12 @@ def leaderboard(rows: list[dict]) -> list[dict]:
         if not ok:
             entry["error"] = first.get("error")
         board.append(entry)
-    base = next((e for e in board if e["kind"] == "baseline"), None)
+    base = _choose_baseline(board, by_config)
     for e in board:
-        if e["kind"] == "student" and base is not None and not math.isnan(e["test_acc_mean"]):
+        # With several label-only students, each of the others is compared with the chosen one too.
+        compared = e["kind"] == "student" or (e["kind"] == "baseline" and e is not base
+                                              and bool(base and base.get("reference")))
+        if base is not None and compared and not math.isnan(e["test_acc_mean"]):
             e["gain_vs_baseline"] = e["test_acc_mean"] - base["test_acc_mean"]
             noise = math.hypot(e["test_acc_std"], base["test_acc_std"])
             # One seed has no spread: "within noise" (or not) would be a verdict on a std of 0, not on noise.
@@ -72,6 +80,34 @@ def leaderboard(rows: list[dict]) -> list[dict]:
     board.sort(key=lambda e: (KIND_ORDER[e["kind"]], -(e["test_acc_mean"] if not math.isnan(e["test_acc_mean"])
                                                        else -1.0)))
     return board
+
+
+def _choose_baseline(board: list[dict], by_config: dict[str, list[dict]]) -> dict | None:
+    """The label-only entry "Δ vs base" is measured against (None without one).
+
+    A store without views has one baseline (one per lr of a sweep: the first lr's, as before). With views
+    there are several label-only students (:func:`pipeline.grid.store_baselines`: the recipe's views, the
+    plain recipe, the views without mixing): the one with the best mean **val** accuracy is the baseline
+    (selected on val, never on test; ties go to the first), marked ``reference``, and each one's val
+    accuracy is recorded beside its test scores.
+    """
+    bases = [e for e in board if e["kind"] == "baseline"]
+    if not any("data" in e for e in bases):
+        return bases[0] if bases else None
+    for e in bases:
+        e["val_acc_mean"], e["val_acc_std"] = _mean_std([r["val_acc"] for r in by_config[e["config_id"]]
+                                                         if r["status"] == "ok" and r.get("val_acc") is not None])
+    scored = [e for e in bases if not math.isnan(e["val_acc_mean"])] or bases
+    base = max(scored, key=lambda e: e["val_acc_mean"] if not math.isnan(e["val_acc_mean"]) else -1.0)
+    base["reference"] = True
+    return base
+
+
+def reference_baseline(board: list[dict]) -> dict | None:
+    """The baseline of a leaderboard, as :func:`leaderboard` chose it: the entry marked ``reference`` (a store
+    with views: the best label-only student on val), else its one baseline; None without one."""
+    bases = [e for e in board if e["kind"] == "baseline"]
+    return next((e for e in bases if e.get("reference")), bases[0] if bases else None)
 
 
 def _scored(e: dict) -> int:
@@ -107,6 +143,8 @@ def leaderboard_cells(board: list[dict]) -> tuple[list[str], list[list[str]]]:
     for e in board:
         gain = e.get("gain_vs_baseline")
         delta = "—" if gain is None else f"{gain * 100:+.2f}" + (" (noise)" if e.get("within_noise") else "")
+        if e.get("reference"):  # the baseline chosen among several label-only students (baseline_note)
+            delta = "base"
         status = f"{e['seeds']}" + (f" ({e['failed']} failed)" if e["failed"] else "")
         n = _scored(e)
         rows.append([
@@ -204,7 +242,7 @@ def gap_note(board: list[dict], test_size: int | None) -> str | None:
     ``MIN_HALF_GAP_IMAGES`` test images (``test_size``: images in the test split, None if unknown).
     """
     teacher = next((e for e in board if e["kind"] == "teacher"), None)
-    base = next((e for e in board if e["kind"] == "baseline"), None)
+    base = reference_baseline(board)
     if teacher is None or base is None or math.isnan(teacher["test_acc_mean"]) or math.isnan(base["test_acc_mean"]):
         return None
     gap = teacher["test_acc_mean"] - base["test_acc_mean"]
@@ -225,15 +263,35 @@ def gap_note(board: list[dict], test_size: int | None) -> str | None:
             f"move {why}, so this run is too small to show what distillation does; {pointer}.")
 
 
+# What each label-only student of a store with views trains on (pipeline.grid.BASELINE_DATA), for the note.
+BASELINE_SEES = {"views": "the recipe's views as stored", "plain": "the clean view 0 alone (the plain recipe)",
+                 "nomix": "the recipe's views without their mixing"}
+
+
+def baseline_note(board: list[dict]) -> str | None:
+    """Which label-only student "Δ vs base" is measured against, when there are several (a store with views):
+    the best on val, with every one's val accuracy and what it trains on; None with a single baseline."""
+    base = reference_baseline(board)
+    if base is None or not base.get("reference"):
+        return None
+    bases = sorted((e for e in board if e["kind"] == "baseline"),
+                   key=lambda e: -(e["val_acc_mean"] if not math.isnan(e["val_acc_mean"]) else -1.0))
+    scores = ", ".join(f"{e['config_id']} {mean_pm(e['val_acc_mean'], e['val_acc_std'], 100, seeds=_scored(e))}"
+                       for e in bases)
+    sees = "; ".join(f"{e['config_id']}: {BASELINE_SEES[e.get('data', 'views')]}" for e in bases)
+    return (f"Δ vs base: against {base['config_id']}, the best label-only student on val (val acc %: {scores}). "
+            f"Label-only students: {sees}.")
+
+
 def notes(report: dict) -> list[str]:
-    """The lines under a report's table: a teacher that learnt nothing (never called a match), else the gap note;
-    and a latency timed on a busy CPU."""
+    """The lines under a report's table: which baseline "Δ vs base" is against when there are several; a teacher
+    that learnt nothing (never called a match), else the gap note; and a latency timed on a busy CPU."""
     board, meta = report["leaderboard"], report.get("meta", {})
     teacher = next((e for e in board if e["kind"] == "teacher"), None)
     warning = None if teacher is None else teacher_warning(
         acc=teacher["test_acc_mean"], nll=teacher["test_nll_mean"], num_classes=meta.get("num_classes"),
         test_size=meta.get("test_size"))
-    out = [warning or gap_note(board, meta.get("test_size"))]
+    out = [baseline_note(board), warning or gap_note(board, meta.get("test_size"))]
     if any(e.get("latency_busy") for e in board):
         out.append(BUSY_NOTE)
     return [n for n in out if n]
@@ -305,11 +363,16 @@ def plot(board: list[dict], path: str) -> None:
     for e in flat:
         ax.axhline(100 * e["test_acc_mean"], linestyle="-.", color="tab:purple", alpha=0.7,
                    label=f"{e['config_id']}, T not used ({100 * e['test_acc_mean']:.1f}%)")
+    several = any(e.get("reference") for e in board)  # label-only students: named by config id, the base solid
     for e in board:
         if e["kind"] in ("teacher", "baseline") and not math.isnan(e["test_acc_mean"]):
             style = "--" if e["kind"] == "teacher" else ":"
+            name, extra = e["kind"], {}
+            if several and e["kind"] == "baseline":
+                name = e["config_id"] + (", the base" if e.get("reference") else "")
+                extra = {"alpha": 1.0 if e.get("reference") else 0.5}
             ax.axhline(100 * e["test_acc_mean"], linestyle=style, color="gray" if e["kind"] == "baseline" else "k",
-                       label=f"{e['kind']} ({100 * e['test_acc_mean']:.1f}%)")
+                       label=f"{name} ({100 * e['test_acc_mean']:.1f}%)", **extra)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("temperature T (log scale)")
     ax.set_ylabel("test accuracy (%), mean ± std over seeds")

@@ -14,7 +14,7 @@ import os
 from pipeline.config import DistillConfig, TeacherConfig
 from pipeline.errors import UserError
 from pipeline.atomic import write_text_atomic
-from pipeline.report import markdown_table, mean_pm, read_report
+from pipeline.report import markdown_table, mean_pm, read_report, reference_baseline
 
 
 def best_student(run_dir: str) -> dict:
@@ -38,7 +38,7 @@ def generation_row(generation: int, store: str, run_dir: str) -> dict:
     teacher = next(e for e in board if e["kind"] == "teacher")
     students = [e for e in board if e["kind"] == "student" and not math.isnan(e["test_acc_mean"])]
     best = max(students, key=lambda e: e["test_acc_mean"]) if students else None
-    baseline = next((e for e in board if e["kind"] == "baseline"), None)
+    baseline = reference_baseline(board)
     return {"generation": generation, "store": store, "report": run_dir, "teacher_test_acc": teacher["test_acc_mean"],
             "best_config": best["config_id"] if best else None,
             "best_test_acc_mean": best["test_acc_mean"] if best else math.nan,

@@ -43,9 +43,55 @@ from pipeline.precision import inference, prepare, to_input
 
 log = logging.getLogger(__name__)
 
-# nn.Module construction draws from torch's global RNG; the lock keeps two
-# groups built in concurrent threads from interleaving their draws.
-_INIT_LOCK = threading.Lock()
+# nn.Module construction draws from torch's global RNG, and so do dropout's masks (and stochastic depth's), which
+# nothing seeds: models are built under a seeded fork of it, and a model that draws trains under its own seeded
+# stream (TrainRng), swapped in around each of its steps. Both hold this lock, so that groups built or trained
+# in concurrent threads never interleave their draws, nor draw from one another's streams.
+_RNG_LOCK = threading.RLock()
+
+
+def draws_random(model: nn.Module) -> bool:
+    """Whether ``model`` draws random numbers in training mode: dropout (any ``nn.Dropout*``), or stochastic depth
+    (torchvision's ``StochasticDepth``, timm's ``DropPath``)."""
+    return any(isinstance(m, nn.modules.dropout._DropoutNd) or type(m).__name__ in ("StochasticDepth", "DropPath")
+               for m in model.modules())
+
+
+class TrainRng:
+    """One trainee's (or one stack's) own stream of torch's global RNG, seeded by its seed: what its dropout
+    masks draw from, the same on every run whatever trains beside it (other groups, other threads, DataLoaders
+    that draw their base seeds from the global RNG)."""
+
+    def __init__(self, seed: int, device: torch.device) -> None:
+        self.cuda = device if device.type == "cuda" else None
+        with _RNG_LOCK, torch.random.fork_rng(devices=[self.cuda] if self.cuda else []):
+            torch.manual_seed(seed)
+            self._state = self._get()
+
+    def _get(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return torch.get_rng_state(), None if self.cuda is None else torch.cuda.get_rng_state(self.cuda)
+
+    def _set(self, state: tuple[torch.Tensor, torch.Tensor | None]) -> None:
+        torch.set_rng_state(state[0])
+        if self.cuda is not None:
+            torch.cuda.set_rng_state(state[1], self.cuda)
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        """The global RNG is this stream inside (the global one is restored after)."""
+        with _RNG_LOCK:
+            saved = self._get()
+            self._set(self._state)
+            try:
+                yield
+            finally:
+                self._state = self._get()
+                self._set(saved)
+
+
+def own_rng(rng: TrainRng | None) -> contextlib.AbstractContextManager:
+    """``rng.active()``, or nothing for a model that draws no random numbers (``rng`` None)."""
+    return contextlib.nullcontext() if rng is None else rng.active()
 
 # (group label, epoch, epochs, metrics): best_val_acc (a fraction), training (trainees still training after this
 # epoch's early stops and failures) of trainees (the group's size).
@@ -59,7 +105,7 @@ Objective = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor, Mix], tor
 def build_seeded(cfg: ModelConfig, shape: tuple[int, int, int], num_classes: int, *, seed: int,
                  **kwargs) -> nn.Module:
     """:func:`pipeline.models.build_model` (``kwargs`` passed on) with its random initialisation seeded."""
-    with _INIT_LOCK, torch.random.fork_rng(devices=[]):
+    with _RNG_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return build_model(cfg, shape, num_classes, **kwargs)
 
@@ -92,6 +138,7 @@ class Trainee:
     peak_acc: float = -1.0  # best val accuracy so far, for early stopping (best_acc follows `select`)
     stale_epochs: int = 0  # epochs since peak_acc last improved
     stopped_epoch: int | None = None  # the epoch after which early stopping ended this trainee
+    rng: TrainRng | None = None  # its own dropout stream, seeded by its seed; None for a model that draws none
 
     @property
     def active(self) -> bool:
@@ -194,7 +241,8 @@ def build_trainee(*, name: str, objective: Objective, seed: int, model_cfg: Mode
     model = build_seeded(model_cfg, input_shape, num_classes, seed=seed).to(device)
     opt = make_optimizer(finetune.param_groups(model, optim) if finetune.applies(optim) else model.parameters(), optim)
     return Trainee(name, model, opt, make_schedule(opt, optim, steps_per_epoch),
-                   schedule_steps_left=optim.epochs * max(steps_per_epoch, 1), objective=objective)
+                   schedule_steps_left=optim.epochs * max(steps_per_epoch, 1), objective=objective,
+                   rng=TrainRng(seed, device) if draws_random(model) else None)
 
 
 def prepare_batch(batch: Batch, *, augmenter: Augmenter, generator: torch.Generator, device: torch.device,
@@ -234,10 +282,11 @@ def train_one_epoch(*, trainees: list[Trainee], loader: SoftTargetLoader, epoch:
         for t in active:
             if t.failed is not None:
                 continue
-            out = t.model(b.x)  # (B, C)
-            loss = t.objective(out, b.logits, b.y, b.mix)
             t.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            with own_rng(t.rng):  # dropout's masks: drawn in the forward, kept for the backward
+                out = t.model(b.x)  # (B, C)
+                loss = t.objective(out, b.logits, b.y, b.mix)
+                loss.backward()
             if clip_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(t.model.parameters(), clip_grad_norm)
             t.optimizer.step()

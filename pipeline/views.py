@@ -277,11 +277,16 @@ class ViewReplay:
 
     The loader carries each view's logits and its row together as one float32 array
     (logits, then parameters), so the chunk pipeline moves both without knowing about views.
+
+    ``data`` is what the batches show (:data:`pipeline.grid.BASELINE_DATA`, for the label-only students): the
+    views as stored (``views``), the sample's own transformed view without its mixing, with its own label
+    (``nomix``), or the clean image, unchanged (``plain``: the loader then picks view 0 alone).
     """
 
-    def __init__(self, names: tuple[str, ...], num_classes: int, split: Split, split_name: str) -> None:
-        self.names, self.num_classes = tuple(names), num_classes
-        self.partners = Partners(split, split_name) if "mix" in self.names else None
+    def __init__(self, names: tuple[str, ...], num_classes: int, split: Split, split_name: str,
+                 data: str = "views") -> None:
+        self.names, self.num_classes, self.data = tuple(names), num_classes, data
+        self.partners = Partners(split, split_name) if "mix" in self.names and data == "views" else None
 
     @staticmethod
     def pack(logits: np.ndarray, params: np.ndarray) -> np.ndarray:
@@ -295,8 +300,15 @@ class ViewReplay:
     def pixels(self, x: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
         """The views ``rows`` (B, P) of the samples ``x`` (B, C, H, W), partners read as needed (in whichever
         process reads the batch: a DataLoader worker when there are any)."""
+        if self.data == "plain":
+            return x
+        if self.data == "nomix":  # the views' own transforms; the mix columns are never read
+            return apply_params(x, _params(rows, self.names))
         return view_pixels(x, rows, self.names, self.partners)
 
     def labels(self, y: torch.Tensor, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(partner labels (B,), λ (B,)) of the views ``rows`` (B, P), or None without mixed views."""
+        """(partner labels (B,), λ (B,)) of the views ``rows`` (B, P), or None without mixed views (or with
+        their mixing not served)."""
+        if self.partners is None:
+            return None
         return mixed_labels(y, rows, self.names, self.partners)

@@ -18,7 +18,7 @@ from pipeline.loader import BatchReader, SoftTargetLoader
 from pipeline.stacking.cost import cpu_reason_not_to_batch
 from pipeline.stacking.optim import lr_table
 from pipeline.stacking.stack import BatchingUnsupported, StackedStudents
-from pipeline.train import Trainee, prepare_batch, record_losses, validate_group
+from pipeline.train import Trainee, own_rng, prepare_batch, record_losses, validate_group
 
 
 class GroupTrainer:
@@ -30,6 +30,9 @@ class GroupTrainer:
     def __init__(self, stack: StackedStudents, trainees: list[Trainee]) -> None:
         self.stack = stack
         self.rows = list(trainees)
+        # The stack's dropout masks (grouped layers, or vmap's randomness="different") come from one stream: the
+        # first student's own (pipeline.train.TrainRng), seeded by the group's seed. None: the model draws none.
+        self.rng = trainees[0].rng
 
     @property
     def engine(self) -> str:
@@ -57,7 +60,8 @@ class GroupTrainer:
             b = prepare_batch(batch, augmenter=augmenter, generator=generator, device=device, teacher=teacher)
             if b.mix is not None:
                 raise BatchingUnsupported("mixed views need the per-student loop's λ-weighted hard term")
-            losses.append(self.stack.step(b.x, b.logits, b.y))  # (S,)
+            with own_rng(self.rng):
+                losses.append(self.stack.step(b.x, b.logits, b.y))  # (S,)
         table = torch.stack(losses).cpu() if losses else torch.empty(0, len(self.rows))  # (steps, S)
         means = {}
         for t, column in zip(self.rows, table.T.tolist()):
