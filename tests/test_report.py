@@ -465,3 +465,75 @@ def test_a_write_cut_off_by_a_full_disk_leaves_the_previous_report(tmp_path):
     assert sorted(p.name for p in run_dir.iterdir()) == sorted(before)  # no temporary file left
     assert (run_dir / "leaderboard.json").read_bytes() == before["leaderboard.json"]
     assert json.loads((run_dir / "leaderboard.json").read_text())["meta"] == {"store": "first"}
+
+
+# --- several label-only students (a store with teacher views) --------------------------------------
+
+
+def views_store_rows(*, plain_val: tuple[float, ...] = (0.97, 0.96), nomix_val: tuple[float, ...] = (0.95, 0.95)
+                     ) -> list[dict]:
+    """The patient-like case: the recipe's baseline (mixed views) is weak; the plain recipe and the unmixed views
+    are label-only students too. Test accuracies are chosen so that test and val disagree on which is best."""
+    def label_only(config_id: str, accs, vals, data: str | None) -> list[dict]:
+        out = []
+        for s, (a, v) in enumerate(zip(accs, vals)):
+            r = row(config_id, "baseline", s, a, loss="hard", temperature=None, alpha=None)
+            r["val_acc"] = v
+            if data is not None:
+                r["data"] = data
+            out.append(r)
+        return out
+
+    return [teacher_row(),
+            *label_only("baseline", (0.93, 0.94), (0.93, 0.94), None),
+            *label_only("baseline-plain", (0.96, 0.962), plain_val, "plain"),
+            *label_only("baseline-nomix", (0.97, 0.97), nomix_val, "nomix"),  # best on test, not on val
+            row("kl-T2-a1", "student", 0, 0.966, temperature=2.0, alpha=1.0),
+            row("kl-T2-a1", "student", 1, 0.968, temperature=2.0, alpha=1.0)]
+
+
+def test_with_several_label_only_students_the_base_is_the_best_on_val_never_on_test():
+    board = leaderboard(views_store_rows())
+    e = {x["config_id"]: x for x in board}
+    assert [x["config_id"] for x in board if x["kind"] == "baseline"] == ["baseline-nomix", "baseline-plain",
+                                                                          "baseline"]
+    assert e["baseline-plain"]["reference"] is True  # val 0.965 beats nomix's 0.95, whatever test says
+    assert not any(x.get("reference") for x in board if x["config_id"] != "baseline-plain")
+    assert e["baseline-plain"]["val_acc_mean"] == pytest.approx(0.965)
+    assert e["kl-T2-a1"]["gain_vs_baseline"] == pytest.approx(0.967 - 0.961)
+    assert e["baseline"]["gain_vs_baseline"] == pytest.approx(0.935 - 0.961)  # the recipe's own, against the base
+    assert e["baseline-nomix"]["gain_vs_baseline"] == pytest.approx(0.97 - 0.961)
+    # The noise flag is against the chosen base: hypot(std_student, std_plain).
+    noise = math.hypot(e["kl-T2-a1"]["test_acc_std"], e["baseline-plain"]["test_acc_std"])
+    assert e["kl-T2-a1"]["within_noise"] is (abs(0.967 - 0.961) <= noise)
+    cells = {r[0]: r for r in [line.split(" | ") for line in markdown(board).splitlines()[2:]]}
+    assert cells["| baseline-plain"][9] == "base"
+    # When val favours the unmixed views, they are the base.
+    flipped = {x["config_id"]: x for x in leaderboard(views_store_rows(nomix_val=(0.99, 0.98)))}
+    assert flipped["baseline-nomix"].get("reference") and flipped["kl-T2-a1"]["gain_vs_baseline"] == \
+        pytest.approx(0.967 - 0.97)
+
+
+def test_the_note_says_which_label_only_student_is_the_base(tmp_path):
+    paths = write_report(str(tmp_path / "r"), views_store_rows(), {"num_classes": 10, "test_size": 500})
+    md = open(paths["md"]).read()
+    assert "Δ vs base: against baseline-plain, the best label-only student on val (val acc %: baseline-plain " \
+           "96.50 ± 0.71, baseline-nomix 95.00 ± 0.00, baseline 93.50 ± 0.71)" in md
+    assert "baseline-plain: the clean view 0 alone (the plain recipe)" in md
+    text = leaderboard_text(json.load(open(paths["json"])), width=200)
+    assert "Δ vs base: against baseline-plain" in text
+    # The gap note measures the teacher against the chosen base too: 0.99 - 0.961, whose half moves 1.45 of 100
+    # test images (against the recipe's own baseline, 0.935, it would move 2.75: no note).
+    assert "the teacher–baseline gap is 2.90 points (2.9 of 100 test images)" in gap_note(
+        leaderboard(views_store_rows()), 100)
+
+
+def test_one_baseline_has_no_choice_to_note_and_no_new_fields():
+    """A store without views (one label-only student per lr): today's leaderboard, key for key."""
+    board = leaderboard(rows_fixture() + [row("baseline-lr0.1", "baseline", 0, 0.99, loss="hard", temperature=None,
+                                              alpha=None)])
+    assert not any("reference" in e or "val_acc_mean" in e or "data" in e for e in board)
+    e = {x["config_id"]: x for x in board}
+    assert e["kl-T2-a0.9"]["gain_vs_baseline"] == pytest.approx(0.04)  # against the first baseline, as before
+    assert "gain_vs_baseline" not in e["baseline-lr0.1"]
+    assert "Δ vs base" not in leaderboard_text({"leaderboard": board, "meta": {}}).split("\n\n", 1)[-1]
