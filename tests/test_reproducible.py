@@ -145,7 +145,7 @@ def test_kd_distill_twice_through_the_flow_is_bit_identical(views_store, nets, t
 
     def kd(root: str) -> tuple[dict, dict]:
         with contextlib.redirect_stdout(io.StringIO()):
-            main(["distill", views_store, "--arch", "py:dropout_nets:dropout_mlp", "--epochs", "2", "--lr", "0.01",
+            main(["distill", "--store", views_store, "--arch", "py:dropout_nets:dropout_mlp", "--epochs", "2", "--lr", "0.01",
                   "--temperatures", "2", "4", "--seeds", "0", "1", "--report-root", root, "--run-name", "r",
                   "--device", "cpu", "--batch", "on"])
         with open(os.path.join(root, "r", report.LEADERBOARD)) as f:
