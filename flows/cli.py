@@ -316,7 +316,7 @@ def _say_if_completing(cfg: DistillConfig, identity: dict, baselines: tuple[str,
     from pipeline import distill, runs
 
     path = runs.run_dir(cfg)
-    kept = runs.kept_rows(path, identity)
+    kept = runs.kept_rows(path, identity, [s.run_id for s in cfg.students(baselines)])
     if kept is not None:
         print(runs.resume_line(path, kept, distill.groups(cfg, skip={r["run_id"] for r in kept},
                                                           baselines=baselines)))
@@ -396,7 +396,8 @@ def cmd_run(a: argparse.Namespace) -> None:
     with run_stage(a, "teacher"):
         t_plan = teacher.plan(t_cfg)  # checkpoint, store and checkpoint roots, dataset, encoding
     d_cfg = dataclasses.replace(d_cfg, store=t_plan.store_path)
-    baselines = store_baselines(t_cfg.views, bool(t_cfg.view_mix.ops))  # the store's, before it is written
+    # The store's (distill.baselines_of), known before it is written.
+    baselines = store_baselines(t_cfg.views if d_cfg.mode == "offline" else 1, bool(t_cfg.view_mix.ops))
     with run_stage(a, "students"):
         distill.check_views_augment(t_cfg.views, d_cfg.augment)
         if d_cfg.mode == "online" and t_plan.reusable:  # the teacher that online KD reruns is the store's

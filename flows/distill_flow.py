@@ -65,12 +65,13 @@ def distill_flow(config: DistillParameter):
               tags=run_tags(dataset=plan.data_cfg.name, store_key=plan.store.meta.provenance_key))
     # Held until the report is written: a second run on this folder is refused, not merged into it.
     with run_lock(run_dir):
-        done = runs.finished_run(run_dir, plan.identity())  # a differing finished run is refused
+        students = [s.run_id for s in plan.students()]
+        done = runs.finished_run(run_dir, plan.identity(), students)  # a differing finished run is refused
         if done is not None:
             logger.info("an identical run has finished in %s; not retraining", done)
             publish_report(done)
             return done
-        kept = runs.kept_rows(run_dir, plan.identity())  # an identical run some of whose students failed
+        kept = runs.kept_rows(run_dir, plan.identity(), students)  # an identical run some of whose students failed
         skip = {r["run_id"] for r in kept or ()}
         todo = [(g, name if len(g) == len(full) else ", ".join(s.run_id for s in g))
                 for full, name in zip(distill.groups(config, baselines=plan.baselines),

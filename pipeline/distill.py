@@ -22,7 +22,7 @@ from pipeline.checkpoints import load_store_teacher, save_state_dict
 from pipeline.compat import check_compatible
 from pipeline.data import Dataset, store_dataset
 from pipeline.errors import UserError
-from pipeline.grid import StudentSpec, store_baselines
+from pipeline.grid import StudentSpec, baselines_of
 from pipeline.loader import SoftTargetLoader, fits_cache
 from pipeline.metrics import expected_calibration_error
 from pipeline.models import check_source, count_parameters, measure_latency, model_size_mb, resolve_device
@@ -72,7 +72,7 @@ class DistillPlan:
     @property
     def baselines(self) -> tuple[str, ...]:
         """The label-only students this store calls for (:func:`pipeline.grid.store_baselines`)."""
-        return baselines_of(self.store)
+        return baselines_of(self.store, self.cfg.mode)
 
     def students(self) -> list[StudentSpec]:
         """Every student of the run: the config's grid with this store's baselines."""
@@ -111,12 +111,6 @@ class DistillPlan:
                 # The teacher is never built in stage 2: its size is estimated from its parameter count
                 # (float32, buffers not counted) and its latency is not measured.
                 "size_mb": t.params * 4 / 1e6, "size_mb_estimated": True, "latency_ms": None}
-
-
-def baselines_of(store: SoftTargetStore) -> tuple[str, ...]:
-    """The label-only students a store calls for: one, or with teacher views the plain recipe (and the views
-    without their mixing) beside the recipe's own (:func:`pipeline.grid.store_baselines`)."""
-    return store_baselines(store.views, store.meta.views.mix is not None)
 
 
 def check_views_augment(views: int, augment: AugmentConfig) -> None:

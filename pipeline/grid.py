@@ -25,6 +25,12 @@ def store_baselines(views: int, mixed: bool) -> tuple[str, ...]:
     return ("views", "plain", "nomix") if mixed else ("views", "plain")
 
 
+def baselines_of(store, mode: str = "offline") -> tuple[str, ...]:
+    """:func:`store_baselines` of a :class:`~pipeline.store.SoftTargetStore` read in ``mode``. Online KD reads no
+    stored view (the teacher reruns on the clean images): its one baseline is the plain recipe already."""
+    return store_baselines(store.views if mode == "offline" else 1, store.meta.views.mix is not None)
+
+
 def _num(v: float) -> str:
     """Short form of a number for ids (``2.0`` -> ``2``), exact whenever ``:g`` would round it."""
     short = f"{v:g}"

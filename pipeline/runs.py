@@ -15,7 +15,7 @@ import time
 
 from pipeline.config import DataConfig, DistillConfig
 from pipeline.errors import UserError
-from pipeline.grid import StudentSpec
+from pipeline.grid import StudentSpec, baselines_of
 from pipeline.locks import check_not_running
 from pipeline.output_checks import check_output_folder
 from pipeline.serialize import config_hash, to_dict
@@ -90,7 +90,7 @@ def _first_difference(recorded: object, wanted: object, path: str = "") -> tuple
     return None if recorded == wanted else (path, recorded, wanted)
 
 
-def finished_run(path: str, identity: dict) -> str | None:
+def finished_run(path: str, identity: dict, run_ids: list[str] | None = None) -> str | None:
     """``path`` when it holds a finished run with this identity (reuse it); None when it holds no finished run.
 
     A finished run is one with a valid leaderboard.json, which is written last and atomically, where no
@@ -99,14 +99,22 @@ def finished_run(path: str, identity: dict) -> str | None:
     such failures it is an unfinished run to complete (:func:`kept_rows`). A run that differs (grid, model,
     optimisation, data or store) is refused, finished or not, naming the first differing field: reusing
     it would print another run's results, and overwriting it would lose them.
+
+    ``run_ids``: the run's students; a report that lacks some of them (one written before a store with views
+    also trained its other label-only students, :func:`pipeline.grid.store_baselines`) is unfinished too.
     """
     report = _identical_report(path, identity)
-    if report is None or retry_rows(report["runs"]):
+    if report is None or retry_rows(report["runs"]) or _lacks(report, run_ids):
         return None
     return path
 
 
-def kept_rows(path: str, identity: dict) -> list[dict] | None:
+def _lacks(report: dict, run_ids: list[str] | None) -> bool:
+    """Whether ``report`` has no row for some of ``run_ids`` (None: nothing to check)."""
+    return run_ids is not None and not set(run_ids) <= {r.get("run_id") for r in report["runs"]}
+
+
+def kept_rows(path: str, identity: dict, run_ids: list[str] | None = None) -> list[dict] | None:
     """The student rows of an identical, unfinished run at ``path`` that need no retraining, in its order;
     None when ``path`` holds no such run (nothing to complete).
 
@@ -115,7 +123,7 @@ def kept_rows(path: str, identity: dict) -> list[dict] | None:
     training itself (a loss that became NaN), which is a result, reproduced by retraining them.
     """
     report = _identical_report(path, identity, quiet=True)
-    if report is None or not retry_rows(report["runs"]):
+    if report is None or not (retry_rows(report["runs"]) or _lacks(report, run_ids)):
         return None
     return [r for r in report["runs"] if r.get("kind") != "teacher" and not r.get("retry")
             and (r.get("status") != "ok" or os.path.isfile(os.path.join(path, "students", f"{r['run_id']}.pt")))]
@@ -185,7 +193,7 @@ def completed_run(cfg: DistillConfig) -> str | None:
     store = open_store(cfg.store, cfg.storage_options)
     identity = run_identity(cfg, data_cfg=cfg.data or store.meta.data_cfg(),
                             provenance_key=store.meta.provenance_key)
-    return finished_run(run_dir(cfg), identity)
+    return finished_run(run_dir(cfg), identity, [s.run_id for s in cfg.students(baselines_of(store, cfg.mode))])
 
 
 def preflight(cfg: DistillConfig, *, data_cfg: DataConfig, provenance_key: str | None, path: str | None = None) -> None:

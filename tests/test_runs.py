@@ -266,3 +266,25 @@ def test_a_run_with_students_failed_by_a_data_error_is_unfinished_and_keeps_the_
     assert [r["run_id"] for r in runs.kept_rows(path, _identity(cfg))] == [spec.run_id]
     write_report(path, [TEACHER_ROW, ok, diverged], _identity(cfg))  # a divergence is a result: finished
     assert runs.finished_run(path, _identity(cfg)) == path and runs.kept_rows(path, _identity(cfg)) is None
+
+
+def test_a_finished_run_that_lacks_students_of_the_grid_is_completed_not_reused(tmp_path):
+    """A report written before a store with views also trained its other label-only students (baseline-plain,
+    baseline-nomix) is not reprinted as finished: its rows are kept and the students it lacks are trained."""
+    from pipeline.grid import store_baselines
+
+    cfg = _cfg(tmp_path)
+    path = runs.run_dir(cfg)
+    os.makedirs(os.path.join(path, "students"))
+    rows = [TEACHER_ROW]
+    for spec in cfg.students():  # the grid as it was: one baseline
+        open(os.path.join(path, "students", f"{spec.run_id}.pt"), "wb").close()
+        rows.append({**TEACHER_ROW, "run_id": spec.run_id, "config_id": spec.config_id, "kind": "student"})
+    write_report(path, rows, _identity(cfg))
+    today = [s.run_id for s in cfg.students()]
+    now = [s.run_id for s in cfg.students(store_baselines(4, True))]
+    assert runs.finished_run(path, _identity(cfg), today) == path and runs.kept_rows(path, _identity(cfg), today) is None
+    assert runs.finished_run(path, _identity(cfg), now) is None
+    assert [r["run_id"] for r in runs.kept_rows(path, _identity(cfg), now)] == today
+    todo = distill.groups(cfg, skip=set(today), baselines=store_baselines(4, True))
+    assert [s.run_id for g in todo for s in g] == ["baseline-plain-s0", "baseline-nomix-s0"]
