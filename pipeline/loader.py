@@ -342,7 +342,7 @@ def worker_context() -> multiprocessing.context.BaseContext:
 
 def _worker_seeds(seed: int) -> torch.Generator:
     """Where a DataLoader draws its workers' base seed: its own generator, not torch's global RNG, which a
-    student's dropout stream may hold at that moment in another thread (pipeline.train.TrainRng)."""
+    student's dropout stream may hold at that moment in another thread (pipeline.rng.TrainRng)."""
     return torch.Generator().manual_seed(seed)
 
 

@@ -20,7 +20,6 @@ import contextlib
 import copy
 import logging
 import math
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Protocol
@@ -40,58 +39,9 @@ from pipeline.metrics import expected_calibration_error
 from pipeline.models import build_model
 from pipeline.optim import make_optimizer, make_schedule
 from pipeline.precision import inference, prepare, to_input
+from pipeline.rng import TrainRng, draws_random, own_rng, seeded
 
 log = logging.getLogger(__name__)
-
-# nn.Module construction draws from torch's global RNG, and so do dropout's masks (and stochastic depth's), which
-# nothing seeds: models are built under a seeded fork of it, and a model that draws trains under its own seeded
-# stream (TrainRng), swapped in around each of its steps. Both hold this lock, so that groups built or trained
-# in concurrent threads never interleave their draws, nor draw from one another's streams.
-_RNG_LOCK = threading.RLock()
-
-
-def draws_random(model: nn.Module) -> bool:
-    """Whether ``model`` draws random numbers in training mode: dropout (any ``nn.Dropout*``), or stochastic depth
-    (torchvision's ``StochasticDepth``, timm's ``DropPath``)."""
-    return any(isinstance(m, nn.modules.dropout._DropoutNd) or type(m).__name__ in ("StochasticDepth", "DropPath")
-               for m in model.modules())
-
-
-class TrainRng:
-    """One trainee's (or one stack's) own stream of torch's global RNG, seeded by its seed: what its dropout
-    masks draw from, the same on every run whatever trains beside it (other groups, other threads, DataLoaders
-    that draw their base seeds from the global RNG)."""
-
-    def __init__(self, seed: int, device: torch.device) -> None:
-        self.cuda = device if device.type == "cuda" else None
-        with _RNG_LOCK, torch.random.fork_rng(devices=[self.cuda] if self.cuda else []):
-            torch.manual_seed(seed)
-            self._state = self._get()
-
-    def _get(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return torch.get_rng_state(), None if self.cuda is None else torch.cuda.get_rng_state(self.cuda)
-
-    def _set(self, state: tuple[torch.Tensor, torch.Tensor | None]) -> None:
-        torch.set_rng_state(state[0])
-        if self.cuda is not None:
-            torch.cuda.set_rng_state(state[1], self.cuda)
-
-    @contextlib.contextmanager
-    def active(self) -> Iterator[None]:
-        """The global RNG is this stream inside (the global one is restored after)."""
-        with _RNG_LOCK:
-            saved = self._get()
-            self._set(self._state)
-            try:
-                yield
-            finally:
-                self._state = self._get()
-                self._set(saved)
-
-
-def own_rng(rng: TrainRng | None) -> contextlib.AbstractContextManager:
-    """``rng.active()``, or nothing for a model that draws no random numbers (``rng`` None)."""
-    return contextlib.nullcontext() if rng is None else rng.active()
 
 # (group label, epoch, epochs, metrics): best_val_acc (a fraction), training (trainees still training after this
 # epoch's early stops and failures) of trainees (the group's size).
@@ -105,8 +55,7 @@ Objective = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor, Mix], tor
 def build_seeded(cfg: ModelConfig, shape: tuple[int, int, int], num_classes: int, *, seed: int,
                  **kwargs) -> nn.Module:
     """:func:`pipeline.models.build_model` (``kwargs`` passed on) with its random initialisation seeded."""
-    with _RNG_LOCK, torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         return build_model(cfg, shape, num_classes, **kwargs)
 
 

@@ -38,6 +38,7 @@ from torchvision.transforms import v2
 
 from pipeline.names import TRAIN_TRANSFORMS
 from pipeline.preprocessing_spec import Preprocessing
+from pipeline.rng import seeded
 from pipeline.serialize import config_hash
 
 # The record of version 1 (every dataset as float32 in [0, 1], image folders squashed to 32x32).
@@ -168,7 +169,7 @@ def sample_seed(seed: int, epoch: int, sample_id: int) -> int:
 
 def apply_seeded(tf: Callable[[torch.Tensor], torch.Tensor], img: torch.Tensor, seed: int) -> torch.Tensor:
     """``tf(img)`` with torch's global generator seeded by ``seed`` (v2's random transforms draw from it),
-    restored afterwards so the caller's stream is untouched."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    restored afterwards so the caller's stream is untouched (under :data:`pipeline.rng.RNG_LOCK`: a thread
+    training a dropout student meanwhile holds its own stream there)."""
+    with seeded(seed):
         return tf(img)

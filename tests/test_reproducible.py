@@ -2,7 +2,7 @@
 students with dropout included, whether they train stacked or in the per-student loop.
 
 Dropout draws its masks from torch's global RNG, which nothing else seeds: each student (or stack) trains under its
-own stream seeded by its seed (pipeline.train.TrainRng), whatever ran before it in the process.
+own stream seeded by its seed (pipeline.rng.TrainRng), whatever ran before it in the process.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from pipeline import distill, report
 from pipeline.config import DataConfig, DistillConfig, ModelConfig, OptimConfig
 from pipeline.grid import StudentSpec
 from pipeline.student_group import fit_group
-from pipeline.train import draws_random
+from pipeline.rng import draws_random
 from tests.conftest import build_store
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -38,6 +38,7 @@ from torch.func import functional_call, vmap
 from pipeline.config import OptimConfig
 from pipeline.grid import StudentSpec
 from pipeline.losses import hard_term_weight, weighted_distillation_loss
+from pipeline.rng import seeded
 import pipeline.stacking.grouped as grouped
 from pipeline.stacking.optim import StackedOptimizer, clip_per_student
 
@@ -153,7 +154,7 @@ class StackedStudents:
         buffers = {k: v.clone() for k, v in self.buffers.items()}
         devices = [device] if device.type == "cuda" else []
         try:
-            with torch.random.fork_rng(devices=devices):  # dropout in the probe must not move the global RNG
+            with seeded(None, devices):  # dropout in the probe must not move the global RNG (nor another's stream)
                 losses = self.loss(self.params, buffers, x, soft, labels, self.weights)  # (S,)
                 torch.autograd.grad(losses.sum(), list(self.params.values()), allow_unused=True)
         except Exception as e:  # any failure to vectorise means: train this group one by one

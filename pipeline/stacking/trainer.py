@@ -18,7 +18,8 @@ from pipeline.loader import BatchReader, SoftTargetLoader
 from pipeline.stacking.cost import cpu_reason_not_to_batch
 from pipeline.stacking.optim import lr_table
 from pipeline.stacking.stack import BatchingUnsupported, StackedStudents
-from pipeline.train import Trainee, own_rng, prepare_batch, record_losses, validate_group
+from pipeline.rng import own_rng
+from pipeline.train import Trainee, prepare_batch, record_losses, validate_group
 
 
 class GroupTrainer:
@@ -31,7 +32,7 @@ class GroupTrainer:
         self.stack = stack
         self.rows = list(trainees)
         # The stack's dropout masks (grouped layers, or vmap's randomness="different") come from one stream: the
-        # first student's own (pipeline.train.TrainRng), seeded by the group's seed. None: the model draws none.
+        # first student's own (pipeline.rng.TrainRng), seeded by the group's seed. None: the model draws none.
         self.rng = trainees[0].rng
 
     @property
