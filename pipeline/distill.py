@@ -25,7 +25,8 @@ from pipeline.errors import UserError
 from pipeline.grid import StudentSpec
 from pipeline.loader import SoftTargetLoader, fits_cache
 from pipeline.metrics import expected_calibration_error
-from pipeline.models import check_source, count_parameters, measure_latency, model_size_mb, resolve_device
+from pipeline.models import (check_source, count_parameters, input_size, measure_latency, model_size_mb,
+                             resolve_device)
 from pipeline.output_checks import check_output_folder
 from pipeline.runs import run_dir, run_identity
 from pipeline.store import SoftTargetStore, open_store
@@ -214,7 +215,8 @@ def train_students(plan: DistillPlan, specs: list[StudentSpec], *, progress: Pro
     loader = SoftTargetLoader(ds.splits["train"], cfg.optim.batch_size, seed=specs[0].seed,
                               store=None if online else plan.store, cache_mb=cfg.cache_mb, cached=plan.train_logits(),
                               chunk_rows=plan.store.chunk_rows("train"), workers=cfg.workers,
-                              view_policy=cfg.view_policy, pin_memory=device.type == "cuda")
+                              view_policy=cfg.view_policy, pin_memory=device.type == "cuda",
+                              view_size=input_size(cfg.model, ds.input_shape))
     label = ",".join(s.run_id for s in specs)
     results = fit_group(specs, model_cfg=cfg.model, optim=cfg.optim, augment=cfg.augment, loader=loader,
                         val=ds.splits["val"], input_shape=ds.input_shape, num_classes=ds.num_classes, device=device,
