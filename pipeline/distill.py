@@ -215,9 +215,9 @@ def student_loader(plan: DistillPlan, *, seed: int, device: torch.device) -> Sof
     cfg, ds = plan.cfg, plan.dataset
     online = cfg.mode == "online"
     return SoftTargetLoader(ds.splits["train"], cfg.optim.batch_size, seed=seed, store=None if online else plan.store,
-                            cache_mb=cfg.cache_mb, cached=plan.train_logits(), chunk_rows=plan.store.chunk_rows("train"),
-                            workers=cfg.workers, view_policy=cfg.view_policy, pin_memory=device.type == "cuda",
-                            view_size=input_size(cfg.model, ds.input_shape))
+                            cache_mb=cfg.cache_mb, cached=plan.train_logits(),
+                            chunk_rows=plan.store.chunk_rows("train"), workers=cfg.workers, view_policy=cfg.view_policy,
+                            pin_memory=device.type == "cuda", view_size=input_size(cfg.model, ds.input_shape))
 
 
 def train_students(plan: DistillPlan, specs: list[StudentSpec], *, progress: Progress | None = None) -> list[dict]:

@@ -1,7 +1,8 @@
 """Students with their own preprocessing on a store written by a teacher with its own: the students read the
 teacher's pixels (its resize and crop), have its stored views replayed at their own resolution (one resampling
-from each recorded box) and normalise them for themselves; --verify-views reruns the teacher with its own normalisation; stage 2 refuses a store whose recorded
-preprocessing it cannot reproduce, and data options that contradict it."""
+from each recorded box) and normalise them for themselves; --verify-views reruns the teacher with its own
+normalisation; stage 2 refuses a store whose recorded preprocessing it cannot reproduce, and data options that
+contradict it."""
 from __future__ import annotations
 
 import os
