@@ -23,7 +23,7 @@ from pipeline.stacking import stack_students
 from pipeline.stacking.optim import lr_table
 from pipeline.stacking.stack import StackedStudents, loss_weights
 from pipeline.store import SoftTargetStore
-from pipeline.student_group import fit_group
+from pipeline.student_group import fit_group, student_objective
 from pipeline.train import build_seeded, build_trainee, collect_results, evaluate, run_epochs
 from tests.conftest import small_teacher_config
 from tests.test_stacking import COMMON, OPTIMIZERS, RTOL, STEPS
@@ -180,6 +180,22 @@ def test_a_mixed_view_group_batches_and_matches_separate_runs(ds, mixed_store, a
     assert_same_students(together, alone)
     for b in together:
         assert evaluate(b.model, ds.splits["val"], CPU)["acc"] == b.val_acc
+
+
+def test_on_a_cpu_the_cost_model_decides_for_a_mixed_view_group(ds, mixed_store):
+    """`--batch auto`: a mixed-view group is stacked where any group would be, and only there."""
+    loader = loader_of(ds, mixed_store, unlabelled=False)
+    optim = OptimConfig(epochs=1, batch_size=16)
+    for width, stacked in ((4, True), (32, False)):  # 0.05 and 3.0 MFLOP per sample on digits
+        model = ModelConfig(arch="cnn", width=width)
+        trainees = [build_trainee(name=s.run_id, objective=student_objective(s), seed=s.seed, model_cfg=model,
+                                  optim=optim, input_shape=ds.input_shape, num_classes=ds.num_classes, device=CPU,
+                                  steps_per_epoch=len(loader)) for s in specs()]
+        group, why = stack_students(trainees, specs=specs(), configs=[optim] * len(trainees), loader=loader,
+                                    device=CPU, input_shape=ds.input_shape, num_classes=ds.num_classes, arch="cnn",
+                                    only_where_it_pays=True)
+        assert (group is not None) == stacked, why
+        assert why.startswith("one stacked cnn of 5") if stacked else "compute-bound on a CPU" in why
 
 
 def fit_weighted(ds, mixed_store, *, optim: OptimConfig, unlabelled_weight: float, batched: bool):
