@@ -149,13 +149,14 @@ def test_distilling_from_mixed_views_uses_the_mixed_labels(mixed_store, tmp_path
     with caplog.at_level(logging.INFO, logger="pipeline.student_group"):
         rows = distill.train_students(distill.plan(cfg), cfg.students())
     assert [r["status"] for r in rows] == ["ok", "ok"]
-    # One group of two, not batched: the stacked step has no λ-weighted hard term; the reason is logged.
-    assert "per-student loop: the store's views are mixed" in caplog.text
+    # One group of two small students, batched on a CPU: the stacked step takes the λ-weighted hard term.
+    assert "batched: one stacked cnn of 2 students" in caplog.text
 
 
 def test_a_student_trains_the_same_alone_or_in_a_mixed_view_group(mixed_store):
     """Replayed mixed views, λ-weighted labels and the shared batch stream leave nothing for group mates to
-    change: a student ends bit-identical alone and beside two others."""
+    change: a student ends bit-identical alone and beside two others in the per-student loop (a stack gives the
+    same students to float rounding: tests/test_stacking_mixed.py)."""
     from pipeline.grid import StudentSpec
     from pipeline.student_group import fit_group
 
@@ -167,7 +168,7 @@ def test_a_student_trains_the_same_alone_or_in_a_mixed_view_group(mixed_store):
         specs = [StudentSpec(loss="kl", temperature=t, alpha=1.0, beta=None, seed=0) for t in temperatures]
         return fit_group(specs, model_cfg=ModelConfig("cnn", 4), optim=OptimConfig(epochs=2, lr=1e-2),
                          augment=AugmentConfig(), loader=loader, val=ds.splits["val"], input_shape=ds.input_shape,
-                         num_classes=ds.num_classes, device=torch.device("cpu"))
+                         num_classes=ds.num_classes, device=torch.device("cpu"), batched=False)
 
     (alone,), together = run([2.0]), run([1.0, 2.0, 4.0])
     assert alone.step_losses == together[1].step_losses
