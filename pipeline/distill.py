@@ -25,7 +25,8 @@ from pipeline.errors import UserError
 from pipeline.grid import StudentSpec, baselines_of
 from pipeline.loader import SoftTargetLoader, fits_cache
 from pipeline.metrics import expected_calibration_error
-from pipeline.models import check_source, count_parameters, measure_latency, model_size_mb, resolve_device
+from pipeline.models import (check_source, count_parameters, input_size, measure_latency, model_size_mb,
+                             resolve_device)
 from pipeline.output_checks import check_output_folder
 from pipeline.runs import run_dir, run_identity
 from pipeline.store import SoftTargetStore, open_store
@@ -223,16 +224,27 @@ def group_names(cfg: DistillConfig, *, baselines: tuple[str, ...] = ("views",)) 
 BATCHED = {"auto": None, "on": True, "off": False}
 
 
+def student_loader(plan: DistillPlan, *, seed: int, device: torch.device, view_data: str = "views"
+                   ) -> SoftTargetLoader:
+    """The students' train batches: stored logits (none online: the teacher scores each batch) and, with teacher
+    views, each view replayed at the students' own resolution when it differs from the store's, in one resampling
+    from its recorded box (their input hook then only normalises). Val and test keep the store's resolution: the
+    hook resizes them once. ``view_data``: which views a group of label-only students sees (``SoftTargetLoader``)."""
+    cfg, ds = plan.cfg, plan.dataset
+    online = cfg.mode == "online"
+    return SoftTargetLoader(ds.splits["train"], cfg.optim.batch_size, seed=seed, store=None if online else plan.store,
+                            cache_mb=cfg.cache_mb, cached=plan.train_logits(),
+                            chunk_rows=plan.store.chunk_rows("train"), workers=cfg.workers, view_policy=cfg.view_policy,
+                            pin_memory=device.type == "cuda", view_size=input_size(cfg.model, ds.input_shape),
+                            view_data=view_data)
+
+
 def train_students(plan: DistillPlan, specs: list[StudentSpec], *, progress: Progress | None = None) -> list[dict]:
     """Train one group from the store, evaluate on test at T = 1, save each chosen checkpoint."""
     cfg, ds, run_dir = plan.cfg, plan.dataset, plan.run_dir
     device = resolve_device(cfg.device)
     online = cfg.mode == "online"
-    loader = SoftTargetLoader(ds.splits["train"], cfg.optim.batch_size, seed=specs[0].seed,
-                              store=None if online else plan.store, cache_mb=cfg.cache_mb, cached=plan.train_logits(),
-                              chunk_rows=plan.store.chunk_rows("train"), workers=cfg.workers,
-                              view_policy=cfg.view_policy, pin_memory=device.type == "cuda",
-                              view_data=specs[0].data)  # one per group (groups)
+    loader = student_loader(plan, seed=specs[0].seed, device=device, view_data=specs[0].data)  # one per group
     label = ",".join(s.run_id for s in specs)
     results = fit_group(specs, model_cfg=cfg.model, optim=cfg.optim, augment=cfg.augment, loader=loader,
                         val=ds.splits["val"], input_shape=ds.input_shape, num_classes=ds.num_classes, device=device,

@@ -33,6 +33,10 @@ IMAGEFOLDER = "imagefolder:"
 # pipeline.precision.PRECISIONS: the precisions a teacher pass can compute in, as a store records them.
 PRECISIONS = ("float32", "bfloat16", "float16")
 
+# The label of a sample that has none (a transfer-set row): the teacher scores it, students learn its soft target
+# alone (pipeline.losses), and nothing ever trains on it as a class.
+NO_LABEL = -1
+
 # The splits of a dataset and of a store, in the order they are written.
 SPLITS = ("train", "val", "test")
 

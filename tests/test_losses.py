@@ -261,3 +261,48 @@ def test_unknown_loss_name_raises_user_error(name):
     assert repr(name) in str(exc.value)
     for known in list(SOFT_LOSSES) + ["hard"]:
         assert known in exc.value.fix
+
+
+# --- unlabelled rows (NO_LABEL): the soft term alone ---------------------------------------------
+
+
+def test_unlabelled_row_has_no_hard_term_but_counts_in_the_batch():
+    # Row 1 has no label: the hard loss is row 0's CE over B = 2, not over the one labelled row.
+    got = hard_loss(t(STUDENT), torch.tensor([1, -1])).item()
+    assert got == pytest.approx(-math.log(softmax(STUDENT[0])[1]) / 2, rel=1e-12)
+    assert hard_loss(t(STUDENT), torch.tensor([-1, -1])).item() == 0.0
+
+
+@pytest.mark.parametrize("loss", ["kl", "soft_ce", "mse"])
+def test_unlabelled_rows_learn_the_soft_term_alone(loss):
+    lab = torch.tensor([1, -1])
+    soft = {"kl": hand_kl, "soft_ce": hand_soft_ce, "mse": lambda s, tc, temp: hand_mse(s, tc)}[loss]
+    got = distillation_loss(t(STUDENT), t(TEACHER), lab, loss, 2.0, 0.7).item()
+    want = 0.7 * soft(STUDENT, TEACHER, 2.0) + 0.3 * (-math.log(softmax(STUDENT[0])[1])) / 2
+    assert got == pytest.approx(want, rel=1e-12)
+
+
+@pytest.mark.parametrize("loss", ["kl", "soft_ce", "mse"])
+def test_unlabelled_weight_scales_the_soft_term_of_unlabelled_rows_only(loss):
+    lab = torch.tensor([1, -1])
+    temp, w = 2.0, 0.25
+    if loss == "kl":
+        rows = [temp**2 * kl_row(s, tc, temp) for s, tc in zip(STUDENT, TEACHER)]
+    elif loss == "soft_ce":
+        rows = [temp**2 * ce_row(s, tc, temp) for s, tc in zip(STUDENT, TEACHER)]
+    else:
+        rows = [sum((a - b) ** 2 for a, b in zip(s, tc)) / 3 for s, tc in zip(STUDENT, TEACHER)]
+    got = distillation_loss(t(STUDENT), t(TEACHER), lab, loss, temp, 1.0, unlabelled_weight=w).item()
+    assert got == pytest.approx((rows[0] + w * rows[1]) / 2, rel=1e-12)
+
+
+def test_mixed_hard_term_drops_the_unlabelled_shares():
+    from pipeline.losses import mixed_hard_loss
+
+    ce = [[-math.log(softmax(s)[c]) for c in range(3)] for s in STUDENT]
+    lam = torch.tensor([0.6, 0.3], dtype=torch.float64)
+    # Row 0: labelled (1) mixed with an unlabelled partner; row 1: two unlabelled samples, no hard term at all.
+    got = mixed_hard_loss(t(STUDENT), torch.tensor([1, -1]), torch.tensor([-1, -1]), lam).item()
+    assert got == pytest.approx(0.6 * ce[0][1] / 2, rel=1e-12)
+    got = mixed_hard_loss(t(STUDENT), torch.tensor([-1, 2]), torch.tensor([0, -1]), lam).item()
+    assert got == pytest.approx((0.4 * ce[0][0] + 0.3 * ce[1][2]) / 2, rel=1e-12)
