@@ -363,7 +363,7 @@ def plot(board: list[dict], path: str) -> None:
     for e in flat:
         ax.axhline(100 * e["test_acc_mean"], linestyle="-.", color="tab:purple", alpha=0.7,
                    label=f"{e['config_id']}, T not used ({100 * e['test_acc_mean']:.1f}%)")
-    several = any(e.get("reference") for e in board)  # label-only students: named by config id, the base solid
+    several = any(e.get("reference") for e in board)  # label-only students: named by config id, the others faded
     for e in board:
         if e["kind"] in ("teacher", "baseline") and not math.isnan(e["test_acc_mean"]):
             style = "--" if e["kind"] == "teacher" else ":"
