@@ -130,10 +130,17 @@ def kept_rows(path: str, identity: dict, run_ids: list[str] | None = None) -> li
 
 
 def resume_line(path: str, kept: list[dict], todo: list[list[StudentSpec]]) -> str:
-    """What completing an unfinished run does, in one line."""
+    """What completing an unfinished run does, in one line: students with no row in its report (a store's new
+    label-only students, :func:`finished_run`) are trained, those failed from a data or I/O error retrained."""
+    from pipeline.report import read_report
+
+    have = {r.get("run_id") for r in read_report(path)["runs"]}  # kept_rows found it valid
     n = sum(map(len, todo))
-    return (f"completing the unfinished run in {path}: retraining the {n} student{'s' * (n != 1)} that failed from "
-            f"a data or I/O error, keeping the other {len(kept)}")
+    new = sum(s.run_id not in have for g in todo for s in g)
+    what = [f"training the {new} student{'s' * (new != 1)} it has no row for"] if new else []
+    if n - new or not new:
+        what.append(f"retraining the {n - new} student{'s' * (n - new != 1)} that failed from a data or I/O error")
+    return f"completing the unfinished run in {path}: {' and '.join(what)}, keeping the other {len(kept)}"
 
 
 def retry_rows(rows: list[dict]) -> list[dict]:

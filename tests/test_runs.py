@@ -288,3 +288,5 @@ def test_a_finished_run_that_lacks_students_of_the_grid_is_completed_not_reused(
     assert [r["run_id"] for r in runs.kept_rows(path, _identity(cfg), now)] == today
     todo = distill.groups(cfg, skip=set(today), baselines=store_baselines(4, True))
     assert [s.run_id for g in todo for s in g] == ["baseline-plain-s0", "baseline-nomix-s0"]
+    assert runs.resume_line(path, runs.kept_rows(path, _identity(cfg), now), todo) == (
+        f"completing the unfinished run in {path}: training the 2 students it has no row for, keeping the other 2")
