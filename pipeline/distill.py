@@ -19,8 +19,9 @@ import torch
 
 from pipeline.config import AugmentConfig, DataConfig, DistillConfig
 from pipeline.checkpoints import load_store_teacher, save_state_dict
-from pipeline.compat import check_compatible
+from pipeline.compat import check_compatible, check_labels
 from pipeline.data import Dataset, store_dataset
+from pipeline.data.labels import LabelMask, label_mask
 from pipeline.errors import UserError
 from pipeline.grid import StudentSpec
 from pipeline.loader import SoftTargetLoader, fits_cache
@@ -77,6 +78,12 @@ class DistillPlan:
             return None
         return decoded_logits(store, "train", store.views > 1)
 
+    @property
+    def labels(self) -> LabelMask:
+        """Which train rows the students see labelled, and which they train on (pipeline.data.labels)."""
+        ds = self.dataset
+        return label_mask(ds.splits["train"], self.data_cfg, ds.class_names)
+
     def identity(self) -> dict:
         """What a finished report must record to be reused for this run (see :func:`run_identity`)."""
         return run_identity(self.cfg, data_cfg=self.data_cfg, provenance_key=self.store.meta.provenance_key)
@@ -87,8 +94,12 @@ class DistillPlan:
         return {"store": cfg.store, "teacher": f"{t.arch} (test acc {100 * t.test_acc:.2f}%)",
                 "student": f"{cfg.model.arch} width {cfg.model.width}", "dataset": self.dataset.name,
                 "encoding": self.store.encoding, "test_size": len(self.dataset.splits["test"]),
-                "num_classes": self.store.num_classes,
-                **self.identity()}
+                "num_classes": self.store.num_classes, **self.label_counts(), **self.identity()}
+
+    def label_counts(self) -> dict:
+        """How many train rows the students saw labelled and unlabelled (the baseline: the labelled ones)."""
+        mask = self.labels
+        return {"labelled": mask.num_labelled, "unlabelled": mask.num_unlabelled}
 
     def teacher_row(self) -> dict:
         t = self.store.meta.teacher
@@ -138,6 +149,7 @@ def plan(cfg: DistillConfig) -> DistillPlan:
     check_augment_overlap(students, cfg.augment)
     ds = store_dataset(store.meta, students)
     check_compatible(store, ds)
+    check_labels(store, ds, students)  # the labelled rows: enough for every class, and as the store recorded them
     check_views_augment(store.views, cfg.augment)
     if store.views > 1:  # every view's parameters decoded now (checksums, partners of mixed views)
         store.verify_view_params("train")
@@ -211,15 +223,25 @@ def train_students(plan: DistillPlan, specs: list[StudentSpec], *, progress: Pro
     cfg, ds, run_dir = plan.cfg, plan.dataset, plan.run_dir
     device = resolve_device(cfg.device)
     online = cfg.mode == "online"
-    loader = SoftTargetLoader(ds.splits["train"], cfg.optim.batch_size, seed=specs[0].seed,
-                              store=None if online else plan.store, cache_mb=cfg.cache_mb, cached=plan.train_logits(),
-                              chunk_rows=plan.store.chunk_rows("train"), workers=cfg.workers,
-                              view_policy=cfg.view_policy, pin_memory=device.type == "cuda")
-    label = ",".join(s.run_id for s in specs)
-    results = fit_group(specs, model_cfg=cfg.model, optim=cfg.optim, augment=cfg.augment, loader=loader,
-                        val=ds.splits["val"], input_shape=ds.input_shape, num_classes=ds.num_classes, device=device,
-                        label=label, progress=progress, teacher=load_teacher(plan.store) if online else None,
-                        batched=BATCHED[cfg.batch])
+    mask = plan.labels
+    # Students train on every kept row, the labels they may not see hidden (NO_LABEL: the soft term alone); the
+    # label-only baseline on the labelled rows alone. Each gets its own pass when the two differ.
+    train = mask.hidden(ds.splits["train"]) if mask.active else ds.splits["train"]
+    weight = cfg.unlabelled_weight if mask.num_unlabelled else 1.0
+    results_by_id = {}
+    for keep, part in _by_rows(specs, mask):
+        loader = SoftTargetLoader(train, cfg.optim.batch_size, seed=part[0].seed, store=None if online else plan.store,
+                                  cache_mb=cfg.cache_mb, cached=plan.train_logits(),
+                                  chunk_rows=plan.store.chunk_rows("train"), workers=cfg.workers,
+                                  view_policy=cfg.view_policy, pin_memory=device.type == "cuda", keep=keep)
+        label = ",".join(s.run_id for s in part)
+        for r in fit_group(part, model_cfg=cfg.model, optim=cfg.optim, augment=cfg.augment, loader=loader,
+                           val=ds.splits["val"], input_shape=ds.input_shape, num_classes=ds.num_classes,
+                           device=device, label=label, progress=progress,
+                           teacher=load_teacher(plan.store) if online else None, batched=BATCHED[cfg.batch],
+                           unlabelled_weight=weight):
+            results_by_id[r.spec.run_id] = r
+    results = [results_by_id[s.run_id] for s in specs]
     os.makedirs(os.path.join(run_dir, "students"), exist_ok=True)
     # The trained students' test scores, in order, from one read of test for the whole group.
     scores = iter(evaluate_group([r.model for r in results if r.model is not None], ds.splits["test"], device,
@@ -241,6 +263,18 @@ def train_students(plan: DistillPlan, specs: list[StudentSpec], *, progress: Pro
                      # What `kd export` needs to rebuild the student from its checkpoint.
                      "input_shape": list(ds.input_shape), "num_classes": ds.num_classes, "checkpoint": path})
     return rows
+
+
+def _by_rows(specs: list[StudentSpec], mask: LabelMask) -> list[tuple[np.ndarray | None, list[StudentSpec]]]:
+    """The group's students by the train rows they visit: (rows kept, or None for every row; students), in order.
+    The baseline visits the labelled rows, the others every kept row; one part when those are the same rows."""
+    def rows(s: StudentSpec) -> np.ndarray:
+        return mask.labelled if s.is_baseline else mask.kept
+
+    if all(np.array_equal(rows(s), rows(specs[0])) for s in specs):
+        return [(None if rows(specs[0]).all() else rows(specs[0]), specs)]
+    parts = [[s for s in specs if s.is_baseline], [s for s in specs if not s.is_baseline]]
+    return [(rows(p[0]), p) for p in parts if p]
 
 
 def load_teacher(store: SoftTargetStore) -> torch.nn.Module:

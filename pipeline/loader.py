@@ -122,8 +122,11 @@ class SoftTargetLoader:
                  split_name: str = "train", chunk_rows: int = 256, buffer_chunks: int = 8,
                  cache_mb: float = 1024.0, prefetch_chunks: int = 8, shuffle: bool = True,
                  cached: np.ndarray | None = None, workers: int = 0, view_policy: str = "uniform",
-                 pin_memory: bool | None = None) -> None:
+                 pin_memory: bool | None = None, keep: np.ndarray | None = None) -> None:
+        """``keep``: (N,) bool, the rows an epoch visits (None: every row), e.g. the labelled rows alone for the
+        label-only baseline; chunks are still read whole and the order still depends on (seed, epoch) alone."""
         self.split, self.batch_size, self.seed, self.shuffle = split, batch_size, seed, shuffle
+        self.keep = None if keep is None or keep.all() else np.asarray(keep, dtype=bool)
         self.pin_memory = default_pin_memory() if pin_memory is None else pin_memory
         self.store, self.split_name = store, split_name
         self.chunk_rows = store.chunk_rows(split_name) if store is not None else chunk_rows
@@ -157,8 +160,13 @@ class SoftTargetLoader:
         if store is not None and cached is None and fits_cache(self.n * self.views, store.num_classes, cache_mb):
             self._cache = self._read(0, self.n)
 
+    @property
+    def rows(self) -> int:
+        """Rows an epoch visits."""
+        return self.n if self.keep is None else int(self.keep.sum())
+
     def __len__(self) -> int:
-        return -(-self.n // self.batch_size)
+        return -(-self.rows // self.batch_size)
 
     def chunk_order(self, epoch: int) -> np.ndarray:
         if not self.shuffle:
@@ -167,13 +175,21 @@ class SoftTargetLoader:
 
     def _chunks(self, order: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         """(rows, logits) per chunk in ``order``; decoded ahead in a thread when streaming."""
-        def rows_of(c: int) -> np.ndarray:
-            return np.arange(c * self.chunk_rows, min((c + 1) * self.chunk_rows, self.n))
+        def bounds(c: int) -> tuple[int, int]:
+            return c * self.chunk_rows, min((c + 1) * self.chunk_rows, self.n)
+
+        def kept(start: int, stop: int, logits: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+            """The chunk's rows [start, stop) and their logits, restricted to the rows kept."""
+            r = np.arange(start, stop)
+            if self.keep is None:
+                return r, logits
+            sel = self.keep[start:stop]  # (R,)
+            return r[sel], None if logits is None else logits[sel]
 
         if self.store is None or self._cache is not None:
             for c in order:
-                r = rows_of(int(c))
-                yield r, None if self._cache is None else self._cache[r[0]:r[-1] + 1]
+                start, stop = bounds(int(c))
+                yield kept(start, stop, None if self._cache is None else self._cache[start:stop])
             return
         q: queue.Queue = queue.Queue(maxsize=self.prefetch_chunks)
         stop = threading.Event()
@@ -183,8 +199,8 @@ class SoftTargetLoader:
                 for c in order:
                     if stop.is_set():
                         return
-                    r = rows_of(int(c))
-                    q.put((r, self._read(int(r[0]), int(r[-1]) + 1)))
+                    start, stop = bounds(int(c))
+                    q.put(kept(start, stop, self._read(start, stop)))
                 q.put(None)
             except BaseException as exc:  # re-raised in the consumer
                 q.put(exc)
