@@ -1,0 +1,169 @@
+"""The label mask (pipeline/data/labels.py): which train rows keep their label for the students, seeded and
+stratified; the store's record of it; stage 2 training the students on every row and the baseline on the
+labelled ones."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from pipeline import distill
+from pipeline.compat import check_fingerprints
+from pipeline.config import DataConfig, DistillConfig, ModelConfig, OptimConfig
+from pipeline.data import load_dataset
+from pipeline.data.labels import choose_labelled, choose_transfer, label_mask
+from pipeline.errors import StoreError, UserError
+from pipeline.names import NO_LABEL
+from pipeline.store import FORMAT_VERSION, SoftTargetStore
+from tests.conftest import build_store, cli_fails
+
+CLASSES = [str(c) for c in range(4)]
+Y = np.repeat(np.arange(4), [10, 20, 30, 40])  # (100,) classes of 10, 20, 30 and 40 rows
+
+
+def test_per_class_keeps_exactly_k_of_every_class_seeded_and_nested():
+    a = choose_labelled(Y, fraction=None, per_class=5, seed=0, class_names=CLASSES)
+    assert np.bincount(Y[a]).tolist() == [5, 5, 5, 5]
+    assert np.array_equal(a, choose_labelled(Y, fraction=None, per_class=5, seed=0, class_names=CLASSES))
+    assert not np.array_equal(a, choose_labelled(Y, fraction=None, per_class=5, seed=1, class_names=CLASSES))
+    three = choose_labelled(Y, fraction=None, per_class=3, seed=0, class_names=CLASSES)
+    assert (three <= a).all()  # a smaller labelled set is a subset of a larger one with the same seed
+
+
+def test_fraction_keeps_the_floor_per_class_at_least_one_and_everything_at_one():
+    a = choose_labelled(Y, fraction=0.25, per_class=None, seed=0, class_names=CLASSES)
+    assert np.bincount(Y[a]).tolist() == [2, 5, 7, 10]  # floor(0.25 * n_c)
+    b = choose_labelled(Y, fraction=0.05, per_class=None, seed=0, class_names=CLASSES)
+    assert np.bincount(Y[b]).tolist() == [1, 1, 1, 2]  # never below one per class
+    assert choose_labelled(Y, fraction=1.0, per_class=None, seed=0, class_names=CLASSES).all()
+    assert choose_labelled(Y, fraction=None, per_class=None, seed=0, class_names=CLASSES).all()
+
+
+def test_rows_without_a_label_are_never_chosen_and_the_transfer_share_is_seeded_and_nested():
+    y = np.concatenate([Y, np.full(50, NO_LABEL)])
+    a = choose_labelled(y, fraction=None, per_class=2, seed=0, class_names=CLASSES)
+    assert a.sum() == 8 and not a[100:].any()
+    half = choose_transfer(~a, fraction=0.5, seed=0)
+    assert half.sum() == round(0.5 * (~a).sum()) and (half <= ~a).all()
+    assert (choose_transfer(~a, fraction=0.25, seed=0) <= half).all()
+
+
+def test_too_few_labels_for_the_classes_are_refused_naming_the_option():
+    with pytest.raises(UserError) as e:
+        choose_labelled(Y, fraction=0.03, per_class=None, seed=0, class_names=CLASSES)  # keeps 3 < 4 classes
+    assert e.value.field == "labelled_fraction" and "fewer than the 4 classes" in str(e.value)
+    with pytest.raises(UserError) as e:
+        choose_labelled(Y, fraction=None, per_class=11, seed=0, class_names=CLASSES)
+    assert e.value.field == "labelled_per_class" and "'0' has 10 train samples" in str(e.value)
+
+
+def test_the_mask_hides_labels_without_changing_the_dataset():
+    ds = load_dataset(DataConfig(train_limit=200, labelled_per_class=3))
+    train = ds.splits["train"]
+    mask = label_mask(train, DataConfig(train_limit=200, labelled_per_class=3), ds.class_names)
+    assert mask.num_labelled == 30 and mask.num_unlabelled == 170 and mask.active
+    hidden = mask.hidden(train).y.numpy()
+    assert (hidden[~mask.labelled] == NO_LABEL).all() and np.array_equal(hidden[mask.labelled],
+                                                                          train.y.numpy()[mask.labelled])
+    assert (train.y.numpy() >= 0).all()  # the dataset (what the store holds and fingerprints) keeps every label
+    full = load_dataset(DataConfig(train_limit=200))
+    assert train.fingerprint() == full.splits["train"].fingerprint()
+
+
+# --- the store and stage 2 ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def per_class_store(tmp_path_factory) -> str:
+    torch.set_num_threads(1)
+    root = str(tmp_path_factory.mktemp("labels"))
+    return build_store(root, data=DataConfig(train_limit=300, labelled_per_class=5), optim=OptimConfig(epochs=1))
+
+
+def _distill_cfg(store, tmp_path, **kw) -> DistillConfig:
+    return DistillConfig(store=store, model=ModelConfig(arch="cnn", width=4), optim=OptimConfig(epochs=1),
+                         temperatures=(4.0,), report_root=str(tmp_path / "reports"), device="cpu", **kw)
+
+
+def test_the_store_records_the_mask_its_counts_and_fingerprint(per_class_store):
+    store = SoftTargetStore(per_class_store)
+    meta = store.meta
+    assert meta.format_version == FORMAT_VERSION == 6
+    assert (meta.dataset.labels.labelled, meta.dataset.labels.unlabelled) == (50, 250)
+    ds = load_dataset(meta.data_cfg())
+    mask = label_mask(ds.splits["train"], meta.data_cfg(), ds.class_names)
+    assert meta.dataset.labels.fingerprint == ds.splits["train"].subset(mask.rows("unlabelled")).fingerprint()
+    assert (store.labels("train") >= 0).all()  # the teacher's true labels, all of them
+    assert check_fingerprints(store).startswith("checked against the data")
+
+
+def test_a_damaged_label_record_is_refused_by_stage2_and_verify(per_class_store, tmp_path):
+    import shutil
+
+    copy = str(tmp_path / "copy.zarr")
+    shutil.copytree(per_class_store, copy)
+    g = zarr.open_group(copy, mode="r+")
+    attrs = dict(g.attrs)
+    attrs["dataset"] = {**attrs["dataset"], "labels": {**attrs["dataset"]["labels"], "fingerprint": "0" * 64}}
+    g.attrs.put(attrs)
+    with pytest.raises(StoreError) as e:
+        distill.plan(_distill_cfg(copy, tmp_path))
+    assert e.value.field == "dataset.labels.fingerprint"
+    with pytest.raises(StoreError):
+        check_fingerprints(SoftTargetStore(copy))
+
+
+def test_stage2_baseline_trains_on_the_labelled_rows_and_students_on_every_row_labels_hidden(
+        per_class_store, tmp_path, monkeypatch):
+    seen = []
+    real = distill.fit_group
+
+    def spy(specs, *, loader, **kw):
+        ys = torch.cat([b.y for b in loader.epoch(0)])
+        seen.append(([s.run_id for s in specs], len(loader), ys, kw["unlabelled_weight"]))
+        return real(specs, loader=loader, **kw)
+
+    monkeypatch.setattr(distill, "fit_group", spy)
+    cfg = _distill_cfg(per_class_store, tmp_path, unlabelled_weight=0.5)
+    plan = distill.plan(cfg)
+    (group,) = distill.groups(cfg)
+    rows = distill.train_students(plan, group)
+    assert [r["status"] for r in rows] == ["ok", "ok"] and [r["run_id"] for r in rows] == [s.run_id for s in group]
+    by_id = {ids[0]: (n, ys, w) for ids, n, ys, w in seen}
+    n, ys, _ = by_id["baseline-s0"]
+    assert len(ys) == 50 and n == 1 and (ys >= 0).all()  # the labelled rows alone: one batch of 50
+    n, ys, w = by_id["kl-T4-a0.9-s0"]
+    assert len(ys) == 300 and int((ys == NO_LABEL).sum()) == 250 and w == 0.5
+    assert plan.report_meta()["labelled"] == 50 and plan.report_meta()["unlabelled"] == 250
+
+
+def test_distill_applies_a_labelled_share_to_a_store_written_without_one(digits_store, tmp_path, capsys):
+    from flows.cli import build_parser, distill_config
+
+    a = build_parser().parse_args(["distill", "--store", digits_store, "--labelled-fraction", "0.1"])
+    cfg = distill_config(a, digits_store)
+    assert cfg.data is not None and cfg.data.labelled_fraction == 0.1 and cfg.data.name == "digits"
+    plan = distill.plan(_distill_cfg(digits_store, tmp_path, data=cfg.data))
+    counts = plan.label_counts()
+    assert 0 < counts["labelled"] < counts["labelled"] + counts["unlabelled"] == len(plan.dataset.splits["train"])
+    # Another dataset option than the mask still needs --dataset.
+    assert cli_fails(capsys, "distill", "--store", digits_store, "--train-limit", "100").startswith("error: dataset")
+
+
+@pytest.mark.parametrize("argv, field", [
+    (("--labelled-fraction", "0"), "labelled_fraction"),
+    (("--labelled-fraction", "1.5"), "labelled_fraction"),
+    (("--labelled-per-class", "0"), "labelled_per_class"),
+    (("--labelled-fraction", "0.001"), "labelled_fraction"),  # 1 of 1257 train samples: fewer than 10 classes
+    (("--labelled-per-class", "500"), "labelled_per_class"),  # more than a class has
+    (("--transfer-fraction", "0"), "transfer_fraction"),
+])
+def test_bad_label_options_are_one_line_and_write_nothing(capsys, tmp_path, argv, field):
+    out = tmp_path / "out"
+    err = cli_fails(capsys, "teacher", *argv, "--store-root", str(out / "s"), "--checkpoint-root", str(out / "c"),
+                    "--device", "cpu")
+    assert err.startswith(f"error: {field}: ")
+    assert not any(files for _, _, files in os.walk(out))
