@@ -228,20 +228,20 @@ def train_students(plan: DistillPlan, specs: list[StudentSpec], *, progress: Pro
     # label-only baseline on the labelled rows alone. Each gets its own pass when the two differ.
     train = mask.hidden(ds.splits["train"]) if mask.active else ds.splits["train"]
     weight = cfg.unlabelled_weight if mask.num_unlabelled else 1.0
-    results_by_id = {}
+    results = []
     for keep, part in _by_rows(specs, mask):
         loader = SoftTargetLoader(train, cfg.optim.batch_size, seed=part[0].seed, store=None if online else plan.store,
                                   cache_mb=cfg.cache_mb, cached=plan.train_logits(),
                                   chunk_rows=plan.store.chunk_rows("train"), workers=cfg.workers,
                                   view_policy=cfg.view_policy, pin_memory=device.type == "cuda", keep=keep)
         label = ",".join(s.run_id for s in part)
-        for r in fit_group(part, model_cfg=cfg.model, optim=cfg.optim, augment=cfg.augment, loader=loader,
-                           val=ds.splits["val"], input_shape=ds.input_shape, num_classes=ds.num_classes,
-                           device=device, label=label, progress=progress,
-                           teacher=load_teacher(plan.store) if online else None, batched=BATCHED[cfg.batch],
-                           unlabelled_weight=weight):
-            results_by_id[r.spec.run_id] = r
-    results = [results_by_id[s.run_id] for s in specs]
+        results += fit_group(part, model_cfg=cfg.model, optim=cfg.optim, augment=cfg.augment, loader=loader,
+                             val=ds.splits["val"], input_shape=ds.input_shape, num_classes=ds.num_classes,
+                             device=device, label=label, progress=progress,
+                             teacher=load_teacher(plan.store) if online else None, batched=BATCHED[cfg.batch],
+                             unlabelled_weight=weight)
+    order = {s.run_id: i for i, s in enumerate(specs)}
+    results.sort(key=lambda r: order[r.spec.run_id])  # the group's order, whichever pass trained each
     os.makedirs(os.path.join(run_dir, "students"), exist_ok=True)
     # The trained students' test scores, in order, from one read of test for the whole group.
     scores = iter(evaluate_group([r.model for r in results if r.model is not None], ds.splits["test"], device,

@@ -178,18 +178,18 @@ class SoftTargetLoader:
         def bounds(c: int) -> tuple[int, int]:
             return c * self.chunk_rows, min((c + 1) * self.chunk_rows, self.n)
 
-        def kept(start: int, stop: int, logits: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
-            """The chunk's rows [start, stop) and their logits, restricted to the rows kept."""
-            r = np.arange(start, stop)
+        def kept(lo: int, hi: int, logits: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+            """The chunk's rows [lo, hi) and their logits, restricted to the rows kept."""
+            r = np.arange(lo, hi)
             if self.keep is None:
                 return r, logits
-            sel = self.keep[start:stop]  # (R,)
+            sel = self.keep[lo:hi]  # (R,)
             return r[sel], None if logits is None else logits[sel]
 
         if self.store is None or self._cache is not None:
             for c in order:
-                start, stop = bounds(int(c))
-                yield kept(start, stop, None if self._cache is None else self._cache[start:stop])
+                lo, hi = bounds(int(c))
+                yield kept(lo, hi, None if self._cache is None else self._cache[lo:hi])
             return
         q: queue.Queue = queue.Queue(maxsize=self.prefetch_chunks)
         stop = threading.Event()
@@ -199,8 +199,8 @@ class SoftTargetLoader:
                 for c in order:
                     if stop.is_set():
                         return
-                    start, stop = bounds(int(c))
-                    q.put(kept(start, stop, self._read(start, stop)))
+                    lo, hi = bounds(int(c))
+                    q.put(kept(lo, hi, self._read(lo, hi)))
                 q.put(None)
             except BaseException as exc:  # re-raised in the consumer
                 q.put(exc)

@@ -325,10 +325,6 @@ class StoreMeta(Provenance):
             raise _problem("teacher.source", "missing from the store's attributes")
         if self.format_version >= 6 and self.dataset.splits and self.dataset.labels is None:
             raise _problem("dataset.labels", "missing from the store's attributes")
-        labels, train = self.dataset.labels, self.dataset.splits.get("train")
-        if labels is not None and train is not None and labels.labelled + labels.unlabelled > train.size:
-            raise _problem("dataset.labels", f"counts {labels.labelled} + {labels.unlabelled} exceed the "
-                           f"{train.size} train rows")
         if self.complete and self.manifest is None:
             raise _problem("manifest", "missing from a complete store's attributes")
 
