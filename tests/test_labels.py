@@ -100,6 +100,15 @@ def test_the_store_records_the_mask_its_counts_and_fingerprint(per_class_store):
     assert check_fingerprints(store).startswith("checked against the data")
 
 
+def test_inspect_shows_the_mask_and_verify_checks_it(per_class_store, capsys):
+    from flows.cli import main
+
+    main(["inspect", per_class_store, "--verify"])
+    out = capsys.readouterr().out
+    assert "train rows for the students: 50 labelled, 250 unlabelled" in out
+    assert "fingerprints:     checked against the data" in out
+
+
 def test_a_damaged_label_record_is_refused_by_stage2_and_verify(per_class_store, tmp_path):
     import shutil
 
@@ -167,3 +176,19 @@ def test_bad_label_options_are_one_line_and_write_nothing(capsys, tmp_path, argv
                     "--device", "cpu")
     assert err.startswith(f"error: {field}: ")
     assert not any(files for _, _, files in os.walk(out))
+
+
+def test_the_unlabelled_weight_reaches_the_students_loss():
+    from pipeline.grid import StudentSpec
+    from pipeline.student_group import student_objective
+
+    spec = StudentSpec(loss="kl", temperature=4.0, alpha=0.9, beta=None, seed=0)
+    g = torch.Generator().manual_seed(0)
+    out, soft = torch.randn(6, 10, generator=g), torch.randn(6, 10, generator=g)  # (B, C) student and teacher
+    unlabelled = torch.full((6,), NO_LABEL)
+    one = student_objective(spec, 1.0)(out, soft, unlabelled)
+    assert one > 0
+    assert torch.allclose(student_objective(spec, 2.0)(out, soft, unlabelled), 2 * one)
+    assert student_objective(spec, 0.0)(out, soft, unlabelled) == 0
+    labelled = torch.arange(6) % 10  # labelled rows ignore the weight
+    assert torch.equal(student_objective(spec, 0.0)(out, soft, labelled), student_objective(spec)(out, soft, labelled))
