@@ -193,3 +193,47 @@ def test_a_missing_or_empty_unlabelled_folder_is_one_line(capsys, tmp_path):
     assert "does not exist" in _refused_by_teacher(capsys, tmp_path, folder, str(tmp_path / "nope"))
     os.makedirs(tmp_path / "empty")
     assert "holds no images" in _refused_by_teacher(capsys, tmp_path, folder, str(tmp_path / "empty"))
+
+
+def _folder_teacher(tmp, **kw) -> TeacherConfig:
+    folder, extra = write_folder(tmp / "f", n=12), write_flat(tmp / "u")
+    return TeacherConfig(data=_data(folder, unlabelled=extra), model=ModelConfig(arch="cnn", width=4),
+                         optim=OptimConfig(epochs=1, batch_size=8), store_root=str(tmp / "stores"),
+                         checkpoint_root=str(tmp / "ckpt"), device="cpu", chunk_rows=8, shard_chunks=1, **kw)
+
+
+def test_a_resumed_pass_writes_the_unlabelled_rows_as_a_whole_one(tmp_path):
+    """A pass cut off after its first train shard resumes and writes the rest, unlabelled rows included."""
+    torch.set_num_threads(1)
+    p = teacher.plan(_folder_teacher(tmp_path, encoding="float32"))
+    model = teacher.train(p)
+    writer = teacher.create_store(p, model)
+    teacher.write_shards(p, model, writer, {"train": [0]})
+    writer.close()
+    writer.abort()  # cut off: only train's first shard is on disk
+    resumed = teacher.create_store(p, model)
+    assert resumed.resumed and 0 not in resumed.pending("train") and resumed.pending("train")
+    resumed.abort()
+    store = SoftTargetStore(teacher.publish(p, model))
+    train = p.dataset.splits["train"]
+    expected = torch.cat(list(train_module.predict(model, train, torch.device("cpu")))).numpy()  # (N, C)
+    np.testing.assert_allclose(store.read_logits("train"), expected, rtol=1e-5, atol=1e-5)
+    assert (store.labels("train")[-6:] == NO_LABEL).all() and check_fingerprints(store).startswith("checked")
+
+
+def test_verify_views_replays_mixed_views_of_unlabelled_rows(tmp_path):
+    from pipeline.config import AugmentConfig, MixConfig
+    from pipeline.view_fidelity import verify_views
+
+    torch.set_num_threads(1)
+    p = teacher.plan(_folder_teacher(tmp_path, views=3, view_augment=AugmentConfig(ops=("flip",)),
+                                     view_mix=MixConfig(ops=("mixup",), prob=1.0)))
+    store = SoftTargetStore(teacher.publish(p, teacher.train(p)))
+    n = store.size("train")
+    params = store.view_params("train")  # (N, V, P)
+    partner = params[:, 1:, list(store.meta.views.params).index("partner")].astype(np.int64)  # (N, V - 1)
+    ids = store.ids("train")
+    # Each unlabelled row was mixed with another sample of train (never itself).
+    assert np.isin(partner[-6:], ids).all() and (partner[-6:] != ids[-6:, None]).all()
+    result = verify_views(store, samples=n)  # every train row, the unlabelled ones included
+    assert result["samples"] == n
