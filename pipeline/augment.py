@@ -50,25 +50,42 @@ def _crop_box(gen: torch.Generator, size: tuple[int, int], scale: tuple[float, .
     return (h - ch) // 2, (w - cw) // 2, ch, cw
 
 
-def apply_params(x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+def scaled_px(v: float, ratio: float) -> int:
+    """A pixel offset or edge ``v`` at ``ratio`` times the resolution, to the nearest pixel, halves away from zero
+    (so a shift of -3 and one of +3 stay mirror images)."""
+    return int(math.copysign(math.floor(abs(v) * ratio + 0.5), v))
+
+
+def apply_params(x: torch.Tensor, params: dict[str, torch.Tensor], *,
+                 size: tuple[int, int] | None = None) -> torch.Tensor:
     """Apply drawn parameters to a batch ``x`` of shape (B, C, H, W); absent keys mean "not this op".
 
     Keys: ``shift`` (B, 2) px, ``flip`` (B,) bool, ``angle`` (B,) degrees, ``crop`` (B, 4)
-    [top, left, height, width], ``jitter`` (B, 3) [brightness, contrast, saturation] factors.
-    An identity parameter (no shift, the whole image, factor 1) skips its op, so a clean view is
-    the image itself, bit for bit.
+    [top, left, height, width], ``jitter`` (B, 3) [brightness, contrast, saturation] factors, all in the pixel
+    coordinates of ``x``. An identity parameter (no shift, the whole image, factor 1) skips its op, so a clean
+    view is the image itself, bit for bit.
+
+    ``size`` (H', W'): the resolution the view is made at (a student's own), when it is not ``x``'s. The crop box
+    is then resampled once, straight to ``size`` (no crop op, or the whole box: the image resized once, as
+    ``resize``, antialiased bilinear), shifts are scaled by the size ratio to whole pixels (:func:`scaled_px`),
+    and the flip, rotation and jitter are applied at ``size``. Returns (B, C, H', W').
     """
-    out = torch.empty_like(x)
     h, w = x.shape[-2:]
+    out_h, out_w = (h, w) if size is None else (int(size[0]), int(size[1]))
+    rescale = (out_h, out_w) != (h, w)
+    out = torch.empty_like(x) if not rescale else x.new_empty((*x.shape[:-2], out_h, out_w))  # (B, C, H', W')
     for i in range(x.shape[0]):
         img = x[i]  # (C, H, W)
-        if "crop" in params:
-            top, left, ch, cw = (int(v) for v in params["crop"][i])
-            if (top, left, ch, cw) != (0, 0, h, w):
-                img = TF.resized_crop(img, top, left, ch, cw, size=[h, w], antialias=True)
+        box = tuple(int(v) for v in params["crop"][i]) if "crop" in params else (0, 0, h, w)
+        if box != (0, 0, h, w):
+            img = TF.resized_crop(img, *box, size=[out_h, out_w], antialias=True)
+        elif rescale:
+            img = TF.resize(img, [out_h, out_w], antialias=True)  # what the crop of the whole image would give
         if "flip" in params and bool(params["flip"][i]):
             img = TF.horizontal_flip(img)
         dx, dy = (int(v) for v in params["shift"][i]) if "shift" in params else (0, 0)
+        if rescale:
+            dx, dy = scaled_px(dx, out_w / w), scaled_px(dy, out_h / h)
         angle = float(params["angle"][i]) if "angle" in params else 0.0
         if dx or dy or angle:
             img = TF.affine(img, angle=angle, translate=[dx, dy], scale=1.0, shear=[0.0, 0.0])

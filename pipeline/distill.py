@@ -26,7 +26,8 @@ from pipeline.errors import UserError
 from pipeline.grid import StudentSpec
 from pipeline.loader import SoftTargetLoader, fits_cache
 from pipeline.metrics import expected_calibration_error
-from pipeline.models import check_source, count_parameters, measure_latency, model_size_mb, resolve_device
+from pipeline.models import (check_source, count_parameters, input_size, measure_latency, model_size_mb,
+                             resolve_device)
 from pipeline.output_checks import check_output_folder
 from pipeline.runs import run_dir, run_identity
 from pipeline.store import SoftTargetStore, open_store
@@ -218,6 +219,24 @@ def group_names(cfg: DistillConfig) -> list[str]:
 BATCHED = {"auto": None, "on": True, "off": False}
 
 
+def student_loader(plan: DistillPlan, *, seed: int, device: torch.device,
+                   keep: np.ndarray | None = None) -> SoftTargetLoader:
+    """The students' train batches: stored logits (none online: the teacher scores each batch) and, with teacher
+    views, each view replayed at the students' own resolution when it differs from the store's, in one resampling
+    from its recorded box (their input hook then only normalises). Val and test keep the store's resolution: the
+    hook resizes them once. Labels the students may not see are NO_LABEL (:attr:`DistillPlan.labels`); ``keep``:
+    the rows an epoch visits (None: every row)."""
+    cfg, ds = plan.cfg, plan.dataset
+    online = cfg.mode == "online"
+    mask = plan.labels
+    train = mask.hidden(ds.splits["train"]) if mask.active else ds.splits["train"]
+    return SoftTargetLoader(train, cfg.optim.batch_size, seed=seed, store=None if online else plan.store,
+                            cache_mb=cfg.cache_mb, cached=plan.train_logits(),
+                            chunk_rows=plan.store.chunk_rows("train"), workers=cfg.workers, view_policy=cfg.view_policy,
+                            pin_memory=device.type == "cuda", view_size=input_size(cfg.model, ds.input_shape),
+                            keep=keep)
+
+
 def train_students(plan: DistillPlan, specs: list[StudentSpec], *, progress: Progress | None = None) -> list[dict]:
     """Train one group from the store, evaluate on test at T = 1, save each chosen checkpoint."""
     cfg, ds, run_dir = plan.cfg, plan.dataset, plan.run_dir
@@ -226,14 +245,10 @@ def train_students(plan: DistillPlan, specs: list[StudentSpec], *, progress: Pro
     mask = plan.labels
     # Students train on every kept row, the labels they may not see hidden (NO_LABEL: the soft term alone); the
     # label-only baseline on the labelled rows alone. Each gets its own pass when the two differ.
-    train = mask.hidden(ds.splits["train"]) if mask.active else ds.splits["train"]
     weight = cfg.unlabelled_weight if mask.num_unlabelled else 1.0
     results = []
     for keep, part in _by_rows(specs, mask):
-        loader = SoftTargetLoader(train, cfg.optim.batch_size, seed=part[0].seed, store=None if online else plan.store,
-                                  cache_mb=cfg.cache_mb, cached=plan.train_logits(),
-                                  chunk_rows=plan.store.chunk_rows("train"), workers=cfg.workers,
-                                  view_policy=cfg.view_policy, pin_memory=device.type == "cuda", keep=keep)
+        loader = student_loader(plan, seed=part[0].seed, device=device, keep=keep)
         label = ",".join(s.run_id for s in part)
         results += fit_group(part, model_cfg=cfg.model, optim=cfg.optim, augment=cfg.augment, loader=loader,
                              val=ds.splits["val"], input_shape=ds.input_shape, num_classes=ds.num_classes,

@@ -1,7 +1,8 @@
-"""Fine-tuning a pretrained model: its new classifier head at the optimiser's lr, the pretrained backbone (every
+"""Fine-tuning a pretrained model: its classifier head at the optimiser's lr, the pretrained backbone (every
 other parameter) at ``--backbone-lr``, and the backbone frozen for the first ``--freeze-epochs`` epochs while
 the head settles. The head is the one :func:`pipeline.weights.head_name` finds (timm's record of it, else the
-last ``nn.Linear``).
+last ``nn.Linear``): a fresh one when the weights have another number of classes than the dataset, the pretrained
+one kept when they have as many (:func:`pipeline.models.build_model`).
 """
 from __future__ import annotations
 

@@ -116,13 +116,19 @@ def default_pin_memory() -> bool:
 
 
 class SoftTargetLoader:
-    """One epoch of batches at a time; see the module docstring for the order."""
+    """One epoch of batches at a time; see the module docstring for the order.
+
+    ``view_size`` (H, W): with a store of teacher views, the resolution they are replayed at (a student's own,
+    when it differs from the store's); its batches are then (B, C, H, W). Without views it changes nothing: the
+    images come at the store's resolution and the student's input hook resizes them, once.
+    """
 
     def __init__(self, split: Split, batch_size: int, seed: int, store: SoftTargetStore | None = None,
                  split_name: str = "train", chunk_rows: int = 256, buffer_chunks: int = 8,
                  cache_mb: float = 1024.0, prefetch_chunks: int = 8, shuffle: bool = True,
                  cached: np.ndarray | None = None, workers: int = 0, view_policy: str = "uniform",
-                 pin_memory: bool | None = None, keep: np.ndarray | None = None) -> None:
+                 pin_memory: bool | None = None, view_size: tuple[int, int] | None = None,
+                 keep: np.ndarray | None = None) -> None:
         """``keep``: (N,) bool, the rows an epoch visits (None: every row), e.g. the labelled rows alone for the
         label-only baseline; chunks are still read whole and the order still depends on (seed, epoch) alone."""
         self.split, self.batch_size, self.seed, self.shuffle = split, batch_size, seed, shuffle
@@ -150,8 +156,9 @@ class SoftTargetLoader:
         if self.views > 1:
             from pipeline.views import ViewReplay
 
-            # Each view is replayed from its stored parameters, carried next to its logits.
-            self._replay = ViewReplay(store.meta.views.params, store.num_classes, split, split_name)
+            # Each view is replayed from its stored parameters, carried next to its logits; at ``view_size`` (a
+            # student's own resolution) when given, in one resampling from the recorded box.
+            self._replay = ViewReplay(store.meta.views.params, store.num_classes, split, split_name, size=view_size)
             if cached is not None:
                 cached = self._replay.pack(cached, store.view_params(split_name))
         self._epoch_views: tuple[int, np.ndarray] | None = None

@@ -159,6 +159,7 @@ def weighted_distillation_loss(
     student: torch.Tensor,
     teacher: torch.Tensor | None,
     labels: torch.Tensor,
+    mix: tuple[torch.Tensor, torch.Tensor] | None = None,
     *,
     temperature: torch.Tensor,
     soft_weights: dict[str, torch.Tensor],
@@ -169,15 +170,19 @@ def weighted_distillation_loss(
 
     ``soft_weights`` maps each soft loss in use to its weight: alpha for a student trained with
     that loss, 0 for the others; ``hard_weight`` is each student's :func:`hard_term_weight`. Under
-    ``torch.func.vmap`` every argument but the shared ``teacher`` and ``labels`` carries one value
-    per student, so students with different losses train in one call. A zero weight adds an exact
-    0 (for finite terms), so the value and gradients equal :func:`distillation_loss`'s.
+    ``torch.func.vmap`` every argument but the shared ``teacher``, ``labels``, ``mix`` and
+    ``unlabelled_weight`` carries one value per student, so students with different losses train in
+    one call. ``mix`` (partner labels (B,), λ (B,)) makes the hard term :func:`mixed_hard_loss`, and
+    ``unlabelled_weight`` weights the soft term of unlabelled rows, as in :func:`distillation_loss`.
+    A zero weight adds an exact 0 (for finite terms), so the value and gradients equal
+    :func:`distillation_loss`'s.
     """
-    total = hard_weight * hard_loss(student, labels)
+    hard = hard_loss(student, labels) if mix is None else mixed_hard_loss(student, labels, *mix)
+    total = hard_weight * hard
     if soft_weights:
         assert teacher is not None, "soft losses need teacher logits"
     soft = None
-    rows = unlabelled_weights(labels, unlabelled_weight)
+    rows = unlabelled_weights(labels, unlabelled_weight)  # (B,) or None
     for name, weight in soft_weights.items():
         term = weight * SOFT_LOSSES[name](student, teacher, temperature, rows)
         soft = term if soft is None else soft + term

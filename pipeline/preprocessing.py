@@ -14,7 +14,9 @@ Resize and crop shape the pixels every stage reads (:mod:`pipeline.transforms`, 
 transform); mean and std are applied by the model itself, in a forward pre-hook (:func:`attach`), because
 teacher views (crops, flips, colour jitter, mixing) are drawn on [0, 1] pixels and only then normalised, and
 because students normalise with their own statistics. The same hook resizes a student's input to its own
-resolution, and an output hook picks the dataset's classes out of a pretrained model's (a class map).
+resolution when it comes at another (val, test, stores without views: one resize; stage 2 replays stored views at
+the student's size already, :class:`pipeline.views.ViewReplay`, so the hook finds nothing to resize), and an output
+hook picks the dataset's classes out of a pretrained model's (a class map).
 """
 from __future__ import annotations
 

@@ -66,25 +66,22 @@ def fit_group(specs: list[StudentSpec], *, model_cfg: ModelConfig, optim: OptimC
     ``optim.patience``, a student whose val accuracy stops improving stops
     alone. The checkpoint is chosen by ``optim.select``.
 
-    ``unlabelled_weight`` weights the soft term of the loader's unlabelled rows (label NO_LABEL); the stack takes
-    the default weight only, so another weight trains the group in the per-student loop.
+    ``unlabelled_weight`` weights the soft term of the loader's unlabelled rows (label NO_LABEL), in the stack as in
+    the per-student loop.
     """
     if teacher is not None:
         teacher = teacher.to(device).eval()
     start = time.perf_counter()
     configs = [optim if s.lr is None else dataclasses.replace(optim, lr=s.lr) for s in specs]
     trainees = [build_trainee(name=s.run_id, objective=student_objective(s, unlabelled_weight), seed=s.seed,
-                              model_cfg=model_cfg,
-                              optim=cfg, input_shape=input_shape, num_classes=num_classes, device=device,
-                              steps_per_epoch=len(loader))
+                              model_cfg=model_cfg, optim=cfg, input_shape=input_shape, num_classes=num_classes,
+                              device=device, steps_per_epoch=len(loader))
                 for s, cfg in zip(specs, configs)]
     stack, why = None, "batching is off"
-    if unlabelled_weight != 1.0:
-        stack, why = None, f"--unlabelled-weight {unlabelled_weight:g} is trained by the per-student loop alone"
-    elif batched is not False:
+    if batched is not False:
         stack, why = stacking.stack_students(trainees, specs=specs, configs=configs, loader=loader, device=device,
                                              input_shape=input_shape, num_classes=num_classes, arch=model_cfg.arch,
-                                             only_where_it_pays=batched is None)
+                                             only_where_it_pays=batched is None, unlabelled_weight=unlabelled_weight)
     log.info("%s: %s: %s", label, "batched" if stack is not None else "per-student loop", why)
     run_epochs(trainees, loader=loader, val=val, optim=optim, augment=augment, seed=specs[0].seed, device=device,
                label=label, progress=progress, teacher=teacher, stack=stack)

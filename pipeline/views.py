@@ -13,8 +13,10 @@ CutMix ``box_*``. Only the columns of the ops in use are stored.
   view never sees a val or test image.
 - :func:`apply_rows` turns rows into pixels: the view's transform is applied
   to the sample and to its partner alike, then the two are mixed. It is a pure
-  function of (images, partner images, rows), so the teacher pass and stage 2
-  (in any DataLoader worker) produce the same pixels bit for bit.
+  function of (images, partner images, rows, output size), so the teacher pass and stage 2
+  (in any DataLoader worker) produce the same pixels bit for bit. A student at
+  another resolution than the teacher's has each view made at its own size,
+  from the recorded box in one resampling (boxes and shifts scaled to it).
 - :class:`Partners` is the one place partner images and labels are fetched.
 
 Rows are applied from their float32 values on both sides (the teacher never
@@ -25,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline.augment import Augmenter, apply_params
+from pipeline.augment import Augmenter, apply_params, scaled_px
 from pipeline.config import AugmentConfig, MixConfig
 from pipeline.data import Split
 from pipeline.errors import StoreError, UserError
@@ -207,8 +209,25 @@ def _params(rows: np.ndarray, names: tuple[str, ...]) -> dict[str, torch.Tensor]
     return out
 
 
-def mix_pixels(x: torch.Tensor, partner: torch.Tensor, rows: np.ndarray, names: tuple[str, ...]) -> torch.Tensor:
-    """MixUp/CutMix of ``x`` (B, C, H, W) with ``partner`` (B, C, H, W) by each row's mix, λ and box."""
+def scaled_box(box: tuple[int, int, int, int], ratio: tuple[float, float]) -> tuple[int, int, int, int]:
+    """A CutMix box (top, left, height, width) at ``ratio`` (rows, columns) times the resolution: each edge to the
+    nearest pixel (:func:`pipeline.augment.scaled_px`), so the box stays inside the image and boxes that touch
+    still touch."""
+    top, left, h, w = box
+    ry, rx = ratio
+    t, b = scaled_px(top, ry), scaled_px(top + h, ry)
+    lft, r = scaled_px(left, rx), scaled_px(left + w, rx)
+    return t, lft, b - t, r - lft
+
+
+def mix_pixels(x: torch.Tensor, partner: torch.Tensor, rows: np.ndarray, names: tuple[str, ...], *,
+               ratio: tuple[float, float] = (1.0, 1.0)) -> torch.Tensor:
+    """MixUp/CutMix of ``x`` (B, C, H, W) with ``partner`` (B, C, H, W) by each row's mix, λ and box.
+
+    ``ratio``: (H / recorded H, W / recorded W) when the views are made at another resolution than the one their
+    boxes were drawn at (a student's own): each CutMix box is scaled to it (:func:`scaled_box`). λ stays the stored
+    one, the box's share at the recorded resolution; the scaled box's share differs from it by edge rounding only.
+    """
     col = {c: i for i, c in enumerate(names)}
     out = x.clone()
     for i in range(x.shape[0]):
@@ -217,6 +236,8 @@ def mix_pixels(x: torch.Tensor, partner: torch.Tensor, rows: np.ndarray, names: 
             out[i] = lam * x[i] + (1.0 - lam) * partner[i]
         elif code == MIX_CODES["cutmix"]:
             top, left, h, w = (int(rows[i, col[c]]) for c in BOX_COLUMNS)
+            if ratio != (1.0, 1.0):
+                top, left, h, w = scaled_box((top, left, h, w), ratio)
             out[i, :, top:top + h, left:left + w] = partner[i, :, top:top + h, left:left + w]
     return out
 
@@ -230,18 +251,24 @@ def mixed_rows(rows: np.ndarray, names: tuple[str, ...]) -> np.ndarray | None:
 
 
 def apply_rows(x: torch.Tensor, rows: np.ndarray, names: tuple[str, ...],
-               partner_x: torch.Tensor | None = None) -> torch.Tensor:
+               partner_x: torch.Tensor | None = None, *, size: tuple[int, int] | None = None) -> torch.Tensor:
     """Pixels of the views ``rows`` (B, P) of ``x`` (B, C, H, W): the view's transform applied to the sample
-    and to its partner alike (``partner_x`` (B, C, H, W), only read on mixed rows), then the two mixed."""
+    and to its partner alike (``partner_x`` (B, C, H, W), only read on mixed rows), then the two mixed.
+
+    ``size`` (H', W'): the resolution the views are made at, when not ``x``'s (a student's own): each view is
+    resampled once, straight from ``x`` (:func:`pipeline.augment.apply_params`), and CutMix boxes are scaled to
+    it. Returns (B, C, H', W'). A pure function of (x, partner_x, rows, size).
+    """
     params = _params(rows, names)
-    out = apply_params(x, params)
+    out = apply_params(x, params, size=size)  # (B, C, H', W')
     mixed = mixed_rows(rows, names)
     if mixed is None:
         return out
     assert partner_x is not None, "mixed rows need their partners' images"
     sel = torch.from_numpy(mixed)
-    moved = apply_params(partner_x[sel], {k: v[sel] for k, v in params.items()})  # (M, C, H, W)
-    out[sel] = mix_pixels(out[sel], moved, rows[mixed], names)
+    moved = apply_params(partner_x[sel], {k: v[sel] for k, v in params.items()}, size=size)  # (M, C, H', W')
+    ratio = (out.shape[-2] / x.shape[-2], out.shape[-1] / x.shape[-1])
+    out[sel] = mix_pixels(out[sel], moved, rows[mixed], names, ratio=ratio)
     return out
 
 
@@ -257,9 +284,11 @@ def partner_images(x: torch.Tensor, rows: np.ndarray, names: tuple[str, ...],
     return out
 
 
-def view_pixels(x: torch.Tensor, rows: np.ndarray, names: tuple[str, ...], partners: Partners | None) -> torch.Tensor:
-    """Pixels of the views ``rows`` (B, P) of the samples ``x`` (B, C, H, W), partners fetched as needed."""
-    return apply_rows(x, rows, names, partner_images(x, rows, names, partners))
+def view_pixels(x: torch.Tensor, rows: np.ndarray, names: tuple[str, ...], partners: Partners | None, *,
+                size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Pixels of the views ``rows`` (B, P) of the samples ``x`` (B, C, H, W), partners fetched as needed; at
+    ``size`` (H', W') when given (see :func:`apply_rows`), else at ``x``'s."""
+    return apply_rows(x, rows, names, partner_images(x, rows, names, partners), size=size)
 
 
 def mixed_labels(y: torch.Tensor, rows: np.ndarray, names: tuple[str, ...],
@@ -285,10 +314,16 @@ class ViewReplay:
 
     The loader carries each view's logits and its row together as one float32 array
     (logits, then parameters), so the chunk pipeline moves both without knowing about views.
+
+    ``size`` (H', W'): the resolution views are replayed at when a student's own differs from the store's
+    (None: the store's, as the teacher made them). Each view is then resampled once, from its recorded box
+    straight to the student's size (:func:`apply_rows`), not made at the teacher's and resized again.
     """
 
-    def __init__(self, names: tuple[str, ...], num_classes: int, split: Split, split_name: str) -> None:
+    def __init__(self, names: tuple[str, ...], num_classes: int, split: Split, split_name: str, *,
+                 size: tuple[int, int] | None = None) -> None:
         self.names, self.num_classes = tuple(names), num_classes
+        self.size = None if size is None else (int(size[0]), int(size[1]))
         self.partners = Partners(split, split_name) if "mix" in self.names else None
 
     @staticmethod
@@ -303,7 +338,7 @@ class ViewReplay:
     def pixels(self, x: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
         """The views ``rows`` (B, P) of the samples ``x`` (B, C, H, W), partners read as needed (in whichever
         process reads the batch: a DataLoader worker when there are any)."""
-        return view_pixels(x, rows, self.names, self.partners)
+        return view_pixels(x, rows, self.names, self.partners, size=self.size)
 
     def labels(self, y: torch.Tensor, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(partner labels (B,), λ (B,)) of the views ``rows`` (B, P), or None without mixed views."""

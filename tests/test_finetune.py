@@ -104,3 +104,20 @@ def test_the_finetune_preset_and_its_offline_demo_plan_without_network(tmp_path,
     assert p.cfg.data.model_preprocessing.crop == 64 and p.cfg.data.model_preprocessing.mean == (0.485, 0.456, 0.406)
     assert p.source.weights == "IMAGENET1K_V1" and os.path.basename(p.store_path).startswith(
         "imagefolder_") and "-torchvision-resnet18-" in p.store_path
+
+
+def test_weights_with_as_many_classes_as_the_data_keep_their_head_and_others_get_a_new_one(tmp_path):
+    """As docs/reference.md says: a fresh head only when the pretrained one has another number of classes; with as
+    many it is kept (e.g. a model fine-tuned on these classes before), and is still the head fine-tuning trains."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(2)
+    pretrained = torchvision.models.resnet18(num_classes=2).state_dict()
+    save_file(pretrained, str(tmp_path / "two.safetensors"))
+    cfg = ModelConfig(arch="torchvision:resnet18", weights=str(tmp_path / "two.safetensors"),
+                      preprocessing="IMAGENET1K_V1", **SMALL)
+    kept = build_model(cfg, (3, 32, 32), 2)
+    assert torch.equal(kept.fc.weight, pretrained["fc.weight"]) and torch.equal(kept.fc.bias, pretrained["fc.bias"])
+    assert finetune.param_groups(kept, OptimConfig(backbone_lr=0.01))[0]["params"] == [kept.fc.weight, kept.fc.bias]
+    fresh = build_model(cfg, (3, 32, 32), 3)
+    assert fresh.fc.out_features == 3 and torch.equal(fresh.layer1[0].conv1.weight, pretrained["layer1.0.conv1.weight"])

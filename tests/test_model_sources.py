@@ -160,6 +160,53 @@ def test_a_factory_with_an_enums_preprocessing_matches_its_transforms(tmp_path, 
     assert_close(stored, reference(make(num_classes=3), weights.transforms(), images)[:, [2, 0]])  # a, b
 
 
+def test_an_as_is_teacher_is_saved_so_online_mode_and_provenance_load_it(tmp_path, monkeypatch):
+    """A teacher used as it is is never trained, but its weights are saved once as the store's checkpoint (sha256
+    recorded): `--mode online` loads exactly the model that wrote the logits, and other weights are another
+    provenance key."""
+    import dataclasses
+
+    from pipeline import distill
+    from pipeline.config import DistillConfig
+    from pipeline.data import store_dataset
+    from pipeline.file_hash import sha256_file
+
+    pkg = tmp_path / "code" / "team_models"
+    os.makedirs(pkg)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "nets.py").write_text(textwrap.dedent(FACTORY))
+    monkeypatch.syspath_prepend(str(tmp_path / "code"))
+    from team_models.nets import make
+
+    torch.manual_seed(4)
+    torch.save(make(num_classes=3).state_dict(), tmp_path / "theirs.pt")  # not the factory's own init
+    folder = photos(tmp_path / "photos", ["a", "b"], seed=4)
+    model = ModelConfig(arch="py:team_models.nets:make", weights=str(tmp_path / "theirs.pt"), model_classes="b,x,a",
+                        resize=40, crop=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    path = write_store(tmp_path, folder, model, as_is=True)
+    store = SoftTargetStore(path)
+    t = store.meta.teacher
+    assert not t.trained_here and t.weights_sha256 == sha256_file(str(tmp_path / "theirs.pt"))
+    assert os.path.isfile(t.checkpoint) and t.checkpoint_sha256 == sha256_file(t.checkpoint)
+    online = distill.load_teacher(store)  # what --mode online scores batches with
+    test = store_dataset(store.meta, store.meta.data_cfg()).splits["test"]
+    with torch.no_grad():
+        assert_close(store.read_logits("test"), online(test.batch(np.arange(len(test)))).numpy())
+    cfg = DistillConfig(store=path, mode="online", model=ModelConfig("cnn", 4), optim=OptimConfig(epochs=1),
+                        temperatures=(2.0,), alphas=(1.0,), seeds=(0,), device="cpu", report_root=str(tmp_path / "r"))
+    rows = distill.train_students(distill.plan(cfg), cfg.students())
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    # Other weights for the same factory: another teacher, another provenance key.
+    torch.save(make(num_classes=3).state_dict(), tmp_path / "other.pt")
+    first = teacher.plan(TeacherConfig(data=DataConfig(name=f"imagefolder:{folder}"), model=model, as_is=True,
+                                       device="cpu", store_root=str(tmp_path / "stores"),
+                                       checkpoint_root=str(tmp_path / "ckpt")))
+    other = teacher.plan(TeacherConfig(data=DataConfig(name=f"imagefolder:{folder}"), as_is=True, device="cpu",
+                                       model=dataclasses.replace(model, weights=str(tmp_path / "other.pt")),
+                                       store_root=str(tmp_path / "stores"), checkpoint_root=str(tmp_path / "ckpt")))
+    assert first.provenance_key != other.provenance_key and first.store_path != other.store_path
+
+
 def test_a_torch_export_program_matches_its_stated_preprocessing(tmp_path):
     from torchvision.transforms._presets import ImageClassification
 

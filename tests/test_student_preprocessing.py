@@ -1,7 +1,8 @@
 """Students with their own preprocessing on a store written by a teacher with its own: the students read the
-teacher's pixels (its resize and crop, its stored views replayed) and then resize and normalise them for
-themselves; --verify-views reruns the teacher with its own normalisation; stage 2 refuses a store whose recorded
-preprocessing it cannot reproduce, and data options that contradict it."""
+teacher's pixels (its resize and crop), have its stored views replayed at their own resolution (one resampling
+from each recorded box) and normalise them for themselves; --verify-views reruns the teacher with its own
+normalisation; stage 2 refuses a store whose recorded preprocessing it cannot reproduce, and data options that
+contradict it."""
 from __future__ import annotations
 
 import os
@@ -17,7 +18,6 @@ from torchvision.transforms.v2 import functional as F
 from pipeline import distill, teacher
 from pipeline.config import AugmentConfig, DataConfig, DistillConfig, ModelConfig, OptimConfig, TeacherConfig
 from pipeline.errors import StoreError, UserError
-from pipeline.loader import SoftTargetLoader
 from pipeline.store import SoftTargetStore
 from pipeline.view_fidelity import verify_views
 from tests.test_model_sources import photos
@@ -78,18 +78,32 @@ def test_students_resize_and_normalise_the_teachers_views_for_themselves(views_s
     p = distill.plan(cfg)
     ds = p.dataset
     assert ds.input_shape == (3, 40, 40) and ds.transform_hash == SoftTargetStore(path).meta.transform_hash
-    # The pixels a student trains on: a replayed view at the teacher's 40 px, in [0, 1].
-    loader = SoftTargetLoader(ds.splits["train"], 4, seed=0, store=p.store, chunk_rows=p.store.chunk_rows("train"))
-    x = next(iter(loader.epoch(0))).x
-    assert x.shape[1:] == (3, 40, 40) and 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+    # The pixels a student trains on: each view replayed from its recorded box straight at the student's 32 px
+    # (one resampling), in [0, 1]; its hook only normalises them.
+    loader = distill.student_loader(p, seed=0, device=torch.device("cpu"))
+    b = next(iter(loader.epoch(0)))
+    x = b.x
+    assert x.shape[1:] == (3, 32, 32) and 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+    rows = b.rows.numpy()
+    params = p.store.view_params("train")[rows, loader.views_for(rows, 0)]  # (B, P): crop box, flip
+    col = {c: i for i, c in enumerate(p.store.meta.views.params)}
+    teachers = ds.splits["train"].batch(rows)  # (B, 3, 40, 40): the teacher's resize and crop
+    for i in range(len(rows)):
+        top, left, h, w = (int(params[i, col[c]]) for c in ("crop_top", "crop_left", "crop_height", "crop_width"))
+        one = F.resized_crop(teachers[i], top, left, h, w, size=[32, 32], antialias=True)
+        assert torch.equal(x[i], F.horizontal_flip(one) if params[i, col["flip"]] > 0.5 else one)
     from pipeline.train import build_seeded
 
     student = build_seeded(cfg.model, ds.input_shape, ds.num_classes, seed=0).eval()
     inner = build_seeded(cfg.model, ds.input_shape, ds.num_classes, seed=0).eval()
     inner._forward_pre_hooks.clear()
-    mine = F.normalize(F.resize(x, [32, 32], antialias=True), list(STUDENT_MEAN), list(STUDENT_STD))
     with torch.no_grad():
-        torch.testing.assert_close(student(x), inner(mine), atol=1e-6, rtol=0)
+        torch.testing.assert_close(student(x), inner(F.normalize(x, list(STUDENT_MEAN), list(STUDENT_STD))),
+                                   atol=1e-6, rtol=0)
+        # Val and test come at the store's 40 px: the hook resizes them once, then normalises.
+        val = ds.splits["val"].batch(np.arange(len(ds.splits["val"])))
+        mine = F.normalize(F.resize(val, [32, 32], antialias=True), list(STUDENT_MEAN), list(STUDENT_STD))
+        torch.testing.assert_close(student(val), inner(mine), atol=1e-6, rtol=0)
     rows = distill.train_students(p, cfg.students())
     assert [r["status"] for r in rows] == ["ok", "ok"] and all(np.isfinite(r["test_nll"]) for r in rows)
     assert rows[0]["model"]["crop"] == 32  # kd export rebuilds the student with its preprocessing

@@ -149,13 +149,14 @@ def test_distilling_from_mixed_views_uses_the_mixed_labels(mixed_store, tmp_path
     with caplog.at_level(logging.INFO, logger="pipeline.student_group"):
         rows = distill.train_students(distill.plan(cfg), cfg.students())
     assert [r["status"] for r in rows] == ["ok", "ok"]
-    # One group of two, not batched: the stacked step has no λ-weighted hard term; the reason is logged.
-    assert "per-student loop: the store's views are mixed" in caplog.text
+    # One group of two small students, batched on a CPU: the stacked step takes the λ-weighted hard term.
+    assert "batched: one stacked cnn of 2 students" in caplog.text
 
 
 def test_a_student_trains_the_same_alone_or_in_a_mixed_view_group(mixed_store):
     """Replayed mixed views, λ-weighted labels and the shared batch stream leave nothing for group mates to
-    change: a student ends bit-identical alone and beside two others."""
+    change: a student ends bit-identical alone and beside two others in the per-student loop (a stack gives the
+    same students to float rounding: tests/test_stacking_mixed.py)."""
     from pipeline.grid import StudentSpec
     from pipeline.student_group import fit_group
 
@@ -167,7 +168,7 @@ def test_a_student_trains_the_same_alone_or_in_a_mixed_view_group(mixed_store):
         specs = [StudentSpec(loss="kl", temperature=t, alpha=1.0, beta=None, seed=0) for t in temperatures]
         return fit_group(specs, model_cfg=ModelConfig("cnn", 4), optim=OptimConfig(epochs=2, lr=1e-2),
                          augment=AugmentConfig(), loader=loader, val=ds.splits["val"], input_shape=ds.input_shape,
-                         num_classes=ds.num_classes, device=torch.device("cpu"))
+                         num_classes=ds.num_classes, device=torch.device("cpu"), batched=False)
 
     (alone,), together = run([2.0]), run([1.0, 2.0, 4.0])
     assert alone.step_losses == together[1].step_losses
@@ -266,3 +267,88 @@ def test_training_augmentation_takes_crop_and_jitter():
     a = aug(x, torch.Generator().manual_seed(1))
     assert a.shape == x.shape and not torch.equal(a, x)
     assert torch.equal(a, aug(x, torch.Generator().manual_seed(1)))  # seeded: the same draws, the same pixels
+
+
+# --- views replayed at a student's own resolution ---------------------------------------------------------------
+
+
+def test_a_crop_view_at_the_students_size_is_one_resized_crop_of_the_teachers_pixels():
+    """At another size than the store's, a view is its recorded box resampled once, straight to the student's
+    size; the clean view is one resize (what the student's input hook does to val and test); at the store's size
+    nothing changes."""
+    from torchvision.transforms.v2 import functional as F
+
+    names = views.columns(AugmentConfig(ops=("crop", "flip")), MixConfig())
+    x = torch.rand(3, 3, 40, 40, generator=torch.Generator().manual_seed(0))  # the teacher's pixels, 40 px
+    rows = np.array([[0, 0, 0, 40, 40], [0, 3, 5, 20, 30], [1, 11, 2, 29, 17]], dtype=np.float32)  # flip, box
+    out = views.apply_rows(x, rows, names, size=(24, 24))
+    assert out.shape == (3, 3, 24, 24)
+    assert torch.equal(out[0], F.resize(x, [24, 24], antialias=True)[0])
+    assert torch.equal(out[1], F.resized_crop(x[1], 3, 5, 20, 30, size=[24, 24], antialias=True))
+    assert torch.equal(out[2], F.horizontal_flip(F.resized_crop(x[2], 11, 2, 29, 17, size=[24, 24], antialias=True)))
+    # Not the teacher's view resized again: that resamples twice.
+    twice = F.resize(views.apply_rows(x, rows, names), [24, 24], antialias=True)
+    assert not torch.equal(out[1], twice[1])
+    # At the store's size, the view is the teacher's, bit for bit.
+    assert torch.equal(views.apply_rows(x, rows, names, size=(40, 40)), views.apply_rows(x, rows, names))
+
+
+def test_translate_and_cutmix_views_at_half_resolution_scale_shifts_and_boxes():
+    from torchvision.transforms.v2 import functional as F
+
+    names = views.columns(AugmentConfig(ops=("translate", "rotate")), MixConfig(ops=("mixup", "cutmix")))
+    assert names == ("dx", "dy", "angle", "mix", "partner", "lam", "box_top", "box_left", "box_height", "box_width")
+    g = torch.Generator().manual_seed(1)
+    x, partner = torch.rand(3, 3, 32, 32, generator=g), torch.rand(3, 3, 32, 32, generator=g)
+    # dx, dy, angle | mix, partner, lam | CutMix box at 32 px
+    rows = np.array([[4, -3, 0, 2, 7, 0.8125, 8, 5, 16, 11],  # CutMix: box (8, 5, 16, 11) -> (4, 3, 8, 5) at 16 px
+                     [-6, 2, 10, 1, 9, 0.3, 0, 0, 0, 0],  # MixUp, rotated 10 degrees
+                     [3, 0, 0, 0, -1, 1.0, 0, 0, 0, 0]], dtype=np.float32)  # neither: shift 3 -> 1.5 -> 2
+    out = views.apply_rows(x, rows, names, partner, size=(16, 16))
+    assert out.shape == (3, 3, 16, 16)
+    small, small_partner = F.resize(x, [16, 16], antialias=True), F.resize(partner, [16, 16], antialias=True)
+
+    def moved(img, dx, dy, angle=0.0):
+        return F.affine(img, angle=angle, translate=[dx, dy], scale=1.0, shear=[0.0, 0.0])
+
+    cut = moved(small[0], 2, -2)  # 4 -> 2, -3 -> -1.5 -> -2 (halves away from zero)
+    cut[:, 4:12, 3:8] = moved(small_partner[0], 2, -2)[:, 4:12, 3:8]  # the box's edges scaled: rows 8..24 -> 4..12
+    assert torch.equal(out[0], cut)
+    torch.testing.assert_close(out[1], 0.3 * moved(small[1], -3, 1, 10.0) + 0.7 * moved(small_partner[1], -3, 1, 10.0),
+                               rtol=0, atol=0)  # MixUp: λ as stored
+    assert torch.equal(out[2], moved(small[2], 2, 0))
+    assert views.scaled_box((8, 5, 16, 11), (0.5, 0.5)) == (4, 3, 8, 5)
+    assert views.scaled_box((0, 31, 32, 1), (0.5, 0.5)) == (0, 16, 16, 0)  # edges stay inside the image
+
+
+def test_a_student_at_half_the_stores_resolution_trains_on_views_made_at_its_size(mixed_store, tmp_path):
+    """Stage 2 with a student cropping 4 px on 8 px digits views (crops, flips, jitter, MixUp, CutMix): its batches
+    come at 4 px, each view made there from its recorded row in one resampling, so its input hook has nothing left
+    to resize; it trains."""
+    from pipeline.preprocessing import InputHook
+    from pipeline.train import build_seeded
+
+    s = SoftTargetStore(mixed_store)
+    cfg = DistillConfig(store=mixed_store, model=ModelConfig("cnn", 4, crop=4), optim=OptimConfig(epochs=1, lr=1e-2),
+                        temperatures=(2.0,), alphas=(1.0,), seeds=(0,), report_root=str(tmp_path), device="cpu")
+    p = distill.plan(cfg)
+    split = p.dataset.splits["train"]
+    assert p.dataset.input_shape == (1, 8, 8)
+    loader = distill.student_loader(p, seed=0, device=torch.device("cpu"))
+    b = next(iter(loader.epoch(0)))
+    assert b.x.shape == (64, 1, 4, 4)
+    rows = b.rows.numpy()
+    params = s.view_params("train")[rows, loader.views_for(rows, 0)]  # (B, P)
+    teachers = views.view_pixels(split.batch(rows), params, s.meta.views.params, views.Partners(split, "train"))
+    assert teachers.shape == (64, 1, 8, 8)
+    assert torch.equal(b.x, views.view_pixels(split.batch(rows), params, s.meta.views.params,
+                                              views.Partners(split, "train"), size=(4, 4)))
+    # DataLoader workers replay at the student's size too, bit for bit.
+    in_workers = SoftTargetLoader(split, 64, seed=0, store=s, workers=2, view_size=(4, 4), pin_memory=False)
+    first = next(iter(in_workers.epoch(0)))
+    assert torch.equal(first.rows, b.rows) and torch.equal(first.x, b.x)
+    student = build_seeded(cfg.model, p.dataset.input_shape, p.dataset.num_classes, seed=0)
+    (hook,) = [h for h in student._forward_pre_hooks.values() if isinstance(h, InputHook)]
+    assert hook.size == tuple(b.x.shape[-2:])  # the hook resizes only what differs: nothing here
+    result = distill.train_students(p, cfg.students())
+    assert [r["status"] for r in result] == ["ok", "ok"] and all(np.isfinite(r["test_nll"]) for r in result)

@@ -124,8 +124,9 @@ def label_mask(split: Split, cfg, class_names: list[str]) -> LabelMask:
                                seed=cfg.split_seed, class_names=class_names)
     if labelled.sum() < len(class_names) and (cfg.labelled_fraction is not None or cfg.labelled_per_class
                                               is not None or not has_label.all()):
-        raise UserError("labelled_per_class" if cfg.labelled_per_class is not None else "labelled_fraction",
-                        f"{int(labelled.sum())} labelled train samples, fewer than the {len(class_names)} classes",
-                        "keep more labels (every class needs at least one labelled sample)")
+        field = next((k for k in ("labelled_per_class", "labelled_fraction") if getattr(cfg, k) is not None),
+                     "train_limit")  # --unlabelled beside too few labelled samples: the limit cut them
+        raise UserError(field, f"{int(labelled.sum())} labelled train samples, fewer than the {len(class_names)} "
+                        "classes", "keep more labels (every class needs at least one labelled sample)")
     kept = labelled | choose_transfer(~labelled, fraction=cfg.transfer_fraction, seed=cfg.split_seed)
     return LabelMask(labelled=labelled, kept=kept, has_label=has_label)

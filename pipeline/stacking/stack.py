@@ -17,7 +17,9 @@ launches) dominates a step, so a stack costs far less than S separate steps.
 - Dropout draws independent masks per student (``randomness="different"``).
 - Loss choice, temperature, alpha and beta are per-student tensors
   (:func:`pipeline.losses.weighted_distillation_loss`), so the label-only
-  baseline and every soft loss share one stack.
+  baseline and every soft loss share one stack. The batch's mix of mixed
+  views (the λ-weighted hard term) and its unlabelled rows (soft term only,
+  weighted by ``unlabelled_weight``) are shared by every student.
 - A student whose loss goes non-finite is masked out of the update on the
   device, in the same step: its NaN never reaches its own parameters or
   anyone else's. Losses stay on the device until the caller reads them.
@@ -38,6 +40,7 @@ from torch.func import functional_call, vmap
 from pipeline.config import OptimConfig
 from pipeline.grid import StudentSpec
 from pipeline.losses import hard_term_weight, weighted_distillation_loss
+from pipeline.names import NO_LABEL
 import pipeline.stacking.grouped as grouped
 from pipeline.stacking.optim import StackedOptimizer, clip_per_student
 
@@ -48,12 +51,17 @@ from pipeline.stacking.optim import StackedOptimizer, clip_per_student
 warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
 
 
-def _loss_of_logits(out: torch.Tensor, soft: torch.Tensor | None, labels: torch.Tensor, weights: dict) -> torch.Tensor:
-    return weighted_distillation_loss(out, soft, labels, **weights)
+# The batch's mixed labels: (partner labels (B,), λ (B,)) for mixed views (pipeline.views), else None.
+Mix = tuple[torch.Tensor, torch.Tensor] | None
 
 
-# (S, B, K) logits, shared soft targets and labels, (S,) weights -> (S,) losses.
-_LOSSES = vmap(_loss_of_logits, in_dims=(0, None, None, 0))
+def _loss_of_logits(out: torch.Tensor, soft: torch.Tensor | None, labels: torch.Tensor, mix: Mix, weights: dict,
+                    unlabelled_weight: float) -> torch.Tensor:
+    return weighted_distillation_loss(out, soft, labels, mix, unlabelled_weight=unlabelled_weight, **weights)
+
+
+# (S, B, K) logits, shared soft targets, labels and mix, (S,) weights, one unlabelled weight -> (S,) losses.
+_LOSSES = vmap(_loss_of_logits, in_dims=(0, None, None, None, 0, None))
 
 
 class BatchingUnsupported(Exception):
@@ -79,11 +87,12 @@ class StackedStudents:
 
     def __init__(self, models: list[nn.Module], *, specs: list[StudentSpec], optim: OptimConfig,
                  lrs: torch.Tensor, device: torch.device, input_shape: tuple[int, int, int],
-                 num_classes: int, use_grouped: bool = True) -> None:
+                 num_classes: int, use_grouped: bool = True, unlabelled_weight: float = 1.0) -> None:
         """``lrs`` is the (steps + 1, S) float64 learning-rate table (see :func:`pipeline.stacking.optim.lr_table`).
 
         A plain sequential model runs in :mod:`pipeline.stacking.grouped`'s native grouped form (unless
         ``use_grouped`` is False), any other under ``vmap``; :attr:`engine` says which, and why.
+        ``unlabelled_weight`` weights the soft term of unlabelled rows (``NO_LABEL``) for every student.
         """
         if len({type(m) for m in models}) != 1 or len({tuple(m.state_dict()) for m in models}) != 1:
             raise BatchingUnsupported("the models differ in architecture")
@@ -104,6 +113,7 @@ class StackedStudents:
         self.optimizer = StackedOptimizer(flat.to(device), optim)
         self.lrs = lrs.to(device)
         self.weights = loss_weights(specs, device)
+        self.unlabelled_weight = float(unlabelled_weight)
         self.live = torch.ones(len(models), 1, dtype=torch.bool, device=device)  # (S, 1)
         self._views()
         why_not = grouped.why_not_grouped(models[0]) if use_grouped else "grouped layers are off"
@@ -112,7 +122,8 @@ class StackedStudents:
         if self.grouped:
             self.loss = self._grouped_loss
         else:
-            self.loss = vmap(self._student_loss, in_dims=(0, 0, None, None, None, 0), randomness="different")
+            self.loss = vmap(self._student_loss, in_dims=(0, 0, None, None, None, None, 0, None),
+                             randomness="different")
         self._probe(device, input_shape, num_classes)
 
     @property
@@ -134,40 +145,48 @@ class StackedStudents:
             start = end
 
     def _student_loss(self, params: dict, buffers: dict, x: torch.Tensor, soft: torch.Tensor | None,
-                      labels: torch.Tensor, weights: dict) -> torch.Tensor:
+                      labels: torch.Tensor, mix: Mix, weights: dict, unlabelled_weight: float) -> torch.Tensor:
         """One student's loss on the shared batch (vmap adds the student axis)."""
         out = functional_call(self.base, (params, buffers), (x,))  # (B, C)
-        return weighted_distillation_loss(out, soft, labels, **weights)
+        return _loss_of_logits(out, soft, labels, mix, weights, unlabelled_weight)
 
     def _grouped_loss(self, params: dict, buffers: dict, x: torch.Tensor, soft: torch.Tensor | None,
-                      labels: torch.Tensor, weights: dict) -> torch.Tensor:
+                      labels: torch.Tensor, mix: Mix, weights: dict, unlabelled_weight: float) -> torch.Tensor:
         """Every student's loss on the shared batch, (S,): one grouped forward, the losses vectorised."""
         out = grouped.forward(self.base, params, buffers, x, students=self.size, training=True)  # (S, B, K)
-        return _LOSSES(out, soft, labels, weights)
+        return _LOSSES(out, soft, labels, mix, weights, unlabelled_weight)
 
     def _probe(self, device: torch.device, input_shape: tuple[int, int, int], num_classes: int) -> None:
-        """One forward and backward on two samples, on copies of the buffers: does the model vectorise?"""
+        """One forward and backward on two samples, on copies of the buffers: does the model vectorise?
+
+        The probe's batch is mixed and has an unlabelled row, so it also takes the loss's every path.
+        """
         x = torch.rand(2, *input_shape, generator=torch.Generator().manual_seed(0)).to(device)  # (2, C, H, W)
         soft = torch.zeros(2, num_classes, device=device) if self.weights["soft_weights"] else None  # (2, K)
-        labels = torch.zeros(2, dtype=torch.int64, device=device)
+        labels = torch.tensor([0, NO_LABEL], dtype=torch.int64, device=device)  # (2,)
+        mix = (torch.tensor([NO_LABEL, 0], device=device), torch.tensor([0.5, 0.5], device=device))  # (2,), (2,)
         buffers = {k: v.clone() for k, v in self.buffers.items()}
         devices = [device] if device.type == "cuda" else []
         try:
             with torch.random.fork_rng(devices=devices):  # dropout in the probe must not move the global RNG
-                losses = self.loss(self.params, buffers, x, soft, labels, self.weights)  # (S,)
+                losses = self.loss(self.params, buffers, x, soft, labels, mix, self.weights,
+                                   self.unlabelled_weight)  # (S,)
                 torch.autograd.grad(losses.sum(), list(self.params.values()), allow_unused=True)
         except Exception as e:  # any failure to vectorise means: train this group one by one
             raise BatchingUnsupported(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
 
-    def step(self, x: torch.Tensor, soft: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
+    def step(self, x: torch.Tensor, soft: torch.Tensor | None, labels: torch.Tensor, mix: Mix = None) -> torch.Tensor:
         """One training step of every student on batch ``x`` (B, C, H, W); returns the (S,) losses, on the device.
 
-        A student whose loss is not finite is masked out of this update and every later one.
+        ``labels`` (B,) may hold unlabelled rows (``NO_LABEL``); ``mix`` is the batch's (partner labels (B,),
+        λ (B,)) when its views are mixed. A student whose loss is not finite is masked out of this update and
+        every later one.
         """
         lr = self.lrs[min(self.optimizer.steps, len(self.lrs) - 1)]  # (S,) after that many schedule steps
         self.grad.zero_()
         with torch.enable_grad():
-            losses = self.loss(self.params, self.buffers, x, soft, labels, self.weights)  # (S,)
+            losses = self.loss(self.params, self.buffers, x, soft, labels, mix, self.weights,
+                               self.unlabelled_weight)  # (S,)
             losses.sum().backward()  # students are independent: row i of the gradient is student i's own
         with torch.no_grad():
             self.live &= torch.isfinite(losses)[:, None]

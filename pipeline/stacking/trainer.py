@@ -55,9 +55,7 @@ class GroupTrainer:
         losses = []
         for batch in loader.epoch(epoch):
             b = prepare_batch(batch, augmenter=augmenter, generator=generator, device=device, teacher=teacher)
-            if b.mix is not None:
-                raise BatchingUnsupported("mixed views need the per-student loop's λ-weighted hard term")
-            losses.append(self.stack.step(b.x, b.logits, b.y))  # (S,)
+            losses.append(self.stack.step(b.x, b.logits, b.y, b.mix))  # (S,)
         table = torch.stack(losses).cpu() if losses else torch.empty(0, len(self.rows))  # (steps, S)
         means = {}
         for t, column in zip(self.rows, table.T.tolist()):
@@ -80,23 +78,23 @@ class GroupTrainer:
 
 def stack_students(trainees: list[Trainee], *, specs: list[StudentSpec], configs: list[OptimConfig],
                    loader: SoftTargetLoader, device: torch.device, input_shape: tuple[int, int, int],
-                   num_classes: int, arch: str, only_where_it_pays: bool) -> tuple[GroupTrainer | None, str]:
+                   num_classes: int, arch: str, only_where_it_pays: bool,
+                   unlabelled_weight: float = 1.0) -> tuple[GroupTrainer | None, str]:
     """The group of ``trainees`` (``specs[i]``, ``configs[i]``: student i's spec and optimiser config, which
     differ in lr at most) as one stack, and what the log says of it; or None and why the students must
     take their steps one by one.
 
     A stack needs two or more students, one lr per student (no fine-tuning's parameter groups,
-    :mod:`pipeline.finetune`), batches without mixed views (the stacked step has no λ-weighted hard term,
-    :func:`pipeline.losses.mixed_hard_loss`), and a model that vectorises (a probe step when the stack is
-    built). ``only_where_it_pays``: also refuse on a CPU where the students are too large to gain
-    (:mod:`pipeline.stacking.cost`).
+    :mod:`pipeline.finetune`), and a model that vectorises (a probe step when the stack is built).
+    ``only_where_it_pays``: also refuse on a CPU where the students are too large to gain
+    (:mod:`pipeline.stacking.cost`). Mixed views and unlabelled rows batch like any other: the stacked
+    step takes the λ-weighted hard term (:func:`pipeline.losses.mixed_hard_loss`) and weights the soft
+    term of unlabelled rows by ``unlabelled_weight``, as each student's objective must too.
     """
     if len(trainees) < 2:
         return None, "a single student"
     if finetune.applies(configs[0]):
         return None, "fine-tuning (--backbone-lr, --freeze-epochs) trains each student's own parameter groups"
-    if loader.mixed_views:
-        return None, "the store's views are mixed (MixUp/CutMix)"
     if only_where_it_pays and device.type == "cpu":
         why = cpu_reason_not_to_batch(trainees[0].model, input_shape)
         if why is not None:
@@ -104,7 +102,7 @@ def stack_students(trainees: list[Trainee], *, specs: list[StudentSpec], configs
     try:
         stack = StackedStudents([t.model for t in trainees], specs=specs, optim=configs[0],
                                 lrs=lr_table(configs, len(loader)), device=device, input_shape=input_shape,
-                                num_classes=num_classes)
+                                num_classes=num_classes, unlabelled_weight=unlabelled_weight)
     except BatchingUnsupported as e:
         return None, f"{arch} does not batch ({e})"
     return GroupTrainer(stack, trainees), f"one stacked {arch} of {len(trainees)} students, {stack.engine}"
