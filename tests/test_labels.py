@@ -84,8 +84,9 @@ def per_class_store(tmp_path_factory) -> str:
 
 
 def _distill_cfg(store, tmp_path, **kw) -> DistillConfig:
+    kw = {"temperatures": (4.0,), **kw}
     return DistillConfig(store=store, model=ModelConfig(arch="cnn", width=4), optim=OptimConfig(epochs=1),
-                         temperatures=(4.0,), report_root=str(tmp_path / "reports"), device="cpu", **kw)
+                         report_root=str(tmp_path / "reports"), device="cpu", **kw)
 
 
 def test_the_store_records_the_mask_its_counts_and_fingerprint(per_class_store):
@@ -192,3 +193,22 @@ def test_the_unlabelled_weight_reaches_the_students_loss():
     assert student_objective(spec, 0.0)(out, soft, unlabelled) == 0
     labelled = torch.arange(6) % 10  # labelled rows ignore the weight
     assert torch.equal(student_objective(spec, 0.0)(out, soft, labelled), student_objective(spec)(out, soft, labelled))
+
+
+def test_a_stacked_group_weighs_unlabelled_rows_as_the_per_student_loop(per_class_store, tmp_path):
+    """The stack takes --unlabelled-weight too: its step losses equal the loop's on rows with hidden labels."""
+    from pipeline.student_group import fit_group
+
+    cfg = _distill_cfg(per_class_store, tmp_path, temperatures=(1.0, 4.0), unlabelled_weight=0.5)
+    plan = distill.plan(cfg)
+    ds, mask = plan.dataset, plan.labels
+    specs = [s for s in cfg.students() if not s.is_baseline]
+    losses = {}
+    for batched in (True, False):
+        loader = distill.student_loader(plan, seed=0, device=torch.device("cpu"))
+        results = fit_group(specs, model_cfg=cfg.model, optim=cfg.optim, augment=cfg.augment, loader=loader,
+                            val=ds.splits["val"], input_shape=ds.input_shape, num_classes=ds.num_classes,
+                            device=torch.device("cpu"), batched=batched, unlabelled_weight=0.5)
+        losses[batched] = [r.step_losses for r in results]
+    assert mask.num_unlabelled == 250
+    np.testing.assert_allclose(np.array(losses[True]), np.array(losses[False]), rtol=1e-5)
