@@ -212,3 +212,19 @@ def test_a_stacked_group_weighs_unlabelled_rows_as_the_per_student_loop(per_clas
         losses[batched] = [r.step_losses for r in results]
     assert mask.num_unlabelled == 250
     np.testing.assert_allclose(np.array(losses[True]), np.array(losses[False]), rtol=1e-5)
+
+
+def test_kd_distill_and_kd_run_refuse_bad_label_options_in_one_line(digits_store, capsys, tmp_path):
+    reports = tmp_path / "reports"
+    err = cli_fails(capsys, "distill", "--store", digits_store, "--labelled-fraction", "0.001", "--report-root",
+                    str(reports), "--device", "cpu")
+    assert err.startswith("error: labelled_fraction: ") and "fewer than the 10 classes" in err
+    err = cli_fails(capsys, "distill", "--store", digits_store, "--labelled-per-class", "5", "--labelled-fraction",
+                    "0.5", "--report-root", str(reports))
+    assert err.startswith("error: labelled_fraction: ") and "pass one of them" in err
+    assert cli_fails(capsys, "distill", "--store", digits_store, "--unlabelled-weight", "-1").startswith(
+        "error: unlabelled_weight: ")
+    err = cli_fails(capsys, "run", "--labelled-per-class", "0", "--store-root", str(tmp_path / "s"),
+                    "--report-root", str(reports), "--checkpoint-root", str(tmp_path / "c"))
+    assert err.startswith("error: --labelled-per-class (teacher): must be at least 1")
+    assert not any(files for _, _, files in os.walk(tmp_path))
