@@ -247,12 +247,13 @@ def train_students(plan: DistillPlan, specs: list[StudentSpec], *, progress: Pro
     # label-only baseline on the labelled rows alone. Each gets its own pass when the two differ.
     weight = cfg.unlabelled_weight if mask.num_unlabelled else 1.0
     results = []
-    for keep, part in _by_rows(specs, mask):
+    parts = _by_rows(specs, mask)
+    for i, (keep, part) in enumerate(parts):
         loader = student_loader(plan, seed=part[0].seed, device=device, keep=keep)
         label = ",".join(s.run_id for s in part)
         results += fit_group(part, model_cfg=cfg.model, optim=cfg.optim, augment=cfg.augment, loader=loader,
                              val=ds.splits["val"], input_shape=ds.input_shape, num_classes=ds.num_classes,
-                             device=device, label=label, progress=progress,
+                             device=device, label=label, progress=_pass_progress(progress, i, len(parts)),
                              teacher=load_teacher(plan.store) if online else None, batched=BATCHED[cfg.batch],
                              unlabelled_weight=weight)
     order = {s.run_id: i for i, s in enumerate(specs)}
@@ -278,6 +279,13 @@ def train_students(plan: DistillPlan, specs: list[StudentSpec], *, progress: Pro
                      # What `kd export` needs to rebuild the student from its checkpoint.
                      "input_shape": list(ds.input_shape), "num_classes": ds.num_classes, "checkpoint": path})
     return rows
+
+
+def _pass_progress(progress: Progress | None, i: int, passes: int) -> Progress | None:
+    """The group's progress for pass ``i`` of ``passes``: its epochs counted after the earlier passes' (one bar)."""
+    if progress is None or passes == 1:
+        return progress
+    return lambda label, epoch, epochs, metrics: progress(label, i * epochs + epoch, passes * epochs, metrics)
 
 
 def _by_rows(specs: list[StudentSpec], mask: LabelMask) -> list[tuple[np.ndarray | None, list[StudentSpec]]]:

@@ -140,8 +140,10 @@ def test_stage2_baseline_trains_on_the_labelled_rows_and_students_on_every_row_l
     cfg = _distill_cfg(per_class_store, tmp_path, unlabelled_weight=0.5)
     plan = distill.plan(cfg)
     (group,) = distill.groups(cfg)
-    rows = distill.train_students(plan, group)
+    reported = []
+    rows = distill.train_students(plan, group, progress=lambda label, e, n, m: reported.append((e, n)))
     assert [r["status"] for r in rows] == ["ok", "ok"] and [r["run_id"] for r in rows] == [s.run_id for s in group]
+    assert reported == [(1, 2), (2, 2)]  # one epoch per pass, counted on as one bar
     by_id = {ids[0]: (n, ys, w) for ids, n, ys, w in seen}
     n, ys, _ = by_id["baseline-s0"]
     assert len(ys) == 50 and n == 1 and (ys >= 0).all()  # the labelled rows alone: one batch of 50

@@ -16,7 +16,7 @@ import torch
 
 from pipeline.data.dataset import Dataset, Split
 from pipeline.data.folder import FolderSource, native_size
-from pipeline.data.sources import TORCHVISION, Source, cifar_sources, digits_source, locate, mnist_sources
+from pipeline.data.sources import Source, cifar_sources, digits_source, locate, mnist_sources
 from pipeline.errors import UserError
 from pipeline.names import DATASETS, IMAGEFOLDER, NO_LABEL
 
@@ -84,17 +84,15 @@ def unlabelled_source(cfg) -> Source:
     """The samples ``cfg.unlabelled`` names, every label NO_LABEL."""
     path = folder_path(cfg.unlabelled)
     if path is not None:
-        return FolderSource(path, native_size=native_size(cfg), exif=cfg.exif_orientation,
-                            unlabelled=True)
+        return FolderSource(path, native_size=native_size(cfg), exif=cfg.exif_orientation, unlabelled=True)
     name = cfg.unlabelled
     if name == cfg.name:
         raise UserError("unlabelled", f"{name} is the labelled dataset itself", "pass another dataset or a folder")
     if name == "digits":
         src = digits_source()
-    else:
+    else:  # a torchvision dataset: its train samples
         read = cifar_sources if name.startswith("cifar") else mnist_sources
         src, _ = read(name, locate(name, cfg.root, cfg.download))
-    assert name in TORCHVISION or name == "digits"
     src.labels = np.full(len(src), NO_LABEL, dtype=np.int64)
     return src
 
