@@ -262,6 +262,8 @@ NOTE_WIDTH = 100  # the notes' line length where the terminal's width is unknown
 
 def train_rows(meta: dict) -> str:
     """How many train rows the students saw labelled and unlabelled (a report's ``meta``)."""
+    if not meta["unlabelled"]:
+        return f"train rows: {meta['labelled']}, every one labelled"
     return (f"train rows: {meta['labelled']} labelled, {meta['unlabelled']} unlabelled (students: all of them, "
             f"the unlabelled ones by their soft term alone; baseline: the {meta['labelled']} labelled)")
 

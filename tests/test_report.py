@@ -465,3 +465,15 @@ def test_a_write_cut_off_by_a_full_disk_leaves_the_previous_report(tmp_path):
     assert sorted(p.name for p in run_dir.iterdir()) == sorted(before)  # no temporary file left
     assert (run_dir / "leaderboard.json").read_bytes() == before["leaderboard.json"]
     assert json.loads((run_dir / "leaderboard.json").read_text())["meta"] == {"store": "first"}
+
+
+def test_the_header_says_how_many_train_rows_were_labelled(tmp_path):
+    rows = [teacher_row(), *baseline_rows(), row("kl-T2-a0.9", "student", 0, 0.95)]
+    meta = {"test_size": 270, "labelled": 50, "unlabelled": 250}
+    md = open(write_report(str(tmp_path / "r"), rows, meta)["md"]).read()
+    assert "- train rows: 50 labelled, 250 unlabelled (students: all of them" in md and "baseline: the 50" in md
+    assert "train rows: 50 labelled, 250 unlabelled" in leaderboard_text({"meta": meta,
+                                                                          "leaderboard": leaderboard(rows)})
+    every = {"test_size": 270, "labelled": 300, "unlabelled": 0}
+    assert "- train rows: 300, every one labelled" in open(write_report(str(tmp_path / "s"), rows, every)["md"]).read()
+    assert "train rows" not in leaderboard_text({"meta": every, "leaderboard": leaderboard(rows)})  # as before
