@@ -230,3 +230,27 @@ def test_kd_distill_and_kd_run_refuse_bad_label_options_in_one_line(digits_store
                     "--report-root", str(reports), "--checkpoint-root", str(tmp_path / "c"))
     assert err.startswith("error: --labelled-per-class (teacher): must be at least 1")
     assert not any(files for _, _, files in os.walk(tmp_path))
+
+
+def test_mixed_views_hide_the_partners_labels_too(tmp_path):
+    """On a store of mixed views, a partner whose label the students may not see brings NO_LABEL to the λ-weighted
+    hard term (which then drops its share), not its true label."""
+    from pipeline.config import AugmentConfig, MixConfig
+
+    torch.set_num_threads(1)
+    store = build_store(str(tmp_path), data=DataConfig(train_limit=200, labelled_per_class=3),
+                        optim=OptimConfig(epochs=1), views=2, view_augment=AugmentConfig(ops=("flip",)),
+                        view_mix=MixConfig(ops=("mixup",), prob=1.0))
+    plan = distill.plan(_distill_cfg(store, tmp_path))
+    mask, train = plan.labels, plan.dataset.splits["train"]
+    hidden = mask.hidden(train).y
+    loader = distill.student_loader(plan, seed=0, device=torch.device("cpu"))
+    loader.view_policy = "cycle"  # epoch 1: every row's view 1, the mixed one
+    partners_seen = []
+    for b in loader.epoch(1):
+        partner_y, _ = b.mix  # (B,) partner labels, (B,) λ
+        assert torch.equal(b.y, hidden[b.rows])
+        partners_seen.append(partner_y)
+    partner_y = torch.cat(partners_seen)
+    assert (partner_y == NO_LABEL).sum() > 100 and (partner_y >= 0).sum() > 0  # most partners are unlabelled rows
+    assert set(partner_y.tolist()) <= set(hidden.tolist())
