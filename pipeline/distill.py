@@ -220,12 +220,12 @@ BATCHED = {"auto": None, "on": True, "off": False}
 
 
 def student_loader(plan: DistillPlan, *, seed: int, device: torch.device,
-                   keep: np.ndarray | None = None) -> SoftTargetLoader:
+                   keep: np.ndarray | None = None, passes: int = 1) -> SoftTargetLoader:
     """The students' train batches: stored logits (none online: the teacher scores each batch) and, with teacher
     views, each view replayed at the students' own resolution when it differs from the store's, in one resampling
     from its recorded box (their input hook then only normalises). Val and test keep the store's resolution: the
     hook resizes them once. Labels the students may not see are NO_LABEL (:attr:`DistillPlan.labels`); ``keep``:
-    the rows an epoch visits (None: every row)."""
+    the rows an epoch visits (None: every row), ``passes`` times."""
     cfg, ds = plan.cfg, plan.dataset
     online = cfg.mode == "online"
     mask = plan.labels
@@ -234,7 +234,7 @@ def student_loader(plan: DistillPlan, *, seed: int, device: torch.device,
                             cache_mb=cfg.cache_mb, cached=plan.train_logits(),
                             chunk_rows=plan.store.chunk_rows("train"), workers=cfg.workers, view_policy=cfg.view_policy,
                             pin_memory=device.type == "cuda", view_size=input_size(cfg.model, ds.input_shape),
-                            keep=keep)
+                            keep=keep, passes=passes)
 
 
 def train_students(plan: DistillPlan, specs: list[StudentSpec], *, progress: Progress | None = None) -> list[dict]:
@@ -249,7 +249,8 @@ def train_students(plan: DistillPlan, specs: list[StudentSpec], *, progress: Pro
     results = []
     parts = _by_rows(specs, mask)
     for i, (keep, part) in enumerate(parts):
-        loader = student_loader(plan, seed=part[0].seed, device=device, keep=keep)
+        loader = student_loader(plan, seed=part[0].seed, device=device, keep=keep,
+                                passes=baseline_passes(mask) if part[0].is_baseline else 1)
         label = ",".join(s.run_id for s in part)
         results += fit_group(part, model_cfg=cfg.model, optim=cfg.optim, augment=cfg.augment, loader=loader,
                              val=ds.splits["val"], input_shape=ds.input_shape, num_classes=ds.num_classes,
@@ -286,6 +287,15 @@ def _pass_progress(progress: Progress | None, i: int, passes: int) -> Progress |
     if progress is None or passes == 1:
         return progress
     return lambda label, epoch, epochs, metrics: progress(label, i * epochs + epoch, passes * epochs, metrics)
+
+
+def baseline_passes(mask: LabelMask) -> int:
+    """Passes over the labelled rows in one epoch of the label-only baseline: as many as make its epoch about as
+    long as the students' epoch over every kept row, so it takes the same optimizer steps on the same schedule. With
+    the students' epoch count alone, 50 labelled rows would give it one step an epoch: a baseline starved of
+    training, not of labels."""
+    labelled = int(mask.labelled.sum())
+    return max(1, round(int(mask.kept.sum()) / labelled)) if labelled else 1
 
 
 def _by_rows(specs: list[StudentSpec], mask: LabelMask) -> list[tuple[np.ndarray | None, list[StudentSpec]]]:

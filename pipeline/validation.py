@@ -105,8 +105,8 @@ def check_labels(cfg) -> None:
     check(f is None or cfg.labelled_per_class is None, "labelled_fraction", "and --labelled-per-class both choose "
           "the labelled rows", "pass one of them")
     t = cfg.transfer_fraction
-    check(math.isfinite(t) and 0.0 < t <= 1.0, "transfer_fraction", f"must be in (0, 1], got {t}",
-          "use e.g. 0.5, or 1 for every unlabelled row")
+    check(math.isfinite(t) and 0.0 <= t <= 1.0, "transfer_fraction", f"must be in [0, 1], got {t}",
+          "use e.g. 0.5, 1 for every unlabelled row, or 0 for none")
     check(cfg.unlabelled is None or bool(cfg.unlabelled.strip()), "unlabelled", "is empty",
           "pass a folder of images, or a dataset name such as mnist")
     check(cfg.unlabelled is None or cfg.unlabelled.strip() != IMAGEFOLDER, "unlabelled", "imagefolder: names no "

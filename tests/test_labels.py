@@ -49,6 +49,7 @@ def test_rows_without_a_label_are_never_chosen_and_the_transfer_share_is_seeded_
     half = choose_transfer(~a, fraction=0.5, seed=0)
     assert half.sum() == round(0.5 * (~a).sum()) and (half <= ~a).all()
     assert (choose_transfer(~a, fraction=0.25, seed=0) <= half).all()
+    assert not choose_transfer(~a, fraction=0.0, seed=0).any()  # 0: the students train on the labelled rows alone
 
 
 def test_too_few_labels_for_the_classes_are_refused_naming_the_option():
@@ -145,10 +146,11 @@ def test_stage2_baseline_trains_on_the_labelled_rows_and_students_on_every_row_l
     assert [r["status"] for r in rows] == ["ok", "ok"] and [r["run_id"] for r in rows] == [s.run_id for s in group]
     assert reported == [(1, 2), (2, 2)]  # one epoch per pass, counted on as one bar
     by_id = {ids[0]: (n, ys, w) for ids, n, ys, w in seen}
-    n, ys, _ = by_id["baseline-s0"]
-    assert len(ys) == 50 and n == 1 and (ys >= 0).all()  # the labelled rows alone: one batch of 50
+    base_steps, ys, _ = by_id["baseline-s0"]
+    # The labelled rows alone, 300 / 50 = 6 passes an epoch: as many steps as the students take over every row.
+    assert len(ys) == 300 and (ys >= 0).all() and distill.baseline_passes(plan.labels) == 6
     n, ys, w = by_id["kl-T4-a0.9-s0"]
-    assert len(ys) == 300 and int((ys == NO_LABEL).sum()) == 250 and w == 0.5
+    assert len(ys) == 300 and int((ys == NO_LABEL).sum()) == 250 and w == 0.5 and base_steps == n
     assert plan.report_meta()["labelled"] == 50 and plan.report_meta()["unlabelled"] == 250
 
 
@@ -171,7 +173,8 @@ def test_distill_applies_a_labelled_share_to_a_store_written_without_one(digits_
     (("--labelled-per-class", "0"), "labelled_per_class"),
     (("--labelled-fraction", "0.001"), "labelled_fraction"),  # 1 of 1257 train samples: fewer than 10 classes
     (("--labelled-per-class", "500"), "labelled_per_class"),  # more than a class has
-    (("--transfer-fraction", "0"), "transfer_fraction"),
+    (("--transfer-fraction", "-0.1"), "transfer_fraction"),
+    (("--transfer-fraction", "1.5"), "transfer_fraction"),
 ])
 def test_bad_label_options_are_one_line_and_write_nothing(capsys, tmp_path, argv, field):
     out = tmp_path / "out"

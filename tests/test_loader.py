@@ -77,6 +77,26 @@ def test_kept_rows_alone_once_per_epoch_aligned_cached_or_streamed(digits_store,
     assert sorted(torch.cat([x.rows for x in label_only]).tolist()) == np.flatnonzero(keep).tolist()
 
 
+def test_passes_visit_the_kept_rows_that_many_times_an_epoch_aligned(digits_store, train_split):
+    """``passes``: the baseline's epoch on a labelled share visits it several times, each pass in its own order,
+    with each row's own logits; the first pass is the one-pass epoch's order, and the epoch has the steps of
+    ``passes`` times the rows."""
+    store = SoftTargetStore(digits_store)
+    logits = store.read_logits("train")
+    keep = np.zeros(len(train_split), dtype=bool)
+    keep[np.random.default_rng(0).choice(len(train_split), 100, replace=False)] = True
+    once = _epoch(SoftTargetLoader(train_split, 25, seed=1, store=store, keep=keep), 0)
+    loader = SoftTargetLoader(train_split, 25, seed=1, store=store, keep=keep, passes=3)
+    thrice = _epoch(loader, 0)
+    assert len(thrice) == len(loader) == 12
+    rows = torch.cat([b.rows for b in thrice]).numpy()
+    assert np.array_equal(np.bincount(rows, minlength=len(keep)), 3 * keep)
+    assert np.array_equal(rows[:100], torch.cat([b.rows for b in once]).numpy())
+    assert not np.array_equal(rows[:100], rows[100:200])  # each pass in its own order
+    for b in thrice:
+        assert torch.equal(b.logits, torch.from_numpy(logits[b.rows.numpy()]))
+
+
 def test_label_only_loader_has_no_logits(train_split):
     batches = _epoch(SoftTargetLoader(train_split, 100, seed=0), 0)
     assert all(b.logits is None for b in batches)

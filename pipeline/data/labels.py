@@ -11,8 +11,8 @@ Unlabelled rows are rows of the train split whose label the students never see. 
 The selection is drawn per class from ``split_seed``: class ``c`` keeps the first ``k_c`` rows of one seeded
 permutation of its rows, so a smaller labelled set is a subset of a larger one with the same seed. With a
 fraction, ``k_c = max(1, floor(F * n_c))`` of the ``n_c`` rows of class ``c``; with a count, ``k_c = K``
-exactly. ``--transfer-fraction T`` keeps the first ``max(1, round(T * m))`` of a seeded permutation of the
-``m`` unlabelled rows (nested the same way); the others are left out of the students' training.
+exactly. ``--transfer-fraction T`` keeps the first ``max(1, round(T * m))`` (none at 0) of a seeded permutation
+of the ``m`` unlabelled rows (nested the same way); the others are left out of the students' training.
 
 Nothing here changes the dataset: its train split keeps its labels (true labels, NO_LABEL for samples that
 have none), which is what the store holds and its fingerprints cover. Stage 2 hides the masked labels
@@ -109,7 +109,7 @@ def choose_transfer(unlabelled: np.ndarray, *, fraction: float, seed: int) -> np
         return unlabelled.copy()
     rows = np.flatnonzero(unlabelled)
     keep = np.zeros(len(unlabelled), dtype=bool)
-    if len(rows):
+    if len(rows) and fraction > 0:  # 0: none (the students train on the labelled rows alone)
         k = max(1, int(round(fraction * len(rows))))
         keep[rows[np.random.default_rng([seed, TRANSFER_STREAM]).permutation(len(rows))[:k]]] = True
     return keep
