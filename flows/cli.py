@@ -26,6 +26,7 @@ from flows.options import Option, add_options, config_options, dests, values
 from flows.runners import RunnerConfig, task_runner
 from flows.store_commands import add_store_commands
 from pipeline.config import DataConfig, DistillConfig, TeacherConfig
+from pipeline.config_keys import MASK_OPTIONS
 from pipeline.errors import UserError
 from pipeline.names import EXPORT_FORMATS
 from pipeline.presets import PRESETS, check_preset
@@ -166,16 +167,32 @@ def distill_config(a: argparse.Namespace, store: str) -> DistillConfig:
         if "label_noise" in data or "noise_seed" in data:  # a rate given here would be silently ignored
             raise UserError("label_noise", "only applies together with --dataset",
                             "pass --dataset too, or omit it: the store's data already records its label noise")
-        others = [o.flag for o in DISTILL if o.path[0] == "data" and o.path[-1] in data and o.path[-1] != "name"]
+        others = [o.flag for o in DISTILL if o.path[0] == "data" and o.path[-1] in data and o.path[-1] != "name"
+                  and o.path[-1] not in MASK_OPTIONS]
         if others:
             verb = "apply" if len(others) > 1 else "applies"
             raise UserError("dataset", f"{', '.join(others)} only {verb} together with --dataset",
                             "pass --dataset too, or omit them: the store records how its data was split")
-        given["data"] = None
+        # The students' labelled rows may be chosen afresh on the store's own data (its train rows are the same;
+        # other labels are hidden from the students).
+        mask = {k: v for k, v in data.items() if k in MASK_OPTIONS}
+        given["data"] = _store_data(store, given.get("storage_options"), mask) if mask else None
     cfg = from_dict(DistillConfig, given)
     if cfg.data is not None:
         _check_data_root(cfg.data)
     return cfg
+
+
+def _store_data(store: str, storage_options: dict | None, changes: dict) -> dict:
+    """The data config a store was written from, as options, with ``changes``; the one mask option given replaces
+    the store's other one (--labelled-per-class on a store written with --labelled-fraction)."""
+    from pipeline.serialize import to_dict
+    from pipeline.store import open_store
+
+    recorded = dataclasses.asdict(open_store(store, storage_options).meta.data_cfg())
+    if "labelled_fraction" in changes or "labelled_per_class" in changes:
+        recorded.update(labelled_fraction=None, labelled_per_class=None)
+    return to_dict(from_dict(DataConfig, {**recorded, **changes}))
 
 
 def student_namespace(a: argparse.Namespace) -> argparse.Namespace:

@@ -55,6 +55,9 @@ def cmd_inspect(a: argparse.Namespace) -> None:
     print(f"dataset:          {d['name']}  {d['num_classes']} classes  input {tuple(d['input_shape'])}")
     for split, n in info["samples"].items():
         print(f"  {split:<5} {n:>7} samples  fingerprint {d['splits'][split]['fingerprint'][:16]}…")
+    if d.get("labels"):  # format_version 6 on: the students' label mask over train
+        print(f"  train rows for the students: {d['labels']['labelled']} labelled, {d['labels']['unlabelled']} "
+              f"unlabelled (fingerprint {d['labels']['fingerprint'][:16]}…)")
     print(f"encoding:         {info['encoding']}   views per sample: {info['views']}"
           + (f" ({info['logits_bytes_per_view']:.1f} B of logits per view)" if info["views"] > 1 else ""))
     print(f"size:             {_human_bytes(info['bytes_stored'])}  ({info['bytes_per_sample']:.1f} B/sample, "

@@ -15,7 +15,9 @@ import os
 
 import numpy as np
 
+from pipeline.config_keys import MASK_OPTIONS
 from pipeline.data import Dataset, store_dataset
+from pipeline.data.labels import LabelMask, label_mask
 from pipeline.errors import StoreError, UserError
 from pipeline.store import SoftTargetStore
 from pipeline.store.integrity import EDITED
@@ -57,6 +59,25 @@ def check_compatible(store: SoftTargetStore, ds: Dataset) -> None:
     if store.views > 1 and ds.preprocess.train_ops:
         raise UserError("train_transform", "this store's teacher views define the augmentation (each view is "
                         "replayed exactly)", "drop --train-transform, or distill from a clean-view store")
+
+
+def check_labels(store: SoftTargetStore, ds: Dataset, data_cfg) -> LabelMask:
+    """The students' label mask under ``data_cfg``: refused when it leaves fewer labelled rows than classes, and,
+    when the run chooses the labelled rows as the store was written for, when it differs from the store's record
+    (counts or the unlabelled rows' fingerprint). A run may choose other labelled rows than the store's (the same
+    train rows, other labels hidden from the students): those are its own, and accepted."""
+    mask = label_mask(ds.splits["train"], data_cfg, ds.class_names)
+    recorded = store.meta.dataset.labels
+    written = store.meta.data_cfg()
+    same = all(getattr(written, k) == getattr(data_cfg, k) for k in (*MASK_OPTIONS, "split_seed"))
+    if recorded is not None and same:
+        record = mask.record(ds.splits["train"])
+        for key in ("labelled", "unlabelled", "fingerprint"):
+            if record[key] != getattr(recorded, key):
+                raise StoreError(f"dataset.labels.{key}", f"the store records {getattr(recorded, key)!s:.16}, this "
+                                 f"data's label mask gives {record[key]!s:.16}",
+                                 "distill with the data the teacher saw, or rerun `kd teacher` on this data")
+    return mask
 
 
 def _listed(names) -> str:
@@ -124,6 +145,8 @@ def check_fingerprints(store) -> str:
             raise StoreError(f"dataset.splits.{split}.fingerprint", "the stored labels and ids with the data's "
                              "pixels do not reproduce the recorded fingerprint (the data changed since)",
                              "rebuild the store from the current data with `kd teacher`")
+    if meta.dataset.labels is not None:  # the unlabelled rows, as the store's own options choose them
+        check_labels(store, ds, meta.data_cfg())
     return f"checked against the data ({', '.join(meta.dataset.splits)})"
 
 

@@ -65,6 +65,27 @@ class DataConfig:
     # `kd teacher`, recorded with the store's data, and so rebuilt by stage 2 from the store alone.
     model_preprocessing: Preprocessing | None = option(None, cli=False, help="the teacher's evaluation "
                                                        "preprocessing (from --arch, --weights, --preprocessing…)")
+    # Unlabelled data (pipeline.data.labels): rows of the train split whose label the students never see. Either
+    # samples that have no label at all (--unlabelled, appended to train; the teacher trains on the labelled rows
+    # alone), or the train rows outside a seeded, stratified labelled subset (--labelled-fraction/-per-class; the
+    # teacher still trains on every true label: Hinton's transfer-set setting, a teacher trained on more labels
+    # than its label-starved students).
+    labelled_fraction: float | None = option(None, metavar="F",
+                                             help="students keep the labels of a seeded, stratified share F of the "
+                                                  "train rows (floor(F * n) per class, at least 1); the others are "
+                                                  "unlabelled for them (the teacher still trains on every label)",
+                                             default_text="every train row labelled")
+    labelled_per_class: int | None = option(None, metavar="K",
+                                            help="students keep the labels of K seeded train rows per class; the "
+                                                 "others are unlabelled for them (the teacher still trains on "
+                                                 "every label)", default_text="every train row labelled")
+    unlabelled: str | None = option(None, metavar="SOURCE",
+                                    help="unlabelled samples appended to train: a folder of images (PATH or "
+                                         "imagefolder:PATH, read recursively) or a dataset name whose labels are "
+                                         "ignored; the teacher trains on the labelled rows and scores every row",
+                                    default_text="none")
+    transfer_fraction: float = option(1.0, metavar="F", help="students keep a seeded share F of the unlabelled "
+                                                              "train rows (the transfer set); the others are left out")
 
     def __post_init__(self) -> None:
         check_data(self)
@@ -329,6 +350,9 @@ class DistillConfig:
     view_policy: str = option("uniform", choices=VIEW_POLICIES,
                               help="stores with teacher views: which view each sample trains on per epoch")
     verify_views: int = option(0, help="rerun the teacher on this many replayed samples first (0: skip)")
+    unlabelled_weight: float = option(1.0, metavar="W", help="weight of an unlabelled train row's soft term "
+                                                              "relative to a labelled row's (the students' mix of "
+                                                              "the two)")
 
     def __post_init__(self) -> None:
         check_distill(self)

@@ -15,7 +15,12 @@ from pipeline.architectures import parse_arch
 # modules do not import each other.
 
 # DataConfig fields added after its key was first defined, with the value that leaves each out of the key.
-DATA_ADDED = {"image_size": None, "train_transform": (), "model_preprocessing": None}
+DATA_ADDED = {"image_size": None, "train_transform": (), "model_preprocessing": None, "labelled_fraction": None,
+              "labelled_per_class": None, "unlabelled": None, "transfer_fraction": 1.0}
+# The unlabelled-data fields: left out of a report's snapshot too while unset, so earlier runs keep their identity.
+LABEL_FIELDS = ("labelled_fraction", "labelled_per_class", "unlabelled", "transfer_fraction")
+# Those that choose the students' label mask alone (no sample changes): stage 2 may apply them to any store.
+MASK_OPTIONS = ("labelled_fraction", "labelled_per_class", "transfer_fraction")
 MODEL_FIRST = ("arch", "width")  # ModelConfig's first key; its later fields are left out while None
 OPTIM_ADDED = ("backbone_lr", "freeze_epochs")  # OptimConfig's fine-tuning fields, left out while None
 
@@ -34,7 +39,7 @@ def data_key(cfg) -> dict:
 def data_snapshot(cfg) -> dict:
     """The config as a report records it (run identities): every field, EXIF orientation only where it
     applies, so reports written before the option compare equal."""
-    out = asdict(cfg)
+    out = {k: v for k, v in asdict(cfg).items() if k not in LABEL_FIELDS or v != DATA_ADDED[k]}
     if not cfg.applies_exif:
         del out["exif_orientation"]
     return out

@@ -19,8 +19,9 @@ import torch
 
 from pipeline.config import AugmentConfig, DataConfig, DistillConfig
 from pipeline.checkpoints import load_store_teacher, save_state_dict
-from pipeline.compat import check_compatible
+from pipeline.compat import check_compatible, check_labels
 from pipeline.data import Dataset, store_dataset
+from pipeline.data.labels import LabelMask, label_mask
 from pipeline.errors import UserError
 from pipeline.grid import StudentSpec, baselines_of
 from pipeline.loader import SoftTargetLoader, fits_cache
@@ -87,6 +88,12 @@ class DistillPlan:
             return None
         return decoded_logits(store, "train", store.views > 1)
 
+    @property
+    def labels(self) -> LabelMask:
+        """Which train rows the students see labelled, and which they train on (pipeline.data.labels)."""
+        ds = self.dataset
+        return label_mask(ds.splits["train"], self.data_cfg, ds.class_names)
+
     def identity(self) -> dict:
         """What a finished report must record to be reused for this run (see :func:`run_identity`)."""
         return run_identity(self.cfg, data_cfg=self.data_cfg, provenance_key=self.store.meta.provenance_key)
@@ -97,8 +104,12 @@ class DistillPlan:
         return {"store": cfg.store, "teacher": f"{t.arch} (test acc {100 * t.test_acc:.2f}%)",
                 "student": f"{cfg.model.arch} width {cfg.model.width}", "dataset": self.dataset.name,
                 "encoding": self.store.encoding, "test_size": len(self.dataset.splits["test"]),
-                "num_classes": self.store.num_classes,
-                **self.identity()}
+                "num_classes": self.store.num_classes, **self.label_counts(), **self.identity()}
+
+    def label_counts(self) -> dict:
+        """How many train rows the students saw labelled and unlabelled (the baseline: the labelled ones)."""
+        mask = self.labels
+        return {"labelled": mask.num_labelled, "unlabelled": mask.num_unlabelled}
 
     def teacher_row(self) -> dict:
         t = self.store.meta.teacher
@@ -148,6 +159,7 @@ def plan(cfg: DistillConfig) -> DistillPlan:
     check_augment_overlap(students, cfg.augment)
     ds = store_dataset(store.meta, students)
     check_compatible(store, ds)
+    check_labels(store, ds, students)  # the labelled rows: enough for every class, and as the store recorded them
     check_views_augment(store.views, cfg.augment)
     if store.views > 1:  # every view's parameters decoded now (checksums, partners of mixed views)
         store.verify_view_params("train")
@@ -224,19 +236,23 @@ def group_names(cfg: DistillConfig, *, baselines: tuple[str, ...] = ("views",)) 
 BATCHED = {"auto": None, "on": True, "off": False}
 
 
-def student_loader(plan: DistillPlan, *, seed: int, device: torch.device, view_data: str = "views"
-                   ) -> SoftTargetLoader:
+def student_loader(plan: DistillPlan, *, seed: int, device: torch.device,
+                   keep: np.ndarray | None = None, passes: int = 1, view_data: str = "views") -> SoftTargetLoader:
     """The students' train batches: stored logits (none online: the teacher scores each batch) and, with teacher
     views, each view replayed at the students' own resolution when it differs from the store's, in one resampling
     from its recorded box (their input hook then only normalises). Val and test keep the store's resolution: the
-    hook resizes them once. ``view_data``: which views a group of label-only students sees (``SoftTargetLoader``)."""
+    hook resizes them once. Labels the students may not see are NO_LABEL (:attr:`DistillPlan.labels`); ``keep``:
+    the rows an epoch visits (None: every row), ``passes`` times. ``view_data``: which views a group of
+    label-only students sees (``SoftTargetLoader``)."""
     cfg, ds = plan.cfg, plan.dataset
     online = cfg.mode == "online"
-    return SoftTargetLoader(ds.splits["train"], cfg.optim.batch_size, seed=seed, store=None if online else plan.store,
+    mask = plan.labels
+    train = mask.hidden(ds.splits["train"]) if mask.active else ds.splits["train"]
+    return SoftTargetLoader(train, cfg.optim.batch_size, seed=seed, store=None if online else plan.store,
                             cache_mb=cfg.cache_mb, cached=plan.train_logits(),
                             chunk_rows=plan.store.chunk_rows("train"), workers=cfg.workers, view_policy=cfg.view_policy,
                             pin_memory=device.type == "cuda", view_size=input_size(cfg.model, ds.input_shape),
-                            view_data=view_data)
+                            keep=keep, passes=passes, view_data=view_data)
 
 
 def train_students(plan: DistillPlan, specs: list[StudentSpec], *, progress: Progress | None = None) -> list[dict]:
@@ -244,12 +260,24 @@ def train_students(plan: DistillPlan, specs: list[StudentSpec], *, progress: Pro
     cfg, ds, run_dir = plan.cfg, plan.dataset, plan.run_dir
     device = resolve_device(cfg.device)
     online = cfg.mode == "online"
-    loader = student_loader(plan, seed=specs[0].seed, device=device, view_data=specs[0].data)  # one per group
-    label = ",".join(s.run_id for s in specs)
-    results = fit_group(specs, model_cfg=cfg.model, optim=cfg.optim, augment=cfg.augment, loader=loader,
-                        val=ds.splits["val"], input_shape=ds.input_shape, num_classes=ds.num_classes, device=device,
-                        label=label, progress=progress, teacher=load_teacher(plan.store) if online else None,
-                        batched=BATCHED[cfg.batch])
+    mask = plan.labels
+    # Students train on every kept row, the labels they may not see hidden (NO_LABEL: the soft term alone); the
+    # label-only baseline on the labelled rows alone. Each gets its own pass when the two differ.
+    weight = cfg.unlabelled_weight if mask.num_unlabelled else 1.0
+    results = []
+    parts = _by_rows(specs, mask)
+    for i, (keep, part) in enumerate(parts):
+        loader = student_loader(plan, seed=part[0].seed, device=device, keep=keep,
+                                passes=baseline_passes(mask) if part[0].is_baseline else 1,
+                                view_data=part[0].data)  # one per group (groups)
+        label = ",".join(s.run_id for s in part)
+        results += fit_group(part, model_cfg=cfg.model, optim=cfg.optim, augment=cfg.augment, loader=loader,
+                             val=ds.splits["val"], input_shape=ds.input_shape, num_classes=ds.num_classes,
+                             device=device, label=label, progress=_pass_progress(progress, i, len(parts)),
+                             teacher=load_teacher(plan.store) if online else None, batched=BATCHED[cfg.batch],
+                             unlabelled_weight=weight)
+    order = {s.run_id: i for i, s in enumerate(specs)}
+    results.sort(key=lambda r: order[r.spec.run_id])  # the group's order, whichever pass trained each
     os.makedirs(os.path.join(run_dir, "students"), exist_ok=True)
     # The trained students' test scores, in order, from one read of test for the whole group.
     scores = iter(evaluate_group([r.model for r in results if r.model is not None], ds.splits["test"], device,
@@ -271,6 +299,34 @@ def train_students(plan: DistillPlan, specs: list[StudentSpec], *, progress: Pro
                      # What `kd export` needs to rebuild the student from its checkpoint.
                      "input_shape": list(ds.input_shape), "num_classes": ds.num_classes, "checkpoint": path})
     return rows
+
+
+def _pass_progress(progress: Progress | None, i: int, passes: int) -> Progress | None:
+    """The group's progress for pass ``i`` of ``passes``: its epochs counted after the earlier passes' (one bar)."""
+    if progress is None or passes == 1:
+        return progress
+    return lambda label, epoch, epochs, metrics: progress(label, i * epochs + epoch, passes * epochs, metrics)
+
+
+def baseline_passes(mask: LabelMask) -> int:
+    """Passes over the labelled rows in one epoch of the label-only baseline: as many as make its epoch about as
+    long as the students' epoch over every kept row, so it takes the same optimizer steps on the same schedule. With
+    the students' epoch count alone, 50 labelled rows would give it one step an epoch: a baseline starved of
+    training, not of labels."""
+    labelled = int(mask.labelled.sum())
+    return max(1, round(int(mask.kept.sum()) / labelled)) if labelled else 1
+
+
+def _by_rows(specs: list[StudentSpec], mask: LabelMask) -> list[tuple[np.ndarray | None, list[StudentSpec]]]:
+    """The group's students by the train rows they visit: (rows kept, or None for every row; students), in order.
+    The baseline visits the labelled rows, the others every kept row; one part when those are the same rows."""
+    def rows(s: StudentSpec) -> np.ndarray:
+        return mask.labelled if s.is_baseline else mask.kept
+
+    if all(np.array_equal(rows(s), rows(specs[0])) for s in specs):
+        return [(None if rows(specs[0]).all() else rows(specs[0]), specs)]
+    parts = [[s for s in specs if s.is_baseline], [s for s in specs if not s.is_baseline]]
+    return [(rows(p[0]), p) for p in parts if p]
 
 
 def load_teacher(store: SoftTargetStore) -> torch.nn.Module:

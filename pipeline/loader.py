@@ -128,8 +128,17 @@ class SoftTargetLoader:
                  cache_mb: float = 1024.0, prefetch_chunks: int = 8, shuffle: bool = True,
                  cached: np.ndarray | None = None, workers: int = 0, view_policy: str = "uniform",
                  pin_memory: bool | None = None, view_size: tuple[int, int] | None = None,
-                 view_data: str = "views") -> None:
+                 keep: np.ndarray | None = None, passes: int = 1, view_data: str = "views") -> None:
+        """``keep``: (N,) bool, the rows an epoch visits (None: every row), e.g. the labelled rows alone for the
+        label-only baseline; chunks are still read whole and the order still depends on (seed, epoch) alone.
+        ``passes``: how many times an epoch visits them, each pass in its own seeded order (the baseline's epoch on
+        a labelled share thus takes as many steps as the students' epoch on every row). ``view_data``: what a
+        store's views show (:class:`pipeline.views.ViewReplay`): all of them, view 0 alone, or unmixed."""
         self.split, self.batch_size, self.seed, self.shuffle = split, batch_size, seed, shuffle
+        self.keep = None if keep is None or keep.all() else np.asarray(keep, dtype=bool)
+        if passes < 1:
+            raise ValueError(f"passes must be >= 1, got {passes}")
+        self.passes = passes
         self.pin_memory = default_pin_memory() if pin_memory is None else pin_memory
         self.store, self.split_name = store, split_name
         self.chunk_rows = store.chunk_rows(split_name) if store is not None else chunk_rows
@@ -166,23 +175,38 @@ class SoftTargetLoader:
         if store is not None and cached is None and fits_cache(self.n * self.views, store.num_classes, cache_mb):
             self._cache = self._read(0, self.n)
 
-    def __len__(self) -> int:
-        return -(-self.n // self.batch_size)
+    @property
+    def rows(self) -> int:
+        """Rows an epoch visits."""
+        return self.n if self.keep is None else int(self.keep.sum())
 
-    def chunk_order(self, epoch: int) -> np.ndarray:
+    def __len__(self) -> int:
+        return -(-self.rows * self.passes // self.batch_size)
+
+    def chunk_order(self, epoch: int, visit: int = 0) -> np.ndarray:
+        """The chunks of pass ``visit`` of ``epoch``, in order."""
         if not self.shuffle:
             return np.arange(self.num_chunks)
-        return np.random.default_rng([self.seed, epoch, 0]).permutation(self.num_chunks)
+        key = [self.seed, epoch, 0] if visit == 0 else [self.seed, epoch, 0, visit]  # pass 0: as ever
+        return np.random.default_rng(key).permutation(self.num_chunks)
 
     def _chunks(self, order: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         """(rows, logits) per chunk in ``order``; decoded ahead in a thread when streaming."""
-        def rows_of(c: int) -> np.ndarray:
-            return np.arange(c * self.chunk_rows, min((c + 1) * self.chunk_rows, self.n))
+        def bounds(c: int) -> tuple[int, int]:
+            return c * self.chunk_rows, min((c + 1) * self.chunk_rows, self.n)
+
+        def kept(lo: int, hi: int, logits: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+            """The chunk's rows [lo, hi) and their logits, restricted to the rows kept."""
+            r = np.arange(lo, hi)
+            if self.keep is None:
+                return r, logits
+            sel = self.keep[lo:hi]  # (R,)
+            return r[sel], None if logits is None else logits[sel]
 
         if self.store is None or self._cache is not None:
             for c in order:
-                r = rows_of(int(c))
-                yield r, None if self._cache is None else self._cache[r[0]:r[-1] + 1]
+                lo, hi = bounds(int(c))
+                yield kept(lo, hi, None if self._cache is None else self._cache[lo:hi])
             return
         q: queue.Queue = queue.Queue(maxsize=self.prefetch_chunks)
         stop = threading.Event()
@@ -192,8 +216,8 @@ class SoftTargetLoader:
                 for c in order:
                     if stop.is_set():
                         return
-                    r = rows_of(int(c))
-                    q.put((r, self._read(int(r[0]), int(r[-1]) + 1)))
+                    lo, hi = bounds(int(c))
+                    q.put(kept(lo, hi, self._read(lo, hi)))
                 q.put(None)
             except BaseException as exc:  # re-raised in the consumer
                 q.put(exc)
@@ -277,35 +301,37 @@ class SoftTargetLoader:
 
     def _iterate(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         """(rows (B,), logits or None) per batch of the epoch: buffers of ``buffer_chunks`` chunks in the
-        epoch's chunk order, each shuffled inside. Logits are (B, K), or (B, V, K + P) with views."""
-        rng = np.random.default_rng([self.seed, epoch, 1, 0])
-        order = self.chunk_order(epoch)
-        pending_rows: list[np.ndarray] = []
-        pending_logits: list[np.ndarray] = []
+        epoch's chunk order, each shuffled inside, once per pass; rows left over from a pass open the next
+        one's first batch. Logits are (B, K), or (B, V, K + P) with views."""
         carry_rows = np.zeros(0, dtype=np.int64)
         carry_logits: np.ndarray | None = None
-        for i, (rows, logits) in enumerate(self._chunks(order)):
-            pending_rows.append(rows)
-            if logits is not None:
-                pending_logits.append(logits)
-            if len(pending_rows) < self.buffer_chunks and i < len(order) - 1:
-                continue
-            buf_rows = np.concatenate(pending_rows)  # (R,)
-            buf_logits = np.concatenate(pending_logits) if pending_logits else None  # (R, K)
-            pending_rows, pending_logits = [], []
-            perm = rng.permutation(len(buf_rows)) if self.shuffle else np.arange(len(buf_rows))
-            # The epoch's row sequence is the previous buffer's leftover, then this buffer permuted.
-            # Logits are gathered per batch, never as a permuted copy of the whole buffer.
-            seq = np.concatenate([carry_rows, buf_rows[perm]])  # (r + R,)
-            last = i == len(order) - 1
-            full = len(seq) if last else (len(seq) // self.batch_size) * self.batch_size
-            for start in range(0, full, self.batch_size):
-                stop = start + self.batch_size
-                yield seq[start:stop], None if buf_logits is None else \
-                    self._gather(carry_logits, buf_logits, perm, start, min(stop, len(seq)))
-            carry_rows = seq[full:]
-            if buf_logits is not None:
-                carry_logits = self._gather(carry_logits, buf_logits, perm, full, len(seq))
+        for visit in range(self.passes):
+            rng = np.random.default_rng([self.seed, epoch, 1, visit])
+            order = self.chunk_order(epoch, visit)
+            pending_rows: list[np.ndarray] = []
+            pending_logits: list[np.ndarray] = []
+            for i, (rows, logits) in enumerate(self._chunks(order)):
+                pending_rows.append(rows)
+                if logits is not None:
+                    pending_logits.append(logits)
+                if len(pending_rows) < self.buffer_chunks and i < len(order) - 1:
+                    continue
+                buf_rows = np.concatenate(pending_rows)  # (R,)
+                buf_logits = np.concatenate(pending_logits) if pending_logits else None  # (R, K)
+                pending_rows, pending_logits = [], []
+                perm = rng.permutation(len(buf_rows)) if self.shuffle else np.arange(len(buf_rows))
+                # The epoch's row sequence is the previous buffer's leftover, then this buffer permuted.
+                # Logits are gathered per batch, never as a permuted copy of the whole buffer.
+                seq = np.concatenate([carry_rows, buf_rows[perm]])  # (r + R,)
+                last = visit == self.passes - 1 and i == len(order) - 1
+                full = len(seq) if last else (len(seq) // self.batch_size) * self.batch_size
+                for start in range(0, full, self.batch_size):
+                    stop = start + self.batch_size
+                    yield seq[start:stop], None if buf_logits is None else \
+                        self._gather(carry_logits, buf_logits, perm, start, min(stop, len(seq)))
+                carry_rows = seq[full:]
+                if buf_logits is not None:
+                    carry_logits = self._gather(carry_logits, buf_logits, perm, full, len(seq))
 
     @staticmethod
     def _gather(carry: np.ndarray | None, buf: np.ndarray, perm: np.ndarray, start: int, stop: int) -> np.ndarray:

@@ -318,6 +318,14 @@ def fit_columns(head: list[str], rows: list[list[str]], width: int) -> tuple[lis
 NOTE_WIDTH = 100  # the notes' line length where the terminal's width is unknown (a log, a pipe)
 
 
+def train_rows(meta: dict) -> str:
+    """How many train rows the students saw labelled and unlabelled (a report's ``meta``)."""
+    if not meta["unlabelled"]:
+        return f"train rows: {meta['labelled']}, every one labelled"
+    return (f"train rows: {meta['labelled']} labelled, {meta['unlabelled']} unlabelled (students: all of them, "
+            f"the unlabelled ones by their soft term alone; baseline: the {meta['labelled']} labelled)")
+
+
 def leaderboard_text(report: dict, width: int | None = None) -> str:
     """What the CLI prints for a report (as :func:`read_report` returns it): the table, fitted to ``width``
     columns when given (a terminal's; the report files keep every column), and its notes, wrapped."""
@@ -331,6 +339,8 @@ def leaderboard_text(report: dict, width: int | None = None) -> str:
             text += "\n" + textwrap.fill(f"(not shown at this width: {', '.join(dropped)}; see report.md)", wrap)
     for note in notes(report):
         text += "\n\n" + textwrap.fill(note, wrap, break_on_hyphens=False, break_long_words=False)
+    if report.get("meta", {}).get("unlabelled"):  # said only where some rows had no label for the students
+        text += "\n\n" + textwrap.fill(train_rows(report["meta"]), wrap, break_on_hyphens=False)
     return text
 
 
@@ -429,6 +439,7 @@ def write_report(run_dir: str, rows: list[dict], meta: dict) -> dict[str, str]:
     md = [f"# Distillation report: {os.path.basename(run_dir)}\n\n",
           f"- store: `{meta.get('store')}`\n- teacher: {meta.get('teacher')}\n- student: {meta.get('student')}\n",
           f"- dataset: {meta.get('dataset')}; checkpoints chosen on **val**, accuracy on **test**, at T = 1\n",
+          *([f"- {train_rows(meta)}\n"] if "labelled" in meta else []),
           "- size: float32 parameters and buffers (≈: estimated from the parameter count, the teacher is not "
           "built here); latency: one image on one CPU thread, the fastest of 30 forward passes, timed before "
           "training\n\n",

@@ -43,6 +43,10 @@ EXECUTION_FIELDS = ("store", "report_root", "run_name", "device", "storage_optio
                     "group_size", "batch")
 
 
+# DistillConfig fields added after run identities were first recorded, with the value that leaves each out.
+DISTILL_ADDED = {"unlabelled_weight": 1.0}
+
+
 def run_identity(cfg: DistillConfig, *, data_cfg: DataConfig, provenance_key: str | None) -> dict:
     """What decides a run's results: its config without :data:`EXECUTION_FIELDS`, with the data it
     really trains on (the store's when ``cfg.data`` is None), and the store's provenance key (None when
@@ -66,7 +70,7 @@ def _shaping(cfg: DistillConfig) -> dict:
     """The config without :data:`EXECUTION_FIELDS`; model and optimisation options added later are left out at
     their defaults, so earlier runs keep their names and identities."""
     shaping = {k: v for k, v in to_dict(cfg).items()  # type: ignore[union-attr]
-               if k not in EXECUTION_FIELDS}
+               if k not in EXECUTION_FIELDS and not (k in DISTILL_ADDED and v == DISTILL_ADDED[k])}
     shaping["model"], shaping["optim"] = cfg.model.key(), cfg.optim.key()
     return shaping
 

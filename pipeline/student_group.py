@@ -32,10 +32,12 @@ class StudentResult(TrainResult):
     spec: StudentSpec = field(kw_only=True)
 
 
-def student_objective(spec: StudentSpec) -> Objective:
-    """The distillation loss of one grid point (label-only for the baseline)."""
+def student_objective(spec: StudentSpec, unlabelled_weight: float = 1.0) -> Objective:
+    """The distillation loss of one grid point (label-only for the baseline). ``unlabelled_weight``: the weight of
+    an unlabelled row's soft term (labels NO_LABEL, whose hard term is 0) relative to a labelled row's."""
     def objective(out: torch.Tensor, soft: torch.Tensor | None, labels: torch.Tensor, mix: Mix = None) -> torch.Tensor:
-        return distillation_loss(out, soft, labels, spec.loss, spec.temperature, spec.alpha, spec.beta, mix=mix)
+        return distillation_loss(out, soft, labels, spec.loss, spec.temperature, spec.alpha, spec.beta, mix=mix,
+                                 unlabelled_weight=unlabelled_weight)
 
     return objective
 
@@ -43,7 +45,8 @@ def student_objective(spec: StudentSpec) -> Objective:
 def fit_group(specs: list[StudentSpec], *, model_cfg: ModelConfig, optim: OptimConfig, augment: AugmentConfig,
               loader: SoftTargetLoader, val: Split, input_shape: tuple[int, int, int], num_classes: int,
               device: torch.device, label: str = "group", progress: Progress | None = None,
-              teacher: nn.Module | None = None, batched: bool | None = None) -> list[StudentResult]:
+              teacher: nn.Module | None = None, batched: bool | None = None,
+              unlabelled_weight: float = 1.0) -> list[StudentResult]:
     """Train every student of ``specs`` in one pass per epoch; return each selected checkpoint, in order.
 
     Soft targets come from the loader (stored logits) unless ``teacher`` is
@@ -62,20 +65,23 @@ def fit_group(specs: list[StudentSpec], *, model_cfg: ModelConfig, optim: OptimC
     A student whose loss goes non-finite fails alone; likewise with
     ``optim.patience``, a student whose val accuracy stops improving stops
     alone. The checkpoint is chosen by ``optim.select``.
+
+    ``unlabelled_weight`` weights the soft term of the loader's unlabelled rows (label NO_LABEL), in the stack as in
+    the per-student loop.
     """
     if teacher is not None:
         teacher = teacher.to(device).eval()
     start = time.perf_counter()
     configs = [optim if s.lr is None else dataclasses.replace(optim, lr=s.lr) for s in specs]
-    trainees = [build_trainee(name=s.run_id, objective=student_objective(s), seed=s.seed, model_cfg=model_cfg,
-                              optim=cfg, input_shape=input_shape, num_classes=num_classes, device=device,
-                              steps_per_epoch=len(loader))
+    trainees = [build_trainee(name=s.run_id, objective=student_objective(s, unlabelled_weight), seed=s.seed,
+                              model_cfg=model_cfg, optim=cfg, input_shape=input_shape, num_classes=num_classes,
+                              device=device, steps_per_epoch=len(loader))
                 for s, cfg in zip(specs, configs)]
     stack, why = None, "batching is off"
     if batched is not False:
         stack, why = stacking.stack_students(trainees, specs=specs, configs=configs, loader=loader, device=device,
                                              input_shape=input_shape, num_classes=num_classes, arch=model_cfg.arch,
-                                             only_where_it_pays=batched is None)
+                                             only_where_it_pays=batched is None, unlabelled_weight=unlabelled_weight)
     log.info("%s: %s: %s", label, "batched" if stack is not None else "per-student loop", why)
     run_epochs(trainees, loader=loader, val=val, optim=optim, augment=augment, seed=specs[0].seed, device=device,
                label=label, progress=progress, teacher=teacher, stack=stack)

@@ -22,6 +22,8 @@ from pipeline import preprocessing, views
 from pipeline.checkpoints import load_model, save_state_dict
 from pipeline.config import TeacherConfig
 from pipeline.data import Dataset, open_dataset
+from pipeline.data.labels import label_mask
+from pipeline.data.unlabelled import check_overlap
 from pipeline.errors import StoreError, UserError, disk_full_is_a_user_error
 from pipeline.file_hash import sha256_file
 from pipeline.loader import read_batches, row_batches
@@ -156,6 +158,10 @@ def plan(cfg: TeacherConfig) -> TeacherPlan:
                         fix="pass a folder for teacher checkpoints, e.g. data/checkpoints")
     resolve_device(cfg.device)
     ds = open_dataset(cfg.data)
+    # The labelled rows (enough of them for every class) and an unlabelled folder that shares no file with the
+    # labelled data, checked before anything is trained or written.
+    label_mask(ds.splits["train"], cfg.data, ds.class_names)
+    check_overlap(ds, cfg.data)
     codec.validate(ds.num_classes)
     views.check_mixable(cfg.view_mix, ds.splits)
     if cfg.chunk_rows is not None:
@@ -214,7 +220,11 @@ def train(plan: TeacherPlan, progress: Progress | None = None) -> nn.Module:
                              class_map=plan.source.class_map).eval()
         _save_checkpoint(plan, model)
         return model.to(resolve_device(cfg.device))
-    result = fit_teacher(model_cfg=cfg.model, optim=cfg.optim, augment=cfg.augment, train=ds.splits["train"],
+    # Rows without a label (--unlabelled samples) are left out of its training: a hard loss needs a class. With
+    # --labelled-fraction/-per-class every row keeps its true label here; only the students lose theirs.
+    mask = label_mask(ds.splits["train"], cfg.data, ds.class_names)
+    train_rows = ds.splits["train"] if mask.has_label.all() else ds.splits["train"].subset(mask.rows("has_label"))
+    result = fit_teacher(model_cfg=cfg.model, optim=cfg.optim, augment=cfg.augment, train=train_rows,
                          val=ds.splits["val"], input_shape=ds.input_shape, num_classes=ds.num_classes,
                          device=resolve_device(cfg.device), seed=cfg.seed, progress=progress, workers=cfg.workers)
     if result.model is None:
@@ -262,7 +272,8 @@ def create_store(plan: TeacherPlan, model: nn.Module, *, defer: bool = False) ->
             val_acc=UNSCORED, test_acc=UNSCORED, val_nll=UNSCORED, test_nll=UNSCORED,
             precision=plan.pass_precision,
         ),
-        dataset=DatasetMeta.from_attrs(ds.describe(), at="dataset"),
+        dataset=DatasetMeta.from_attrs({**ds.describe(), "labels": label_mask(
+            ds.splits["train"], cfg.data, ds.class_names).record(ds.splits["train"])}, at="dataset"),
         data_config=asdict(cfg.data),
         transform=ds.transform,
         transform_hash=ds.transform_hash,

@@ -86,11 +86,31 @@ def check_data(cfg) -> None:
     # A seed without noise would change the data's hash (and so store names) for identical data.
     check(cfg.noise_seed is None or cfg.label_noise > 0, "noise_seed", "has no effect without label noise",
           "drop --noise-seed, or pass --label-noise RATE")
+    check_labels(cfg)
     crop = cfg.model_preprocessing.crop if cfg.model_preprocessing is not None else None
     check(cfg.image_size is None or crop is None or cfg.image_size == crop, "image_size",
           f"{cfg.image_size} contradicts the teacher's preprocessing, which crops {crop} x {crop} "
           f"({cfg.model_preprocessing.origin if cfg.model_preprocessing else ''})",
           f"drop --image-size, or pass --image-size {crop}")
+
+
+def check_labels(cfg) -> None:
+    """The unlabelled-data options (what only the data can tell, such as a labelled count below the number of
+    classes, is checked by pipeline.data.labels when the dataset is opened)."""
+    f = cfg.labelled_fraction
+    check(f is None or (math.isfinite(f) and 0.0 < f <= 1.0), "labelled_fraction", f"must be in (0, 1], got {f}",
+          "use e.g. 0.1, or 1 for every train row labelled")
+    check(cfg.labelled_per_class is None or cfg.labelled_per_class > 0, "labelled_per_class",
+          f"must be at least 1, got {cfg.labelled_per_class}", "use e.g. 5: each class needs a labelled sample")
+    check(f is None or cfg.labelled_per_class is None, "labelled_fraction", "and --labelled-per-class both choose "
+          "the labelled rows", "pass one of them")
+    t = cfg.transfer_fraction
+    check(math.isfinite(t) and 0.0 <= t <= 1.0, "transfer_fraction", f"must be in [0, 1], got {t}",
+          "use e.g. 0.5, 1 for every unlabelled row, or 0 for none")
+    check(cfg.unlabelled is None or bool(cfg.unlabelled.strip()), "unlabelled", "is empty",
+          "pass a folder of images, or a dataset name such as mnist")
+    check(cfg.unlabelled is None or cfg.unlabelled.strip() != IMAGEFOLDER, "unlabelled", "imagefolder: names no "
+          "folder", "pass --unlabelled PATH (a folder of images)")
 
 
 def check_model(cfg) -> None:
@@ -192,6 +212,8 @@ def check_distill(cfg) -> None:
     check_choice(cfg.mode, MODES, "mode")
     check(cfg.workers >= 0, "workers", f"must be >= 0, got {cfg.workers}", "use 0 or e.g. 2")
     check_choice(cfg.view_policy, VIEW_POLICIES, "view_policy")
+    check(math.isfinite(cfg.unlabelled_weight) and cfg.unlabelled_weight >= 0, "unlabelled_weight",
+          f"must be >= 0, got {cfg.unlabelled_weight}", "use e.g. 1, or 0 to leave unlabelled rows out of the loss")
     check(cfg.verify_views >= 0, "verify_views", f"must be >= 0, got {cfg.verify_views}", "use 0 or e.g. 32")
     check(cfg.group_size > 0, "group_size", f"must be positive, got {cfg.group_size}",
           "use 1 for a Prefect task per student, more to share one data pass")

@@ -31,6 +31,7 @@ from pipeline.augment import Augmenter, apply_params, scaled_px
 from pipeline.config import AugmentConfig, MixConfig
 from pipeline.data import Split
 from pipeline.errors import StoreError, UserError
+from pipeline.names import NO_LABEL
 
 OP_COLUMNS: dict[str, tuple[str, ...]] = {
     "translate": ("dx", "dy"),
@@ -108,8 +109,15 @@ class Partners:
         return self._by_id[pos]
 
     def draw(self, rng: np.random.Generator, sample_id: int) -> int:
-        """A partner for ``sample_id``: uniform over the split's samples of other classes. Returns its id."""
+        """A partner for ``sample_id``: uniform over the split's samples of other classes (rows without a label
+        count as another class); for a sample without a label, uniform over every other sample. Returns its id."""
         row = int(self.rows(np.array([sample_id]))[0])
+        if int(self.split.y[row]) == NO_LABEL:
+            if len(self._by_id) < 2:
+                raise UserError("view_mix", f"the {self.name} split has a single sample", "drop --view-mix")
+            r = int(rng.integers(len(self._by_id) - 1))
+            r += 1 if r >= row else 0  # skip the sample itself
+            return int(self.split.ids[r])
         k = int(np.searchsorted(self._classes, int(self.split.y[row])))
         start, count = int(self._starts[k]), int(self._counts[k])
         others = len(self._by_class) - count

@@ -145,3 +145,23 @@ def test_kd_teacher_warns_in_one_line_about_a_teacher_at_chance(tmp_path):
     assert warned == ["warning: the teacher is at chance level (10.00% on 10 classes, chance 10.00%; test NLL 2.327): "
                       "it learnt nothing to distil, and no student comparison with it means anything. Train it "
                       "longer (--epochs), lower --lr, or check the data."], err.getvalue()
+
+
+def test_kd_run_with_a_labelled_share_and_kd_distill_with_another(tmp_path):
+    """`kd run --labelled-per-class 5`: the report says what the students saw; `kd distill` applies another mask
+    to the same store (no new teacher)."""
+    root = str(tmp_path)
+    common = ("--report-root", f"{root}/reports", "--device", "cpu")
+    out = _kd("run", "--epochs", "1", "--width", "4", "--student-width", "4", "--train-limit", "300",
+              "--labelled-per-class", "5", "--temperatures", "4", "--checkpoint-root", f"{root}/ckpt",
+              "--store-root", f"{root}/stores", "--run-name", "five", *common)
+    assert "train rows: 50 labelled, 250 unlabelled" in " ".join(out)
+    meta = json.load(open(f"{root}/reports/five/leaderboard.json"))["meta"]
+    assert (meta["labelled"], meta["unlabelled"]) == (50, 250)
+    (name,) = os.listdir(f"{root}/stores")
+    store = f"{root}/stores/{name}"
+    assert SoftTargetStore(store).meta.dataset.labels.labelled == 50
+    out = _kd("distill", "--store", store, "--labelled-per-class", "3", "--epochs", "1", "--width", "4",
+              "--temperatures", "4", "--run-name", "three", *common)
+    meta = json.load(open(f"{root}/reports/three/leaderboard.json"))["meta"]
+    assert (meta["labelled"], meta["unlabelled"]) == (30, 270) and os.listdir(f"{root}/stores") == [name]

@@ -56,6 +56,47 @@ def test_streaming_yields_the_same_batches_as_caching(digits_store, train_split)
         assert torch.equal(x.rows, y.rows) and torch.equal(x.logits, y.logits)
 
 
+def test_kept_rows_alone_once_per_epoch_aligned_cached_or_streamed(digits_store, train_split):
+    """``keep``: an epoch visits the kept rows once each (the baseline's labelled rows), with their own logits,
+    the same whether the logits are cached or streamed."""
+    store = SoftTargetStore(digits_store)
+    keep = np.zeros(len(train_split), dtype=bool)
+    keep[np.random.default_rng(0).choice(len(train_split), 100, replace=False)] = True
+    cached = SoftTargetLoader(train_split, 32, seed=1, store=store, cache_mb=1000, keep=keep)
+    streamed = SoftTargetLoader(train_split, 32, seed=1, store=store, cache_mb=0, prefetch_chunks=1, keep=keep)
+    assert len(cached) == len(streamed) == 4 and cached.rows == 100
+    a, b = _epoch(cached, 0), _epoch(streamed, 0)
+    rows = torch.cat([x.rows for x in a])
+    assert sorted(rows.tolist()) == np.flatnonzero(keep).tolist()
+    everything = store.read_logits("train")
+    for x, y in zip(a, b, strict=True):
+        assert torch.equal(x.rows, y.rows) and torch.equal(x.logits, y.logits)
+        assert torch.equal(x.logits, torch.from_numpy(everything[x.rows.numpy()]))
+        assert torch.equal(x.y, train_split.y[x.rows])
+    label_only = _epoch(SoftTargetLoader(train_split, 32, seed=1, keep=keep), 0)
+    assert sorted(torch.cat([x.rows for x in label_only]).tolist()) == np.flatnonzero(keep).tolist()
+
+
+def test_passes_visit_the_kept_rows_that_many_times_an_epoch_aligned(digits_store, train_split):
+    """``passes``: the baseline's epoch on a labelled share visits it several times, each pass in its own order,
+    with each row's own logits; the first pass is the one-pass epoch's order, and the epoch has the steps of
+    ``passes`` times the rows."""
+    store = SoftTargetStore(digits_store)
+    logits = store.read_logits("train")
+    keep = np.zeros(len(train_split), dtype=bool)
+    keep[np.random.default_rng(0).choice(len(train_split), 100, replace=False)] = True
+    once = _epoch(SoftTargetLoader(train_split, 25, seed=1, store=store, keep=keep), 0)
+    loader = SoftTargetLoader(train_split, 25, seed=1, store=store, keep=keep, passes=3)
+    thrice = _epoch(loader, 0)
+    assert len(thrice) == len(loader) == 12
+    rows = torch.cat([b.rows for b in thrice]).numpy()
+    assert np.array_equal(np.bincount(rows, minlength=len(keep)), 3 * keep)
+    assert np.array_equal(rows[:100], torch.cat([b.rows for b in once]).numpy())
+    assert not np.array_equal(rows[:100], rows[100:200])  # each pass in its own order
+    for b in thrice:
+        assert torch.equal(b.logits, torch.from_numpy(logits[b.rows.numpy()]))
+
+
 def test_label_only_loader_has_no_logits(train_split):
     batches = _epoch(SoftTargetLoader(train_split, 100, seed=0), 0)
     assert all(b.logits is None for b in batches)

@@ -537,3 +537,15 @@ def test_one_baseline_has_no_choice_to_note_and_no_new_fields():
     assert e["kl-T2-a0.9"]["gain_vs_baseline"] == pytest.approx(0.04)  # against the first baseline, as before
     assert "gain_vs_baseline" not in e["baseline-lr0.1"]
     assert "Δ vs base" not in leaderboard_text({"leaderboard": board, "meta": {}}).split("\n\n", 1)[-1]
+
+
+def test_the_header_says_how_many_train_rows_were_labelled(tmp_path):
+    rows = [teacher_row(), *baseline_rows(), row("kl-T2-a0.9", "student", 0, 0.95)]
+    meta = {"test_size": 270, "labelled": 50, "unlabelled": 250}
+    md = open(write_report(str(tmp_path / "r"), rows, meta)["md"]).read()
+    assert "- train rows: 50 labelled, 250 unlabelled (students: all of them" in md and "baseline: the 50" in md
+    assert "train rows: 50 labelled, 250 unlabelled" in leaderboard_text({"meta": meta,
+                                                                          "leaderboard": leaderboard(rows)})
+    every = {"test_size": 270, "labelled": 300, "unlabelled": 0}
+    assert "- train rows: 300, every one labelled" in open(write_report(str(tmp_path / "s"), rows, every)["md"]).read()
+    assert "train rows" not in leaderboard_text({"meta": every, "leaderboard": leaderboard(rows)})  # as before

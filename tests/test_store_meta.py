@@ -114,8 +114,9 @@ def test_teacher_precision_is_required_from_version_4_and_checked(store_copy):
 def test_a_version_3_store_is_read_without_a_precision(store_copy):
     g = zarr.open_group(store_copy, mode="r+")
     attrs = dict(g.attrs)
-    assert attrs["format_version"] == FORMAT_VERSION == 5 and attrs["teacher"]["precision"] == "float32"
+    assert attrs["format_version"] == FORMAT_VERSION == 6 and attrs["teacher"]["precision"] == "float32"
     attrs["format_version"] = 3
+    attrs["dataset"] = {k: v for k, v in attrs["dataset"].items() if k != "labels"}
     attrs["teacher"] = {k: v for k, v in attrs["teacher"].items() if k not in ("precision", "source")}
     g.attrs.put(attrs)
     meta = SoftTargetStore(store_copy).meta
@@ -138,7 +139,34 @@ def test_a_version_4_store_is_read_as_a_builtin_teacher(store_copy):
     assert attrs["teacher"]["source"] == "builtin"
     attrs["format_version"] = 4
     attrs["teacher"] = {k: v for k, v in attrs["teacher"].items() if k != "source"}
+    attrs["dataset"] = {k: v for k, v in attrs["dataset"].items() if k != "labels"}
     g.attrs.put(attrs)
     meta = SoftTargetStore(store_copy).meta
     assert meta.format_version == 4 and meta.teacher.source is None and meta.teacher.class_map is None
     assert meta.to_attrs() == attrs
+
+
+def test_the_label_mask_is_required_from_version_6_and_checked(store_copy):
+    err = _damage(store_copy, lambda a: a["dataset"].pop("labels"))
+    assert err.field == "dataset.labels" and "missing" in err.problem
+    err = _damage(store_copy, lambda a: a["dataset"]["labels"].update(unlabelled=10**6))
+    assert err.field == "dataset.labels" and "exceed" in err.problem
+    err = _damage(store_copy, lambda a: a["dataset"]["labels"].update(labelled="all"))
+    assert err.field == "dataset.labels.labelled"
+
+
+def test_a_version_5_store_is_read_with_every_train_row_labelled(store_copy, tmp_path):
+    from pipeline import distill
+    from pipeline.config import DistillConfig, ModelConfig
+
+    g = zarr.open_group(store_copy, mode="r+")
+    attrs = dict(g.attrs)
+    assert attrs["dataset"]["labels"]["unlabelled"] == 0
+    attrs["format_version"] = 5
+    attrs["dataset"] = {k: v for k, v in attrs["dataset"].items() if k != "labels"}
+    g.attrs.put(attrs)
+    meta = SoftTargetStore(store_copy).meta
+    assert meta.format_version == 5 and meta.dataset.labels is None and meta.to_attrs() == attrs
+    plan = distill.plan(DistillConfig(store=store_copy, model=ModelConfig(arch="cnn", width=4), device="cpu",
+                                      temperatures=(4.0,), report_root=str(tmp_path / "r")))
+    assert plan.label_counts() == {"labelled": meta.dataset.splits["train"].size, "unlabelled": 0}

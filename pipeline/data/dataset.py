@@ -115,6 +115,13 @@ class Split:
         return Split(source=self.source, index=self.index[:n], y=self.y[:n].clone(), ids=self.ids[:n].clone(),
                      preprocess=self.preprocess)
 
+    def subset(self, rows: np.ndarray) -> "Split":
+        """Rows ``rows`` of this split (in that order), as a split of their own: same source and preprocessing."""
+        rows = np.asarray(rows, dtype=np.int64)
+        idx = torch.from_numpy(rows)
+        return Split(source=self.source, index=self.index[rows], y=self.y[idx].clone(), ids=self.ids[idx].clone(),
+                     preprocess=self.preprocess)
+
     def with_labels(self, y: torch.Tensor) -> "Split":
         return Split(source=self.source, index=self.index, y=y, ids=self.ids, preprocess=self.preprocess)
 

@@ -38,6 +38,7 @@ import torch
 
 from pipeline.data.sources import Source
 from pipeline.errors import StoreError, UserError
+from pipeline.names import NO_LABEL
 
 # torchvision's IMG_EXTENSIONS: what ImageFolder would read.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -120,6 +121,35 @@ def _walk(root: str) -> tuple[list[str], list[str], list[int], list[int], list[s
             raise UserError("dataset", f"class folder {cls!r} of image folder {root!r} holds no images (files "
                             f"named {', '.join(IMAGE_EXTENSIONS)})", "add images to it or remove it")
     return classes, paths, sizes, labels, skipped
+
+
+def _walk_flat(root: str) -> tuple[list[str], list[int], list[str]]:
+    """Every image under ``root``, recursively, class folders or not: relative paths and byte sizes in a fixed
+    (sorted) order, and the files skipped as not images (an unlabelled folder: ``--unlabelled``)."""
+    if not os.path.isdir(root):
+        raise UserError("unlabelled", f"folder {root!r} does not exist", "pass --unlabelled PATH to a folder of "
+                        "images, or a dataset name such as mnist")
+    paths, sizes, skipped = [], [], []
+    for dirpath, dirnames, filenames, folder in os.fwalk(root, follow_symlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        rel_dir = "" if dirpath == root else os.path.relpath(dirpath, root) + os.sep
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            rel = rel_dir + name
+            if not name.lower().endswith(IMAGE_EXTENSIONS):
+                skipped.append(rel)
+                continue
+            try:
+                sizes.append(os.stat(name, dir_fd=folder).st_size)
+            except OSError as exc:
+                raise UserError("unlabelled", f"cannot read {rel} in folder {root!r} ({exc.strerror})",
+                                FIX_FILE) from None
+            paths.append(rel)
+    if not paths:
+        raise UserError("unlabelled", f"folder {root!r} holds no images (files named {', '.join(IMAGE_EXTENSIONS)})",
+                        "add images to it, or pass another folder")
+    return paths, sizes, skipped
 
 
 def to_rgb(img) -> np.ndarray:
@@ -206,14 +236,19 @@ class FolderSource(Source):
     has_content = True
 
     def __init__(self, root: str, *, native_size: bool, recorded: RecordedFolder | None = None,
-                 exif: bool = False) -> None:
+                 exif: bool = False, unlabelled: bool = False) -> None:
         """``native_size``: every image must have one size (no --image-size was given); it is learnt by reading
         every header. ``recorded``: the store's record of this folder, compared with it before any header is
         read (a folder changed since is refused naming the file); when it matches, the size is the store's.
-        ``exif``: images are turned upright by their EXIF orientation (sizes too)."""
+        ``exif``: images are turned upright by their EXIF orientation (sizes too). ``unlabelled``: every image
+        under the folder, recursively, each labelled NO_LABEL (no class folders needed)."""
         self.root = os.path.abspath(root)
         self.exif = exif
-        self.classes, paths, sizes, labels, self.skipped = _walk(self.root)
+        if unlabelled:
+            paths, sizes, self.skipped = _walk_flat(self.root)
+            self.classes, labels = [], [NO_LABEL] * len(paths)
+        else:
+            self.classes, paths, sizes, labels, self.skipped = _walk(self.root)
         if self.skipped and _once((self.root, tuple(self.skipped))):
             shown = ", ".join(os.path.basename(p) for p in self.skipped[:SHOWN_SKIPPED])
             more = "…" if len(self.skipped) > SHOWN_SKIPPED else ""

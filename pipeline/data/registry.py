@@ -3,7 +3,8 @@
 Every dataset is split the same way: seeded and stratified, so the same config
 always yields the same samples in the same order (the fingerprint proves it);
 torchvision's datasets keep their own test split. Train labels may then get
-symmetric noise, and the train split may be cut to a prefix.
+symmetric noise, the train split may be cut to a prefix, and samples without labels may be appended to it
+(:mod:`pipeline.data.unlabelled`).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import torch
 from pipeline.config import DataConfig
 from pipeline.data.dataset import Dataset, Split
 from pipeline.data.folder import FolderSource, RecordedFolder, native_size
+from pipeline.data.unlabelled import append_unlabelled
 from pipeline.data.sources import TORCHVISION, Source, cifar_sources, digits_source, locate, mnist_sources
 from pipeline import names
 from pipeline.errors import UserError
@@ -169,4 +171,5 @@ def load_dataset(cfg: DataConfig, recorded: RecordedFolder | None = None) -> Dat
                                          cfg.effective_noise_seed)
     if cfg.train_limit is not None and cfg.train_limit < len(ds.splits["train"]):
         ds.splits["train"] = ds.splits["train"].head(cfg.train_limit)
-    return ds
+    # Samples without labels come last, after the noise and the limit, which apply to labelled data alone.
+    return append_unlabelled(ds, cfg)

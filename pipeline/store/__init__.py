@@ -1,11 +1,11 @@
 """The soft-target store: a self-describing Zarr v3 group of raw teacher logits.
 
-Layout (``FORMAT_VERSION`` 5; docs/store-format.md's tables are the contract)::
+Layout (``FORMAT_VERSION`` 6; docs/store-format.md's tables are the contract)::
 
     <name>.zarr/                 group; attributes: pipeline.store.meta.StoreMeta
       train/logits   (N, V, C)   float16 | float32, fill NaN (V teacher views per sample; view 0 is clean)
       train/view_params (N, V, P) float32, each view's drawn parameters, columns named by views.params (V > 1)
-      train/labels   (N,)        int64, fill -1
+      train/labels   (N,)        int64, fill -1 (-1 also marks a sample with no label: --unlabelled)
       train/ids      (N,)        int64, fill -1 (stable sample ids, aligned with logits)
       train/written  (S,)        uint8, one flag per shard: the completion bitmap
       val/...  test/...          same arrays
@@ -33,8 +33,8 @@ from pipeline.store.catalog import find_stores
 from pipeline.store.codec import ENCODINGS, Encoding, encoding
 from pipeline.store.layout import (DEFAULT_CHUNK_ROWS, DEFAULT_SHARD_CHUNKS, SplitLayout, auto_chunk_rows,
                                    layout_for)
-from pipeline.store.meta import (FORMAT_VERSION, SUPPORTED_VERSIONS, DatasetMeta, LayoutMeta, LineageEntry,
-                                 ManifestMeta, Provenance, SplitMeta, StoreMeta, TeacherMeta, ViewsMeta, now_iso,
+from pipeline.store.meta import (FORMAT_VERSION, SUPPORTED_VERSIONS, DatasetMeta, LabelsMeta, LayoutMeta,
+                                 LineageEntry, ManifestMeta, Provenance, SplitMeta, StoreMeta, TeacherMeta, ViewsMeta, now_iso,
                                  software_versions)
 from pipeline.store.paths import exists, is_url, join
 from pipeline.store.reader import SoftTargetStore, open_store
@@ -42,8 +42,8 @@ from pipeline.store.writer import StoreWriter, published_meta
 
 __all__ = [
     "DEFAULT_CHUNK_ROWS", "DEFAULT_SHARD_CHUNKS", "ENCODINGS", "FORMAT_VERSION", "SUPPORTED_VERSIONS",
-    "DatasetMeta", "LayoutMeta", "LineageEntry", "ManifestMeta", "Provenance", "SoftTargetStore", "SplitLayout",
-    "SplitMeta", "StoreMeta", "StoreWriter", "TeacherMeta", "ViewsMeta", "auto_chunk_rows", "Encoding", "encoding",
+    "DatasetMeta", "LabelsMeta", "LayoutMeta", "LineageEntry", "ManifestMeta", "Provenance", "SoftTargetStore",
+    "SplitLayout", "SplitMeta", "StoreMeta", "StoreWriter", "TeacherMeta", "ViewsMeta", "auto_chunk_rows", "Encoding", "encoding",
     "exists", "find_stores", "is_url", "join", "layout_for", "now_iso", "open_store",
     "published_meta", "software_versions",
 ]

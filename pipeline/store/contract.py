@@ -87,6 +87,10 @@ def check_layout(meta: StoreMeta) -> None:
             if info.size != meta.layout[split].rows:
                 raise StoreError(f"dataset.splits.{split}.size", f"{info.size} disagrees with "
                                  f"layout.{split}.rows {meta.layout[split].rows}", REWRITE)
+    labels, train = meta.dataset.labels, meta.layout.get("train")
+    if labels is not None and train is not None and labels.labelled + labels.unlabelled > train.rows:
+        raise StoreError("dataset.labels", f"counts {labels.labelled} + {labels.unlabelled} exceed the {train.rows} "
+                         "train rows", REWRITE)
     if meta.views.count < 1 or meta.dataset.num_classes < 1:
         raise StoreError("views.count" if meta.views.count < 1 else "dataset.num_classes", "must be positive", REWRITE)
     try:

@@ -34,8 +34,10 @@ from pipeline.serialize import from_dict
 # computed in (version 3 stores are still read: their precision is unknown, see pipeline.view_fidelity). 5: the teacher's
 # model source, its pretrained weights (what named them, their sha256), its preprocessing and its class map
 # (version 4 stores are still read: a bare-named model from scratch, no preprocessing, no class map).
-FORMAT_VERSION = 5
-SUPPORTED_VERSIONS = (3, 4, 5)
+# 6: dataset.labels, the train rows the students see labelled and unlabelled (version 5 and older stores are still
+# read: every train row labelled, none unlabelled).
+FORMAT_VERSION = 6
+SUPPORTED_VERSIONS = (3, 4, 5, 6)
 REWRITE = "the store's attributes are damaged or from another version; rewrite it with `kd teacher`"
 _ABSENT = object()
 
@@ -186,6 +188,20 @@ class SplitMeta(_Record):
 
 
 @dataclass(frozen=True)
+class LabelsMeta(_Record):
+    """The train rows' label mask as the store was written for it (pipeline.data.labels): rebuilt from the
+    recorded ``data_config`` (its labelled_fraction, labelled_per_class, unlabelled and transfer_fraction)."""
+
+    labelled: int  # train rows whose label the students see
+    unlabelled: int  # train rows the students learn from without a label (the transfer set)
+    fingerprint: str  # Split.fingerprint of those unlabelled rows, in row order
+
+    def __post_init__(self) -> None:
+        if self.labelled < 0 or self.unlabelled < 0:
+            raise _problem("dataset.labels", f"counts must be >= 0, got {self.labelled} and {self.unlabelled}")
+
+
+@dataclass(frozen=True)
 class DatasetMeta(_Record):
     name: str
     num_classes: int
@@ -195,6 +211,8 @@ class DatasetMeta(_Record):
     # Image folders only: the listing (relative path, byte size), zlib + base64: names the first file that
     # changed when a fingerprint differs (pipeline.data.folder.read_manifest).
     files: str | None = None
+    # The train split's label mask (format_version 6 on; None in older stores: every train row labelled).
+    labels: LabelsMeta | None = None
 
 
 @dataclass(frozen=True)
@@ -305,6 +323,8 @@ class StoreMeta(Provenance):
             raise _problem("teacher.precision", "missing from the store's attributes")
         if self.format_version >= 5 and self.teacher.source is None:
             raise _problem("teacher.source", "missing from the store's attributes")
+        if self.format_version >= 6 and self.dataset.splits and self.dataset.labels is None:
+            raise _problem("dataset.labels", "missing from the store's attributes")
         if self.complete and self.manifest is None:
             raise _problem("manifest", "missing from a complete store's attributes")
 

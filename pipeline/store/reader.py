@@ -11,7 +11,7 @@ from typing import Iterator
 import numpy as np
 
 from pipeline.errors import StoreError
-from pipeline.names import SPLITS
+from pipeline.names import NO_LABEL, SPLITS
 from pipeline.store.codec import Encoding, encoding
 from pipeline.store.contract import check_arrays, data_arrays, num_shards
 from pipeline.store.integrity import check_digest, check_transform, shard_ranges
@@ -84,6 +84,10 @@ class SoftTargetStore:
     def labels(self, split: str) -> np.ndarray:
         return self._read(split, "labels", slice(None))
 
+    def _has_unlabelled(self, split: str) -> bool:
+        """Whether ``split`` holds samples without a label (train, when written with --unlabelled)."""
+        return split == "train" and self.meta.data_config.get("unlabelled") is not None
+
     def ids(self, split: str) -> np.ndarray:
         return self._read(split, "ids", slice(None))
 
@@ -102,6 +106,11 @@ class SoftTargetStore:
             # float16 rows cannot overflow a float32 sum), far cheaper than an elementwise test.
             bad = ~np.isfinite(values.reshape(len(values), -1).sum(axis=1, dtype=np.float32)) if values.ndim > 1 \
                 else ~np.isfinite(values)
+        elif name == "labels" and self._has_unlabelled(split):
+            # -1 is both the fill and NO_LABEL, the label of a sample that has none (--unlabelled): here a missing
+            # chunk cannot be told from such samples by its values; the manifest (`kd inspect --verify`) and the
+            # labels' comparison with the data (--verify, the split fingerprints) still tell.
+            bad = values < NO_LABEL
         else:
             bad = values < 0 if values.ndim == 1 else (values < 0).reshape(len(values), -1).any(axis=1)
         if np.any(bad):
