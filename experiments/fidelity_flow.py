@@ -18,7 +18,7 @@ from prefect import flow, get_run_logger
 from flows.pipeline_flow import distill_generation
 from flows.runners import RunnerConfig
 from flows.teacher_flow import teacher_flow
-from experiments import studies
+from experiments import studies, transfer
 from pipeline.report import read_report
 from pipeline.store import SoftTargetStore
 
@@ -70,7 +70,36 @@ def fidelity(report_root: str = "data/reports/fidelity") -> str:
     }
     md = studies.write_fidelity(report_root, rows, facts)
     get_run_logger().info("fidelity study: %s", md)
+    get_run_logger().info("transfer-set study: %s", transfer_study(checkpoint, report_root))
     return md
+
+
+def transfer_study(checkpoint: str, report_root: str) -> str:
+    """The transfer-set arms (experiments/transfer.py): one store of the fidelity teacher's logits over every train
+    image, then the same students on the labelled images and 0, 25, 50 and 100% of the others."""
+    start = time.perf_counter()
+    store = teacher_flow(transfer.transfer_store(checkpoint))
+    labels = SoftTargetStore(store).meta.dataset.labels
+    info = SoftTargetStore(store).summary()
+    per_row = info["bytes_stored"] / sum(info["samples"].values())  # measured: this store's bytes per sample
+    rows = []
+    for share in transfer.TRANSFER_SHARES:
+        n = transfer.arm_rows(share, labelled=labels.labelled, unlabelled=labels.unlabelled)
+        cfg = transfer.transfer_students(os.path.join(report_root, "transfer-runs"), store, share, n)
+        run = distill_generation(store, cfg, RunnerConfig(), None)
+        rows.append(transfer.transfer_row(share=share, unlabelled=n - labels.labelled, run_dir=run,
+                                          store_bytes=(n - labels.labelled) * per_row))
+    facts = {
+        "setting": f"the fidelity teacher (cnn width 32, whole digits train split); students cnn width 8 with "
+                   f"{transfer.LABELS_PER_CLASS} labels per class ({labels.labelled} images) and a share of the other "
+                   f"{labels.unlabelled} train images unlabelled; KL T={transfer.T:g}, α={transfer.ALPHA:g}; about "
+                   f"{transfer.STEPS} optimizer steps for every student of every arm (the baseline on the labelled "
+                   f"images alone, for the same steps); seeds {', '.join(map(str, studies.SEEDS))}; checkpoints chosen "
+                   "on val, accuracy on test",
+        "store": f"{store_facts(store)}; an unlabelled image costs {per_row:.0f} B of it",
+        "this invocation": f"{time.perf_counter() - start:.0f} s wall (stores and runs already done are reused)",
+    }
+    return transfer.write_transfer(report_root, rows, facts)
 
 
 if __name__ == "__main__":

@@ -281,7 +281,8 @@ def test_kd_run_make_serve_and_prefect_yaml_agree_on_defaults():
     kd_teacher = teacher_config(a)
     kd_students = distill_config(student_namespace(a), FROM_TEACHER)
     assert kd_teacher == TeacherConfig() and kd_students == DistillConfig(store=FROM_TEACHER, data=DataConfig())
-    a = build_parser().parse_args(["run", "--seeds", "0", "1", "2"])  # the recipe of `make distill`
+    # The nightly pipeline trains make distill's grid on every label (make distill keeps 5 per class, below).
+    a = build_parser().parse_args(["run", "--seeds", "0", "1", "2"])
     # The deployments' students read their data from the store the teacher wrote (data=None), where `kd run`
     # names it (--dataset digits): the same data.
     nightly = (teacher_config(a), dataclasses.replace(distill_config(student_namespace(a), FROM_TEACHER), data=None))
@@ -294,7 +295,9 @@ def test_kd_run_make_serve_and_prefect_yaml_agree_on_defaults():
     store = deployments["distill"]["config"]["store"]
     a = build_parser().parse_args(["distill", "--store", store])
     assert from_dict(DistillConfig, deployments["distill"]["config"]) == distill_config(a, store)
-    assert _make_distill_args() == ["--seeds", "0", "1", "2"]
+    assert _make_distill_args() == ["--seeds", "0", "1", "2", "--labelled-per-class", "5"]
+    made = teacher_config(build_parser().parse_args(["run", *_make_distill_args()]))
+    assert made == dataclasses.replace(kd_teacher, data=DataConfig(labelled_per_class=5))
 
 
 def _make_distill_args() -> list[str]:
