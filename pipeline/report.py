@@ -31,7 +31,7 @@ from collections import defaultdict
 from pipeline.atomic import write_atomic, write_text_atomic
 from pipeline.errors import UserError
 
-METRICS = ("test_acc", "test_nll", "test_ece", "agreement")
+METRICS = ("test_acc", "test_nll", "test_ece", "agreement", "val_acc")  # val_acc: what a choice may read
 KIND_ORDER = {"teacher": 0, "baseline": 1, "student": 2}
 
 
@@ -283,15 +283,38 @@ def baseline_note(board: list[dict]) -> str | None:
             f"Label-only students: {sees}.")
 
 
+def share_note(board: list[dict]) -> str | None:
+    """The share of the teacher–baseline gap that the best student **on val** closes, with its gain and whether
+    that gain is beyond the combined seed spread (the ``(noise)`` rule); None without a gap or a student."""
+    teacher = next((e for e in board if e["kind"] == "teacher"), None)
+    base = reference_baseline(board)
+    students = [e for e in board if e["kind"] == "student" and "gain_vs_baseline" in e
+                and not math.isnan(e.get("val_acc_mean", math.nan))]
+    if teacher is None or base is None or not students or math.isnan(teacher["test_acc_mean"]):
+        return None
+    gap = teacher["test_acc_mean"] - base["test_acc_mean"]
+    if not gap > 0:
+        return None
+    best = max(students, key=lambda e: e["val_acc_mean"])  # chosen on val, reported on test
+    gain = best["gain_vs_baseline"]
+    noise = math.hypot(best["test_acc_std"], base["test_acc_std"])
+    verdict = {True: f"within the combined seed spread (±{noise * 100:.2f}), so not shown",
+               False: f"beyond the combined seed spread (±{noise * 100:.2f})",
+               None: "with one seed, no spread to judge it by"}[best.get("within_noise")]
+    return (f"note: the best student on val, {best['config_id']}, closes {100 * gain / gap:.0f}% of the "
+            f"{gap * 100:.2f}-point teacher–baseline gap ({gain * 100:+.2f} points, {verdict}).")
+
+
 def notes(report: dict) -> list[str]:
     """The lines under a report's table: which baseline "Δ vs base" is against when there are several; a teacher
-    that learnt nothing (never called a match), else the gap note; and a latency timed on a busy CPU."""
+    that learnt nothing (never called a match), else the gap note, else the share of the gap the best student on val
+    closes; and a latency timed on a busy CPU."""
     board, meta = report["leaderboard"], report.get("meta", {})
     teacher = next((e for e in board if e["kind"] == "teacher"), None)
     warning = None if teacher is None else teacher_warning(
         acc=teacher["test_acc_mean"], nll=teacher["test_nll_mean"], num_classes=meta.get("num_classes"),
         test_size=meta.get("test_size"))
-    out = [baseline_note(board), warning or gap_note(board, meta.get("test_size"))]
+    out = [baseline_note(board), warning or gap_note(board, meta.get("test_size")) or share_note(board)]
     if any(e.get("latency_busy") for e in board):
         out.append(BUSY_NOTE)
     return [n for n in out if n]
