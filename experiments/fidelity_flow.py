@@ -84,7 +84,7 @@ def transfer_study(checkpoint: str, report_root: str) -> str:
     per_row = info["bytes_stored"] / sum(info["samples"].values())  # measured: this store's bytes per sample
     rows = []
     for share in transfer.TRANSFER_SHARES:
-        n = transfer.arm_rows(share, labelled=labels.labelled, unlabelled=labels.unlabelled)
+        n = transfer.arm_rows(share)
         cfg = transfer.transfer_students(os.path.join(report_root, "transfer-runs"), store, share, n)
         run = distill_generation(store, cfg, RunnerConfig(), None)
         rows.append(transfer.transfer_row(share=share, unlabelled=n - labels.labelled, run_dir=run,

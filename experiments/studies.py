@@ -14,7 +14,7 @@ import os
 
 from pipeline.config import AugmentConfig, DataConfig, DistillConfig, TeacherConfig, student_model, student_optim
 from pipeline.atomic import write_text_atomic
-from pipeline.report import markdown_table, mean_pm, read_report
+from pipeline.report import gap_share, markdown_table, mean_pm, read_report
 from pipeline.serialize import from_dict
 
 SEEDS = (0, 1, 2)
@@ -177,24 +177,6 @@ def patient_label() -> str:
     mixed = "every view but the clean one mixed" if prob == 1 else f"{100 * prob:.0f}% of the views mixed"
     return (f"patient recipe ({t['views']} views, {mixed}, KL T={d['temperatures'][0]:g}, "
             f"α={d['alphas'][0]:g})")
-
-
-def gap_share(entry: dict, baseline: dict, teacher: dict) -> dict:
-    """How much of the teacher-baseline gap ``entry`` closes: (entry - baseline) / (teacher - baseline).
-
-    Each argument is a leaderboard entry (``test_acc_mean``/``_std``). ``share_std`` is the entry's
-    spread in the same units (its std over the gap); ``within_noise`` marks a gain no larger than the
-    entry's and the baseline's spreads combined, the leaderboard's ``(noise)`` rule; ``share_beyond_noise``
-    is the share that remains after taking that noise off the gain (0 if none).
-    """
-    gap = teacher["test_acc_mean"] - baseline["test_acc_mean"]
-    gain = entry["test_acc_mean"] - baseline["test_acc_mean"]
-    noise = math.hypot(entry["test_acc_std"], baseline["test_acc_std"])
-    if gap <= 0:
-        return {"gap": gap, "gain": gain, "noise": noise, "share": math.nan, "share_std": math.nan,
-                "within_noise": abs(gain) <= noise, "share_beyond_noise": math.nan}
-    return {"gap": gap, "gain": gain, "noise": noise, "share": gain / gap, "share_std": entry["test_acc_std"] / gap,
-            "within_noise": abs(gain) <= noise, "share_beyond_noise": max(gain - noise, 0.0) / gap}
 
 
 def _entry(run_dir: str, kind: str) -> dict:

@@ -19,7 +19,9 @@ import statistics
 from experiments import studies
 from pipeline.atomic import write_text_atomic
 from pipeline.config import DataConfig, DistillConfig, TeacherConfig, student_model, student_optim
-from pipeline.report import markdown_table, mean_pm, read_report, reference_baseline
+from pipeline.data import open_dataset
+from pipeline.data.labels import label_mask
+from pipeline.report import gap_share, markdown_table, mean_pm, read_report, reference_baseline
 
 LABELS_PER_CLASS = 15  # 150 labelled digits, the fidelity study's label budget
 TRANSFER_SHARES = (0.0, 0.25, 0.5, 1.0)
@@ -37,10 +39,12 @@ def transfer_store(checkpoint: str, *, store_root: str = "data/stores") -> Teach
     return dataclasses.replace(studies.fidelity_teacher(store_root), data=labelled_data(), checkpoint=checkpoint)
 
 
-def arm_rows(share: float, *, labelled: int, unlabelled: int) -> int:
-    """Train rows an arm's students visit: every labelled image and the kept share of the others
-    (:func:`pipeline.data.labels.choose_transfer`'s count)."""
-    return labelled + (0 if share <= 0 else unlabelled if share >= 1 else max(1, round(share * unlabelled)))
+def arm_rows(share: float) -> int:
+    """Train rows an arm's students visit: every labelled image and the kept share of the others (the students'
+    label mask, :func:`pipeline.data.labels.label_mask`)."""
+    cfg = labelled_data(share)
+    ds = open_dataset(cfg)
+    return int(label_mask(ds.splits["train"], cfg, ds.class_names).kept.sum())
 
 
 def epochs_for(train_rows: int, batch_size: int) -> int:
@@ -73,7 +77,7 @@ def transfer_row(*, share: float, unlabelled: int, run_dir: str, store_bytes: fl
     return {"share": share, "unlabelled": unlabelled, "teacher_acc": pick["teacher"]["test_acc_mean"],
             "baseline": {k: pick["baseline"][k] for k in ("test_acc_mean", "test_acc_std")},
             "student": {k: pick["student"][k] for k in ("test_acc_mean", "test_acc_std")},
-            "gap": studies.gap_share(pick["student"], pick["baseline"], pick["teacher"]),
+            "gap": gap_share(pick["student"], pick["baseline"], pick["teacher"]),
             "transfer_bytes": store_bytes, "student_seconds": student_seconds(run_dir),
             "seeds": pick["student"]["seeds"] - pick["student"]["failed"]}
 

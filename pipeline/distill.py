@@ -88,9 +88,10 @@ class DistillPlan:
             return None
         return decoded_logits(store, "train", store.views > 1)
 
-    @property
+    @functools.cached_property
     def labels(self) -> LabelMask:
-        """Which train rows the students see labelled, and which they train on (pipeline.data.labels)."""
+        """Which train rows the students see labelled, and which they train on (pipeline.data.labels); drawn once
+        per plan (and per process it travels to)."""
         ds = self.dataset
         return label_mask(ds.splits["train"], self.data_cfg, ds.class_names)
 
@@ -198,7 +199,8 @@ def groups(cfg: DistillConfig, *, skip: frozenset[str] | set[str] = frozenset(),
     trains as one stacked model wherever that applies (``pipeline.stacking``):
     up to one seed's students per group, the larger the group the less the
     sweep costs. Students named in ``skip`` (run ids) are left out of their groups (see :func:`kept_rows`);
-    a student trains the same in any group.
+    a student trains the same in any group (up to float rounding; with dropout, its masks depend on its stack:
+    :mod:`pipeline.rng`).
     """
     by_pass: dict[tuple[int, str], list[StudentSpec]] = {}
     for spec in cfg.students(baselines):
@@ -236,23 +238,26 @@ def group_names(cfg: DistillConfig, *, baselines: tuple[str, ...] = ("views",)) 
 BATCHED = {"auto": None, "on": True, "off": False}
 
 
-def student_loader(plan: DistillPlan, *, seed: int, device: torch.device,
-                   keep: np.ndarray | None = None, passes: int = 1, view_data: str = "views") -> SoftTargetLoader:
+def student_loader(plan: DistillPlan, *, seed: int, device: torch.device, keep: np.ndarray | None = None,
+                   epoch_rows: int | None = None, view_data: str = "views",
+                   label_only: bool = False) -> SoftTargetLoader:
     """The students' train batches: stored logits (none online: the teacher scores each batch) and, with teacher
     views, each view replayed at the students' own resolution when it differs from the store's, in one resampling
     from its recorded box (their input hook then only normalises). Val and test keep the store's resolution: the
     hook resizes them once. Labels the students may not see are NO_LABEL (:attr:`DistillPlan.labels`); ``keep``:
-    the rows an epoch visits (None: every row), ``passes`` times. ``view_data``: which views a group of
-    label-only students sees (``SoftTargetLoader``)."""
+    the rows an epoch visits (None: every row), ``epoch_rows`` of them an epoch (None: each once). ``view_data``:
+    which views a group of label-only students sees (``SoftTargetLoader``). ``label_only``: a group that reads no
+    soft target; from a store without views (whose rows carry nothing else) no logits are read at all, and the
+    order of rows is the same (the store's chunk size is kept)."""
     cfg, ds = plan.cfg, plan.dataset
-    online = cfg.mode == "online"
     mask = plan.labels
     train = mask.hidden(ds.splits["train"]) if mask.active else ds.splits["train"]
-    return SoftTargetLoader(train, cfg.optim.batch_size, seed=seed, store=None if online else plan.store,
-                            cache_mb=cfg.cache_mb, cached=plan.train_logits(),
+    no_logits = cfg.mode == "online" or (label_only and plan.store.views == 1)
+    return SoftTargetLoader(train, cfg.optim.batch_size, seed=seed, store=None if no_logits else plan.store,
+                            cache_mb=cfg.cache_mb, cached=None if no_logits else plan.train_logits(),
                             chunk_rows=plan.store.chunk_rows("train"), workers=cfg.workers, view_policy=cfg.view_policy,
                             pin_memory=device.type == "cuda", view_size=input_size(cfg.model, ds.input_shape),
-                            keep=keep, passes=passes, view_data=view_data)
+                            keep=keep, epoch_rows=epoch_rows, view_data=view_data)
 
 
 def train_students(plan: DistillPlan, specs: list[StudentSpec], *, progress: Progress | None = None) -> list[dict]:
@@ -267,8 +272,9 @@ def train_students(plan: DistillPlan, specs: list[StudentSpec], *, progress: Pro
     results = []
     parts = _by_rows(specs, mask)
     for i, (keep, part) in enumerate(parts):
+        baseline = part[0].is_baseline and keep is not None  # the labelled rows alone, for the students' rows
         loader = student_loader(plan, seed=part[0].seed, device=device, keep=keep,
-                                passes=baseline_passes(mask) if part[0].is_baseline else 1,
+                                epoch_rows=int(mask.kept.sum()) if baseline else None, label_only=baseline,
                                 view_data=part[0].data)  # one per group (groups)
         label = ",".join(s.run_id for s in part)
         results += fit_group(part, model_cfg=cfg.model, optim=cfg.optim, augment=cfg.augment, loader=loader,
@@ -306,15 +312,6 @@ def _pass_progress(progress: Progress | None, i: int, passes: int) -> Progress |
     if progress is None or passes == 1:
         return progress
     return lambda label, epoch, epochs, metrics: progress(label, i * epochs + epoch, passes * epochs, metrics)
-
-
-def baseline_passes(mask: LabelMask) -> int:
-    """Passes over the labelled rows in one epoch of the label-only baseline: as many as make its epoch about as
-    long as the students' epoch over every kept row, so it takes the same optimizer steps on the same schedule. With
-    the students' epoch count alone, 50 labelled rows would give it one step an epoch: a baseline starved of
-    training, not of labels."""
-    labelled = int(mask.labelled.sum())
-    return max(1, round(int(mask.kept.sum()) / labelled)) if labelled else 1
 
 
 def _by_rows(specs: list[StudentSpec], mask: LabelMask) -> list[tuple[np.ndarray | None, list[StudentSpec]]]:

@@ -128,17 +128,21 @@ class SoftTargetLoader:
                  cache_mb: float = 1024.0, prefetch_chunks: int = 8, shuffle: bool = True,
                  cached: np.ndarray | None = None, workers: int = 0, view_policy: str = "uniform",
                  pin_memory: bool | None = None, view_size: tuple[int, int] | None = None,
-                 keep: np.ndarray | None = None, passes: int = 1, view_data: str = "views") -> None:
+                 keep: np.ndarray | None = None, epoch_rows: int | None = None, view_data: str = "views") -> None:
         """``keep``: (N,) bool, the rows an epoch visits (None: every row), e.g. the labelled rows alone for the
         label-only baseline; chunks are still read whole and the order still depends on (seed, epoch) alone.
-        ``passes``: how many times an epoch visits them, each pass in its own seeded order (the baseline's epoch on
-        a labelled share thus takes as many steps as the students' epoch on every row). ``view_data``: what a
-        store's views show (:class:`pipeline.views.ViewReplay`): all of them, view 0 alone, or unmixed."""
+        ``epoch_rows``: rows in an epoch (None: the kept rows, once each). More than the kept rows makes an epoch
+        pass over them again, each pass in its own seeded order with its own draws of views and train transforms,
+        until that many rows were visited: the baseline's epoch on a labelled share then has exactly the rows, and
+        so the steps, of the students' epoch on every kept row. ``view_data``: what a store's views show
+        (:class:`pipeline.views.ViewReplay`): all of them, view 0 alone, or unmixed."""
         self.split, self.batch_size, self.seed, self.shuffle = split, batch_size, seed, shuffle
         self.keep = None if keep is None or keep.all() else np.asarray(keep, dtype=bool)
-        if passes < 1:
-            raise ValueError(f"passes must be >= 1, got {passes}")
-        self.passes = passes
+        kept = len(split) if self.keep is None else int(self.keep.sum())
+        self.epoch_rows = kept if epoch_rows is None else epoch_rows
+        if epoch_rows is not None and (epoch_rows < 1 or kept == 0):
+            raise ValueError(f"epoch_rows must be >= 1 over at least one kept row, got {epoch_rows} over {kept}")
+        self.passes = max(1, -(-self.epoch_rows // max(kept, 1)))
         self.pin_memory = default_pin_memory() if pin_memory is None else pin_memory
         self.store, self.split_name = store, split_name
         self.chunk_rows = store.chunk_rows(split_name) if store is not None else chunk_rows
@@ -181,7 +185,7 @@ class SoftTargetLoader:
         return self.n if self.keep is None else int(self.keep.sum())
 
     def __len__(self) -> int:
-        return -(-self.rows * self.passes // self.batch_size)
+        return -(-self.epoch_rows // self.batch_size)
 
     def chunk_order(self, epoch: int, visit: int = 0) -> np.ndarray:
         """The chunks of pass ``visit`` of ``epoch``, in order."""
@@ -243,9 +247,9 @@ class SoftTargetLoader:
         epoch's order; logits are read here (cached, or streamed by a background thread) and joined to
         them by row."""
         if not self.workers:
-            for rows, payload in self._iterate(epoch):
-                logits, params = self._chosen(epoch, rows, payload)
-                b = self._batch(rows, logits, params, _checked(self._images[(epoch, rows, params)]))
+            for draw, rows, payload in self._iterate(epoch):
+                logits, params = self._chosen(draw, rows, payload)
+                b = self._batch(rows, logits, params, _checked(self._images[(draw, rows, params)]))
                 yield b.pin_memory() if self.pin_memory else b
             return
         if self._dataloader is None:
@@ -262,10 +266,10 @@ class SoftTargetLoader:
         pending: collections.deque[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]] = collections.deque()
 
         def items() -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
-            for rows, payload in self._iterate(epoch):
-                logits, params = self._chosen(epoch, rows, payload)
+            for draw, rows, payload in self._iterate(epoch):
+                logits, params = self._chosen(draw, rows, payload)
                 pending.append((rows, logits, params))
-                yield epoch, rows, params
+                yield draw, rows, params
 
         self._sampler.items = items()
         for x in self._dataloader:
@@ -299,13 +303,16 @@ class SoftTargetLoader:
             self._epoch_views = (epoch, np.random.default_rng([self.seed, epoch, 2]).integers(0, self.views, self.n))
         return self._epoch_views[1][rows]
 
-    def _iterate(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-        """(rows (B,), logits or None) per batch of the epoch: buffers of ``buffer_chunks`` chunks in the
-        epoch's chunk order, each shuffled inside, once per pass; rows left over from a pass open the next
-        one's first batch. Logits are (B, K), or (B, V, K + P) with views."""
+    def _iterate(self, epoch: int) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
+        """(draw, rows (B,), logits or None) per batch of the epoch: buffers of ``buffer_chunks`` chunks in the
+        epoch's chunk order, each shuffled inside, once per pass until ``epoch_rows`` rows; rows left over from a
+        pass open the next one's first batch. Logits are (B, K), or (B, V, K + P) with views. ``draw`` numbers the
+        pass whose views and train transforms the batch draws: the epoch itself with one pass an epoch."""
         carry_rows = np.zeros(0, dtype=np.int64)
         carry_logits: np.ndarray | None = None
+        left = self.epoch_rows
         for visit in range(self.passes):
+            draw = epoch if self.passes == 1 else epoch * self.passes + visit
             rng = np.random.default_rng([self.seed, epoch, 1, visit])
             order = self.chunk_order(epoch, visit)
             pending_rows: list[np.ndarray] = []
@@ -325,10 +332,14 @@ class SoftTargetLoader:
                 seq = np.concatenate([carry_rows, buf_rows[perm]])  # (r + R,)
                 last = visit == self.passes - 1 and i == len(order) - 1
                 full = len(seq) if last else (len(seq) // self.batch_size) * self.batch_size
+                full = min(full, left)  # the epoch ends after epoch_rows rows, inside this buffer if need be
                 for start in range(0, full, self.batch_size):
-                    stop = start + self.batch_size
-                    yield seq[start:stop], None if buf_logits is None else \
-                        self._gather(carry_logits, buf_logits, perm, start, min(stop, len(seq)))
+                    stop = min(start + self.batch_size, full)
+                    yield draw, seq[start:stop], None if buf_logits is None else \
+                        self._gather(carry_logits, buf_logits, perm, start, stop)
+                left -= full
+                if not left:
+                    return
                 carry_rows = seq[full:]
                 if buf_logits is not None:
                     carry_logits = self._gather(carry_logits, buf_logits, perm, full, len(seq))

@@ -66,7 +66,7 @@ def leaderboard(rows: list[dict]) -> list[dict]:
         if not ok:
             entry["error"] = first.get("error")
         board.append(entry)
-    base = _choose_baseline(board, by_config)
+    base = _choose_baseline(board)
     for e in board:
         # With several label-only students, each of the others is compared with the chosen one too.
         compared = e["kind"] == "student" or (e["kind"] == "baseline" and e is not base
@@ -82,21 +82,18 @@ def leaderboard(rows: list[dict]) -> list[dict]:
     return board
 
 
-def _choose_baseline(board: list[dict], by_config: dict[str, list[dict]]) -> dict | None:
+def _choose_baseline(board: list[dict]) -> dict | None:
     """The label-only entry "Δ vs base" is measured against (None without one).
 
     A store without views has one baseline (one per lr of a sweep: the first lr's, as before). With views
     there are several label-only students (:func:`pipeline.grid.store_baselines`: the recipe's views, the
     plain recipe, the views without mixing): the one with the best mean **val** accuracy is the baseline
-    (selected on val, never on test; ties go to the first), marked ``reference``, and each one's val
-    accuracy is recorded beside its test scores.
+    (selected on val, never on test; ties go to the first), marked ``reference``; every entry's val accuracy is
+    among its metrics (``METRICS``).
     """
     bases = [e for e in board if e["kind"] == "baseline"]
     if not any("data" in e for e in bases):
         return bases[0] if bases else None
-    for e in bases:
-        e["val_acc_mean"], e["val_acc_std"] = _mean_std([r["val_acc"] for r in by_config[e["config_id"]]
-                                                         if r["status"] == "ok" and r.get("val_acc") is not None])
     scored = [e for e in bases if not math.isnan(e["val_acc_mean"])] or bases
     base = max(scored, key=lambda e: e["val_acc_mean"] if not math.isnan(e["val_acc_mean"]) else -1.0)
     base["reference"] = True
@@ -283,6 +280,24 @@ def baseline_note(board: list[dict]) -> str | None:
             f"Label-only students: {sees}.")
 
 
+def gap_share(entry: dict, baseline: dict, teacher: dict) -> dict:
+    """How much of the teacher-baseline gap ``entry`` closes: (entry - baseline) / (teacher - baseline).
+
+    Each argument is a leaderboard entry (``test_acc_mean``/``_std``). ``share_std`` is the entry's
+    spread in the same units (its std over the gap); ``within_noise`` marks a gain no larger than the
+    entry's and the baseline's spreads combined, the leaderboard's ``(noise)`` rule; ``share_beyond_noise``
+    is the share that remains after taking that noise off the gain (0 if none).
+    """
+    gap = teacher["test_acc_mean"] - baseline["test_acc_mean"]
+    gain = entry["test_acc_mean"] - baseline["test_acc_mean"]
+    noise = math.hypot(entry["test_acc_std"], baseline["test_acc_std"])
+    if gap <= 0:
+        return {"gap": gap, "gain": gain, "noise": noise, "share": math.nan, "share_std": math.nan,
+                "within_noise": abs(gain) <= noise, "share_beyond_noise": math.nan}
+    return {"gap": gap, "gain": gain, "noise": noise, "share": gain / gap, "share_std": entry["test_acc_std"] / gap,
+            "within_noise": abs(gain) <= noise, "share_beyond_noise": max(gain - noise, 0.0) / gap}
+
+
 def share_note(board: list[dict]) -> str | None:
     """The share of the teacher–baseline gap that the best student **on val** closes, with its gain and whether
     that gain is beyond the combined seed spread (the ``(noise)`` rule); None without a gap or a student."""
@@ -296,13 +311,12 @@ def share_note(board: list[dict]) -> str | None:
     if not gap > 0:
         return None
     best = max(students, key=lambda e: e["val_acc_mean"])  # chosen on val, reported on test
-    gain = best["gain_vs_baseline"]
-    noise = math.hypot(best["test_acc_std"], base["test_acc_std"])
-    verdict = {True: f"within the combined seed spread (±{noise * 100:.2f}), so not shown",
-               False: f"beyond the combined seed spread (±{noise * 100:.2f})",
+    g = gap_share(best, base, teacher)
+    verdict = {True: f"within the combined seed spread (±{g['noise'] * 100:.2f}), so not shown",
+               False: f"beyond the combined seed spread (±{g['noise'] * 100:.2f})",
                None: "with one seed, no spread to judge it by"}[best.get("within_noise")]
-    return (f"note: the best student on val, {best['config_id']}, closes {100 * gain / gap:.0f}% of the "
-            f"{gap * 100:.2f}-point teacher–baseline gap ({gain * 100:+.2f} points, {verdict}).")
+    return (f"note: the best student on val, {best['config_id']}, closes {100 * g['share']:.0f}% of the "
+            f"{g['gap'] * 100:.2f}-point teacher–baseline gap ({g['gain'] * 100:+.2f} points, {verdict}).")
 
 
 def notes(report: dict) -> list[str]:

@@ -5,7 +5,9 @@ from torch's global generator, which nothing seeds as a whole. Every use of it i
 through this module, under one lock: :func:`seeded` runs code under a seeded fork of it (restored after), and
 :class:`TrainRng` is one trainee's own stream of it, swapped in around each of its steps. Groups built or
 trained in concurrent threads (Prefect's thread runner) therefore never interleave their draws nor draw from one
-another's streams, and a student with dropout trains the same on every run, beside any group mates.
+another's streams, and a student with dropout trains the same on every run of its configuration. A stacked group
+draws every student's masks at once from its first student's stream, so a dropout student's masks (not its recipe)
+depend on the group it trains in (``group_size``, ``--batch``); in the per-student loop each has its own.
 """
 from __future__ import annotations
 

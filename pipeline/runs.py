@@ -39,6 +39,8 @@ def run_dir(cfg: DistillConfig) -> str:
 # How a run is executed, not what it trains: left out of its identity and its stable name. `group_size` and
 # `batch` only decide which students share a pass and whether a group is stacked: a student trains the same
 # alone or in a group, and a stacked group equals the per-student loop up to float rounding, as on another device.
+# (Students with dropout are the exception: a stack draws its students' masks together, from its first student's
+# stream, so their masks, not their recipe, depend on the group; two runs of one configuration stay identical.)
 EXECUTION_FIELDS = ("store", "report_root", "run_name", "device", "storage_options", "workers", "cache_mb",
                     "group_size", "batch")
 

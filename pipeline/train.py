@@ -232,10 +232,10 @@ def train_one_epoch(*, trainees: list[Trainee], loader: SoftTargetLoader, epoch:
             if t.failed is not None:
                 continue
             t.optimizer.zero_grad(set_to_none=True)
-            with own_rng(t.rng):  # dropout's masks: drawn in the forward, kept for the backward
+            with own_rng(t.rng):  # dropout's masks: drawn in the forward (kept for the backward, which draws none)
                 out = t.model(b.x)  # (B, C)
-                loss = t.objective(out, b.logits, b.y, b.mix)
-                loss.backward()
+            loss = t.objective(out, b.logits, b.y, b.mix)
+            loss.backward()
             if clip_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(t.model.parameters(), clip_grad_norm)
             t.optimizer.step()

@@ -77,24 +77,29 @@ def test_kept_rows_alone_once_per_epoch_aligned_cached_or_streamed(digits_store,
     assert sorted(torch.cat([x.rows for x in label_only]).tolist()) == np.flatnonzero(keep).tolist()
 
 
-def test_passes_visit_the_kept_rows_that_many_times_an_epoch_aligned(digits_store, train_split):
-    """``passes``: the baseline's epoch on a labelled share visits it several times, each pass in its own order,
-    with each row's own logits; the first pass is the one-pass epoch's order, and the epoch has the steps of
-    ``passes`` times the rows."""
+def test_epoch_rows_pass_over_the_kept_rows_again_until_reached_aligned(digits_store, train_split):
+    """``epoch_rows``: the baseline's epoch on a labelled share visits it again and again, each pass in its own order
+    and with its own draws, with each row's own logits, until exactly that many rows: the first pass is the one-pass
+    epoch's order, and the epoch has the steps of ``epoch_rows`` rows."""
     store = SoftTargetStore(digits_store)
     logits = store.read_logits("train")
     keep = np.zeros(len(train_split), dtype=bool)
     keep[np.random.default_rng(0).choice(len(train_split), 100, replace=False)] = True
     once = _epoch(SoftTargetLoader(train_split, 25, seed=1, store=store, keep=keep), 0)
-    loader = SoftTargetLoader(train_split, 25, seed=1, store=store, keep=keep, passes=3)
-    thrice = _epoch(loader, 0)
-    assert len(thrice) == len(loader) == 12
-    rows = torch.cat([b.rows for b in thrice]).numpy()
-    assert np.array_equal(np.bincount(rows, minlength=len(keep)), 3 * keep)
+    loader = SoftTargetLoader(train_split, 25, seed=1, store=store, keep=keep, epoch_rows=260)
+    batches = list(loader._iterate(0))
+    assert len(loader) == len(batches) == 11 and sum(len(r) for _, r, _ in batches) == 260
+    rows = np.concatenate([r for _, r, _ in batches])
+    counts = np.bincount(rows, minlength=len(keep))
+    assert set(np.unique(counts[keep])) <= {2, 3} and counts[keep].sum() == 260 and not counts[~keep].any()
     assert np.array_equal(rows[:100], torch.cat([b.rows for b in once]).numpy())
     assert not np.array_equal(rows[:100], rows[100:200])  # each pass in its own order
-    for b in thrice:
-        assert torch.equal(b.logits, torch.from_numpy(logits[b.rows.numpy()]))
+    draws = [d for d, _, _ in batches]
+    assert draws[0] == 0 * 3 + 0 and draws[-1] == 2 and sorted(set(draws)) == [0, 1, 2]  # a pass's own draws
+    assert [d for d, _, _ in loader._iterate(1)][0] == 3  # epoch 1's first pass draws after epoch 0's three
+    for b, (_, r, lg) in zip(_epoch(loader, 0), batches, strict=True):
+        assert torch.equal(b.rows, torch.from_numpy(r))
+        assert torch.equal(b.logits, torch.from_numpy(logits[r])) and np.array_equal(lg, logits[r])
 
 
 def test_label_only_loader_has_no_logits(train_split):
