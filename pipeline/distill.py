@@ -272,7 +272,8 @@ def train_students(plan: DistillPlan, specs: list[StudentSpec], *, progress: Pro
     results = []
     parts = _by_rows(specs, mask)
     for i, (keep, part) in enumerate(parts):
-        baseline = part[0].is_baseline and keep is not None  # the labelled rows alone, for the students' rows
+        # Label-only students alone on the labelled rows, for as many rows an epoch as the students' epoch.
+        baseline = keep is not None and all(s.is_baseline for s in part)
         loader = student_loader(plan, seed=part[0].seed, device=device, keep=keep,
                                 epoch_rows=int(mask.kept.sum()) if baseline else None, label_only=baseline,
                                 view_data=part[0].data)  # one per group (groups)

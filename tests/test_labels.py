@@ -3,6 +3,8 @@ stratified; the store's record of it; stage 2 training the students on every row
 labelled ones."""
 from __future__ import annotations
 
+import dataclasses
+
 import os
 
 import numpy as np
@@ -257,3 +259,17 @@ def test_mixed_views_hide_the_partners_labels_too(tmp_path):
     partner_y = torch.cat(partners_seen)
     assert (partner_y == NO_LABEL).sum() > 100 and (partner_y >= 0).sum() > 0  # most partners are unlabelled rows
     assert set(partner_y.tolist()) <= set(hidden.tolist())
+
+
+def test_no_transfer_set_trains_baseline_and_students_together_on_the_labelled_rows(per_class_store, tmp_path):
+    """``--transfer-fraction 0``: the students keep the labelled rows alone, the baseline's rows: one pass for both,
+    the students' soft targets read as ever."""
+    store = SoftTargetStore(per_class_store)
+    data = dataclasses.replace(store.meta.data_cfg(), transfer_fraction=0.0)
+    plan = distill.plan(_distill_cfg(per_class_store, tmp_path, data=data))
+    assert plan.label_counts() == {"labelled": 50, "unlabelled": 0}
+    (group,) = distill.groups(plan.cfg)
+    parts = distill._by_rows(group, plan.labels)
+    assert len(parts) == 1 and int(parts[0][0].sum()) == 50
+    rows = distill.train_students(plan, group)
+    assert [r["status"] for r in rows] == ["ok", "ok"]
