@@ -74,13 +74,17 @@ def apply_params(x: torch.Tensor, params: dict[str, torch.Tensor], *,
     out_h, out_w = (h, w) if size is None else (int(size[0]), int(size[1]))
     rescale = (out_h, out_w) != (h, w)
     out = torch.empty_like(x) if not rescale else x.new_empty((*x.shape[:-2], out_h, out_w))  # (B, C, H', W')
+    boxes = [tuple(int(v) for v in params["crop"][i]) if "crop" in params else (0, 0, h, w) for i in range(len(x))]
+    whole = [i for i, box in enumerate(boxes) if box == (0, 0, h, w)]
+    resized = {}
+    if rescale and whole:  # the views of the whole image: resized in one call (what the crop of it would give)
+        resized = dict(zip(whole, TF.resize(x[whole], [out_h, out_w], antialias=True)))  # (W, C, H', W')
     for i in range(x.shape[0]):
         img = x[i]  # (C, H, W)
-        box = tuple(int(v) for v in params["crop"][i]) if "crop" in params else (0, 0, h, w)
-        if box != (0, 0, h, w):
-            img = TF.resized_crop(img, *box, size=[out_h, out_w], antialias=True)
+        if boxes[i] != (0, 0, h, w):
+            img = TF.resized_crop(img, *boxes[i], size=[out_h, out_w], antialias=True)
         elif rescale:
-            img = TF.resize(img, [out_h, out_w], antialias=True)  # what the crop of the whole image would give
+            img = resized[i]
         if "flip" in params and bool(params["flip"][i]):
             img = TF.horizontal_flip(img)
         dx, dy = (int(v) for v in params["shift"][i]) if "shift" in params else (0, 0)

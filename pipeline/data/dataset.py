@@ -112,8 +112,8 @@ class Split:
         return h.hexdigest()
 
     def head(self, n: int) -> "Split":
-        return Split(source=self.source, index=self.index[:n], y=self.y[:n].clone(), ids=self.ids[:n].clone(),
-                     preprocess=self.preprocess)
+        """The first ``n`` rows (all of them when there are fewer)."""
+        return self.subset(np.arange(min(n, len(self))))
 
     def subset(self, rows: np.ndarray) -> "Split":
         """Rows ``rows`` of this split (in that order), as a split of their own: same source and preprocessing."""
